@@ -1,0 +1,96 @@
+"""Run the kit's notebooks headlessly with papermill (used by `make demo` and the tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import KitError
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks, in order."""
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def use_this_python_as_kernel() -> str:
+    """Make the Jupyter kernel ``python3`` mean this interpreter, whatever the user's own kernels say.
+
+    A kernelspec in a fresh folder put first on JUPYTER_PATH wins over user and system ones, so a
+    stale ``~/.local/share/jupyter/kernels/python3`` cannot send papermill to another Python.
+    """
+    root = Path(tempfile.mkdtemp(prefix="cpcl-kernel-"))
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (cpcl-kit)", "language": "python",
+        "metadata": {"debugger": True},
+    }))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root), os.environ.get("JUPYTER_PATH", "")])
+    return "python3"
+
+
+def run_notebook(path: Path, out_path: Path, parameters: dict | None = None,
+                 cwd: Path | None = None, timeout: int = 1800) -> float:
+    """Execute one notebook into ``out_path`` with papermill; returns seconds taken.
+
+    A failing cell raises ``RuntimeError`` carrying the cell's error (papermill's message).
+    """
+    import papermill as pm
+
+    kernel = use_this_python_as_kernel()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(path), str(out_path), parameters=parameters or {},
+                            kernel_name=kernel, cwd=str(cwd or Path(path).parent),
+                            progress_bar=False, execution_timeout=timeout)
+    except pm.PapermillExecutionError as e:
+        raise RuntimeError(f"{Path(path).name}: cell {e.exec_count} failed: {e.ename}: {e.evalue}\n"
+                           + "".join(e.traceback[-3:])) from None
+    return time.perf_counter() - t0
+
+
+def to_html(ipynb: Path) -> Path:
+    """Convert an executed notebook to HTML beside it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
+    html = Path(ipynb).with_suffix(".html")
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None) -> list[dict]:
+    """Execute every tutorial notebook in order with ``preset``; write them, HTML and figures under ``out``."""
+    out = Path(out).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "notebooks").mkdir(exist_ok=True)
+        (out / "figures").mkdir(exist_ok=True)
+    except OSError as e:
+        raise KitError(f"--out: cannot write to {out} ({e.strerror})") from None
+    rows = []
+    for nb in notebooks():
+        if only and not any(nb.name.startswith(o) for o in only):
+            continue
+        target = out / "notebooks" / nb.name
+        print(f"running {nb.name} (preset {preset}) ...", flush=True)
+        secs = run_notebook(nb, target, {"preset": preset, "out_dir": str(out)}, cwd=out)
+        to_html(target)
+        rows.append({"notebook": nb.name, "seconds": round(secs, 1)})
+        print(f"  done in {secs:.0f} s -> {target}", flush=True)
+    figures = sorted((out / "figures").glob("*.png"))
+    print(f"\nExecuted notebooks and HTML: {out / 'notebooks'}\nFigures ({len(figures)}): {out / 'figures'}")
+    shutil.rmtree(out / "notebooks" / ".ipynb_checkpoints", ignore_errors=True)
+    return rows
