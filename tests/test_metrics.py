@@ -82,7 +82,9 @@ def test_custom_ignore_index_and_uint8():
 
 def test_bad_input_raises_kit_error():
     with pytest.raises(KitError, match="pred/target"):
-        confusion_matrix(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), 2)
+        confusion_matrix(
+            torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), 2
+        )
     with pytest.raises(KitError, match="pred"):
         confusion_matrix(torch.zeros(4), torch.zeros(4, dtype=torch.long), 2)
     with pytest.raises(KitError, match="num_classes"):
