@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from cpcl_kit import digits
+from cpcl_kit.digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec, digit_pools, load_digit_bank, make_scenes
+from cpcl_kit.errors import KitError
+
+SMALL = SceneSpec(size=48, digits=(1, 2), digit_px=(20, 30))
+
+
+def test_class_names():
+    assert DIGIT_CLASS_NAMES == ["background"] + [str(d) for d in range(10)]
+
+
+def test_pools_disjoint_cover_and_stratified():
+    train, val = digit_pools()
+    _, labels = load_digit_bank()
+    assert not set(train) & set(val)
+    assert len(train) + len(val) == len(labels) == 1797
+    assert abs(len(val) / 1797 - 0.3) < 0.01
+    for d in range(10):  # stratified: each digit keeps ~30 % of its images for val
+        assert abs(np.sum(labels[val] == d) / np.sum(labels == d) - 0.3) < 0.01
+
+
+def test_make_scenes_shapes_and_determinism():
+    pool, _ = digit_pools()
+    im, m = make_scenes(6, SMALL, pool, seed=3)
+    assert im.shape == (6, 48, 48, 3) and im.dtype == np.uint8
+    assert m.shape == (6, 48, 48) and m.dtype == np.uint8
+    assert m.max() <= 10 and (m > 0).any() and (m == 0).any()
+    im2, m2 = make_scenes(6, SMALL, pool, seed=3)
+    assert np.array_equal(im, im2) and np.array_equal(m, m2)
+    im3, _ = make_scenes(6, SMALL, pool, seed=4)
+    assert not np.array_equal(im, im3)
+
+
+def test_scene_labels_come_from_the_pool():
+    _, labels = load_digit_bank()
+    only_sevens = np.flatnonzero(labels == 7)
+    _, m = make_scenes(5, SMALL, only_sevens, seed=0)
+    assert set(np.unique(m)) == {0, 8}  # class id = digit + 1
+
+
+def test_default_spec_background_share():
+    pool, _ = digit_pools()
+    _, m = make_scenes(100, SceneSpec(), pool, seed=0)
+    assert 0.6 < np.mean(m == 0) < 0.8
+
+
+def test_stroke_knob_thickens_digits():
+    pool, _ = digit_pools()
+    _, thin = make_scenes(20, SceneSpec(stroke=0), pool, seed=1)
+    _, thick = make_scenes(20, SceneSpec(stroke=2), pool, seed=1)
+    assert np.mean(thick > 0) > np.mean(thin > 0)
+
+
+def test_bad_spec_and_pool():
+    pool, _ = digit_pools()
+    with pytest.raises(KitError, match="digit_px"):
+        make_scenes(1, SceneSpec(size=32, digit_px=(20, 40)), pool, 0)
+    with pytest.raises(KitError, match="digits"):
+        make_scenes(1, SceneSpec(digits=(3, 1)), pool, 0)
+    with pytest.raises(KitError, match="pool"):
+        make_scenes(1, SceneSpec(), [5000], 0)
+
+
+def test_dataset_items_and_default_transform():
+    ds = DigitScenes("val", n=4, spec=SMALL)
+    x, y = ds[0]
+    assert x.shape == (3, 48, 48) and x.dtype == torch.float32
+    assert y.shape == (48, 48) and y.dtype == torch.int64
+    assert abs(float(x.mean())) < 3  # normalised, not 0..255
+    assert ds.images.shape == (4, 48, 48, 3) and ds.masks.shape == (4, 48, 48)
+    assert len(ds) == 4 and ds.num_classes == 11
+
+
+def test_dataset_passes_tv_tensors_to_transform():
+    seen = {}
+
+    def spy(image, mask):
+        seen["types"] = (type(image), type(mask), image.dtype, mask.dtype, tuple(image.shape))
+        return image, mask
+
+    DigitScenes("train", n=2, spec=SMALL, transform=spy)[1]
+    assert seen["types"] == (tv_tensors.Image, tv_tensors.Mask, torch.uint8, torch.int64, (3, 48, 48))
+
+
+def test_train_and_val_scenes_differ():
+    a = DigitScenes("train", n=3, spec=SMALL, seed=0)
+    b = DigitScenes("val", n=3, spec=SMALL, seed=0)
+    assert not np.array_equal(a.images, b.images)
+
+
+def test_disk_cache_roundtrip(tmp_path, monkeypatch):
+    a = DigitScenes("train", n=3, spec=SMALL, seed=11, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1
+    digits._MEMORY_CACHE.clear()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("should have been read from the disk cache")
+
+    monkeypatch.setattr(digits, "make_scenes", boom)
+    b = DigitScenes("train", n=3, spec=SMALL, seed=11, cache_dir=tmp_path)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+
+
+def test_bad_split_and_n():
+    with pytest.raises(KitError, match="split"):
+        DigitScenes("test", n=2)
+    with pytest.raises(KitError, match="n"):
+        DigitScenes("train", n=0)
