@@ -1,0 +1,200 @@
+import itertools
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from cpcl_kit.errors import KitError
+from cpcl_kit.loaders import Batch, semi_supervised_batches, supervised_batches
+from cpcl_kit.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, train_transform, val_transform
+
+
+def _pair(h=8, w=8):
+    """Image whose red channel encodes the mask (red = 20 * label), to test joint geometry."""
+    mask = torch.arange(h * w).reshape(h, w) % 7
+    image = torch.stack([mask * 20, torch.full_like(mask, 50), torch.full_like(mask, 90)]).to(torch.uint8)
+    return tv_tensors.Image(image), tv_tensors.Mask(mask)
+
+
+def _red_labels(x):
+    return torch.round(denormalize(x)[0] * 255 / 20).long()
+
+
+# ------------------------------------------------------------------------------------- transforms
+
+
+def test_val_transform_normalises_only():
+    image, mask = _pair()
+    x, y = val_transform()(image, mask)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(x, (image.float() / 255 - mean) / std, atol=1e-6)
+    assert type(x) is torch.Tensor and type(y) is torch.Tensor and y.dtype == torch.int64
+    assert torch.equal(y, mask.as_subclass(torch.Tensor))
+    assert torch.allclose(denormalize(x), image.float() / 255, atol=1e-6)
+
+
+def test_train_transform_pads_with_zero_and_ignore():
+    torch.manual_seed(0)
+    x, y = train_transform(12, scales=None, flip=False)(*_pair())
+    assert x.shape == (3, 12, 12) and x.dtype == torch.float32 and y.shape == (12, 12) and y.dtype == torch.int64
+    pad = y == 255
+    assert int(pad.sum()) == 12 * 12 - 8 * 8
+    assert bool((x[:, pad] == 0).all())
+
+
+def test_flip_and_crop_keep_image_and_mask_aligned():
+    t = train_transform(6, scales=None, flip=True)
+    flipped = set()
+    for s in range(12):
+        torch.manual_seed(s)
+        x, y = t(*_pair())
+        assert torch.equal(_red_labels(x), y)  # image and mask moved together
+        flipped.add(bool((y[0, 1] - y[0, 0]) % 7 != 1))
+    assert flipped == {True, False}
+
+
+def test_discrete_scales_mask_nearest():
+    image, mask = _pair(8, 8)
+    t = train_transform(40, scales=(0.5, 2.0), flip=False)
+    sizes = set()
+    for s in range(10):
+        torch.manual_seed(s)
+        _, y = t(image, mask)
+        valid = y != 255
+        sizes.add(int(valid.sum()))
+        assert set(y[valid].unique().tolist()) <= set(range(7))  # no interpolated labels
+    assert sizes == {16, 256}  # 4x4 and 16x16 content
+
+
+def test_colour_augmentation_is_label_preserving():
+    image = tv_tensors.Image(torch.tensor([10, 100, 200], dtype=torch.uint8).view(3, 1, 1).expand(3, 4, 4).clone())
+    mask = tv_tensors.Mask(torch.arange(16).reshape(4, 4) % 3)
+    t = train_transform(4, scales=None, flip=False, colour=True)
+    seen = set()
+    for s in range(30):
+        torch.manual_seed(s)
+        x, y = t(image, mask)
+        assert torch.equal(y, mask.as_subclass(torch.Tensor))
+        rgb = tuple(torch.round(denormalize(x)[:, 0, 0] * 255).long().tolist())
+        assert sorted(rgb) in ([10, 100, 200], [55, 155, 245])
+        seen.add(rgb)
+    assert len(seen) > 4
+
+
+def test_train_transform_is_seeded_by_global_rng():
+    t = train_transform(6)
+    torch.manual_seed(3)
+    a = t(*_pair())
+    torch.manual_seed(3)
+    b = t(*_pair())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_bad_transform_args():
+    with pytest.raises(KitError, match="crop"):
+        train_transform(0)
+    with pytest.raises(KitError, match="scales"):
+        train_transform(8, scales=(1.0, -2.0))
+
+
+# ---------------------------------------------------------------------------------------- loaders
+
+
+class Indexed(Dataset):
+    """Item i: image filled with i plus a torch.rand draw (stands in for augmentation), mask of i."""
+
+    def __init__(self, n, known=True):
+        self.n, self.known = n, known
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        x = torch.full((3, 2, 2), float(i))
+        x[1] = torch.rand(())
+        return x, torch.full((2, 2), i if self.known else 255)
+
+
+def _ids(t):
+    return t[:, 0, 0, 0].long().tolist()
+
+
+FIELDS = ("x_l", "y_l", "u0", "u0_mask", "u1", "u1_mask")
+
+
+def _same(a: Batch, b: Batch):
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
+
+
+def test_batches_count_shapes_and_epoch_cover():
+    out = list(semi_supervised_batches(Indexed(6), Indexed(9, known=False), 2, 3, iterations=6, seed=0))
+    assert len(out) == 6
+    b = out[0]
+    assert b.x_l.shape == (2, 3, 2, 2) and b.y_l.dtype == torch.int64 and b.u0.shape == (3, 3, 2, 2)
+    assert bool((b.u0_mask == 255).all())
+    lab = [i for b in out for i in _ids(b.x_l)]
+    assert sorted(lab[:6]) == sorted(lab[6:]) == list(range(6))  # each epoch is a permutation
+    u0 = [i for b in out for i in _ids(b.u0)]
+    u1 = [i for b in out for i in _ids(b.u1)]
+    assert sorted(u0[:9]) == list(range(9)) and u0 != u1  # independent shuffles
+    assert lab[:6] != lab[6:12]  # reshuffled per epoch
+
+
+def test_resume_and_workers_reproduce_batches():
+    L, U = Indexed(5), Indexed(7)
+    full = list(semi_supervised_batches(L, U, 2, iterations=7, seed=4))
+    tail = list(semi_supervised_batches(L, U, 2, iterations=7, seed=4, start=4, num_workers=2))
+    assert len(tail) == 3 and all(_same(a, b) for a, b in zip(full[4:], tail))
+    other = list(semi_supervised_batches(L, U, 2, iterations=7, seed=5))
+    assert not all(_same(a, b) for a, b in zip(full, other))
+    # augmentation draws differ between samples yet are reproducible
+    draws = torch.cat([b.x_l[:, 1, 0, 0] for b in full])
+    assert len(set(draws.tolist())) == len(draws)
+
+
+def test_loading_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    list(semi_supervised_batches(Indexed(4), Indexed(4), 2, iterations=3, seed=0))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_supervised_batches_match_semi_supervised_labeled_stream():
+    L = Indexed(5)
+    semi = list(semi_supervised_batches(L, Indexed(3), 2, iterations=4, seed=1))
+    sup = list(supervised_batches(L, 2, iterations=4, seed=1))
+    assert all(torch.equal(a.x_l, b.x_l) and b.u0 is None and b.u1_mask is None for a, b in zip(semi, sup))
+
+
+def test_batch_to_keeps_none():
+    b = Batch(torch.zeros(2, 3, 2, 2), torch.zeros(2, 2, 2, dtype=torch.long))
+    moved = b.to("cpu")
+    assert moved.u0 is None and torch.equal(moved.x_l, b.x_l)
+
+
+def test_loader_bad_input():
+    L, U = Indexed(4), Indexed(4)
+    with pytest.raises(KitError, match="batch_size: expected a batch size >= 2"):
+        semi_supervised_batches(L, U, 1, iterations=2)
+    with pytest.raises(KitError, match="unlabeled_batch_size"):
+        semi_supervised_batches(L, U, 2, unlabeled_batch_size=1, iterations=2)
+    with pytest.raises(KitError, match="unlabeled_ds: the data set is empty"):
+        semi_supervised_batches(L, Indexed(0), 2, iterations=2)
+    with pytest.raises(KitError, match="batch_size"):
+        supervised_batches(L, 1, iterations=2)
+    with pytest.raises(KitError, match="start"):
+        semi_supervised_batches(L, U, 2, iterations=2, start=3)
+
+
+def test_digit_scenes_through_the_loader():
+    from cpcl_kit.digits import DigitScenes, SceneSpec
+
+    spec = SceneSpec(size=32, digits=(1, 2), digit_px=(16, 24))
+    t = train_transform(24, flip=False, colour=True)
+    L = DigitScenes("train", n=4, spec=spec, transform=t)
+    U = DigitScenes("train", n=6, spec=spec, seed=1, transform=t)
+    b = next(itertools.islice(semi_supervised_batches(L, U, 2, iterations=3, seed=0), 1, None))
+    assert b.x_l.shape == (2, 3, 24, 24) and b.u1_mask.shape == (2, 24, 24)
+    assert int(b.y_l[b.y_l != 255].max()) <= 10
