@@ -238,7 +238,11 @@ def parse_sets(items: list[str] | None) -> dict:
 
 def load_config_json(path) -> Config:
     """A Config saved by a run (``config.json``)."""
-    data = json.loads(open(path).read())
+    return load_config_dict(json.loads(open(path).read()))
+
+
+def load_config_dict(data: dict) -> Config:
+    """A Config from a dict written by ``Config.to_dict`` (unknown keys are ignored)."""
     known = {f.name for f in fields(Config)}
     data = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
     return validate(Config(**data))

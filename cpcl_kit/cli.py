@@ -1,0 +1,156 @@
+"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo} ...``.
+
+Every user mistake ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from .errors import KitError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="smoke", help="smoke, demo, benchmark, voc, cityscapes")
+    p.add_argument("--dataset", help="digits, voc, cityscapes (default: the preset's)")
+    p.add_argument("--data-root", help="folder of a real data set (VOC or Cityscapes)")
+    p.add_argument("--labeled", help="labeled part: a fraction 1/N or a count")
+    p.add_argument("--labeled-list", help="split file of labeled ids (CPS format)")
+    p.add_argument("--unlabeled-list", help="split file of unlabeled ids (CPS format)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set lr=0.01 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config(args, **extra):
+    from .config import make_config, parse_sets
+
+    over = parse_sets(args.sets)
+    for key in ("dataset", "data_root", "labeled", "labeled_list", "unlabeled_list", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            over[key] = value
+    over.update({k: v for k, v in extra.items() if v is not None})
+    return make_config(args.preset, over)
+
+
+def _print_metrics(m: dict) -> None:
+    line = f"mIoU {100 * m['miou']:.2f}"
+    if "digit_miou" in m:
+        line += f"  digit-only mIoU {100 * m['digit_miou']:.2f}"
+    print(line + f"  pixel acc {100 * m['pixel_acc']:.2f}")
+    names = m.get("class_names") or [str(i) for i in range(len(m["per_class_iou"]))]
+    print("  ".join(f"{n}: {'-' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{100 * v:.1f}'}"
+                    for n, v in zip(names, m["per_class_iou"])))
+
+
+def cmd_train(args) -> None:
+    from .train import train
+
+    cfg = _config(args, method=args.method)
+    res = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    _print_metrics(res.metrics)
+    print(f"results in {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    from .checkpoint import load_nets
+    from .config import make_config, parse_sets
+    from .data import build_data
+    from .train import evaluate_run, pick_device
+
+    cfg, nets = load_nets(args.checkpoint)
+    over = parse_sets(args.sets)
+    if args.data_root:
+        over["data_root"] = args.data_root
+    if over:  # e.g. a sliding-window crop or another branch for this evaluation
+        saved = {k: v for k, v in cfg.to_dict().items() if k != "preset"}
+        cfg = make_config(cfg.preset, {**saved, **over})
+    device = pick_device(cfg.device)
+    nets = [n.to(device) for n in nets]
+    m = evaluate_run(cfg, nets, build_data(cfg), progress=not args.quiet)
+    m.update(method=cfg.method, checkpoint=str(args.checkpoint))
+    _print_metrics(m)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_metrics.json").write_text(json.dumps(m, indent=2))
+    except OSError as e:
+        raise KitError(f"--out: cannot write to {out} ({e.strerror})") from None
+    print(f"metrics written to {out / 'eval_metrics.json'}")
+
+
+def cmd_ablate(args) -> None:
+    from .ablate import parse_grid, run_grid
+
+    grid = parse_grid(args.grid)
+    table = run_grid(grid, args.out, preset=args.preset, overrides=_config_overrides(args),
+                     progress=not args.quiet)
+    print(table.to_string(index=False))
+    print(f"table written to {Path(args.out) / 'ablation.csv'}")
+
+
+def _config_overrides(args) -> dict:
+    from .config import parse_sets
+
+    return parse_sets(args.sets)
+
+
+def cmd_demo(args) -> None:
+    from .notebooks import run_demo
+
+    run_demo(Path(args.out), preset=args.preset, only=args.only)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cpcl_kit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train supervised, CPS or CPCL and evaluate")
+    p.add_argument("--method", choices=["supervised", "cps", "cpcl"], default="cpcl")
+    _common(p)
+    p.add_argument("--out", required=True, help="run folder (config, history, checkpoint, metrics)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the validation set")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--out", help="folder for eval_metrics.json (default: the checkpoint's)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="run an ablation grid (resumable) and collect one table")
+    p.add_argument("--grid", nargs="+", required=True,
+                   help="variants=cpcl,inter_only,... fractions=1/16,1/8 seeds=0,1")
+    p.add_argument("--preset", default="smoke")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("demo", help="run the tutorial notebooks headlessly into an output folder")
+    p.add_argument("--out", default="out")
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 06")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,115 @@
+"""The training loop: every method runs, learns, resumes exactly, and refuses bad settings."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from cpcl_kit.config import make_config
+from cpcl_kit.data import build_data
+from cpcl_kit.errors import KitError
+from cpcl_kit.train import TrainingDiverged, lr_at, train, unsup_weight_at
+
+
+def _params(nets):
+    return [p.detach().clone() for n in nets for p in n.state_dict().values()]
+
+
+@pytest.mark.parametrize("method", ["supervised", "cps", "cpcl"])
+def test_every_method_runs_and_writes_its_outputs(method, tmp_path):
+    cfg = make_config("smoke", method=method)
+    res = train(cfg, out_dir=tmp_path, progress=False)
+    for name in ("config.json", "history.csv", "metrics.json", "checkpoint.pt"):
+        assert (tmp_path / name).exists(), name
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["method"] == method and m["iterations"] == cfg.iterations
+    assert 0 <= m["miou"] <= 1 and len(m["per_class_iou"]) == 11 and m["seconds"] > 0
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["iteration"]) == list(range(cfg.log_every, cfg.iterations + 1, cfg.log_every))
+    assert len(res.nets) == (1 if method == "supervised" else 2)
+    if method == "cpcl":  # pseudo-label statistics appear once the unsupervised loss is on
+        late = hist[hist["lambda"] > 0]
+        assert late["agreement"].between(0, 1).all() and late["acc_union"].between(0, 1).all()
+        ind = late[[f"ind_{c}" for c in range(11)]].sum(axis=1)
+        assert ((ind - 1).abs() < 1e-3).all()  # the normalised indicator sums to 1
+
+
+def test_short_cpcl_run_lowers_loss_and_beats_chance(tmp_path):
+    cfg = make_config("smoke", iterations=60, sup_only_iters=20, rampup_iters=10, log_every=10,
+                      checkpoint_every=60, n_train_scenes=128, n_val_scenes=24, lr=2e-3)
+    data = build_data(cfg)
+    res = train(cfg, progress=False, data=data)
+    h = res.history
+    assert h["sup1"].iloc[-1] < 0.6 * h["sup1"].iloc[0]
+    # predicting all background scores background IoU = its pixel share, 0 for the digits
+    masks = torch.stack([data.val[i][1] for i in range(len(data.val))])
+    floor = (masks == 0).float().mean().item() / 11
+    assert res.metrics["miou"] > floor + 0.01, (res.metrics["miou"], floor)
+    assert res.metrics["per_class_iou"][0] > 0.7  # background found, not everything background
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    cfg = make_config("smoke", method="cpcl")
+    full = train(cfg, out_dir=tmp_path / "a", progress=False)
+    part = train(cfg, out_dir=tmp_path / "b", progress=False, stop_at=6)
+    assert part.metrics == {}
+    resumed = train(cfg, out_dir=tmp_path / "b", resume=True, progress=False)
+    for p, q in zip(_params(full.nets), _params(resumed.nets)):
+        assert torch.equal(p, q)
+    cols = [c for c in full.history.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(full.history[cols], resumed.history[cols])
+    assert full.metrics["miou"] == resumed.metrics["miou"]
+
+
+def test_same_seed_same_run_other_seed_differs():
+    a = train(make_config("smoke", iterations=6, log_every=2), progress=False)
+    b = train(make_config("smoke", iterations=6, log_every=2), progress=False)
+    c = train(make_config("smoke", iterations=6, log_every=2, seed=1), progress=False)
+    cols = [x for x in a.history.columns if x != "seconds"]
+    pd.testing.assert_frame_equal(a.history[cols], b.history[cols])
+    assert not a.history["loss"].equals(c.history["loss"])
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_last_checkpoint(tmp_path):
+    cfg = make_config("smoke", method="supervised", optimizer="sgd", lr=1e12, warmup_iters=0,
+                      iterations=12, log_every=1, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=r"iteration \d+"):
+        train(cfg, out_dir=tmp_path, progress=False)
+    info = json.loads((tmp_path / "diverged.json").read_text())
+    assert info["last_good_iteration"] < info["iteration"]
+    assert not (tmp_path / "metrics.json").exists()
+    from cpcl_kit.checkpoint import load
+
+    state = load(tmp_path / "checkpoint.pt")
+    assert state["iteration"] == info["last_good_iteration"]
+    assert all(torch.isfinite(t).all() for sd in state["nets"] for t in sd.values() if t.is_floating_point())
+
+
+def test_schedules():
+    cfg = make_config("smoke", lr=0.1, warmup_iters=4, iterations=100, sup_only_iters=10,
+                      rampup_iters=10, unsup_weight=2.0)
+    assert lr_at(0, cfg) == pytest.approx(0.025) and lr_at(3, cfg) == pytest.approx(0.1)
+    assert lr_at(50, cfg) == pytest.approx(0.1 * 0.5 ** 0.9)
+    assert unsup_weight_at(9, cfg) == 0 and unsup_weight_at(10, cfg) == pytest.approx(0.2)
+    assert unsup_weight_at(19, cfg) == pytest.approx(2.0) and unsup_weight_at(99, cfg) == 2.0
+    paper = make_config("voc")
+    assert lr_at(0, paper) == paper.lr == 0.005 and unsup_weight_at(0, paper) == 1.0
+
+
+def test_ablation_switches_change_the_targets():
+    base = dict(iterations=6, log_every=6, sup_only_iters=0, rampup_iters=0)
+    runs = {name: train(make_config("smoke", **base, **kw), progress=False).history
+            for name, kw in {"full": {}, "inter": {"targets": ("inter", "inter")},
+                             "noweight": {"reweight": False}}.items()}
+    assert runs["full"]["unsup2"].iloc[-1] != runs["inter"]["unsup2"].iloc[-1]
+    assert runs["full"]["unsup1"].iloc[-1] != runs["noweight"]["unsup1"].iloc[-1]
+    assert runs["noweight"]["w_union"].iloc[-1] == 1.0
+
+
+def test_resume_refuses_another_run(tmp_path):
+    train(make_config("smoke", iterations=6, log_every=2, checkpoint_every=2), out_dir=tmp_path, progress=False)
+    with pytest.raises(KitError, match="different run"):
+        train(make_config("smoke", iterations=6, log_every=2, checkpoint_every=2, seed=3),
+              out_dir=tmp_path, resume=True, progress=False)
