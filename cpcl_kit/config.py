@@ -69,7 +69,7 @@ class Config:
     eval_branch: str = "1"             # "1", "2" or "ensemble"
     # devices and bookkeeping
     device: str = "auto"               # "auto": CUDA when present, else CPU
-    amp: bool = True                   # autocast on CUDA (bf16 where supported, else fp16)
+    amp: str = "auto"                  # auto (CUDA: bf16 or fp16; CPU: fp32), bf16, fp16, off
     channels_last: bool = False
     cudnn_benchmark: bool = True
     sync_bn: bool = False
@@ -191,7 +191,7 @@ def validate(cfg: Config) -> Config:
     """Check choices that the types alone do not; raise KitError naming the field."""
     choices = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"),
                "union_rule": ("disagreement", "confidence"), "sup_loss": ("ce", "ohem"),
-               "eval_branch": ("1", "2", "ensemble")}
+               "eval_branch": ("1", "2", "ensemble"), "amp": ("auto", "bf16", "fp16", "off")}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise KitError(f"{key}: unknown value {getattr(cfg, key)!r}, expected one of {', '.join(valid)}")

@@ -89,7 +89,8 @@ def _float_for(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def class_disagreement(y1: torch.Tensor, y2: torch.Tensor, num_classes: int) -> torch.Tensor:
+def class_disagreement(y1: torch.Tensor, y2: torch.Tensor, num_classes: int,
+                       all_reduce=None) -> torch.Tensor:
     """Normalised class-wise disagreement indicator Ĩ: Tensor [C], float64 (float32 on MPS).
 
     y1, y2: label maps of equal shape ([B, H, W]) from network 1 (rows of N) and network 2
@@ -97,8 +98,12 @@ def class_disagreement(y1: torch.Tensor, y2: torch.Tensor, num_classes: int) -> 
     (the official code appends the label list 0..C-1 to both vectors), so no class divides by zero.
     With row sums R, column sums K:  I_c = (K_c - N_cc)/K_c + (R_c - N_cc)/R_c  (in [0, 2]; 0 for a
     class neither network predicts) and Ĩ = I / (sum(I) + 1e-6).
+    ``all_reduce``: optional in-place sum of the [C, C] counts over processes (multi-GPU), so Ĩ is
+    the global batch's, exactly as on one device.
     """
     counts = confusion_between(y1, y2, num_classes)
+    if all_reduce is not None:
+        all_reduce(counts)
     dtype = _float_for(counts.device)
     n = counts.to(dtype) + torch.eye(num_classes, dtype=dtype, device=counts.device)
     diag = n.diagonal()
@@ -246,6 +251,7 @@ def pseudo_supervision(
     union_rule: str = "disagreement",
     reweight: bool = True,
     ignore_index: int = 255,
+    all_reduce=None,
 ) -> PseudoLabels:
     """Intersection/union pseudo-labels and confidence weights from two teachers' logits.
 
@@ -255,6 +261,7 @@ def pseudo_supervision(
     y2 -- so ties go to network 2 in both rules. Weights: w_inter = (conf1 + conf2)/2 everywhere;
     w_union = (conf1 + conf2)/2 on agreement, else the confidence of the network whose label was
     taken. ``reweight=False`` sets every weight to 1. No confidence threshold (official).
+    ``all_reduce`` is passed to ``class_disagreement`` (multi-GPU runs).
     """
     if union_rule not in UNION_RULES:
         raise KitError(f"union_rule: expected one of {', '.join(UNION_RULES)}, got {union_rule!r}")
@@ -279,7 +286,7 @@ def pseudo_supervision(
     conf1 = torch.softmax(z1, dim=1).amax(dim=1)
     conf2 = torch.softmax(z2, dim=1).amax(dim=1)
     agree = y1 == y2
-    indicator = class_disagreement(y1, y2, num_classes)
+    indicator = class_disagreement(y1, y2, num_classes, all_reduce)
 
     if union_rule == "disagreement":
         take1 = indicator[y1] > indicator[y2]

@@ -41,6 +41,8 @@ def _partition(cfg: Config, ids, make_partition):
 
     if cfg.labeled_list or cfg.unlabeled_list:
         raise KitError("labeled_list/unlabeled_list: the digit scenes take --labeled 1/N or a count")
+    if cfg.labeled == "all":  # full supervision; the unlabeled stream sees the same scenes
+        return list(ids), list(ids)
     return make_partition(ids, parse_labeled(cfg.labeled), cfg.seed)
 
 

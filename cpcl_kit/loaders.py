@@ -78,9 +78,11 @@ class _SeededStreams(Dataset):
 class _IterationSampler(Sampler):
     """Yields, for iterations start..iterations-1, the list of (stream, index, seed) keys of that iteration."""
 
-    def __init__(self, sizes: dict[int, int], batch_sizes: dict[int, int], seed: int, start: int, iterations: int):
+    def __init__(self, sizes: dict[int, int], batch_sizes: dict[int, int], seed: int, start: int, iterations: int,
+                 rank: int = 0, world_size: int = 1):
         self.sizes, self.batch_sizes = sizes, batch_sizes
         self.seed, self.start, self.iterations = seed, start, iterations
+        self.rank, self.world = rank, world_size
         self._perms: dict[tuple[int, int], torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -96,14 +98,20 @@ class _IterationSampler(Sampler):
         return self._perms[key]
 
     def keys(self, i: int) -> list[tuple[int, int, int]]:
-        """All sample keys of iteration i (pure function of seed and i)."""
+        """This process's sample keys of iteration i (pure function of seed, i, rank and world size).
+
+        With W processes the global batch of iteration i is W·b consecutive positions of the
+        stream and process r takes every W-th one (DistributedSampler-style sharding); W = 1 is
+        the single-device stream.
+        """
         out = []
         for stream, b in self.batch_sizes.items():
             n = self.sizes[stream]
             for slot in range(b):
-                pos = i * b + slot
+                global_slot = slot * self.world + self.rank
+                pos = i * b * self.world + global_slot
                 index = int(self._perm(stream, pos // n)[pos % n])
-                out.append((stream, index, _derive_seed(self.seed, stream, i, slot)))
+                out.append((stream, index, _derive_seed(self.seed, stream, i, global_slot)))
         return out
 
     def __iter__(self):
@@ -137,12 +145,14 @@ def _check_batch(b: int, name: str) -> None:
         raise KitError(f"{name}: expected a batch size >= 2 (BatchNorm in train mode needs 2), got {b}")
 
 
-def _batches(datasets, batch_sizes, iterations, seed, start, num_workers, pin_memory) -> Iterator[Batch]:
+def _batches(datasets, batch_sizes, iterations, seed, start, num_workers, pin_memory,
+             rank=0, world_size=1) -> Iterator[Batch]:
     if start < 0 or iterations < start:
         raise KitError(f"start/iterations: expected 0 <= start <= iterations, got start={start}, iterations={iterations}")
     if num_workers < 0:
         raise KitError(f"num_workers: expected >= 0, got {num_workers}")
-    sampler = _IterationSampler({s: len(d) for s, d in enumerate(datasets)}, batch_sizes, seed, start, iterations)
+    sampler = _IterationSampler({s: len(d) for s, d in enumerate(datasets)}, batch_sizes, seed, start, iterations,
+                                rank, world_size)
     loader = DataLoader(
         _SeededStreams(datasets),
         batch_sampler=sampler,
@@ -165,13 +175,16 @@ def semi_supervised_batches(
     start: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[Batch]:
     """Yield exactly ``iterations - start`` Batches (iterations start..iterations-1).
 
     batch_size: labeled images per batch; unlabeled_batch_size: images in each of u0 and u1
     (default batch_size). Items of both data sets are (image [3,H,W] float, mask [H,W]) after their
     own transforms, which must give equal sizes within a stream (e.g. a train_transform crop).
-    Checks run when called, before the first batch is drawn.
+    Checks run when called, before the first batch is drawn. ``rank``/``world_size`` shard every
+    stream across processes (multi-GPU); batch sizes are per process.
     """
     ub = batch_size if unlabeled_batch_size is None else unlabeled_batch_size
     _check_batch(batch_size, "batch_size")
@@ -180,7 +193,8 @@ def semi_supervised_batches(
     _check_dataset(unlabeled_ds, "unlabeled_ds")
     sizes = {LABELED: batch_size, UNLABELED_0: ub, UNLABELED_1: ub}
     # u0 and u1 walk the same unlabeled set under different stream ids, hence different orders.
-    return _batches([labeled_ds, unlabeled_ds, unlabeled_ds], sizes, iterations, seed, start, num_workers, pin_memory)
+    return _batches([labeled_ds, unlabeled_ds, unlabeled_ds], sizes, iterations, seed, start, num_workers,
+                    pin_memory, rank, world_size)
 
 
 def supervised_batches(
@@ -191,6 +205,8 @@ def supervised_batches(
     start: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[Batch]:
     """Labeled-only Batches (u0/u1 fields None) for the supervised baseline.
 
@@ -199,4 +215,5 @@ def supervised_batches(
     """
     _check_batch(batch_size, "batch_size")
     _check_dataset(labeled_ds, "labeled_ds")
-    return _batches([labeled_ds], {LABELED: batch_size}, iterations, seed, start, num_workers, pin_memory)
+    return _batches([labeled_ds], {LABELED: batch_size}, iterations, seed, start, num_workers, pin_memory,
+                    rank, world_size)

@@ -24,6 +24,7 @@ from . import checkpoint as ckpt
 from .config import DEVIATIONS, PRESETS, Config
 from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
 from .data import build_data
+from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
 from .errors import KitError
 from .evaluate import evaluate
 from .loaders import semi_supervised_batches, supervised_batches
@@ -44,19 +45,24 @@ class TrainingDiverged(KitError):
 # devices, models, optimizers, schedule
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise KitError(f"device: '{name}' asked for, but no CUDA device is available")
     return torch.device(name)
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16; None (fp32) on CPU or when disabled."""
-    if not enabled or device.type != "cuda":
+def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """Autocast dtype: ``auto`` is bf16 on a GPU that supports it, else fp16, and fp32 (None) on
+    CPU; ``bf16``/``fp16`` force one (bf16 autocast also runs on CPU); ``off`` is fp32."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise KitError("amp: fp16 autocast needs a CUDA device; use amp=bf16 or amp=off on CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def build_nets(cfg: Config) -> list[DeepLabV3Plus]:
@@ -147,7 +153,8 @@ def sup_loss(cfg: Config, logits, target):
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
 
 
-def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator) -> StepOut:
+def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
+                    all_reduce=None) -> StepOut:
     (net,) = nets
     loss = sup_loss(cfg, net(batch.x_l), batch.y_l)
     return StepOut(loss, {"sup1": loss.detach()})
@@ -168,7 +175,8 @@ def _cutmix(batch, gen):
     return mask, mix(batch.u0, batch.u1, mask), truth
 
 
-def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator) -> StepOut:
+def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
+             all_reduce=None) -> StepOut:
     """Cross pseudo supervision: each net learns from the other's hard label on the CutMix image."""
     net1, net2 = nets
     s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
@@ -184,7 +192,8 @@ def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator) -> Step
     return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
 
 
-def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator) -> StepOut:
+def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
+              all_reduce=None) -> StepOut:
     """CPCL (method notes §4): net 1 learns the intersection label, net 2 the union label, each
     pixel's CE weighted by the teachers' confidence; L = CE1 + CE2 + λ(L_inter + L_union)."""
     net1, net2 = nets
@@ -194,7 +203,8 @@ def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator) -> Ste
         return StepOut(s1 + s2, parts)
     mask, u_mix, truth = _cutmix(batch, gen)
     t1, t2 = _teachers(nets, batch, mask)
-    labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight)
+    labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
+                                all_reduce=all_reduce)
     target = {"inter": (labels.inter, labels.w_inter), "union": (labels.union, labels.w_union)}
     u1 = weighted_ce(net1(u_mix), *target[cfg.targets[0]])
     u2 = weighted_ce(net2(u_mix), *target[cfg.targets[1]])
@@ -274,15 +284,35 @@ def _prepare_out(out_dir) -> Path | None:
     return out
 
 
+def _wrap_ddp(nets, cfg: Config, device: torch.device, info: DistInfo):
+    """DistributedDataParallel copies of the nets (the raw nets stay for checkpoints and eval).
+
+    Each net is called several times per step (labeled, teachers, student) before one backward;
+    that is fine for DDP without find_unused_parameters, since every parameter is used once in
+    the graph that backward walks.
+    """
+    if not info.enabled:
+        return nets
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if cfg.sync_bn:
+        nets[:] = [nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in nets]
+    ids = [device.index] if device.type == "cuda" else None
+    return [DDP(n, device_ids=ids) for n in nets]
+
+
 def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True,
           data=None, stop_at: int | None = None) -> RunResult:
     """Train ``cfg.method`` and evaluate it; with ``out_dir``, write config.json, history.csv,
     checkpoint.pt and metrics.json there. ``resume=True`` continues from ``out_dir/checkpoint.pt``
     exactly (the batches, CutMix masks and augmentations of iteration i depend on (seed, i) only).
-    ``stop_at=k`` pauses after iteration k with a checkpoint and no evaluation (metrics empty)."""
-    out = _prepare_out(out_dir)
-    device = pick_device(cfg.device)
+    ``stop_at=k`` pauses after iteration k with a checkpoint and no evaluation (metrics empty).
+    Under torchrun every process trains on its shard of each batch; rank 0 alone writes files."""
+    info = init_from_env()
+    out = _prepare_out(out_dir) if info.main else None
+    device = pick_device(cfg.device, info.local_rank)
     if device.type == "cuda":
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     data = data or build_data(cfg)
     nets = build_nets(cfg)
@@ -292,35 +322,43 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     history: list[dict] = []
     start = 0
     if resume:
-        if out is None or not (out / ckpt.CHECKPOINT).exists():
-            raise KitError(f"--resume: no checkpoint to resume in {out}/{ckpt.CHECKPOINT}")
-        state = ckpt.load(out / ckpt.CHECKPOINT)
-        ckpt.check_compatible(state, cfg, out / ckpt.CHECKPOINT)
+        path = Path(out_dir) / ckpt.CHECKPOINT if out_dir is not None else None
+        if path is None or not path.exists():
+            raise KitError(f"--resume: no checkpoint to resume in {path}")
+        state = ckpt.load(path)
+        ckpt.check_compatible(state, cfg, path)
         start, history = ckpt.restore(state, nets, opts, scaler)
     for net in nets:
         net.to(device).train()
         if cfg.channels_last:
             net.to(memory_format=torch.channels_last)
+    models = _wrap_ddp(nets, cfg, device, info)
     if out is not None:
         _write_json_atomic(out / "config.json", {**cfg.to_dict(), "deviations_from_paper": (
             {k: v for k, v in DEVIATIONS.items() if k in PRESETS[cfg.preset]} if cfg.dataset == "digits" else {})})
 
     step_fn = METHOD_STEPS[cfg.method]
-    pin = device.type == "cuda"
+    shard = dict(start=start, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                 rank=info.rank, world_size=info.world_size)
     if cfg.method == "supervised":
-        batches = supervised_batches(data.labeled, cfg.batch_size, cfg.iterations, cfg.seed, start=start,
-                                     num_workers=cfg.num_workers, pin_memory=pin)
+        batches = supervised_batches(data.labeled, cfg.batch_size, cfg.iterations, cfg.seed, **shard)
     else:
         batches = semi_supervised_batches(data.labeled, data.unlabeled, cfg.batch_size,
-                                          cfg.unlabeled_batch_size, cfg.iterations, cfg.seed,
-                                          start=start, num_workers=cfg.num_workers, pin_memory=pin)
+                                          cfg.unlabeled_batch_size, cfg.iterations, cfg.seed, **shard)
+    reduce = all_reduce_sum if info.enabled else None
     t0 = time.perf_counter()
     elapsed_before = history[-1]["seconds"] if history else 0.0
-    bar = tqdm(total=cfg.iterations, initial=start, disable=not progress, desc=cfg.method,
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.iterations, initial=start, disable=not (progress and info.main),
+               desc=cfg.method, dynamic_ncols=True)
     running = {}
     bad_it = torch.tensor(-1, device=device)
     last_saved = start
+
+    def save_checkpoint(done):
+        if out is not None:
+            ckpt.save(out / ckpt.CHECKPOINT, cfg, done, nets, opts, scaler, history)
+            pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+
     for it, batch in enumerate(batches, start=start):
         batch = batch.to(device)
         if cfg.channels_last:
@@ -332,10 +370,10 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             opt.zero_grad(set_to_none=True)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)  # CutMix boxes of iteration it
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out_step = step_fn(nets, batch, cfg, lam, gen)
+            out_step = step_fn(models, batch, cfg, lam, gen, all_reduce=reduce)
         loss = out_step.loss
-        # Track the first non-finite iteration on the device: no host sync inside the step.
-        bad_it = torch.where((bad_it < 0) & ~torch.isfinite(loss.detach()), torch.tensor(it, device=device), bad_it)
+        # Remember the first non-finite iteration on the device: no host sync inside the step.
+        bad_it = torch.where((bad_it < 0) & ~torch.isfinite(loss.detach()), it, bad_it)
         scaler.scale(loss).backward()
         for opt in opts:
             scaler.step(opt)
@@ -343,9 +381,8 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         for k, v in {"loss": loss.detach(), **out_step.parts}.items():
             running[k] = running.get(k, 0) + v.float()
         done = it + 1
-        logging = done % cfg.log_every == 0 or done == cfg.iterations
-        if logging:
-            if int(bad_it) >= 0:
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            if int(bad_it) >= 0:  # the one host sync, at the logging interval
                 _diverged(out, int(bad_it), last_saved, history)
             n = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
             row = {"iteration": done, "lr": lr, "lambda": lam,
@@ -358,26 +395,27 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             running = {}
             bar.set_postfix(loss=f"{row['loss']:.3f}",
                             **({"agree": f"{row['agreement']:.2f}"} if "agreement" in row else {}))
-            if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
-                ckpt.save(out / ckpt.CHECKPOINT, cfg, done, nets, opts, scaler, history)
-                pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                save_checkpoint(done)
                 last_saved = done
         bar.update(1)
         if stop_at is not None and done >= stop_at:
-            if out is not None:
-                ckpt.save(out / ckpt.CHECKPOINT, cfg, done, nets, opts, scaler, history)
-                pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+            save_checkpoint(done)
             bar.close()
             return RunResult(cfg, nets, pd.DataFrame(history), {}, out)
     bar.close()
     train_seconds = elapsed_before + time.perf_counter() - t0
-    metrics = evaluate_run(cfg, nets, data, progress=progress)
-    metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(train_seconds, 2),
-                   preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled)
     hist = pd.DataFrame(history)
-    if out is not None:
-        hist.to_csv(out / "history.csv", index=False)
-        _write_json_atomic(out / "metrics.json", metrics)
+    metrics = {}
+    if info.main:  # the others wait: evaluation needs no sharding at these sizes
+        metrics = evaluate_run(cfg, nets, data, progress=progress)
+        metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(train_seconds, 2),
+                       preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled,
+                       world_size=info.world_size)
+        if out is not None:
+            hist.to_csv(out / "history.csv", index=False)
+            _write_json_atomic(out / "metrics.json", metrics)
+    barrier()
     return RunResult(cfg, nets, hist, metrics, out)
 
 
@@ -409,3 +447,21 @@ def _diverged(out: Path | None, bad: int, last_good: int, history: list) -> None
         if history:
             pd.DataFrame(history).to_csv(out / "history.csv", index=False)
     raise TrainingDiverged(msg)
+
+
+def run_or_load(cfg: Config, out_dir, progress: bool = True) -> RunResult:
+    """Train into ``out_dir``, or load the finished run there (same config) without retraining.
+
+    Notebooks share runs this way: ``make demo`` trains the demo CPCL run once for several of them.
+    A folder with a checkpoint but no metrics.json is an unfinished run and is resumed.
+    """
+    out = Path(out_dir)
+    if (out / "metrics.json").exists() and (out / ckpt.CHECKPOINT).exists():
+        state = ckpt.load(out / ckpt.CHECKPOINT)
+        ckpt.check_compatible(state, cfg, out / ckpt.CHECKPOINT)
+        nets = build_nets(cfg)
+        for net, sd in zip(nets, state["nets"]):
+            net.load_state_dict(sd)
+        metrics = json.loads((out / "metrics.json").read_text())
+        return RunResult(cfg, nets, pd.DataFrame(state["history"]), metrics, out)
+    return train(cfg, out_dir=out, resume=(out / ckpt.CHECKPOINT).exists(), progress=progress)
