@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
+	sh tests/browser_setup.sh || echo "browser_setup: Chromium not installed; the browser tests will skip"
 	$(PY) -m pytest -q -rs
 
 demo: $(STAMP)
@@ -28,6 +29,7 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/ssl_gain.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

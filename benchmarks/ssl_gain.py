@@ -1,0 +1,99 @@
+"""Does CPCL help? Supervised vs CPS vs CPCL on digit scenes, 1/16 labeled, seeds 0, 1, 2.
+
+    .venv/bin/python benchmarks/ssl_gain.py                 # benchmark preset (hours on 2 CPU cores)
+    .venv/bin/python benchmarks/ssl_gain.py --preset demo   # a shorter look
+
+Runs go to ``benchmarks/runs/ssl_gain-<preset>/`` (git-ignored) through the ablation runner, so a
+killed benchmark resumes where it stopped; the summary is written to
+``benchmarks/results/ssl_gain[-<preset>].json`` and a markdown table is printed.
+Goal (issue): CPCL − supervised ≥ +5 mIoU points on the mean, and CPCL ≥ CPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from cpcl_kit.ablate import run_grid  # noqa: E402
+from cpcl_kit.config import parse_sets  # noqa: E402
+
+METHODS = ("supervised", "cps", "cpcl")
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def summarise(table, preset: str) -> dict:
+    """Per method: mIoU and digit-only mIoU per seed, mean, std, seconds; plus the goal checks."""
+    out = {"preset": preset, "labeled": "1/16", "commit": commit()}
+    for m in METHODS:
+        rows = table[table["variant"] == m].sort_values("seed")
+        if rows.empty:
+            continue
+        out[m] = {"seeds": rows["seed"].tolist(), "miou": rows["miou"].round(4).tolist(),
+                  "digit_miou": rows["digit_miou"].round(4).tolist(),
+                  "mean": round(float(rows["miou"].mean()), 4),
+                  "std": round(float(rows["miou"].std(ddof=1)), 4) if len(rows) > 1 else 0.0,
+                  "digit_mean": round(float(rows["digit_miou"].mean()), 4),
+                  "seconds": rows["seconds"].round(1).tolist()}
+    if all(m in out for m in METHODS):
+        gain = 100 * (out["cpcl"]["mean"] - out["supervised"]["mean"])
+        out["goals"] = {"cpcl_minus_supervised_points": round(gain, 2), "gain_goal_met": gain >= 5,
+                        "cpcl_ge_cps": out["cpcl"]["mean"] >= out["cps"]["mean"]}
+    return out
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| method | mIoU per seed (%) | mean ± sd (%) | digit-only mean (%) | seconds per run |",
+             "|---|---|---|---|---|"]
+    for m in METHODS:
+        if m in summary:
+            s = summary[m]
+            lines.append(f"| {m} | {', '.join(f'{100 * v:.1f}' for v in s['miou'])} | "
+                         f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} | {100 * s['digit_mean']:.1f} | "
+                         f"{sum(s['seconds']) / len(s['seconds']):.0f} |")
+    if "goals" in summary:
+        g = summary["goals"]
+        lines.append(f"\nCPCL − supervised: {g['cpcl_minus_supervised_points']:+.1f} points "
+                     f"(goal ≥ +5: {'met' if g['gain_goal_met'] else 'not met'}); "
+                     f"CPCL ≥ CPS: {'yes' if g['cpcl_ge_cps'] else 'no'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="benchmark")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--runs", type=Path, help="run folder (default benchmarks/runs/ssl_gain-<preset>)")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    runs = args.runs or HERE / "runs" / f"ssl_gain-{args.preset}"
+    grid = {"variants": list(METHODS), "fractions": ["1/16"],
+            "seeds": [int(s) for s in args.seeds.split(",")]}
+    table = run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets),
+                     progress=not args.quiet)
+    table = table[table["labeled"] == "1/16"]
+    summary = summarise(table, args.preset)
+    args.results.mkdir(parents=True, exist_ok=True)
+    name = "ssl_gain.json" if args.preset == "benchmark" else f"ssl_gain-{args.preset}.json"
+    (args.results / name).write_text(json.dumps(summary, indent=2))
+    print(markdown(summary))
+    print(f"\nwritten: {args.results / name}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "ssl_gain.py"), "--preset", "smoke", "--seeds", "0",
+           "--set", "iterations=4", "--set", "sup_only_iters=1", "--set", "rampup_iters=0",
+           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "ssl_gain-smoke.json").read_text())
+    for m in ("supervised", "cps", "cpcl"):
+        assert len(summary[m]["miou"]) == 1 and 0 <= summary[m]["mean"] <= 1
+    assert set(summary["goals"]) == {"cpcl_minus_supervised_points", "gain_goal_met", "cpcl_ge_cps"}
+    assert "| cpcl |" in proc.stdout
+    # a second call finds every run finished and trains nothing
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.stdout.count("skipped") == 3
