@@ -1,4 +1,10 @@
-"""Figures for the notebooks. Every function returns a matplotlib Figure, readable when projected."""
+"""Figures for the notebooks. Every function returns a matplotlib Figure, readable when projected.
+
+Classes have one colour everywhere (``class_palette``: background black, digits tab10, ignore grey).
+Training-history figures take the ``history`` DataFrame of a run (``train.RunResult.history`` or
+``history.csv``); pseudo-label figures take a ``cpcl.PseudoLabels`` (see
+``analysis.pseudo_labels_on_scenes``); ablation figures take ``ablate.collect``'s table.
+"""
 
 from __future__ import annotations
 
@@ -49,5 +55,528 @@ def feature_maps(image: torch.Tensor, feats: dict[str, torch.Tensor], stages=("l
         ax.set_title(f"{name}\n{feats[name].shape[1]} ch, {f.shape[0]}x{f.shape[1]}", fontsize=9)
     for ax in axes:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# shared pieces: class colours, arrays, empty panels
+
+IGNORE = 255
+IGNORE_GREY = (0.62, 0.62, 0.62)
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """[256, 3] RGB in [0, 1]: class 0 black, then tab10 (≤ 11 classes) or tab20 + tab20b colours
+    with their greys swapped for gold; 255 (ignore) grey; unused ids white. The same colours in every
+    figure of the kit."""
+    pal = np.ones((256, 3))
+    pal[0] = 0.0
+    cycle = list(plt.get_cmap("tab10").colors) if num_classes <= 11 else \
+        list(plt.get_cmap("tab20").colors) + list(plt.get_cmap("tab20b").colors)
+    cycle = [(1.0, 0.84, 0.0) if np.allclose(col, col[0]) else col for col in cycle]  # greys -> gold:
+    # grey means "ignore / no label"
+    for c in range(1, min(num_classes, 255)):
+        pal[c] = cycle[(c - 1) % len(cycle)]
+    pal[IGNORE] = IGNORE_GREY
+    return pal
+
+
+def colourise(mask, num_classes: int) -> np.ndarray:
+    """[H, W] class ids (255 = ignore) -> [H, W, 3] RGB."""
+    m = np.asarray(torch.as_tensor(mask).detach().cpu(), dtype=np.int64)
+    return class_palette(num_classes)[np.clip(m, 0, 255)]
+
+
+def class_legend(fig, class_names, ignore: bool = True, y: float = 0.0):
+    """A one-row legend of the class colours (and grey 'ignore') under the figure."""
+    from matplotlib.patches import Patch
+
+    pal = class_palette(len(class_names))
+    handles = [Patch(facecolor=pal[c], edgecolor="0.3", label=n) for c, n in enumerate(class_names)]
+    if ignore:
+        handles.append(Patch(facecolor=IGNORE_GREY, edgecolor="0.3", label="ignore / no label"))
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, y),
+               ncol=min(len(handles), 12), frameon=False, fontsize=9)
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(torch.as_tensor(x).detach().cpu().reshape(-1), dtype=float)
+
+
+def _nothing(ax, text: str):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _label_rows(history: pd.DataFrame) -> pd.DataFrame:
+    """History rows logged while the unsupervised loss was on (they carry pseudo-label stats)."""
+    if history is None or "agreement" not in history:
+        return pd.DataFrame()
+    return history.dropna(subset=["agreement"])
+
+
+def _shade_supervised_start(ax, history: pd.DataFrame):
+    """Grey band over the iterations before the pseudo labels switch on (lambda = 0)."""
+    rows = _label_rows(history)
+    if rows.empty or "iteration" not in history:
+        return
+    first = rows["iteration"].min()
+    if first > history["iteration"].min():
+        ax.axvspan(0, first, color="0.9", zorder=0, label="supervised only (λ = 0)")
+
+
+# ------------------------------------------------------------------------------------------------
+# training curves
+
+
+def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
+    """Losses over iterations: supervised CE of each net (left), unsupervised losses and λ (right)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    if history is None or history.empty:
+        _nothing(a1, "no history")
+        _nothing(a2, "no history")
+        fig.suptitle(title)
+        return fig
+    x = history["iteration"]
+    for col, name in (("loss", "total loss"), ("sup1", "supervised CE, net 1"), ("sup2", "supervised CE, net 2")):
+        if col in history:
+            a1.plot(x, history[col], marker="o" if len(x) < 30 else None, label=name)
+    a1.set(xlabel="iteration", ylabel="loss (cross-entropy, nats)", title="Total and supervised losses")
+    a1.legend(fontsize=9)
+    unsup = [c for c in ("unsup1", "unsup2") if c in history and history[c].notna().any()]
+    if unsup:
+        for col, name in (("unsup1", "unsup. loss, net 1 (intersection in CPCL)"),
+                          ("unsup2", "unsup. loss, net 2 (union in CPCL)")):
+            if col in unsup:
+                a2.plot(x, history[col], marker="o" if len(x) < 30 else None, label=name)
+        a2.set(xlabel="iteration", ylabel="weighted CE (nats, mean over all pixels)",
+               title="Unsupervised losses and their weight λ")
+        if "lambda" in history:
+            tw = a2.twinx()
+            tw.plot(x, history["lambda"], color="0.4", ls="--", label="λ (right axis)")
+            tw.set_ylabel("λ (unsupervised loss weight)")
+            tw.grid(False)
+            tw.set_ylim(bottom=0)
+            h1, l1 = a2.get_legend_handles_labels()
+            h2, l2 = tw.get_legend_handles_labels()
+            a2.legend(h1 + h2, l1 + l2, fontsize=9, loc="best")
+        else:
+            a2.legend(fontsize=9)
+    elif "lr" in history:
+        a2.plot(x, history["lr"], color="C4")
+        a2.set(xlabel="iteration", ylabel="learning rate", title="Learning rate (no unsupervised loss)")
+    else:
+        _nothing(a2, "no unsupervised loss in this run")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def coverage_curves(history: pd.DataFrame):
+    """Over training: the share of unlabeled pixels that carry an intersection label (where the nets
+    agree) vs a union label (all of them), and each label kind's accuracy against the true masks."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    rows = _label_rows(history)
+    if rows.empty:
+        _nothing(a1, "no pseudo labels in this run\n(supervised only, or λ was 0 throughout)")
+        _nothing(a2, "no pseudo labels in this run")
+        fig.suptitle("Pseudo-label coverage and accuracy")
+        return fig
+    x = rows["iteration"]
+    mk = "o" if len(x) < 30 else None
+    for ax in (a1, a2):
+        _shade_supervised_start(ax, history)
+    a1.plot(x, 100 * rows["agreement"], marker=mk, color="C0", label="intersection (nets agree)")
+    a1.axhline(100, color="C1", lw=2, label="union (every pixel)")
+    a1.set(xlabel="iteration", ylabel="unlabeled pixels with a label (%)", ylim=(0, 105),
+           xlim=(0, history["iteration"].max()), title="Coverage: how many pixels get a label")
+    a1.legend(fontsize=9, loc="lower right")
+    kinds = (("acc_inter", "intersection", "C0", "-"), ("acc_union", "union", "C1", "-"),
+             ("acc_y1", "net 1 alone", "C2", ":"), ("acc_y2", "net 2 alone", "C3", ":"))
+    shown = False
+    for col, name, colour, ls in kinds:
+        if col in rows and rows[col].notna().any():
+            a2.plot(x, 100 * rows[col], marker=mk, color=colour, ls=ls, label=name)
+            shown = True
+    if shown:
+        a2.set(xlabel="iteration", ylabel="accuracy vs true masks (%)", ylim=(0, 105),
+               xlim=(0, history["iteration"].max()), title="Accuracy of each kind of pseudo label")
+        a2.legend(fontsize=9, loc="best")
+    else:
+        _nothing(a2, "no true masks for the unlabeled images")
+    fig.suptitle("Conservative (intersection) vs progressive (union) pseudo labels")
+    fig.tight_layout()
+    return fig
+
+
+def _class_by_iteration(history, prefix: str, class_names, max_cols: int = 40) -> pd.DataFrame:
+    rows = _label_rows(history)
+    cols = [f"{prefix}{c}" for c in range(len(class_names)) if f"{prefix}{c}" in rows]
+    if rows.empty or not cols:
+        return pd.DataFrame()
+    if len(rows) > max_cols:
+        rows = rows.iloc[np.linspace(0, len(rows) - 1, max_cols).round().astype(int)]
+    table = rows[cols].T.astype(float)
+    table.index = [class_names[int(c[len(prefix):])] for c in cols]
+    table.columns = rows["iteration"].astype(int).tolist()
+    return table
+
+
+def _heatmap(table: pd.DataFrame, ax, cbar_label: str, vmin=None, vmax=None, cmap="viridis", fmt_pct=False):
+    ax.set_facecolor(IGNORE_GREY)
+    sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, cbar_kws={"label": cbar_label},
+                linewidths=0.3, linecolor="white")
+    ax.set(xlabel="iteration", ylabel="class")
+    ax.tick_params(axis="x", rotation=0)
+    ax.tick_params(axis="y", rotation=0)
+    if table.shape[1] > 12:
+        step = int(np.ceil(table.shape[1] / 12))
+        ax.set_xticks(np.arange(0, table.shape[1], step) + 0.5)
+        ax.set_xticklabels(table.columns[::step])
+
+
+def coverage_heatmap(history: pd.DataFrame, class_names):
+    """Per class and over training: of the pixels whose union label is class c, the share that also
+    carries an intersection label (the nets agree). Grey: no pixel of that class in the union label."""
+    table = _class_by_iteration(history, "inter_frac_", class_names)
+    fig, ax = plt.subplots(figsize=(min(3 + 0.45 * max(table.shape[1], 8), 14), 0.42 * len(class_names) + 1.8))
+    if table.empty:
+        _nothing(ax, "no pseudo labels in this run")
+    else:
+        _heatmap(100 * table, ax, "% of the class's union pixels\nalso in the intersection", 0, 100)
+    ax.set_title("Which classes the intersection keeps (grey: class absent from the union label)")
+    fig.tight_layout()
+    return fig
+
+
+def indicator_over_training(history: pd.DataFrame, class_names, kind: str = "heatmap"):
+    """The class-wise disagreement indicator Ĩ_c over training, as a heatmap (classes x iterations)
+    or as one line per class in the class colours."""
+    table = _class_by_iteration(history, "ind_", class_names, max_cols=40 if kind == "heatmap" else 10_000)
+    if kind == "heatmap":
+        fig, ax = plt.subplots(figsize=(min(3 + 0.45 * max(table.shape[1], 8), 14), 0.42 * len(class_names) + 1.8))
+        if table.empty:
+            _nothing(ax, "no pseudo labels in this run")
+        else:
+            _heatmap(table, ax, "Ĩ_c (normalised; sums to 1)", 0, None, cmap="magma")
+    elif kind == "lines":
+        fig, ax = plt.subplots(figsize=(10, 4.2))
+        if table.empty:
+            _nothing(ax, "no pseudo labels in this run")
+        else:
+            pal = class_palette(len(class_names))
+            for c, name in enumerate(class_names):
+                if name in table.index:
+                    ax.plot(table.columns, table.loc[name], color=pal[c] if c else "0.2", label=name, lw=2)
+            ax.set(xlabel="iteration", ylabel="Ĩ_c (normalised; sums to 1)")
+            ax.legend(ncol=2, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        raise ValueError(f"kind: expected 'heatmap' or 'lines', got {kind!r}")
+    ax.set_title("Class-wise disagreement indicator over training (higher = more disputed;\n"
+                 "the union label favours the more disputed class)")
+    fig.tight_layout()
+    return fig
+
+
+def weights_over_training(history: pd.DataFrame):
+    """Mean loss weights over training: intersection and union targets, agreeing vs disagreeing pixels."""
+    rows = _label_rows(history)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    if rows.empty:
+        _nothing(ax, "no pseudo labels in this run")
+    else:
+        _shade_supervised_start(ax, history)
+        for col, name, ls in (("w_inter", "ω_inter (net 1's target, all pixels)", "-"),
+                              ("w_union", "ω_union (net 2's target, all pixels)", "-"),
+                              ("w_agree", "on agreeing pixels", "--"),
+                              ("w_disagree", "on disagreeing pixels", ":")):
+            if col in rows:
+                ax.plot(rows["iteration"], rows[col], ls=ls, lw=2, marker="o" if len(rows) < 30 else None, label=name)
+        ax.set(xlabel="iteration", ylabel="mean loss weight ω", ylim=(0, 1.02), xlim=(0, history["iteration"].max()))
+        ax.legend(fontsize=9, loc="lower right")
+    ax.set_title("Confidence weights over training")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# the weighting rule and whether it tracks correctness
+
+
+def weighting_surface(num_classes: int = 11, union_rule: str = "disagreement"):
+    """CPCL's pixel weight as a function of the two teachers' confidences c1, c2 (max softmax, in
+    [1/C, 1]). Left: agreeing pixels, ω = (c1 + c2)/2. Right: disagreeing pixels, the confidence of
+    the network whose label the union adopts (disagreement rule: net 1's when its class is the more
+    disputed one, else net 2's, whatever the confidences; confidence rule: max(c1, c2))."""
+    c = np.linspace(1 / num_classes, 1, 121)
+    c1, c2 = np.meshgrid(c, c)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    levels = np.linspace(0, 1, 21)
+    if union_rule == "disagreement":
+        right, rtitle = c1, "Disagreeing pixel, net 1's class more disputed\n(Ĩ[y₁] > Ĩ[y₂]): ω = c₁ (else ω = c₂)"
+    elif union_rule == "confidence":
+        right, rtitle = np.maximum(c1, c2), "Disagreeing pixel, confidence rule:\nω = max(c₁, c₂)"
+    else:
+        raise ValueError(f"union_rule: expected 'disagreement' or 'confidence', got {union_rule!r}")
+    for ax, w, title in ((axes[0], (c1 + c2) / 2, "Agreeing pixel (both targets):\nω = (c₁ + c₂) / 2"),
+                         (axes[1], right, rtitle)):
+        cs = ax.contourf(c1, c2, w, levels=levels, cmap="viridis", vmin=0, vmax=1)
+        lines = ax.contour(c1, c2, w, levels=[0.25, 0.5, 0.75, 0.9], colors="white", linewidths=1)
+        ax.clabel(lines, fmt="%.2f", fontsize=9)
+        ax.set(xlabel="net 1's confidence c₁ (max softmax)", title=title, aspect="equal")
+        ax.grid(False)
+    axes[0].set_ylabel("net 2's confidence c₂ (max softmax)")
+    fig.colorbar(cs, ax=axes, label="loss weight ω of the pixel", shrink=0.9)
+    fig.suptitle(f"Dynamic confidence re-weighting ({num_classes} classes: confidence ≥ 1/{num_classes})", y=1.02)
+    return fig
+
+
+def weight_distributions(weights, correct, label: str = "union label", bins: int = 20):
+    """Histogram of the loss weights on pixels whose pseudo label is correct vs wrong (each group
+    normalised to 100 %); NaN entries of ``correct`` (unknown truth, or no label) are dropped."""
+    w, ok = _np(weights), _np(correct)
+    keep = ~np.isnan(ok)
+    w, good = w[keep], ok[keep] > 0.5
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    if not len(w):
+        _nothing(ax, "no pixels with a known true class")
+    else:
+        names = {True: f"correct (mean ω {w[good].mean():.2f})" if good.any() else "correct",
+                 False: f"wrong (mean ω {w[~good].mean():.2f})" if (~good).any() else "wrong"}
+        df = pd.DataFrame({"weight": w, "pseudo label": [names[g] for g in good]})
+        colours = {names[True]: "C2", names[False]: "C3"}
+        sns.histplot(df, x="weight", hue="pseudo label", stat="percent", common_norm=False, bins=bins,
+                     binrange=(0, 1), element="step", palette=colours, ax=ax,
+                     hue_order=[k for k in colours if k in set(df["pseudo label"])])
+        for g in (True, False):
+            if (good == g).any():
+                ax.axvline(w[good == g].mean(), color=colours[names[g]], ls="--", lw=2)
+        ax.set(xlabel="loss weight ω", ylabel="% of the group's pixels", xlim=(0, 1))
+    n_ok, n_bad = int(good.sum()), int((~good).sum())
+    ax.set_title(f"Does a high weight mean a correct {label}? ({n_ok} correct, {n_bad} wrong pixels)")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(conf, correct, bins: int = 10, lo: float = 0.0, label: str = "net 1"):
+    """Confidence vs accuracy in ``bins`` equal-width bins over [lo, 1]; the diagonal is a perfectly
+    calibrated net; the lower panel counts the pixels per bin. Title: expected calibration error."""
+    from .analysis import expected_calibration_error, reliability_table
+
+    table = reliability_table(conf, correct, bins=bins, lo=lo)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = (1 - lo) / bins
+    centres = (table["bin_lo"] + table["bin_hi"]) / 2
+    a1.bar(centres, 100 * table["accuracy"].fillna(0), width=width * 0.95, color="C0", edgecolor="0.2",
+           label="accuracy in the bin")
+    a1.plot([lo, 1], [100 * lo, 100], color="C3", ls="--", lw=2, label="perfect calibration")
+    a1.plot(table["mean_conf"], 100 * table["accuracy"], "o", color="C1", label="(mean confidence, accuracy)")
+    a1.set(ylabel="pseudo-label accuracy (%)", ylim=(0, 102), xlim=(lo, 1))
+    a1.legend(fontsize=9, loc="upper left")
+    ece = expected_calibration_error(table)
+    a1.set_title(f"Reliability of {label}'s confidence (ECE = {100 * ece:.1f} points)")
+    a2.bar(centres, table["count"], width=width * 0.95, color="0.6", edgecolor="0.2")
+    a2.set(xlabel="confidence (max softmax)", ylabel="pixels")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# the disagreement indicator of one batch, and pseudo labels on images
+
+
+def indicator_bars(indicator, class_names, highlight: dict | None = None,
+                   title: str = "Class-wise disagreement indicator Ĩ of this batch"):
+    """Ĩ_c per class as bars in the class colours; ``highlight`` {class index: note} marks classes
+    (e.g. the two labels of a disagreeing pixel)."""
+    ind = _np(indicator)
+    pal = class_palette(len(class_names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names) + 2), 3.8))
+    x = np.arange(len(ind))
+    ax.bar(x, ind, color=[pal[c] for c in x], edgecolor="0.2")
+    for c, note in (highlight or {}).items():
+        ax.bar([c], [ind[c]], color="none", edgecolor="C3", lw=3)
+        ax.annotate(note, (c, ind[c]), xytext=(0, 6), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=10, color="C3", fontweight="bold")
+    ax.set_xticks(x)
+    ax.set_xticklabels(class_names, rotation=45 if max(len(n) for n in class_names) > 3 else 0, ha="right"
+                       if max(len(n) for n in class_names) > 3 else "center")
+    ax.set(xlabel="class", ylabel="Ĩ_c (sums to 1)", title=title)
+    ax.set_ylim(0, max(ind.max() * 1.3, 1e-3))
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(images, masks, predictions: dict, class_names, title: str | None = None):
+    """One row per scene: the image, its true mask and each named prediction ({name: [n,H,W]}),
+    in the class colours (grey = ignore)."""
+    n, c = len(images), len(class_names)
+    cols = ["image", "true mask"] + list(predictions)
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.1 * n + 0.8), squeeze=False)
+    for r in range(n):
+        axes[r, 0].imshow(_as_image(images[r]))
+        axes[r, 1].imshow(colourise(masks[r], c), interpolation="nearest")
+        for k, pred in enumerate(predictions.values(), start=2):
+            axes[r, k].imshow(colourise(pred[r], c), interpolation="nearest")
+    for k, name in enumerate(cols):
+        axes[0, k].set_title(name, fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1 if n == 1 else 0.06, 1, 1))
+    class_legend(fig, class_names)
+    return fig
+
+
+def _as_image(x) -> np.ndarray:
+    img = torch.as_tensor(x).detach().float().cpu()
+    if img.min() < 0 or img.max() > 1:  # ImageNet-normalised: undo
+        from .transforms import denormalize
+
+        img = denormalize(img)
+    return img.permute(1, 2, 0).numpy()
+
+
+def prediction_overlays(images, masks, labels, index, class_names, threshold: float = 0.0,
+                        mark: tuple | None = None, title: str | None = None):
+    """One row per scene in ``index`` (an int or a list): image, true mask, net 1's and net 2's
+    labels, the intersection label (net 1's target), the union label (net 2's target), and their
+    loss weights. Grey = no label / ignore. ``threshold`` > 0 greys out pseudo labels whose weight
+    is below it (CPCL itself uses no threshold). ``mark=(scene, row, col)`` circles one pixel."""
+    idx = [index] if isinstance(index, (int, np.integer)) else list(index)
+    c = len(class_names)
+    cols = ["image", "true mask", "net 1 (y₁)", "net 2 (y₂)", "intersection → net 1",
+            "union → net 2", "weight ω_inter", "weight ω_union"]
+    fig, axes = plt.subplots(len(idx), len(cols), figsize=(1.95 * len(cols), 2.15 * len(idx) + 0.9),
+                             squeeze=False)
+    cmap = plt.get_cmap("viridis").with_extremes(bad=IGNORE_GREY)
+    for r, b in enumerate(idx):
+        inter = labels.inter[b].clone()
+        union = labels.union[b].clone()
+        w_inter = labels.w_inter[b].float().clone()
+        w_union = labels.w_union[b].float().clone()
+        if threshold > 0:
+            inter[w_inter < threshold] = IGNORE
+            union[w_union < threshold] = IGNORE
+        w_inter_shown = np.ma.masked_where(~labels.agree[b].cpu().numpy(), w_inter.cpu().numpy())
+        panels = [_as_image(images[b]), colourise(masks[b], c), colourise(labels.y1[b], c),
+                  colourise(labels.y2[b], c), colourise(inter, c), colourise(union, c)]
+        for k, p in enumerate(panels):
+            axes[r, k].imshow(p, interpolation="nearest")
+        for k, w in ((6, w_inter_shown), (7, w_union.cpu().numpy())):
+            im = axes[r, k].imshow(w, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        agree = 100 * labels.agree[b].float().mean().item()
+        axes[r, 0].set_ylabel(f"scene {b}\nagree {agree:.0f} %", fontsize=10)
+        if mark is not None and mark[0] == b:
+            for ax in axes[r]:
+                ax.plot(mark[2], mark[1], "o", ms=11, mfc="none", mec="red", mew=2.5)
+    for k, name in enumerate(cols):
+        axes[0, k].set_title(name + (f"\n(ω ≥ {threshold:.2f})" if threshold > 0 and k in (4, 5) else ""),
+                             fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1 if len(idx) == 1 else 0.06, 0.93, 1))
+    cax = fig.add_axes([0.94, 0.25, 0.012, 0.5])
+    fig.colorbar(im, cax=cax, label="loss weight ω")
+    class_legend(fig, class_names)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# ablations and per-class results
+
+
+def _variant_order(names) -> list:
+    from .ablate import VARIANTS
+
+    names = list(dict.fromkeys(names))
+    return [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
+
+
+def ablation_bars(table: pd.DataFrame, metric: str = "miou", title: str | None = None):
+    """``metric`` (× 100) per variant: bars = mean over seeds, ticks = ± 1 standard deviation, dots =
+    single seeds; one colour per labeled fraction when the table holds several."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.25 * table["variant"].nunique() + 2), 4.4))
+    if table.empty or metric not in table:
+        _nothing(ax, "no finished runs")
+        return fig
+    df = table.copy()
+    col = {"miou": "mIoU (%)", "digit_miou": "digit-only mIoU (%)", "pixel_acc": "pixel accuracy (%)"}.get(metric, metric)
+    df[col] = 100 * df[metric].astype(float)
+    df["labeled"] = df["labeled"].astype(str)
+    order = _variant_order(df["variant"])
+    hue = "labeled" if df["labeled"].nunique() > 1 else None
+    sns.barplot(df, x="variant", y=col, hue=hue, order=order, errorbar="sd", capsize=0.15,
+                color=None if hue else "C0", alpha=0.85, ax=ax, err_kws={"linewidth": 1.5})
+    sns.stripplot(df, x="variant", y=col, hue=hue, order=order, dodge=bool(hue), color="0.15",
+                  size=5, ax=ax, legend=False, palette=None if not hue else ["0.15"] * df["labeled"].nunique())
+    if not hue:
+        stats = df.groupby("variant")[col].agg(["mean", "std", "max"]).fillna(0)
+        for i, v in enumerate(order):
+            top = max(stats.loc[v, "mean"] + stats.loc[v, "std"], stats.loc[v, "max"])
+            ax.annotate(f"{stats.loc[v, 'mean']:.1f}", (i, top), xytext=(0, 4), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=10, fontweight="bold")
+    seeds = df.groupby(["variant", "labeled"]).size().max()
+    ax.set(xlabel="", title=title or f"{col} per variant (bars: mean of {seeds} seed(s); "
+                                      f"ticks: ± 1 sd; dots: single runs)")
+    ax.tick_params(axis="x", rotation=20)
+    if hue:
+        ax.legend(title="labeled fraction", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _per_class_long(data, class_names) -> pd.DataFrame:
+    if isinstance(data, dict) and "per_class_iou" in data:
+        data = {data.get("method", "run"): data}
+    if isinstance(data, dict):
+        rows = []
+        for name, m in data.items():
+            names = class_names or m.get("class_names") or [str(i) for i in range(len(m["per_class_iou"]))]
+            rows += [{"variant": name, "class": n, "iou": np.nan if v is None else v}
+                     for n, v in zip(names, m["per_class_iou"])]
+        return pd.DataFrame(rows)
+    if isinstance(data, pd.Series):
+        data = data.to_frame(data.name or "run")
+    if isinstance(data, pd.DataFrame):
+        if "iou" in data and "class" in data:  # long: one row per (run, class)
+            df = data.copy()
+            if "variant" not in df:
+                df["variant"] = "run"
+            return df
+        wide = data.copy()  # wide: index = classes, one column per run
+        wide.index = [str(i) for i in wide.index]
+        wide.index.name = "class"
+        return (wide.reset_index().melt(id_vars="class", var_name="variant", value_name="iou")
+                .assign(iou=lambda d: pd.to_numeric(d["iou"], errors="coerce")))
+    raise ValueError("per_class_iou: expected a metrics dict, {name: metrics dict}, a long table "
+                     "(class, iou[, variant]) or a wide one (classes x runs)")
+
+
+def per_class_iou(data, class_names=None, title: str = "Per-class IoU on the validation set"):
+    """Per-class IoU (%) as grouped bars. ``data``: a run's metrics dict, a dict {name: metrics},
+    a wide table (index = classes, one column per run; None/NaN = class absent), or a long table with
+    columns class, iou (and variant; several rows per variant and class, e.g. seeds, give ± 1 sd
+    ticks) such as ``ablate.per_class(folder)``."""
+    df = _per_class_long(data, class_names)
+    df["IoU (%)"] = 100 * df["iou"].astype(float)
+    order = list(dict.fromkeys(class_names or df["class"].tolist()))
+    variants = _variant_order(df["variant"])
+    fig, ax = plt.subplots(figsize=(max(8, 0.75 * len(order) * max(1, len(variants)) ** 0.5 + 2), 4.2))
+    sns.barplot(df, x="class", y="IoU (%)", hue="variant", order=order, hue_order=variants,
+                errorbar="sd", ax=ax, err_kws={"linewidth": 1.2})
+    ax.set(xlabel="class", ylim=(0, 100), title=title)
+    ax.legend(title="", fontsize=9, ncol=min(4, len(variants)), loc="upper right")
+    if max(len(str(n)) for n in order) > 3:
+        ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return fig

@@ -1,0 +1,282 @@
+"""Ablation grids: variants x labeled fractions x seeds, one run folder each, resumable, one table.
+
+A grid runs its runs one after another, each in ``out_dir/<variant>__<fraction, / as ->__seed<seed>``
+(e.g. ``inter_only__1-16__seed2``). A run whose ``metrics.json`` exists is finished and skipped (the
+training loop writes it atomically, last); a folder with a checkpoint but no metrics is resumed exactly;
+anything else is trained from the start. So an interrupted overnight grid continues where it stopped
+when started again with the same command. ``out_dir/ablation.csv`` is rewritten (atomically) after
+every run with one row per finished run in the folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .config import make_config
+from .datasets import parse_labeled
+from .errors import KitError
+from .train import train
+
+# Each variant: the config fields it sets. The four CPCL ablations follow the method notes §8.5/§10.
+VARIANTS: dict[str, dict] = {
+    "cpcl": {},
+    "inter_only": {"targets": ("inter", "inter")},
+    "union_only": {"targets": ("union", "union")},
+    "no_reweight": {"reweight": False},
+    "union_by_confidence": {"union_rule": "confidence"},
+    "cps": {"method": "cps"},
+    "supervised": {"method": "supervised"},
+}
+GRID_KEYS = ("variants", "fractions", "seeds")
+TABLE = "ablation.csv"
+COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "pixel_acc", "seconds", "method",
+           "union_rule", "reweight", "targets", "iterations", "preset", "run"]
+# Settings that must agree between a finished run folder and the grid asking for it.
+_SAME_RUN = ("method", "dataset", "labeled", "seed", "iterations", "union_rule", "reweight", "targets",
+             "backbone", "batch_size", "unlabeled_batch_size", "n_train_scenes", "lr", "optimizer")
+
+
+def variant_settings(variant: str) -> dict:
+    """The config fields of ``variant`` (CPCL variants name method "cpcl" explicitly)."""
+    if variant not in VARIANTS:
+        raise KitError(f"variant: unknown {variant!r}; valid variants: {', '.join(VARIANTS)}")
+    return {"method": "cpcl", **VARIANTS[variant]}
+
+
+def default_grid(preset: str = "smoke", seed: int = 0) -> dict:
+    """The grid a preset runs when none is given (notebook 07): smoke 2 variants x 1/16 x 1 seed (a
+    plumbing check); demo all variants x 1/16 x 1 seed (fits ``make demo``'s time budget); every
+    other preset all variants x 1/16 x 3 seeds (seed, seed + 1, seed + 2)."""
+    if preset == "smoke":
+        return {"variants": ["cpcl", "supervised"], "fractions": ["1/16"], "seeds": [seed]}
+    seeds = [seed] if preset == "demo" else [seed, seed + 1, seed + 2]
+    return {"variants": list(VARIANTS), "fractions": ["1/16"], "seeds": seeds}
+
+
+def short_schedule(preset: str = "smoke") -> dict:
+    """Settings notebook 07 puts on top of a preset by default: smoke 6 iterations (the last two with
+    pseudo labels); demo a shortened schedule (7 runs in a few minutes on 2 CPU cores: a demonstration
+    of the workflow, too short to rank the variants); any other preset nothing (the real grid)."""
+    if preset == "smoke":
+        return {"iterations": 6}
+    if preset == "demo":
+        return {"iterations": 100, "warmup_iters": 10, "sup_only_iters": 30, "rampup_iters": 30,
+                "batch_size": 4, "unlabeled_batch_size": 4, "n_val_scenes": 100, "checkpoint_every": 100}
+    return {}
+
+
+def _split(value) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (int, float)):
+        return [value]
+    return list(value)
+
+
+def normalise_grid(grid: dict, defaults: dict | None = None) -> dict:
+    """Check a grid {variants, fractions, seeds} (lists or comma-separated strings; missing keys
+    from ``defaults``, else all variants, 1/16, seed 0). Returns lists without duplicates."""
+    unknown = set(grid) - set(GRID_KEYS)
+    if unknown:
+        raise KitError(f"grid: unknown key(s) {', '.join(sorted(unknown))}; expected "
+                       f"{', '.join(GRID_KEYS)} (e.g. variants=cpcl,supervised fractions=1/16 seeds=0,1)")
+    base = defaults or {"variants": list(VARIANTS), "fractions": ["1/16"], "seeds": [0]}
+    out = {}
+    for key in GRID_KEYS:
+        values = _split(grid[key]) if grid.get(key) is not None else list(base[key])
+        if not values:
+            raise KitError(f"grid: {key} is empty")
+        out[key] = list(dict.fromkeys(values))
+    if out["variants"] == ["all"]:
+        out["variants"] = list(VARIANTS)
+    bad = [v for v in out["variants"] if v not in VARIANTS]
+    if bad:
+        raise KitError(f"grid: unknown variant(s) {', '.join(map(repr, bad))}; valid variants: "
+                       f"{', '.join(VARIANTS)} (or all)")
+    fractions = []
+    for f in out["fractions"]:
+        parse_labeled(f)  # raises a KitError naming the bad value
+        fractions.append(str(f).replace(" ", ""))
+    out["fractions"] = list(dict.fromkeys(fractions))
+    seeds = []
+    for s in out["seeds"]:
+        try:
+            seeds.append(int(s))
+        except (TypeError, ValueError):
+            raise KitError(f"grid: seeds must be integers, got {s!r}") from None
+    out["seeds"] = list(dict.fromkeys(seeds))
+    return out
+
+
+def parse_grid(items: list[str] | None, defaults: dict | None = None) -> dict:
+    """CLI words -> grid: ``["variants=cpcl,supervised", "fractions=1/16,1/8", "seeds=0,1"]``.
+    Missing keys come from ``defaults`` (else: all variants, 1/16, seed 0); ``variants=all``."""
+    grid = {}
+    for item in items or []:
+        if "=" not in item:
+            raise KitError(f"--grid {item}: expected key=value with key one of {', '.join(GRID_KEYS)}")
+        key, value = (p.strip() for p in item.split("=", 1))
+        if key in grid:
+            raise KitError(f"--grid: {key} given twice")
+        grid[key] = value
+    return normalise_grid(grid, defaults)
+
+
+def run_name(variant: str, fraction: str, seed: int) -> str:
+    """Folder name of one run: ``cpcl__1-16__seed0``."""
+    return f"{variant}__{str(fraction).replace('/', '-')}__seed{seed}"
+
+
+def run_config(variant: str, fraction: str, seed: int, preset: str = "smoke", overrides: dict | None = None):
+    """The Config of one grid cell: preset, then ``overrides``, then the variant, fraction and seed."""
+    return make_config(preset, {**(overrides or {}), **variant_settings(variant),
+                                "labeled": str(fraction), "seed": int(seed)})
+
+
+def _plain(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def _check_same(run_dir: Path, cfg) -> None:
+    """A finished folder must hold the run the grid asks for, not one from other settings."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    diff = [f"{k}: folder {saved[k]!r} vs grid {_plain(getattr(cfg, k))!r}" for k in _SAME_RUN
+            if k in saved and _plain(saved[k]) != _plain(getattr(cfg, k))]
+    if diff:
+        raise KitError(f"{run_dir} holds a finished run with other settings ({'; '.join(diff)}); "
+                       f"use another --out for these settings or delete that folder")
+
+
+def run_grid(grid: dict, out_dir, preset: str = "smoke", overrides: dict | None = None,
+             progress: bool = True, log=print, keep_checkpoints: bool = True) -> pd.DataFrame:
+    """Run every (variant, fraction, seed) of ``grid`` one after another into ``out_dir`` and return
+    the table of all finished runs there (also written to ``out_dir/ablation.csv``).
+
+    Finished runs (metrics.json present) are skipped, interrupted ones (checkpoint, no metrics)
+    resumed. ``overrides``: config fields for every run (strings are parsed, as ``--set``).
+    ``log``: a function for one status line per run (None: silent). ``keep_checkpoints=False``
+    deletes each finished run's checkpoint.pt (hundreds of MB each) after its metrics are written.
+    """
+    grid = normalise_grid(grid)
+    out = Path(out_dir)
+    cells = list(itertools.product(grid["variants"], grid["fractions"], grid["seeds"]))
+    # Build every config first: a bad override fails before hours of training, not after.
+    configs = [run_config(v, f, s, preset, overrides) for v, f, s in cells]
+    say = log or (lambda *_: None)
+    for k, ((variant, fraction, seed), cfg) in enumerate(zip(cells, configs), start=1):
+        run_dir = out / run_name(variant, fraction, seed)
+        tag = f"[{k}/{len(cells)}] {variant} {fraction} seed {seed}"
+        if (run_dir / "metrics.json").exists():
+            _check_same(run_dir, cfg)
+            say(f"{tag}: done before, skipped")
+            continue
+        resume = (run_dir / "checkpoint.pt").exists()
+        say(f"{tag}: {'resuming' if resume else 'training'} ({cfg.iterations} iterations) ...")
+        t0 = time.perf_counter()
+        res = train(cfg, out_dir=run_dir, resume=resume, progress=progress)
+        if not keep_checkpoints:
+            (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        say(f"{tag}: mIoU {100 * res.metrics['miou']:.2f} in {time.perf_counter() - t0:.0f} s")
+        write_table(collect(out), out)
+    table = collect(out)
+    write_table(table, out)
+    return table
+
+
+def _row(run_dir: Path) -> dict | None:
+    metrics_path, config_path = run_dir / "metrics.json", run_dir / "config.json"
+    if not (metrics_path.exists() and config_path.exists()):
+        return None
+    parts = run_dir.name.split("__")
+    if len(parts) != 3 or parts[0] not in VARIANTS or not parts[2].startswith("seed"):
+        return None
+    try:
+        m = json.loads(metrics_path.read_text())
+        c = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    nan = float("nan")
+    return {"variant": parts[0], "labeled": str(c.get("labeled")), "seed": int(c.get("seed", -1)),
+            "miou": m.get("miou", nan), "digit_miou": m.get("digit_miou", nan),
+            "pixel_acc": m.get("pixel_acc", nan), "seconds": m.get("seconds", nan),
+            "method": c.get("method"), "union_rule": c.get("union_rule"), "reweight": c.get("reweight"),
+            "targets": ",".join(c.get("targets", [])), "iterations": c.get("iterations"),
+            "preset": c.get("preset"), "run": run_dir.name}
+
+
+def _run_dirs(out_dir) -> list[Path]:
+    out = Path(out_dir)
+    return sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []
+
+
+def _sort(table: pd.DataFrame) -> pd.DataFrame:
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    frac = table["labeled"].map(lambda s: _fraction_key(s))
+    return (table.assign(_v=table["variant"].map(order), _f=frac)
+            .sort_values(["_v", "_f", "seed"]).drop(columns=["_v", "_f"]).reset_index(drop=True))
+
+
+def _fraction_key(s: str) -> float:
+    try:
+        v = parse_labeled(s)
+    except KitError:
+        return math.inf
+    return float(v) if isinstance(v, float) else 1.0 + v  # counts after fractions
+
+
+def collect(out_dir) -> pd.DataFrame:
+    """One row per finished run (metrics.json present) under ``out_dir``: variant, labeled, seed,
+    miou, digit_miou, pixel_acc, seconds and the run's method / union_rule / reweight / targets /
+    iterations. Folders of unfinished runs are left out."""
+    rows = [r for r in (_row(d) for d in _run_dirs(out_dir)) if r is not None]
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    return _sort(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def per_class(out_dir) -> pd.DataFrame:
+    """Long table of the finished runs' per-class IoU: variant, labeled, seed, class, iou."""
+    rows = []
+    for d in _run_dirs(out_dir):
+        r = _row(d)
+        if r is None:
+            continue
+        m = json.loads((d / "metrics.json").read_text())
+        names = m.get("class_names") or [str(i) for i in range(len(m.get("per_class_iou", [])))]
+        rows += [{"variant": r["variant"], "labeled": r["labeled"], "seed": r["seed"], "class": n,
+                  "iou": float("nan") if v is None else v} for n, v in zip(names, m.get("per_class_iou", []))]
+    return pd.DataFrame(rows, columns=["variant", "labeled", "seed", "class", "iou"])
+
+
+def summarise(table: pd.DataFrame, metric: str = "miou", baseline: str = "cpcl") -> pd.DataFrame:
+    """Mean ± sd of ``metric`` (in %) over seeds per variant and fraction, and the difference of the
+    mean to ``baseline``'s at the same fraction (in points)."""
+    if table.empty:
+        return pd.DataFrame(columns=["variant", "labeled", "runs", "mean (%)", "sd (%)", f"Δ vs {baseline}"])
+    g = table.assign(v=100 * table[metric].astype(float)).groupby(["variant", "labeled"], sort=False)["v"]
+    s = g.agg(runs="count", mean="mean", sd="std").reset_index()
+    base = s[s["variant"] == baseline].set_index("labeled")["mean"]
+    s[f"Δ vs {baseline}"] = s["mean"] - s["labeled"].map(base)
+    s = s.rename(columns={"mean": "mean (%)", "sd": "sd (%)"})
+    return s.round(2)
+
+
+def write_table(table: pd.DataFrame, out_dir) -> Path:
+    """``out_dir/ablation.csv``, written to a temp file and renamed (never half-written)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / TABLE
+    tmp = out / f".{TABLE}.tmp{os.getpid()}"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,396 @@
+"""Analysis helpers for the notebooks: a shared CPCL run, pseudo labels on real scenes, tables.
+
+Everything returns tensors on the CPU or pandas DataFrames; the figures live in ``plots``.
+``shared_run`` trains one CPCL run per (preset, labeled, seed) into
+``out_dir/runs/cpcl_{preset}_{labeled}_seed{seed}`` (the folder notebook 06's ``run_or_load`` uses too)
+and reuses it when it is already finished, so the notebooks 04, 05, 06 and 08 of one ``make demo``
+train it only once. While it trains it also keeps a few *stage snapshots* (the two nets' weights at
+chosen iterations) for the classroom demo's "training stage" slider.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from torch.utils.data import Subset
+
+from .cpcl import PseudoLabels, cutmix_box_masks, mix, pseudo_supervision
+from .errors import KitError
+
+IGNORE = 255
+STAGES_DIR = "stages"
+
+
+# ------------------------------------------------------------------------------------------------
+# one shared CPCL run
+
+
+def shared_run_dir(out_dir, preset: str, seed: int = 0, labeled: str = "1/16") -> Path:
+    """The CPCL run folder the analysis notebooks share:
+    ``out_dir/runs/cpcl_{preset}_{labeled, / as -}_seed{seed}`` (e.g. ``cpcl_demo_1-16_seed0``)."""
+    return Path(out_dir) / "runs" / f"cpcl_{preset}_{str(labeled).replace('/', '-')}_seed{seed}"
+
+
+def stage_iterations(cfg, n_stages: int = 3) -> list[int]:
+    """Iterations to snapshot: the end of the supervised-only start (when the pseudo labels switch
+    on), evenly spaced after it, and the last iteration. At most ``n_stages`` distinct values."""
+    if n_stages < 1:
+        raise KitError(f"n_stages: expected at least 1, got {n_stages}")
+    first = min(max(cfg.sup_only_iters, 1), cfg.iterations)
+    if n_stages == 1 or first == cfg.iterations:
+        return [cfg.iterations]
+    points = np.linspace(first, cfg.iterations, n_stages).round().astype(int)
+    return sorted(set(int(p) for p in points))
+
+
+def save_snapshot(path, cfg, iteration: int, nets) -> Path:
+    """The nets' weights only (no optimizer state), atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"config": cfg.to_dict(), "iteration": int(iteration),
+             "nets": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in nets]}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_snapshot(path, device="cpu"):
+    """(iteration, nets in eval mode) from ``save_snapshot``."""
+    from .config import load_config_dict
+    from .train import build_nets
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = load_config_dict(state["config"])
+    except (OSError, RuntimeError, KeyError, EOFError) as e:
+        raise KitError(f"stage snapshot {path}: unreadable ({type(e).__name__}: {e})") from None
+    cfg.backbone_weights = None
+    nets = build_nets(cfg)
+    for net, sd in zip(nets, state["nets"]):
+        net.load_state_dict(sd)
+        net.to(device).eval()
+    return int(state["iteration"]), nets
+
+
+def list_stages(run_dir) -> dict[int, Path]:
+    """{iteration: snapshot path} of a run folder's stage snapshots, in iteration order."""
+    folder = Path(run_dir) / STAGES_DIR
+    found = {}
+    for p in folder.glob("iter_*.pt") if folder.is_dir() else []:
+        try:
+            found[int(p.stem.split("_")[1])] = p
+        except (IndexError, ValueError):
+            continue
+    return dict(sorted(found.items()))
+
+
+def stage_nets(run, device="cpu") -> dict[int, list]:
+    """{iteration: nets in eval mode} for every stage snapshot of ``run`` (a ``RunResult``); a run
+    without snapshots gives just its final nets."""
+    last = run.config.iterations
+    found = {it: load_snapshot(p, device)[1] for it, p in list_stages(run.out_dir).items() if it < last} \
+        if run.out_dir is not None else {}
+    for net in run.nets:
+        net.eval()
+    found[last] = run.nets
+    return dict(sorted(found.items()))
+
+
+def load_run(run_dir, device="cpu"):
+    """A finished run folder as a ``train.RunResult`` (nets in eval mode, history, metrics)."""
+    from .checkpoint import CHECKPOINT, load_nets
+    from .train import RunResult
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        raise KitError(f"{run_dir}: not a finished run (no metrics.json)")
+    cfg, nets = load_nets(run_dir / CHECKPOINT, device=device)
+    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").exists() else pd.DataFrame()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return RunResult(cfg, nets, history, metrics, run_dir)
+
+
+def shared_run(cfg, out_dir, n_stages: int = 3, progress: bool = False, data=None):
+    """Train ``cfg`` into ``shared_run_dir(out_dir, cfg.preset, cfg.seed, cfg.labeled)``, or reuse it.
+
+    * finished (metrics.json there): loaded, nothing trained;
+    * a checkpoint without metrics (interrupted): resumed exactly;
+    * otherwise trained from the start.
+    While training it pauses at ``stage_iterations(cfg, n_stages)`` (``train(stop_at=...)`` then an
+    exact resume) and saves the nets there as stage snapshots, so the result equals one
+    uninterrupted run. Returns a ``train.RunResult``.
+    """
+    from .checkpoint import CHECKPOINT
+    from .data import build_data
+    from .train import train
+
+    run_dir = shared_run_dir(out_dir, cfg.preset, cfg.seed, cfg.labeled)
+    if (run_dir / "metrics.json").exists():
+        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+        diff = [k for k in ("method", "iterations", "seed", "labeled", "union_rule", "reweight")
+                if k in saved and _plain(saved[k]) != _plain(getattr(cfg, k))]
+        if diff:
+            raise KitError(f"{run_dir} holds a different run ({', '.join(diff)} differ): "
+                           f"delete it or use another out_dir")
+        return load_run(run_dir)
+    data = data or build_data(cfg)
+    stages = stage_iterations(cfg, n_stages)
+    done = _checkpoint_iteration(run_dir / CHECKPOINT)
+    result = None
+    for stop in stages:
+        if done is not None and stop <= done:
+            continue
+        last = stop == cfg.iterations
+        result = train(cfg, out_dir=run_dir, resume=done is not None, progress=progress, data=data,
+                       stop_at=None if last else stop)
+        if not last:  # the last stage is the run's own checkpoint
+            save_snapshot(run_dir / STAGES_DIR / f"iter_{stop:06d}.pt", cfg, stop, result.nets)
+        done = stop
+    if result is None:  # checkpoint at the last iteration but no metrics: evaluate by resuming
+        result = train(cfg, out_dir=run_dir, resume=True, progress=progress, data=data)
+    for net in result.nets:
+        net.eval()
+    return result
+
+
+def _plain(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def _checkpoint_iteration(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    from .checkpoint import load
+
+    return int(load(path)["iteration"])
+
+
+# ------------------------------------------------------------------------------------------------
+# pseudo labels on a few scenes
+
+
+def _device_of(net) -> torch.device:
+    return next(net.parameters()).device
+
+
+def _item(dataset, i: int, augment: bool):
+    """dataset[i]; with ``augment=False`` the digit scenes of a training subset come without their
+    training augmentation (whole scene, original colours). Other data sets come as they are (their
+    training crops are what makes them stackable)."""
+    if not augment and isinstance(dataset, Subset) and hasattr(dataset.dataset, "raw"):
+        from .transforms import val_transform
+
+        return val_transform()(*dataset.dataset.raw(dataset.indices[i]))
+    return dataset[i]
+
+
+def pick_scenes(dataset, n: int, seed: int = 0, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` items of ``dataset`` chosen by a seeded permutation, fetched under a fixed torch seed
+    (the same items and augmentation every time): (images [n,3,H,W], masks [n,H,W]) on the CPU.
+    ``augment=False`` shows digit scenes without training augmentation (see ``_item``)."""
+    if n < 1:
+        raise KitError(f"n: expected at least 1 scene, got {n}")
+    if n > len(dataset):
+        raise KitError(f"n: asked for {n} scenes, the data set has {len(dataset)}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        items = [_item(dataset, i, augment) for i in order]
+    images = torch.stack([torch.as_tensor(x).float() for x, _ in items])
+    masks = torch.stack([torch.as_tensor(m).long() for _, m in items])
+    return images, masks
+
+
+def teacher_logits(nets, images: torch.Tensor, train_mode: bool = False) -> list[torch.Tensor]:
+    """Both nets' logits for ``images`` (no grad, fp32, on the CPU). Eval mode by default (BatchNorm
+    running statistics); ``train_mode=True`` uses batch statistics as the training loop's teachers
+    do. The nets' modes are restored afterwards."""
+    outs = []
+    for net in nets:
+        was = net.training
+        net.train(train_mode)
+        try:
+            with torch.no_grad():
+                outs.append(net(images.to(_device_of(net))).float().cpu())
+        finally:
+            net.train(was)
+    return outs
+
+
+def pseudo_labels_on_scenes(nets, data, n: int = 4, seed: int = 0, cutmix: bool = False,
+                            union_rule: str = "disagreement", reweight: bool = True,
+                            train_mode: bool = False, augment: bool = False):
+    """Run both nets on ``n`` unlabeled scenes and build CPCL's pseudo labels from them.
+
+    ``data``: a ``DataBundle`` (its ``unlabeled`` set is used) or any data set of (image, mask).
+    With ``cutmix=True``, 2n scenes are drawn: u0 and u1 are mixed with seeded CutMix boxes, the
+    teachers see u0 and u1 separately and their logits are mixed, exactly as in training.
+    Returns (images [n,3,H,W] normalised, true masks [n,H,W] (255 where unknown), PseudoLabels),
+    all on the CPU. The disagreement indicator is computed over these n scenes as one batch.
+    ``augment=True`` shows the scenes with their training augmentation (digit scenes only differ).
+    """
+    if len(nets) != 2:
+        raise KitError(f"nets: pseudo labels need the two nets of a CPS/CPCL run, got {len(nets)}")
+    dataset = getattr(data, "unlabeled", data)
+    images, masks = pick_scenes(dataset, 2 * n if cutmix else n, seed, augment)
+    if cutmix:
+        u0, u1, m0, m1 = images[:n], images[n:], masks[:n], masks[n:]
+        box = cutmix_box_masks(n, tuple(u0.shape[-2:]), generator=torch.Generator().manual_seed(seed))
+        z = [mix(a, b, box) for a, b in zip(teacher_logits(nets, u0, train_mode),
+                                            teacher_logits(nets, u1, train_mode))]
+        images, masks = mix(u0, u1, box), mix(m0, m1, box)
+    else:
+        z = teacher_logits(nets, images, train_mode)
+    labels = pseudo_supervision(z[0], z[1], union_rule=union_rule, reweight=reweight)
+    return images, masks, labels
+
+
+def predictions(nets, images: torch.Tensor) -> list[torch.Tensor]:
+    """Argmax label maps of each net (eval mode) for ``images``: list of [n,H,W] long."""
+    return [z.argmax(1) for z in teacher_logits(nets, images)]
+
+
+def predict_scenes(net, dataset, n: int = 4, seed: int = 0):
+    """(images [n,3,H,W], true masks [n,H,W], one net's argmax predictions [n,H,W]) for ``n`` scenes
+    of ``dataset`` (the same scenes for the same ``seed``, so several nets can be compared)."""
+    images, masks = pick_scenes(dataset, n, seed)
+    return images, masks, teacher_logits([net], images)[0].argmax(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# tables
+
+
+def pixel_table(labels: PseudoLabels, masks: torch.Tensor | None = None) -> pd.DataFrame:
+    """One row per pixel: conf1, conf2, agree, w_inter, w_union, y1, y2, union, truth and whether
+    each label is correct (NaN where the true mask is unknown; ``inter_correct`` NaN off the
+    intersection)."""
+    cols = {"y1": labels.y1, "y2": labels.y2, "union": labels.union, "conf1": labels.conf1,
+            "conf2": labels.conf2, "agree": labels.agree, "w_inter": labels.w_inter,
+            "w_union": labels.w_union}
+    df = pd.DataFrame({k: v.detach().cpu().reshape(-1).numpy() for k, v in cols.items()})
+    if masks is not None:
+        truth = masks.detach().cpu().reshape(-1).numpy()
+        known = truth != IGNORE
+        df["truth"] = truth
+        for k in ("y1", "y2", "union"):
+            df[f"{k}_correct"] = np.where(known, (df[k].to_numpy() == truth), np.nan)
+        df["inter_correct"] = np.where(known & df["agree"].to_numpy(), df["y1_correct"], np.nan)
+    return df
+
+
+def label_quality(labels: PseudoLabels, masks: torch.Tensor) -> pd.DataFrame:
+    """Per label kind (net 1, net 2, intersection, union): coverage (% of pixels with a label),
+    accuracy against the true masks (% of labelled, known pixels) and mean loss weight."""
+    px = pixel_table(labels, masks)
+    known = px["truth"] != IGNORE
+    rows = []
+    for kind, correct, covered, weight in (
+            ("net 1 (y1)", "y1_correct", None, None),
+            ("net 2 (y2)", "y2_correct", None, None),
+            ("intersection (net 1's target)", "inter_correct", "agree", "w_inter"),
+            ("union (net 2's target)", "union_correct", None, "w_union")):
+        cov = px[covered] if covered else pd.Series(True, index=px.index)
+        sel = cov & known
+        rows.append({"label": kind, "coverage (%)": 100 * cov.mean(),
+                     "accuracy (%)": 100 * px.loc[sel, correct].mean() if sel.any() else np.nan,
+                     "mean weight": px.loc[cov, weight].mean() if weight else np.nan})
+    return pd.DataFrame(rows).round(2)
+
+
+def label_quality_table(history: pd.DataFrame, last: int = 1) -> pd.DataFrame:
+    """Coverage and accuracy of each label kind during training, from a run's history: the mean of
+    the last ``last`` logged iterations that had the unsupervised loss on."""
+    if "agreement" not in history:
+        return pd.DataFrame(columns=["label", "coverage (%)", "accuracy (%)"])
+    h = history.dropna(subset=["agreement"]).tail(last)
+    get = lambda c: 100 * h[c].mean() if c in h else np.nan  # noqa: E731
+    return pd.DataFrame([
+        {"label": "net 1 (y1)", "coverage (%)": 100.0, "accuracy (%)": get("acc_y1")},
+        {"label": "net 2 (y2)", "coverage (%)": 100.0, "accuracy (%)": get("acc_y2")},
+        {"label": "intersection (net 1's target)", "coverage (%)": get("agreement"),
+         "accuracy (%)": get("acc_inter")},
+        {"label": "union (net 2's target)", "coverage (%)": 100.0, "accuracy (%)": get("acc_union")},
+    ]).round(2)
+
+
+def disagreeing_pixel(labels: PseudoLabels, class_names, masks: torch.Tensor | None = None,
+                      index: int | None = None, seed: int = 0) -> dict:
+    """One pixel where the two nets disagree and how the union rule decided it.
+
+    Picks a seeded random disagreeing pixel (in scene ``index`` when given). Returns a dict: scene,
+    row, col, the class ids y1, y2 and their names, the indicator of each, the adopted label and why, the confidences,
+    the union weight and the true class (when ``masks`` is given). Empty dict if the nets agree
+    everywhere."""
+    dis = ~labels.agree
+    if index is not None:
+        keep = torch.zeros_like(dis)
+        keep[index] = True
+        dis = dis & keep
+    where = dis.nonzero()
+    if len(where) == 0:
+        return {}
+    b, r, c = where[torch.randint(len(where), (1,), generator=torch.Generator().manual_seed(seed))].squeeze(0).tolist()
+    y1, y2 = int(labels.y1[b, r, c]), int(labels.y2[b, r, c])
+    i1, i2 = float(labels.indicator[y1]), float(labels.indicator[y2])
+    chosen = int(labels.union[b, r, c])
+    out = {"scene": b, "row": r, "col": c, "y1": y1, "y2": y2,
+           "net 1 says": class_names[y1], "net 2 says": class_names[y2],
+           "Ĩ[net 1's class]": round(i1, 4), "Ĩ[net 2's class]": round(i2, 4),
+           "conf 1": round(float(labels.conf1[b, r, c]), 3), "conf 2": round(float(labels.conf2[b, r, c]), 3),
+           "union label": class_names[chosen],
+           "taken from": "net 1" if chosen == y1 else "net 2",
+           "union weight": round(float(labels.w_union[b, r, c]), 3)}
+    if masks is not None:
+        t = int(masks[b, r, c])
+        out["true class"] = class_names[t] if t != IGNORE else "unknown"
+    return out
+
+
+def reliability_table(conf, correct, bins: int = 10, lo: float = 0.0) -> pd.DataFrame:
+    """Confidence bins over [lo, 1]: mean confidence, accuracy and pixel count per bin (NaN
+    entries of ``correct`` are dropped)."""
+    conf = np.asarray(torch.as_tensor(conf).detach().cpu().reshape(-1), dtype=float)
+    correct = np.asarray(torch.as_tensor(correct).detach().cpu().reshape(-1), dtype=float)
+    ok = ~np.isnan(correct)
+    conf, correct = conf[ok], correct[ok]
+    edges = np.linspace(lo, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for k in range(bins):
+        sel = which == k
+        rows.append({"bin_lo": edges[k], "bin_hi": edges[k + 1], "count": int(sel.sum()),
+                     "mean_conf": conf[sel].mean() if sel.any() else np.nan,
+                     "accuracy": correct[sel].mean() if sel.any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(table: pd.DataFrame) -> float:
+    """ECE: the count-weighted mean |accuracy − confidence| over the bins of ``reliability_table``."""
+    t = table[table["count"] > 0]
+    if t.empty:
+        return float("nan")
+    return float((t["count"] * (t["accuracy"] - t["mean_conf"]).abs()).sum() / t["count"].sum())
+
+
+def accuracy_by_weight(weights, correct, quantiles: int = 4) -> pd.DataFrame:
+    """Pixels split into weight quantiles: weight range, pixel count and pseudo-label accuracy (%)."""
+    w = np.asarray(torch.as_tensor(weights).detach().cpu().reshape(-1), dtype=float)
+    c = np.asarray(torch.as_tensor(correct).detach().cpu().reshape(-1), dtype=float)
+    ok = ~np.isnan(c)
+    df = pd.DataFrame({"weight": w[ok], "correct": c[ok]})
+    if df.empty:
+        return pd.DataFrame(columns=["weight range", "pixels", "accuracy (%)"])
+    df["q"] = pd.qcut(df["weight"].rank(method="first"), quantiles, labels=False)
+    g = df.groupby("q")
+    return pd.DataFrame({
+        "weight range": [f"{a:.2f}–{b:.2f}" for a, b in zip(g["weight"].min(), g["weight"].max())],
+        "pixels": g.size().to_numpy(),
+        "accuracy (%)": (100 * g["correct"].mean()).round(1).to_numpy()})

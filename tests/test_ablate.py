@@ -1,0 +1,136 @@
+"""Ablation grids: parsing, a real tiny grid, skipping finished runs, resuming, collecting."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from cpcl_kit import ablate
+from cpcl_kit.errors import KitError
+from cpcl_kit.train import RunResult
+
+
+def test_parse_grid_words():
+    g = ablate.parse_grid(["variants=cpcl,supervised", "fractions=1/16,1/8", "seeds=0,1"])
+    assert g == {"variants": ["cpcl", "supervised"], "fractions": ["1/16", "1/8"], "seeds": [0, 1]}
+    assert ablate.parse_grid(["seeds=3"]) == {"variants": list(ablate.VARIANTS), "fractions": ["1/16"], "seeds": [3]}
+    assert ablate.parse_grid(["variants=all"])["variants"] == list(ablate.VARIANTS)
+    assert ablate.parse_grid(["variants=cps,cps"])["variants"] == ["cps"]
+
+
+@pytest.mark.parametrize("words, needle", [
+    (["variants=cpcl,bogus"], "valid variants: cpcl, inter_only, union_only, no_reweight"),
+    (["seeds=a"], "seeds must be integers"),
+    (["fractions=2/1"], "labeled"),
+    (["colour=red"], "unknown key"),
+    (["variants"], "key=value"),
+    (["seeds=0", "seeds=1"], "twice"),
+])
+def test_parse_grid_errors(words, needle):
+    with pytest.raises(KitError, match=needle):
+        ablate.parse_grid(words)
+
+
+def test_variant_configs():
+    cfg = ablate.run_config("inter_only", "1/8", 3, "smoke", {"iterations": "5", "method": "cps"})
+    assert (cfg.method, cfg.targets, cfg.labeled, cfg.seed, cfg.iterations) == ("cpcl", ("inter", "inter"), "1/8", 3, 5)
+    assert ablate.run_config("union_by_confidence", "1/16", 0).union_rule == "confidence"
+    assert ablate.run_config("no_reweight", "1/16", 0).reweight is False
+    assert ablate.run_config("supervised", "1/16", 0).method == "supervised"
+    assert ablate.run_name("union_only", "1/16", 2) == "union_only__1-16__seed2"
+    assert ablate.default_grid("smoke")["variants"] == ["cpcl", "supervised"]
+    assert ablate.default_grid("benchmark", seed=1) == {"variants": list(ablate.VARIANTS),
+                                                        "fractions": ["1/16"], "seeds": [1, 2, 3]}
+    assert ablate.default_grid("demo", seed=1)["seeds"] == [1]
+    for preset in ("smoke", "demo", "benchmark"):  # the notebook's schedules are valid settings
+        ablate.run_config("cpcl", "1/16", 0, preset, ablate.short_schedule(preset))
+
+
+def test_real_tiny_grid_runs_then_skips(tmp_path):
+    grid = ablate.parse_grid(["variants=cpcl,supervised", "fractions=1/16", "seeds=0"])
+    small = {"iterations": "4", "n_train_scenes": "32", "n_val_scenes": "8"}
+    table = ablate.run_grid(grid, tmp_path, preset="smoke", overrides=small, progress=False,
+                            log=None, keep_checkpoints=False)
+    assert list(table["variant"]) == ["cpcl", "supervised"]
+    assert set(ablate.COLUMNS) <= set(table.columns)
+    assert table["miou"].between(0, 1).all() and (table["iterations"] == 4).all()
+    assert list(table["method"]) == ["cpcl", "supervised"]
+    on_disk = pd.read_csv(tmp_path / "ablation.csv")
+    assert len(on_disk) == 2 and not list(tmp_path.glob(".ablation.csv.tmp*"))
+    assert not (tmp_path / "cpcl__1-16__seed0" / "checkpoint.pt").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/metrics.json")}
+    lines = []
+    again = ablate.run_grid(grid, tmp_path, preset="smoke", overrides=small, progress=False,
+                            log=lines.append)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/metrics.json")} == stamps
+    assert all("skipped" in line for line in lines) and len(lines) == 2
+    pd.testing.assert_frame_equal(again, table)
+    per_class = ablate.per_class(tmp_path)
+    assert len(per_class) == 2 * 11 and set(per_class["variant"]) == {"cpcl", "supervised"}
+    s = ablate.summarise(table)
+    assert s.loc[s["variant"] == "cpcl", "Δ vs cpcl"].iloc[0] == 0
+    # a finished folder from other settings is not silently reused
+    with pytest.raises(KitError, match="other settings"):
+        ablate.run_grid(grid, tmp_path, preset="smoke", overrides={**small, "iterations": "6"}, progress=False,
+                        log=None)
+
+
+def _fake_train(calls):
+    def train(cfg, out_dir=None, resume=False, progress=True, **kw):
+        calls.append((cfg.method, cfg.seed, resume, str(out_dir)))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+        m = {"miou": 0.5 + 0.01 * cfg.seed, "pixel_acc": 0.9, "per_class_iou": [0.5, None],
+             "class_names": ["bg", "x"], "seconds": 1.0}
+        (out_dir / "metrics.json").write_text(json.dumps(m))
+        return RunResult(cfg, [], pd.DataFrame(), m, out_dir)
+    return train
+
+
+def test_skip_resume_and_half_written_runs(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "train", _fake_train(calls))
+    grid = {"variants": ["cpcl", "cps"], "fractions": ["1/16"], "seeds": [0, 1]}
+    # cps seed 0 was interrupted after a checkpoint; cps seed 1 only got as far as its config
+    for seed, files in ((0, ("config.json", "checkpoint.pt")), (1, ("config.json",))):
+        d = tmp_path / ablate.run_name("cps", "1/16", seed)
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("{}")
+    assert ablate.collect(tmp_path).empty  # half-written runs are not counted
+    table = ablate.run_grid(grid, tmp_path, preset="smoke", log=None)
+    assert sorted(calls) == sorted([("cpcl", 0, False, str(tmp_path / "cpcl__1-16__seed0")),
+                                    ("cpcl", 1, False, str(tmp_path / "cpcl__1-16__seed1")),
+                                    ("cps", 0, True, str(tmp_path / "cps__1-16__seed0")),
+                                    ("cps", 1, False, str(tmp_path / "cps__1-16__seed1"))])
+    assert len(table) == 4 and list(table["variant"]) == ["cpcl", "cpcl", "cps", "cps"]
+    calls.clear()
+    ablate.run_grid(grid, tmp_path, preset="smoke", log=None)
+    assert calls == []
+    # an unrelated folder and a run without metrics stay out of the table
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "supervised__1-16__seed0").mkdir()
+    assert len(ablate.collect(tmp_path)) == 4
+
+
+def test_bad_variant_stops_before_training(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablate, "train", _fake_train(calls))
+    with pytest.raises(KitError, match="valid variants"):
+        ablate.run_grid({"variants": ["cpcl", "nope"]}, tmp_path, log=None)
+    with pytest.raises(KitError, match="unknown setting"):
+        ablate.run_grid({"variants": ["cpcl"]}, tmp_path, overrides={"colour": "1"}, log=None)
+    assert calls == []
+
+
+def test_cli_ablate(tmp_path, monkeypatch, capsys):
+    from cpcl_kit.cli import main
+
+    calls = []
+    monkeypatch.setattr(ablate, "train", _fake_train(calls))
+    rc = main(["ablate", "--grid", "variants=supervised", "seeds=0,1", "--out", str(tmp_path), "--quiet",
+               "--set", "iterations=3"])
+    assert rc == 0 and len(calls) == 2
+    assert "ablation.csv" in capsys.readouterr().out
+    assert main(["ablate", "--grid", "variants=nope", "--out", str(tmp_path)]) == 2
+    assert "valid variants" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""Analysis helpers: tables from pseudo labels, the disagreement decision, the shared run and its stages."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cpcl_kit import analysis
+from cpcl_kit.config import make_config
+from cpcl_kit.cpcl import pseudo_supervision
+from cpcl_kit.errors import KitError
+
+NAMES = ["background", "a", "b", "c"]
+
+
+def labels_and_masks(b=2, h=10, w=10, c=4):
+    g = torch.Generator().manual_seed(1)
+    t1, t2 = torch.randn(b, c, h, w, generator=g), torch.randn(b, c, h, w, generator=g)
+    masks = torch.randint(0, c, (b, h, w), generator=g)
+    masks[0, 0] = 255
+    return masks, pseudo_supervision(t1, t2)
+
+
+def test_pixel_table_and_label_quality():
+    masks, labels = labels_and_masks()
+    px = analysis.pixel_table(labels, masks)
+    assert len(px) == masks.numel()
+    unknown = px["truth"] == 255
+    assert px.loc[unknown, "union_correct"].isna().all()
+    assert px.loc[~px["agree"], "inter_correct"].isna().all()
+    assert (px.loc[~unknown, "y1_correct"] == (px.loc[~unknown, "y1"] == px.loc[~unknown, "truth"])).all()
+    q = analysis.label_quality(labels, masks).set_index("label")
+    agree = labels.agree.float().mean().item()
+    assert q.loc["intersection (net 1's target)", "coverage (%)"] == pytest.approx(100 * agree, abs=0.01)
+    assert q.loc["union (net 2's target)", "coverage (%)"] == 100
+    known = masks != 255
+    acc = ((labels.union == masks) & known).sum().item() / known.sum().item()
+    assert q.loc["union (net 2's target)", "accuracy (%)"] == pytest.approx(100 * acc, abs=0.01)
+
+
+def test_disagreeing_pixel_explains_the_union_rule():
+    masks, labels = labels_and_masks()
+    for seed in range(5):
+        p = analysis.disagreeing_pixel(labels, NAMES, masks, seed=seed)
+        assert p["y1"] != p["y2"]
+        net1_wins = p["Ĩ[net 1's class]"] > p["Ĩ[net 2's class]"]
+        assert p["union label"] == NAMES[p["y1"] if net1_wins else p["y2"]]
+        assert p["taken from"] == ("net 1" if net1_wins else "net 2")
+        assert p["union weight"] == pytest.approx(p["conf 1"] if net1_wins else p["conf 2"], abs=1e-3)
+    assert analysis.disagreeing_pixel(labels, NAMES, index=1)["scene"] == 1
+    same = pseudo_supervision(torch.ones(1, 4, 3, 3), torch.ones(1, 4, 3, 3))
+    assert analysis.disagreeing_pixel(same, NAMES) == {}
+
+
+def test_reliability_and_weight_tables():
+    conf = np.array([0.1, 0.15, 0.55, 0.6, 0.95, 0.99])
+    correct = np.array([0, 0, 1, 0, 1, np.nan])
+    t = analysis.reliability_table(conf, correct, bins=2)
+    assert list(t["count"]) == [2, 3] and t["accuracy"].tolist() == pytest.approx([0, 2 / 3])
+    ece = analysis.expected_calibration_error(t)
+    assert ece == pytest.approx((2 * 0.125 + 3 * abs(2 / 3 - 0.7)) / 5)
+    w = analysis.accuracy_by_weight(np.arange(8) / 8, np.array([0, 0, 0, 0, 1, 1, 1, 1.0]), quantiles=2)
+    assert w["accuracy (%)"].tolist() == [0.0, 100.0] and w["pixels"].tolist() == [4, 4]
+
+
+def test_label_quality_table_from_history():
+    h = pd.DataFrame({"iteration": [2, 4, 6], "agreement": [np.nan, 0.4, 0.6], "acc_inter": [np.nan, 0.8, 0.9],
+                      "acc_union": [np.nan, 0.5, 0.7], "acc_y1": [np.nan, 0.5, 0.6], "acc_y2": [np.nan, 0.5, 0.6]})
+    t = analysis.label_quality_table(h, last=2).set_index("label")
+    assert t.loc["intersection (net 1's target)", "coverage (%)"] == 50
+    assert t.loc["union (net 2's target)", "accuracy (%)"] == 60
+    assert analysis.label_quality_table(h[["iteration"]]).empty
+
+
+def test_stage_iterations():
+    cfg = make_config("smoke")
+    assert analysis.stage_iterations(cfg, 3) == [4, 8, 12]
+    assert analysis.stage_iterations(cfg, 1) == [12]
+    assert analysis.stage_iterations(make_config("demo"), 4) == [100, 200, 300, 400]
+    with pytest.raises(KitError):
+        analysis.stage_iterations(cfg, 0)
+
+
+def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch):
+    cfg = make_config("smoke", iterations=6, n_train_scenes=32, n_val_scenes=4)
+    run = analysis.shared_run(cfg, tmp_path, n_stages=3)
+    folder = analysis.shared_run_dir(tmp_path, "smoke", 0, "1/16")
+    assert run.out_dir == folder and (folder / "metrics.json").exists()
+    assert list(analysis.list_stages(folder)) == [4, 5]  # the last stage is the run's checkpoint
+    assert run.history["iteration"].max() == 6
+
+    import cpcl_kit.train as train_module
+
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    again = analysis.shared_run(cfg, tmp_path)
+    assert again.metrics["miou"] == run.metrics["miou"]
+    nets_at = analysis.stage_nets(again)
+    assert list(nets_at) == [4, 5, 6] and all(not n.training for nets in nets_at.values() for n in nets)
+    with pytest.raises(KitError, match="different run"):
+        analysis.shared_run(make_config("smoke", iterations=6, n_train_scenes=32, seed=0, reweight=False), tmp_path)
+
+    from cpcl_kit.data import build_data
+
+    data = build_data(cfg)
+    images, masks, labels = analysis.pseudo_labels_on_scenes(again.nets, data, n=3, seed=0)
+    assert images.shape == (3, 3, 64, 64) and masks.shape == labels.union.shape == (3, 64, 64)
+    again_labels = analysis.pseudo_labels_on_scenes(again.nets, data, n=3, seed=0)[2]
+    assert torch.equal(labels.union, again_labels.union)  # same scenes, same labels
+    mixed = analysis.pseudo_labels_on_scenes(again.nets, data, n=2, seed=0, cutmix=True)
+    assert mixed[0].shape == (2, 3, 64, 64) and mixed[2].inter.shape == (2, 64, 64)
+    imgs, truth, pred = analysis.predict_scenes(again.nets[0], data.val, n=2)
+    assert pred.shape == truth.shape == (2, 64, 64) and pred.dtype == torch.long
+    with pytest.raises(KitError, match="two nets"):
+        analysis.pseudo_labels_on_scenes(again.nets[:1], data)

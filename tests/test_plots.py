@@ -1,0 +1,144 @@
+"""Every figure function draws a non-empty Figure headless (Agg) from small synthetic inputs."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from cpcl_kit import analysis, plots  # noqa: E402
+from cpcl_kit.cpcl import pseudo_supervision  # noqa: E402
+
+C = 4
+NAMES = ["background", "a", "b", "c"]
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def history(n=8, sup_only=3, with_truth=True):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        it = 2 * (i + 1)
+        row = {"iteration": it, "lr": 1e-3 * (1 - i / n), "lambda": 0.0 if i < sup_only else 1.0,
+               "loss": 3 - 0.1 * i, "sup1": 1.5 - 0.05 * i, "sup2": 1.4 - 0.05 * i, "seconds": i}
+        if i >= sup_only:
+            row.update(unsup1=0.2, unsup2=0.5, agreement=0.3 + 0.05 * i, w_inter=0.5, w_union=0.45,
+                       w_agree=0.6, w_disagree=0.4)
+            ind = rng.random(C)
+            for c in range(C):
+                row[f"ind_{c}"] = ind[c] / ind.sum()
+                row[f"inter_frac_{c}"] = np.nan if c == 2 else rng.random()
+            if with_truth:
+                row.update(acc_union=0.5, acc_y1=0.45, acc_y2=0.5, acc_inter=0.7 + 0.01 * i)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def labels_and_masks(b=2, h=12, w=12):
+    g = torch.Generator().manual_seed(0)
+    t1, t2 = torch.randn(b, C, h, w, generator=g), torch.randn(b, C, h, w, generator=g)
+    masks = torch.randint(0, C, (b, h, w), generator=g)
+    masks[0, :2] = 255
+    return torch.randn(b, 3, h, w, generator=g), masks, pseudo_supervision(t1, t2)
+
+
+def drawn(fig) -> bool:
+    """A Figure with at least one axes that holds something, and that renders to a non-blank image."""
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert fig.axes
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())
+    return img.shape[0] > 50 and img.shape[1] > 50 and img[..., :3].std() > 1
+
+
+def test_history_figures():
+    h = history()
+    assert drawn(plots.learning_curves(h))
+    assert drawn(plots.coverage_curves(h))
+    assert drawn(plots.coverage_heatmap(h, NAMES))
+    assert drawn(plots.indicator_over_training(h, NAMES))
+    assert drawn(plots.indicator_over_training(h, NAMES, kind="lines"))
+    assert drawn(plots.weights_over_training(h))
+
+
+def test_history_figures_without_pseudo_labels():
+    """A supervised run's history (no label statistics) still gives a figure that says so."""
+    h = history(sup_only=99)[["iteration", "lr", "lambda", "loss", "sup1", "seconds"]]
+    for fig in (plots.learning_curves(h), plots.coverage_curves(h), plots.coverage_heatmap(h, NAMES),
+                plots.indicator_over_training(h, NAMES), plots.weights_over_training(h)):
+        assert drawn(fig)
+    assert drawn(plots.coverage_curves(history(with_truth=False)))
+
+
+def test_weighting_surface_both_rules():
+    assert len(plots.weighting_surface(11).axes) >= 2
+    assert drawn(plots.weighting_surface(4, union_rule="confidence"))
+    with pytest.raises(ValueError):
+        plots.weighting_surface(4, union_rule="nope")
+
+
+def test_weight_figures_from_pseudo_labels():
+    images, masks, labels = labels_and_masks()
+    px = analysis.pixel_table(labels, masks)
+    assert drawn(plots.weight_distributions(px["w_union"], px["union_correct"]))
+    assert drawn(plots.weight_distributions(labels.w_inter, px["inter_correct"], label="intersection label"))
+    assert drawn(plots.reliability_diagram(labels.conf1, px["y1_correct"], bins=5, lo=1 / C))
+    assert drawn(plots.weight_distributions([], []))  # nothing known: a figure that says so
+
+
+def test_overlays_and_indicator_bars():
+    images, masks, labels = labels_and_masks()
+    pick = analysis.disagreeing_pixel(labels, NAMES, masks)
+    fig = plots.prediction_overlays(images, masks, labels, [0, 1], NAMES, threshold=0.3,
+                                    mark=(pick["scene"], pick["row"], pick["col"]), title="t")
+    assert drawn(fig)
+    assert len(fig.axes) >= 16
+    assert drawn(plots.prediction_overlays(images, masks, labels, 1, NAMES))
+    assert drawn(plots.indicator_bars(labels.indicator, NAMES, highlight={0: "net 1", 3: "net 2"}))
+    assert drawn(plots.prediction_grid(images, masks, {"net 1": labels.y1, "net 2": labels.y2}, NAMES, title="t"))
+
+
+def test_palette_is_consistent():
+    pal = plots.class_palette(11)
+    assert pal.shape == (256, 3)
+    assert np.allclose(pal[0], 0) and np.allclose(pal[255], plots.IGNORE_GREY)
+    assert len({tuple(p) for p in pal[:11]}) == 11
+    assert len({tuple(p) for p in plots.class_palette(21)[:21]}) == 21
+    assert plots.colourise(torch.tensor([[0, 255]]), 11).shape == (1, 2, 3)
+
+
+def ablation_table():
+    rows = [{"variant": v, "labeled": f, "seed": s, "miou": 0.3 + 0.05 * i + 0.01 * s}
+            for i, v in enumerate(["supervised", "cpcl", "inter_only"]) for f in ["1/16"] for s in range(3)]
+    return pd.DataFrame(rows)
+
+
+def test_ablation_figures():
+    t = ablation_table()
+    assert drawn(plots.ablation_bars(t))
+    two = pd.concat([t, t.assign(labeled="1/8", miou=t["miou"] + 0.1)])
+    assert drawn(plots.ablation_bars(two))
+    assert drawn(plots.ablation_bars(t.iloc[:0]))
+    long = pd.DataFrame([{"variant": v, "seed": s, "class": n, "iou": 0.1 * k + 0.01 * s}
+                         for v in ["cpcl", "supervised"] for s in range(2) for k, n in enumerate(NAMES)])
+    assert drawn(plots.per_class_iou(long, NAMES))
+    metrics = {"per_class_iou": [0.9, None, 0.5, 0.2], "class_names": NAMES, "method": "cpcl"}
+    assert drawn(plots.per_class_iou(metrics))
+    assert drawn(plots.per_class_iou({"cpcl": metrics, "cps": metrics}, NAMES))
+    wide = pd.DataFrame({"supervised": [0.9, None, 0.5, 0.2], "cpcl": [0.9, 0.1, 0.6, 0.3]}, index=NAMES)
+    assert drawn(plots.per_class_iou(wide))
+    assert drawn(plots.per_class_iou(wide["cpcl"].to_frame("cpcl")))
+
+
+def test_save_writes_png(tmp_path):
+    path = plots.save(plots.learning_curves(history()), tmp_path, "curves")
+    assert path == tmp_path / "figures" / "curves.png" and path.stat().st_size > 1000
