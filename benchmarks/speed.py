@@ -1,0 +1,602 @@
+"""Speed benchmark: training throughput and memory, CPCL overhead, pseudo-label block, AMP.
+
+    python benchmarks/speed.py                     # defaults for the device found (CPU or CUDA)
+    python benchmarks/speed.py --backbone resnet50 --crop 512 --batch 8 --head-channels 256
+
+Prints a markdown table and writes ``benchmarks/results/speed-<device>.json``. Every figure is the
+median of ``--steps`` (or ``--pairs`` / ``--pl-repeats``) individually timed repeats after
+``--warmup`` untimed ones; on CUDA the timings synchronise before and after. The goals are checked
+here (and recorded in the JSON), never asserted in the tests:
+
+- CPCL overhead: CPCL step / bare step with the same passes and plain CE on fixed targets <= 1.05;
+- pseudo-label block (``pseudo_supervision``) vs the official host-side recipe: >= 5x at B=8, C=21,
+  128x128 on the CPU (the GPU figure is reported, no goal);
+- AMP vs fp32 images/s for the CPCL step (CUDA only): >= 1.8x for ResNet-50 at 512x512.
+
+Memory: on CUDA the peak ``torch.cuda.max_memory_allocated`` of each method (nets, gradients,
+optimizer state, activations). On the CPU the growth of the process's peak resident set size
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from before the nets are built to the end of the
+timed steps; each method is measured in a fresh interpreter (``--isolate``, the CPU default) so that
+one method's high-water mark does not hide the next one's. RSS counts every allocation of the
+process (allocator caches included), so it is coarser than the CUDA figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout without installing the kit
+    sys.path.insert(0, str(ROOT))
+
+from cpcl_kit.config import Config, make_config  # noqa: E402
+from cpcl_kit.cpcl import pseudo_supervision  # noqa: E402
+from cpcl_kit.loaders import Batch  # noqa: E402
+from cpcl_kit.train import (METHOD_STEPS, StepOut, amp_dtype, build_nets, make_optimizer,  # noqa: E402
+                            pick_device, sup_loss)
+
+RESULTS = ROOT / "benchmarks" / "results"
+METHODS = ("supervised", "cps", "cpcl")
+IGNORE = 255
+
+GOAL_OVERHEAD = 1.05      # CPCL step / bare step, at most
+GOAL_PSEUDO_CPU = 5.0     # pseudo-label block speed-up over the host-side recipe, at least (CPU)
+GOAL_AMP = 1.8            # AMP / fp32 images per second, at least (CUDA, ResNet-50 at 512x512)
+
+DEFAULTS = {
+    # One CPU thread by default: on a shared machine, OpenMP threads spin-waiting for busy cores made
+    # 2-thread steps 10-20x slower than 1-thread ones (measured); pass --threads to use more.
+    "cpu": dict(backbone="resnet18", crop=64, batch=4, head_channels=64, output_stride=8,
+                steps=5, warmup=2, pairs=11, threads=1),
+    "cuda": dict(backbone="resnet50", crop=512, batch=8, head_channels=256, output_stride=16,
+                 steps=10, warmup=3, pairs=10, threads=0),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# arguments
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--backbone", help="default: resnet18 on CPU, resnet50 on CUDA")
+    p.add_argument("--crop", type=int, help="square crop side; default 64 on CPU, 512 on CUDA")
+    p.add_argument("--batch", type=int, help="labeled images per step, and images in each of u0, u1; "
+                                             "default 4 on CPU, 8 on CUDA")
+    p.add_argument("--head-channels", type=int, help="ASPP/decoder width; default 64 CPU, 256 CUDA")
+    p.add_argument("--output-stride", type=int, choices=(8, 16),
+                   help="default 8 on CPU (as the CPU presets), 16 on CUDA (paper)")
+    p.add_argument("--classes", type=int, default=21, help="number of classes (VOC: 21)")
+    p.add_argument("--steps", type=int, help="timed training steps per method (median reported)")
+    p.add_argument("--warmup", type=int, help="untimed training steps before timing")
+    p.add_argument("--pairs", type=int, help="interleaved (bare, CPCL) step pairs for the overhead")
+    p.add_argument("--threads", type=int, help="torch CPU threads; default 1 on CPU, 0 = torch's default")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="train in fp32 on CUDA (default: autocast, as the training loop)")
+    p.add_argument("--channels-last", action="store_true", help="as the config switch")
+    p.add_argument("--pl-batch", type=int, default=8, help="pseudo-label block: batch")
+    p.add_argument("--pl-classes", type=int, default=21, help="pseudo-label block: classes")
+    p.add_argument("--pl-size", type=int, default=128, help="pseudo-label block: square side")
+    p.add_argument("--pl-repeats", type=int, default=20, help="pseudo-label block: timed repeats")
+    p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
+                   help="measure each method in a fresh interpreter (default on CPU, for RSS)")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false")
+    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed-<device>.json)")
+    p.add_argument("--child-method", choices=METHODS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    return fill_defaults(args, pick_device(args.device))
+
+
+def fill_defaults(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
+    """Fill the device-dependent defaults that were not given."""
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    for key, value in DEFAULTS[kind].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if getattr(args, "isolate", None) is None:
+        args.isolate = device.type == "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cuda"
+
+
+# ------------------------------------------------------------------------------------------------
+# timing helpers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call of ``fn``, synchronised on CUDA."""
+    _sync(device)
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def ratio_clock(device: torch.device) -> str:
+    """The clock the ratios (goals) use: process CPU time on the CPU, where it is robust to other
+    jobs competing for the cores (a wall-clock ratio of two noisy medians is not); wall time on CUDA."""
+    return "cpu" if device.type == "cpu" else "wall"
+
+
+def _median(timings, clock: str) -> float:
+    return statistics.median(t[0 if clock == "wall" else 1] for t in timings)
+
+
+def _rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+# ------------------------------------------------------------------------------------------------
+# training steps
+
+
+def _amp_setting(on: bool):
+    """The config's value for autocast on/off: ``amp`` is a bool in older configs, a string
+    ("auto"/"off") in newer ones."""
+    default = Config.__dataclass_fields__["amp"].default
+    if isinstance(default, str):
+        return "auto" if on else "off"
+    return bool(on)
+
+
+def bench_config(args, method: str, device: torch.device, amp: bool | None = None):
+    """The Config of one measurement: paper-layout nets at the benchmark's sizes; ``amp`` None
+    follows ``--no-amp`` (autocast as the training loop by default, which is fp32 on the CPU)."""
+    dataset = {21: "voc", 19: "cityscapes", 11: "digits"}.get(args.classes)
+    if dataset is None:
+        raise SystemExit(f"--classes: expected 21 (VOC), 19 (Cityscapes) or 11 (digits), got {args.classes}")
+    return make_config("voc", method=method, dataset=dataset, backbone=args.backbone,
+                       output_stride=args.output_stride, head_channels=args.head_channels,
+                       crop=args.crop, batch_size=args.batch, unlabeled_batch_size=args.batch,
+                       device=str(device), amp=_amp_setting(args.amp if amp is None else amp),
+                       channels_last=args.channels_last, sup_loss="ce")
+
+
+def random_batch(cfg, device: torch.device, seed: int = 0) -> Batch:
+    """Random images and labels of the config's sizes (labeled x_l/y_l, unlabeled u0/u1)."""
+    g = torch.Generator().manual_seed(seed)
+    b, s, c = cfg.batch_size, cfg.crop, cfg.num_classes
+    imgs = [torch.randn(b, 3, s, s, generator=g) for _ in range(3)]
+    y = torch.randint(0, c, (b, s, s), generator=g)
+    y[:, :2] = IGNORE  # a few ignored pixels, as padded crops have
+    batch = Batch(x_l=imgs[0], y_l=y, u0=imgs[1], u1=imgs[2]).to(device)
+    if cfg.channels_last:
+        batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def images_per_step(cfg) -> int:
+    """Images one iteration processes: the labeled batch, plus u0 and u1 for the semi-supervised ones."""
+    return cfg.batch_size + (0 if cfg.method == "supervised" else 2 * cfg.unlabeled_batch_size)
+
+
+class Trainer:
+    """Nets, optimizers and scaler of one method, and one iteration exactly as ``train`` runs it."""
+
+    def __init__(self, cfg, device: torch.device):
+        self.cfg, self.device = cfg, device
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        self.nets = build_nets(cfg)
+        self.opts = [make_optimizer(n, cfg) for n in self.nets]
+        for net in self.nets:
+            net.to(device).train()
+            if cfg.channels_last:
+                net.to(memory_format=torch.channels_last)
+        self.dtype = amp_dtype(device, cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.it = 0
+
+    def step(self, step_fn, batch: Batch, lam: float = 1.0) -> StepOut:
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.it)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = step_fn(self.nets, batch, self.cfg, lam, gen)
+        self.scaler.scale(out.loss).backward()
+        for opt in self.opts:
+            self.scaler.step(opt)
+        self.scaler.update()
+        self.it += 1
+        return out
+
+
+def measure_training(method: str, args, device: torch.device, amp: bool | None = None) -> dict:
+    """Median seconds per training iteration, images/s and peak memory of one method."""
+    cfg = bench_config(args, method, device, amp)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _rss_mib()
+    trainer = Trainer(cfg, device)
+    batch = random_batch(cfg, device)
+    step_fn = METHOD_STEPS[method]
+    lam = cfg.unsup_weight  # > 0: the full semi-supervised step
+    for _ in range(args.warmup):
+        trainer.step(step_fn, batch, lam)
+    times = [timed(lambda: trainer.step(step_fn, batch, lam), device) for _ in range(args.steps)]
+    med = _median(times, "wall")
+    n_img = images_per_step(cfg)
+    res = {"method": method, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
+           "images_per_step": n_img, "median_s": med, "images_per_s": n_img / med,
+           "cpu_median_s": _median(times, "cpu"), "times_s": [t[0] for t in times],
+           "cpu_times_s": [t[1] for t in times]}
+    if device.type == "cuda":
+        res["peak_mem_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        res["mem_kind"] = "torch.cuda.max_memory_allocated"
+    else:
+        peak = _rss_mib()
+        res["peak_mem_mib"] = peak - base
+        res["peak_rss_mib"] = peak
+        res["mem_kind"] = ("ru_maxrss growth, fresh process" if getattr(args, "child_method", None)
+                           else "ru_maxrss growth, shared process (lower bound)")
+    del trainer, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def measure_training_isolated(method: str, args) -> dict:
+    """``measure_training`` in a fresh interpreter (so ru_maxrss belongs to this method alone)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-method", method,
+           "--device", args.device, "--backbone", args.backbone, "--crop", str(args.crop),
+           "--batch", str(args.batch), "--head-channels", str(args.head_channels),
+           "--output-stride", str(args.output_stride), "--classes", str(args.classes),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    if not args.amp:
+        cmd.append("--no-amp")
+    if args.channels_last:
+        cmd.append("--channels-last")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child for {method} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# CPCL overhead: a CPCL step vs a bare step with the same passes
+
+
+def bare_step(nets, batch: Batch, cfg, lam: float, gen, *, u_mix: torch.Tensor, target: torch.Tensor):
+    """The passes of a CPCL step without CPCL: per net, labeled fwd/bwd, no-grad passes on u0 and u1,
+    fwd/bwd on a (fixed) mixed image with plain CE on fixed targets. No CutMix, no pseudo-labels,
+    no indicator, no weights."""
+    net1, net2 = nets
+    s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
+    with torch.no_grad():
+        for net in nets:
+            net(batch.u0)
+            net(batch.u1)
+    u1 = F.cross_entropy(net1(u_mix).float(), target, ignore_index=IGNORE)
+    u2 = F.cross_entropy(net2(u_mix).float(), target, ignore_index=IGNORE)
+    return StepOut(s1 + s2 + lam * (u1 + u2))
+
+
+def measure_overhead(args, device: torch.device) -> dict:
+    """Median seconds of interleaved (bare, CPCL) steps on the same nets and batch, and their ratio."""
+    cfg = bench_config(args, "cpcl", device)
+    trainer = Trainer(cfg, device)
+    batch = random_batch(cfg, device)
+    g = torch.Generator().manual_seed(1)
+    u_mix = batch.u0.clone()
+    target = torch.randint(0, cfg.num_classes, batch.y_l.shape, generator=g).to(device)
+
+    def bare(nets, b, c, lam, gen):
+        return bare_step(nets, b, c, lam, gen, u_mix=u_mix, target=target)
+
+    cpcl = METHOD_STEPS["cpcl"]
+    for _ in range(args.warmup):
+        trainer.step(bare, batch)
+        trainer.step(cpcl, batch)
+    t_bare, t_cpcl = [], []
+    for i in range(args.pairs):  # alternate the order so drifts in machine load hit both alike
+        order = [(bare, t_bare), (cpcl, t_cpcl)]
+        for fn, sink in (order if i % 2 == 0 else order[::-1]):
+            sink.append(timed(lambda: trainer.step(fn, batch), device))
+    res = {"clock": ratio_clock(device)}
+    for clock in ("wall", "cpu"):
+        res[clock] = {"bare_median_s": _median(t_bare, clock), "cpcl_median_s": _median(t_cpcl, clock),
+                      "ratio": _median(t_cpcl, clock) / _median(t_bare, clock),
+                      "bare_times_s": [t[clock == "cpu"] for t in t_bare],
+                      "cpcl_times_s": [t[clock == "cpu"] for t in t_cpcl]}
+    res["ratio"] = res[res["clock"]]["ratio"]
+    res["pairs"] = len(t_bare)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# pseudo-label block: kit vs the official host-side recipe
+
+
+def _confusion_bincount(a: np.ndarray, b: np.ndarray, c: int) -> np.ndarray:
+    return np.bincount(a * c + b, minlength=c * c).reshape(c, c)
+
+
+def _confusion_sklearn(a: np.ndarray, b: np.ndarray, c: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+    return confusion_matrix(a, b)
+
+
+def reference_pseudo_labels(teacher1: torch.Tensor, teacher2: torch.Tensor, confusion=_confusion_sklearn,
+                            ignore_index: int = IGNORE) -> dict:
+    """Straightforward host-side version, with the official code's calls: labels and confidences
+    with ``torch.max`` on the device, labels to the host as numpy, the confusion matrix there with
+    the class list appended to both label vectors, the indicator in numpy, then the labels and
+    weights built back on the device."""
+    device = teacher1.device
+    c = teacher1.shape[1]
+    z1, z2 = teacher1.detach().float(), teacher2.detach().float()
+    _, y1 = torch.max(z1, dim=1)
+    _, y2 = torch.max(z2, dim=1)
+    # The official code takes torch.max(F.softmax(z, dim=-1)), a single scalar; the method (and the
+    # kit) use the per-pixel max over classes, which is what is built here.
+    conf1, _ = torch.max(torch.softmax(z1, dim=1), dim=1)
+    conf2, _ = torch.max(torch.softmax(z2, dim=1), dim=1)
+    a = y1.cpu().numpy().ravel()
+    b = y2.cpu().numpy().ravel()
+    classes = np.arange(c)
+    n = confusion(np.concatenate([a, classes]), np.concatenate([b, classes]), c).astype(np.float64)
+    diag = np.diag(n)
+    rows, cols = n.sum(axis=1), n.sum(axis=0)
+    ind = (cols - diag) / cols + (rows - diag) / rows
+    ind = ind / (ind.sum() + 1e-6)
+    ind_t = torch.from_numpy(ind).to(device)
+    agree = y1 == y2
+    take1 = ind_t[y1] > ind_t[y2]
+    union = torch.where(take1, y1, y2)
+    inter = torch.where(agree, y1, torch.full_like(y1, ignore_index))
+    w_inter = (conf1 + conf2) / 2
+    w_union = torch.where(agree, w_inter, torch.where(take1, conf1, conf2))
+    return {"y1": y1, "y2": y2, "indicator": ind_t, "inter": inter, "union": union,
+            "w_inter": w_inter, "w_union": w_union}
+
+
+def _same_outputs(kit, ref: dict) -> bool:
+    eq = all(torch.equal(getattr(kit, k), ref[k]) for k in ("y1", "y2", "inter", "union"))
+    close = all(torch.allclose(getattr(kit, k), ref[k]) for k in ("indicator", "w_inter", "w_union"))
+    return eq and close
+
+
+def measure_pseudo_labels(device: torch.device, batch: int = 8, classes: int = 21, size: int = 128,
+                          repeats: int = 20, warmup: int = 3) -> dict:
+    """Median seconds of ``pseudo_supervision`` and of the host-side recipe (sklearn confusion_matrix,
+    as the official code; and np.bincount, a faster host-side variant), interleaved."""
+    g = torch.Generator().manual_seed(2)
+    shape = (batch, classes, size, size)
+    t1 = (3 * torch.randn(shape, generator=g)).to(device)
+    t2 = (3 * torch.randn(shape, generator=g)).to(device)
+    fns = {
+        "kit": lambda: pseudo_supervision(t1, t2),
+        "host_sklearn": lambda: reference_pseudo_labels(t1, t2, _confusion_sklearn),
+        "host_bincount": lambda: reference_pseudo_labels(t1, t2, _confusion_bincount),
+    }
+    kit = fns["kit"]()
+    match = {k: _same_outputs(kit, fns[k]()) for k in ("host_sklearn", "host_bincount")}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, device))
+    res = {"shape": list(shape), "clock": ratio_clock(device), "outputs_match": match}
+    for clock in ("wall", "cpu"):
+        med = {k: _median(v, clock) for k, v in times.items()}
+        res[clock] = {"kit_median_s": med["kit"], "host_sklearn_median_s": med["host_sklearn"],
+                      "host_bincount_median_s": med["host_bincount"],
+                      "speedup_vs_sklearn": med["host_sklearn"] / med["kit"],
+                      "speedup_vs_bincount": med["host_bincount"] / med["kit"],
+                      "times_s": {k: [t[clock == "cpu"] for t in v] for k, v in times.items()}}
+    res["speedup_vs_sklearn"] = res[res["clock"]]["speedup_vs_sklearn"]
+    res["speedup_vs_bincount"] = res[res["clock"]]["speedup_vs_bincount"]
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole run
+
+
+def _git(*cmd: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _guarded(fn, *a, **kw) -> dict:
+    """``fn(...)``, or ``{"error": ...}`` when the device runs out of memory (large GPU settings)."""
+    try:
+        return fn(*a, **kw)
+    except torch.cuda.OutOfMemoryError as e:
+        error = f"out of memory: {str(e).splitlines()[0]}"
+    torch.cuda.empty_cache()  # here, once the traceback (and the frames holding the nets) is gone
+    return {"error": error}
+
+
+def _goal(value: float | None, goal: float, kind: str, note: str = "") -> dict:
+    met = None if value is None else (value <= goal if kind == "max" else value >= goal)
+    return {"value": value, "goal": goal, "kind": "at most" if kind == "max" else "at least",
+            "met": met, **({"note": note} if note else {})}
+
+
+def run_benchmark(args, device: torch.device, progress=print) -> dict:
+    """Every measurement; returns the JSON-able result."""
+    t_start = time.perf_counter()
+    res: dict = {
+        "device": device_slug(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "torch": torch.__version__, "python": platform.python_version(), "commit": _git("rev-parse", "HEAD"),
+        # uncommitted changes to tracked files: the measured code is then not exactly ``commit``
+        "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if k != "child_method"},
+    }
+    training = []
+    for method in METHODS:
+        progress(f"training step: {method} ...")
+        training.append({"method": method, **(measure_training_isolated(method, args) if args.isolate
+                                               else _guarded(measure_training, method, args, device))})
+    res["training"] = training
+
+    progress("CPCL overhead (bare vs CPCL steps) ...")
+    res["overhead"] = _guarded(measure_overhead, args, device)
+
+    progress("pseudo-label block ...")
+    res["pseudo_labels"] = measure_pseudo_labels(device, args.pl_batch, args.pl_classes, args.pl_size,
+                                                 args.pl_repeats)
+
+    if device.type == "cuda":
+        progress("CPCL step in fp32 (AMP comparison) ...")
+        amp_run = next(t for t in training if t["method"] == "cpcl")
+        if not args.amp:  # the table ran in fp32: measure the autocast step now
+            fp32, amp_run = amp_run, _guarded(measure_training, "cpcl", args, device, amp=True)
+        else:
+            fp32 = _guarded(measure_training, "cpcl", args, device, amp=False)
+        fp32, amp_run = {"method": "cpcl", **fp32}, {"method": "cpcl", **amp_run}
+        res["amp"] = {"fp32": fp32, "amp": amp_run}
+        if "error" in fp32 or "error" in amp_run:
+            res["amp"]["skipped"] = f"a CPCL step failed: {fp32.get('error') or amp_run.get('error')}"
+        else:
+            res["amp"]["speedup"] = amp_run["images_per_s"] / fp32["images_per_s"]
+    else:
+        res["amp"] = {"skipped": "AMP is CUDA-only in the training loop (autocast is off on the CPU)"}
+
+    pl_default = (args.pl_batch, args.pl_classes, args.pl_size) == (8, 21, 128)
+    paper_size = args.backbone == "resnet50" and args.crop == 512
+    goals = {"cpcl_overhead_ratio": _goal(res["overhead"].get("ratio"), GOAL_OVERHEAD, "max",
+                                          res["overhead"].get("error", ""))}
+    pl = res["pseudo_labels"]
+    if device.type == "cpu":
+        goals["pseudo_label_speedup_cpu"] = _goal(
+            pl["speedup_vs_sklearn"], GOAL_PSEUDO_CPU, "min",
+            "vs the official recipe with sklearn confusion_matrix"
+            + ("" if pl_default else "; goal is stated for B=8, C=21, 128x128"))
+    if "speedup" in res["amp"]:
+        goals["amp_speedup"] = _goal(res["amp"]["speedup"], GOAL_AMP, "min",
+                                     "" if paper_size else "goal is stated for resnet50 at 512x512")
+    res["goals"] = goals
+    res["seconds"] = time.perf_counter() - t_start
+    return res
+
+
+def markdown(res: dict) -> str:
+    a = res["args"]
+    lines = [f"### Speed: {res['device']} ({res['device_name']}), torch {res['torch']}, "
+             f"torch threads: {res['threads']}, commit {(res['commit'] or '?')[:10]}"
+             f"{' + uncommitted changes' if res.get('worktree_dirty') else ''}",
+             "",
+             f"{a['backbone']}, OS{a['output_stride']}, head {a['head_channels']}, crop {a['crop']}, "
+             f"batch {a['batch']} (+{a['batch']}+{a['batch']} unlabeled), {a['classes']} classes; "
+             f"median of {a['steps']} steps after {a['warmup']} warm-up",
+             "",
+             "| measurement | s / step | CPU s / step | images / step | images / s | peak memory (MiB) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    amp = res["amp"]
+    cpcl_row = next(t for t in res["training"] if t["method"] == "cpcl")
+    rows = res["training"] + [r for r in (amp.get("fp32"), amp.get("amp")) if r and r != cpcl_row]
+    for t in rows:
+        if "error" in t:
+            lines.append(f"| train {t['method']} | failed: {t['error']} | | | | |")
+            continue
+        lines.append(f"| train {t['method']} ({t['amp']}) | {t['median_s']:.4f} | {t['cpu_median_s']:.4f} | "
+                     f"{t['images_per_step']} | {t['images_per_s']:.1f} | {t['peak_mem_mib']:.0f} |")
+    mem_kind = next((t["mem_kind"] for t in rows if "mem_kind" in t), "?")
+    o, p = res["overhead"], res["pseudo_labels"]
+    clock = p["clock"]
+    lines += ["", f"Memory: {mem_kind}. Ratios below use {'process CPU' if clock == 'cpu' else 'wall'} "
+              f"time{' (wall-clock ratio in brackets)' if clock == 'cpu' else ''}.", "",
+              "| comparison | value | detail |", "|---|---:|---|"]
+
+    def alt(block, key, fmt):
+        return f" ({fmt.format(block['wall'][key])})" if clock == "cpu" else ""
+
+    if "error" in o:
+        lines.append(f"| CPCL overhead (CPCL / bare step) | failed | {o['error']} |")
+    else:
+        c = o[o["clock"]]
+        lines.append(f"| CPCL overhead (CPCL / bare step) | {o['ratio']:.3f}{alt(o, 'ratio', '{:.3f}')} | "
+                     f"{c['cpcl_median_s']:.4f} s vs {c['bare_median_s']:.4f} s, medians of {o['pairs']} "
+                     f"interleaved pairs |")
+    shape = "x".join(str(s) for s in p["shape"])
+    c = p[clock]
+    lines.append(f"| pseudo-label block speed-up vs host sklearn | {p['speedup_vs_sklearn']:.2f}x"
+                 f"{alt(p, 'speedup_vs_sklearn', '{:.2f}x')} | [{shape}]: kit {c['kit_median_s'] * 1e3:.2f} ms, "
+                 f"host sklearn {c['host_sklearn_median_s'] * 1e3:.2f} ms |")
+    lines.append(f"| pseudo-label block speed-up vs host np.bincount | {p['speedup_vs_bincount']:.2f}x"
+                 f"{alt(p, 'speedup_vs_bincount', '{:.2f}x')} | host bincount "
+                 f"{c['host_bincount_median_s'] * 1e3:.2f} ms; outputs match: {all(p['outputs_match'].values())} |")
+    if "speedup" in amp:
+        lines.append(f"| AMP / fp32 images/s (cpcl) | {amp['speedup']:.2f}x | {amp['amp']['amp']} autocast |")
+    else:
+        lines.append(f"| AMP / fp32 | skipped | {amp['skipped']} |")
+    lines += ["", "| goal | value | target | met |", "|---|---:|---:|---|"]
+    for name, g in res["goals"].items():
+        value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
+        lines.append(f"| {name} | {value} | {g['kind']} {g['goal']} | "
+                     f"{'n/a' if g['met'] is None else 'yes' if g['met'] else 'NO'}{' (' + g['note'] + ')' if g.get('note') else ''} |")
+    lines += ["", f"Benchmark run time: {res['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    if args.child_method:  # one isolated training measurement, printed as one JSON line
+        print(json.dumps(measure_training(args.child_method, args, device)))
+        return 0
+    res = run_benchmark(args, device, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    out = args.out or RESULTS / f"speed-{res['device']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(markdown(res))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
