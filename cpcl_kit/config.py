@@ -47,6 +47,8 @@ class Config:
     n_train_scenes: int = 2000
     n_val_scenes: int = 300
     scene_size: int = 64
+    digits_per_scene: tuple = (2, 3)   # (min, max)
+    digit_px: tuple = (32, 44)         # (min, max) digit height in px
     # optimisation
     iterations: int = 39680
     optimizer: str = "sgd"             # "sgd" (paper) or "adam"

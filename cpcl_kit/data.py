@@ -28,7 +28,11 @@ def digit_data(cfg: Config) -> DataBundle:
     from .datasets import make_partition
     from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
 
-    spec = SceneSpec(size=cfg.scene_size)
+    spec = SceneSpec(size=cfg.scene_size, digits=tuple(cfg.digits_per_scene), digit_px=tuple(cfg.digit_px))
+    try:
+        spec.check()
+    except KitError as e:
+        raise KitError(f"scene settings (scene_size, digits_per_scene, digit_px): {e}") from None
     train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=_train_tf(cfg))
     val = DigitScenes("val", n=cfg.n_val_scenes, spec=spec, seed=cfg.seed + 10_000,
                       transform=val_transform())
