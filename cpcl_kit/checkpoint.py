@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,6 +17,9 @@ FORMAT = "cpcl-kit/1"
 # Settings that must match for a resumed run to continue the same experiment.
 _MUST_MATCH = ("method", "dataset", "backbone", "output_stride", "head_channels", "seed", "labeled",
                "batch_size", "unlabeled_batch_size", "iterations", "optimizer", "lr")
+# What `save` writes, by type: `load` refuses a file without it instead of failing later.
+_LAYOUT = {"config": dict, "iteration": int, "nets": list, "optimizers": list, "scaler": dict,
+           "rng_cpu": torch.Tensor, "rng_cuda": list, "history": list}
 
 
 def save(path, cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> Path:
@@ -35,12 +39,30 @@ def save(path, cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> 
         "history": history,
     }
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a failed write (disk full, Ctrl-C) leaves the old checkpoint and no debris
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path) -> dict:
@@ -49,15 +71,26 @@ def load(path) -> dict:
     if not path.is_file():
         raise KitError(f"checkpoint: file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise KitError(f"checkpoint: {path} holds objects that are not plain tensors and values "
-                       f"(refused by weights_only loading: {str(e).splitlines()[0][:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # whatever an untrusted file makes torch.load raise is the file's fault
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise KitError(f"checkpoint: {path} holds pickled Python objects ({found.group(1)}), not only "
+                           f"tensors and plain values; refused: checkpoints are read with weights_only=True "
+                           f"and never unpickled") from None
+        detail = re.search(r"Unsupported [^\n.]+", text)
+        detail = detail.group(0) if detail else (text.strip().splitlines() or [""])[0].split(". ")[0][:160]
         raise KitError(f"checkpoint: {path} is truncated or not a PyTorch file "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+                       f"({type(e).__name__}: {detail})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise KitError(f"checkpoint: {path} is not a cpcl-kit checkpoint (expected format {FORMAT})")
+        raise KitError(f"checkpoint: {path} is not a cpcl-kit checkpoint (expected a file written by "
+                       f"`python -m cpcl_kit train`, format {FORMAT})")
+    bad = [k for k, kind in _LAYOUT.items() if not isinstance(state.get(k), kind)]
+    if bad:
+        raise KitError(f"checkpoint: {path} is damaged or foreign: missing or malformed {', '.join(bad)}")
     return state
 
 
@@ -71,14 +104,18 @@ def check_compatible(state: dict, cfg, path) -> None:
 
 def restore(state: dict, nets, opts, scaler) -> tuple[int, list[dict]]:
     """Load a checkpoint's weights and optimizer states in place; returns (iteration, history)."""
-    if len(state["nets"]) != len(nets):
-        raise KitError(f"checkpoint holds {len(state['nets'])} nets, the run needs {len(nets)}")
-    for net, sd in zip(nets, state["nets"]):
-        net.load_state_dict(sd)
-    for opt, sd in zip(opts, state["optimizers"]):
-        opt.load_state_dict(sd)
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng_cpu"])
+    if len(state["nets"]) != len(nets) or len(state["optimizers"]) != len(opts):
+        raise KitError(f"checkpoint holds {len(state['nets'])} nets and {len(state['optimizers'])} "
+                       f"optimizers, the run needs {len(nets)}")
+    _load_nets(nets, state["nets"])
+    try:
+        for opt, sd in zip(opts, state["optimizers"]):
+            opt.load_state_dict(sd)
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise KitError(f"checkpoint: optimizer or RNG state does not fit this run "
+                       f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     return int(state["iteration"]), list(state["history"])
@@ -90,10 +127,28 @@ def load_nets(path, device="cpu"):
     from .train import build_nets
 
     state = load(path)
-    cfg = load_config_dict(state["config"])
+    try:
+        cfg = load_config_dict(state["config"])
+    except TypeError as e:  # a field of the wrong kind; KitErrors from validation pass through
+        raise KitError(f"checkpoint: {path} holds a malformed config ({e})") from None
     cfg.backbone_weights = None  # the weights come from the checkpoint
     nets = build_nets(cfg)
-    for net, sd in zip(nets, state["nets"]):
-        net.load_state_dict(sd)
+    if len(state["nets"]) != len(nets):
+        raise KitError(f"checkpoint: {path} holds {len(state['nets'])} nets, method "
+                       f"{cfg.method!r} needs {len(nets)}")
+    _load_nets(nets, state["nets"], path)
+    for net in nets:
         net.to(device).eval()
     return cfg, nets
+
+
+def _load_nets(nets, state_dicts, path=None) -> None:
+    """Weights into nets, strictly; a KitError (not a traceback) when they do not fit."""
+    where = f" {path}" if path else ""
+    for i, (net, sd) in enumerate(zip(nets, state_dicts), start=1):
+        try:
+            net.load_state_dict(sd)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            detail = " ".join(str(e).split())[:200]
+            raise KitError(f"checkpoint{where}: weights of net {i} do not fit the model its config "
+                           f"describes ({detail})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -50,12 +51,13 @@ def _print_metrics(m: dict) -> None:
 
 
 def cmd_train(args) -> None:
+    cfg = _config(args, method=args.method)  # settings first: a typo fails before torch loads
     from .train import train
 
-    cfg = _config(args, method=args.method)
     res = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
-    _print_metrics(res.metrics)
-    print(f"results in {args.out}")
+    if res.metrics:  # rank 0 of a multi-process run, or a single process
+        _print_metrics(res.metrics)
+        print(f"results in {args.out}")
 
 
 def cmd_evaluate(args) -> None:
@@ -102,17 +104,28 @@ def _config_overrides(args) -> dict:
 
 
 def cmd_demo(args) -> None:
+    from .config import make_config
     from .notebooks import run_demo
+
+    make_config(args.preset)  # an unknown preset fails here, in one line, not inside every notebook
 
     run_demo(Path(args.out), preset=args.preset, only=args.only)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are one line on stderr and exit 2, like every KitError."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cpcl_kit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m cpcl_kit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train supervised, CPS or CPCL and evaluate")
-    p.add_argument("--method", choices=["supervised", "cps", "cpcl"], default="cpcl")
+    # No argparse default: `--set method=...` (or the config's default, cpcl) applies unless given.
+    p.add_argument("--method", choices=["supervised", "cps", "cpcl"], help="default: cpcl")
     _common(p)
     p.add_argument("--out", required=True, help="run folder (config, history, checkpoint, metrics)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -143,12 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(e: KitError) -> str:
+    """The message of ``e`` as one line. A KitError raised inside a DataLoader worker comes back
+    re-raised with the worker's traceback in its text; keep only the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1].strip(), count=1)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except KitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
