@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -88,6 +89,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "11b_weights_missing_keys": (["--set", "backbone_weights={w}/weights/r18-missing.pth"],
                                  r"backbone_weights: .*r18-missing\.pth does not match a torchvision resnet18: "
                                  r"missing keys \['layer2\.0\.conv1\.weight'\]"),
+    "11d_weights_plain_pickle": (["--set", "backbone_weights={w}/weights/plain.pkl"],
+                                 r"backbone_weights: .*plain\.pkl is not a loadable PyTorch state dict"),
     "11c_weights_file_missing": (["--set", "backbone_weights={w}/weights/none.pth"],
                                  r"backbone_weights: file not found: .*none\.pth"),
     # 12: output folder
@@ -185,6 +188,8 @@ def _checkpoints(w: Path, root: Path) -> None:
     (w / "runs" / "notes.txt").write_text("this is not a checkpoint")
     (w / "weights").mkdir()
     torch.save({"epoch": 3, "note": "not weights"}, w / "weights" / "notsd.pth")
+    with open(w / "weights" / "plain.pkl", "wb") as f:  # a pickle, not a torch file
+        pickle.dump({"conv1.weight": [[0.0]]}, f, protocol=4)
     sd = torchvision.models.resnet18(weights=None).state_dict()
     del sd["layer2.0.conv1.weight"]
     torch.save(sd, w / "weights" / "r18-missing.pth")
@@ -295,7 +300,14 @@ def _check_one_clean_error(r: dict, pattern: str) -> None:
     assert "mIoU" not in r["stdout"] and "results in" not in r["stdout"], shown
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# Cases that show a fix still to be made outside this test's files (see the report of issue 7).
+KNOWN = {"11d_weights_plain_pickle": "cpcl_kit/model.py load_backbone_weights lets torch.load print a "
+                                     "UserWarning (pickle protocol) on stderr and quotes torch's advice "
+                                     "to load with weights_only=False"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n]))
+                                  if n in KNOWN else n for n in CASES])
 def test_bad_input_is_one_clear_line_exit_2_and_no_result(name, results):
     r = results[name]
     _check_one_clean_error(r, CASES[name][1])
