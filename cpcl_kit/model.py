@@ -9,7 +9,9 @@ that is *added*, then a decoder that joins a 48-channel projection of layer1, tw
 from __future__ import annotations
 
 import os
+import re
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,12 +93,14 @@ def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, name: 
         if not path.is_file():
             raise KitError(f"backbone_weights: file not found: {path}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise KitError(
-                f"backbone_weights: {path} is not a loadable PyTorch state dict "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            ) from None
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            why = (f"it holds pickled Python objects ({found.group(1)}), refused by weights_only loading"
+                   if found else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}")
+            raise KitError(f"backbone_weights: {path} is not a loadable PyTorch state dict ({why})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KitError(f"backbone_weights: {source} does not hold a state dict of tensors")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}

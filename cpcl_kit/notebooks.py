@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,14 +40,50 @@ def use_this_python_as_kernel() -> str:
     return "python3"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list}
+
+
+def check_parameters(path: Path, parameters: dict) -> None:
+    """Refuse unknown parameter names and values whose type differs from the default's, naming them."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(path))
+    for name, value in parameters.items():
+        if name not in declared:
+            raise KitError(f"{Path(path).name}: unknown parameter '{name}'; "
+                           f"its parameters are {', '.join(declared)}")
+        default = ast.literal_eval(declared[name]["default"]) if declared[name]["default"] else None
+        if value is None:
+            continue
+        annotated = [_TYPES[t.strip()] for t in declared[name]["inferred_type_name"].split("|")
+                     if t.strip() in _TYPES]  # e.g. "image_size: int | None = None"
+        if annotated:
+            if not isinstance(value, tuple(annotated)) or (isinstance(value, bool) and bool not in annotated):
+                raise KitError(f"{Path(path).name}: parameter {name} expected "
+                               f"{declared[name]['inferred_type_name']}, got {value!r} ({type(value).__name__})")
+            continue
+        if default is None:
+            continue
+        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+        if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+            ok = True
+        if not ok or (isinstance(value, bool) and not isinstance(default, bool)):
+            raise KitError(f"{Path(path).name}: parameter {name} expected {type(default).__name__}, "
+                           f"got {value!r} ({type(value).__name__})")
+
+
 def run_notebook(path: Path, out_path: Path, parameters: dict | None = None,
                  cwd: Path | None = None, timeout: int = 1800) -> float:
     """Execute one notebook into ``out_path`` with papermill; returns seconds taken.
 
-    A failing cell raises ``RuntimeError`` carrying the cell's error (papermill's message).
+    Parameters are checked against the notebook's ``parameters`` cell first. A cell that fails with
+    a KitError (bad input) raises that one line as a KitError; any other failure raises
+    ``RuntimeError`` with the cell's error and the end of its traceback.
     """
     import papermill as pm
 
+    check_parameters(path, parameters or {})
     kernel = use_this_python_as_kernel()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +93,10 @@ def run_notebook(path: Path, out_path: Path, parameters: dict | None = None,
                             kernel_name=kernel, cwd=str(cwd or Path(path).parent),
                             progress_bar=False, execution_timeout=timeout)
     except pm.PapermillExecutionError as e:
+        if e.ename in ("KitError", "TrainingDiverged"):
+            raise KitError(f"{Path(path).name}: {_ANSI.sub('', e.evalue)}") from None
         raise RuntimeError(f"{Path(path).name}: cell {e.exec_count} failed: {e.ename}: {e.evalue}\n"
-                           + "".join(e.traceback[-3:])) from None
+                           + _ANSI.sub("", "".join(e.traceback[-3:]))) from None
     return time.perf_counter() - t0
 
 

@@ -355,6 +355,9 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     last_saved = start
 
     def save_checkpoint(done):
+        # One huge step after a finite loss can still leave inf weights: never save those.
+        if not all(torch.isfinite(p).all() for n in nets for p in n.parameters()):
+            _diverged(out, done - 1, last_saved, history)
         if out is not None:
             ckpt.save(out / ckpt.CHECKPOINT, cfg, done, nets, opts, scaler, history)
             pd.DataFrame(history).to_csv(out / "history.csv", index=False)
@@ -437,10 +440,12 @@ def evaluate_run(cfg: Config, nets, data, progress: bool = True) -> dict:
 
 
 def _diverged(out: Path | None, bad: int, last_good: int, history: list) -> None:
-    msg = (f"training diverged: the loss became NaN or infinite at iteration {bad + 1}; "
-           f"the last good checkpoint (iteration {last_good}) is kept"
-           + (f" in {out / ckpt.CHECKPOINT}" if out else "")
-           + "; lower lr or check the data")
+    if out is not None and (out / ckpt.CHECKPOINT).exists():
+        kept = f"the last good checkpoint (iteration {last_good}) is kept in {out / ckpt.CHECKPOINT}"
+    else:
+        kept = "no checkpoint had been written yet"
+    msg = (f"training diverged: the loss became NaN or infinite at iteration {bad + 1}; {kept}; "
+           f"lower lr or check the data")
     if out is not None:
         _write_json_atomic(out / "diverged.json", {"iteration": bad + 1, "last_good_iteration": last_good,
                                                    "message": msg})

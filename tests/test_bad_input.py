@@ -301,9 +301,7 @@ def _check_one_clean_error(r: dict, pattern: str) -> None:
 
 
 # Cases that show a fix still to be made outside this test's files (see the report of issue 7).
-KNOWN = {"11d_weights_plain_pickle": "cpcl_kit/model.py load_backbone_weights lets torch.load print a "
-                                     "UserWarning (pickle protocol) on stderr and quotes torch's advice "
-                                     "to load with weights_only=False"}
+KNOWN: dict = {}  # cases with a known defect: marked xfail(strict) until fixed
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n]))
@@ -334,9 +332,6 @@ def test_fresh_interpreter(tmp_path):
 # ------------------------------------------------------------------------------ 14: notebooks
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "notebook 02 does not check its parameters: image_size='big' surfaces as a TypeError deep in "
-    "cpcl_kit/digits.py that names neither image_size nor the expected type (see the report of issue 7)"))
 def test_notebook_parameter_of_wrong_type_is_named(tmp_path):
     from cpcl_kit.notebooks import NOTEBOOK_DIR, run_notebook
 
