@@ -74,8 +74,9 @@ def class_palette(num_classes: int) -> np.ndarray:
     pal[0] = 0.0
     cycle = list(plt.get_cmap("tab10").colors) if num_classes <= 11 else \
         list(plt.get_cmap("tab20").colors) + list(plt.get_cmap("tab20b").colors)
-    cycle = [(1.0, 0.84, 0.0) if np.allclose(col, col[0]) else col for col in cycle]  # greys -> gold:
-    # grey means "ignore / no label"
+    # grey means "ignore / no label": swap the palettes' greys for gold, purple, navy
+    spare = iter([(1.0, 0.84, 0.0), (0.5, 0.0, 0.5), (0.0, 0.0, 0.5), (0.6, 0.3, 0.0)])
+    cycle = [next(spare) if np.allclose(col, col[0]) else col for col in cycle]
     for c in range(1, min(num_classes, 255)):
         pal[c] = cycle[(c - 1) % len(cycle)]
     pal[IGNORE] = IGNORE_GREY
@@ -283,7 +284,7 @@ def indicator_over_training(history: pd.DataFrame, class_names, kind: str = "hea
 def weights_over_training(history: pd.DataFrame):
     """Mean loss weights over training: intersection and union targets, agreeing vs disagreeing pixels."""
     rows = _label_rows(history)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
     if rows.empty:
         _nothing(ax, "no pseudo labels in this run")
     else:
@@ -295,7 +296,7 @@ def weights_over_training(history: pd.DataFrame):
             if col in rows:
                 ax.plot(rows["iteration"], rows[col], ls=ls, lw=2, marker="o" if len(rows) < 30 else None, label=name)
         ax.set(xlabel="iteration", ylabel="mean loss weight ω", ylim=(0, 1.02), xlim=(0, history["iteration"].max()))
-        ax.legend(fontsize=9, loc="lower right")
+        ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("Confidence weights over training")
     fig.tight_layout()
     return fig
@@ -442,43 +443,55 @@ def _as_image(x) -> np.ndarray:
     return img.permute(1, 2, 0).numpy()
 
 
+def _overlay_panels(images, masks, labels, b: int, c: int, threshold: float) -> list:
+    """The eight panels of scene b: (array, is_weight) pairs in ``OVERLAY_TITLES`` order."""
+    inter, union = labels.inter[b].clone(), labels.union[b].clone()
+    w_inter, w_union = labels.w_inter[b].float().cpu(), labels.w_union[b].float().cpu()
+    if threshold > 0:
+        inter[w_inter < threshold] = IGNORE
+        union[w_union < threshold] = IGNORE
+    w_inter_shown = np.ma.masked_where(~labels.agree[b].cpu().numpy(), w_inter.numpy())
+    maps = [colourise(m, c) for m in (masks[b], labels.y1[b], labels.y2[b], inter, union)]
+    return [(_as_image(images[b]), False), *[(m, False) for m in maps],
+            (w_inter_shown, True), (w_union.numpy(), True)]
+
+
+OVERLAY_TITLES = ["image", "true mask", "net 1 (y₁)", "net 2 (y₂)", "intersection → net 1",
+                  "union → net 2", "weight ω_inter", "weight ω_union"]
+
+
 def prediction_overlays(images, masks, labels, index, class_names, threshold: float = 0.0,
                         mark: tuple | None = None, title: str | None = None):
-    """One row per scene in ``index`` (an int or a list): image, true mask, net 1's and net 2's
-    labels, the intersection label (net 1's target), the union label (net 2's target), and their
-    loss weights. Grey = no label / ignore. ``threshold`` > 0 greys out pseudo labels whose weight
-    is below it (CPCL itself uses no threshold). ``mark=(scene, row, col)`` circles one pixel."""
-    idx = [index] if isinstance(index, (int, np.integer)) else list(index)
+    """Image, true mask, net 1's and net 2's labels, the intersection label (net 1's target), the
+    union label (net 2's target) and their loss weights, in the class colours (grey = no label /
+    ignore). ``index``: a list of scenes (one row each) or one scene (an int: a larger 2 x 4 layout,
+    for projecting). ``threshold`` > 0 greys out pseudo labels whose weight is below it (CPCL itself
+    uses no threshold). ``mark=(scene, row, col)`` circles one pixel."""
+    single = isinstance(index, (int, np.integer))
+    idx = [int(index)] if single else [int(i) for i in index]
     c = len(class_names)
-    cols = ["image", "true mask", "net 1 (y₁)", "net 2 (y₂)", "intersection → net 1",
-            "union → net 2", "weight ω_inter", "weight ω_union"]
-    fig, axes = plt.subplots(len(idx), len(cols), figsize=(1.95 * len(cols), 2.15 * len(idx) + 0.9),
-                             squeeze=False)
     cmap = plt.get_cmap("viridis").with_extremes(bad=IGNORE_GREY)
-    for r, b in enumerate(idx):
-        inter = labels.inter[b].clone()
-        union = labels.union[b].clone()
-        w_inter = labels.w_inter[b].float().clone()
-        w_union = labels.w_union[b].float().clone()
-        if threshold > 0:
-            inter[w_inter < threshold] = IGNORE
-            union[w_union < threshold] = IGNORE
-        w_inter_shown = np.ma.masked_where(~labels.agree[b].cpu().numpy(), w_inter.cpu().numpy())
-        panels = [_as_image(images[b]), colourise(masks[b], c), colourise(labels.y1[b], c),
-                  colourise(labels.y2[b], c), colourise(inter, c), colourise(union, c)]
-        for k, p in enumerate(panels):
-            axes[r, k].imshow(p, interpolation="nearest")
-        for k, w in ((6, w_inter_shown), (7, w_union.cpu().numpy())):
-            im = axes[r, k].imshow(w, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        agree = 100 * labels.agree[b].float().mean().item()
-        axes[r, 0].set_ylabel(f"scene {b}\nagree {agree:.0f} %", fontsize=10)
-        if mark is not None and mark[0] == b:
-            for ax in axes[r]:
+    if single:
+        fig, grid = plt.subplots(2, 4, figsize=(11, 6.4), squeeze=False)
+        rows = [grid.ravel()]
+    else:
+        fig, grid = plt.subplots(len(idx), 8, figsize=(15.6, 2.15 * len(idx) + 0.9), squeeze=False)
+        rows = list(grid)
+    for axes, b in zip(rows, idx):
+        for k, (ax, (panel, is_weight)) in enumerate(zip(axes, _overlay_panels(images, masks, labels, b, c, threshold))):
+            if is_weight:
+                im = ax.imshow(panel, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(panel, interpolation="nearest")
+            if single or b == idx[0]:
+                sep = " " if single else "\n"
+                ax.set_title(OVERLAY_TITLES[k] + (f"{sep}(ω ≥ {threshold:.2f})" if threshold > 0 and k in (4, 5) else ""),
+                             fontsize=11 if single else 10)
+            if mark is not None and mark[0] == b:
                 ax.plot(mark[2], mark[1], "o", ms=11, mfc="none", mec="red", mew=2.5)
-    for k, name in enumerate(cols):
-        axes[0, k].set_title(name + (f"\n(ω ≥ {threshold:.2f})" if threshold > 0 and k in (4, 5) else ""),
-                             fontsize=10)
-    for ax in axes.flat:
+        agree = 100 * labels.agree[b].float().mean().item()
+        axes[0].set_ylabel(f"scene {b}\nnets agree on {agree:.0f} %", fontsize=10)
+    for ax in grid.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
@@ -525,6 +538,7 @@ def ablation_bars(table: pd.DataFrame, metric: str = "miou", title: str | None =
             top = max(stats.loc[v, "mean"] + stats.loc[v, "std"], stats.loc[v, "max"])
             ax.annotate(f"{stats.loc[v, 'mean']:.1f}", (i, top), xytext=(0, 4), textcoords="offset points",
                         ha="center", va="bottom", fontsize=10, fontweight="bold")
+    ax.set_ylim(0, max(ax.get_ylim()[1], df[col].max()) * 1.12)
     seeds = df.groupby(["variant", "labeled"]).size().max()
     ax.set(xlabel="", title=title or f"{col} per variant (bars: mean of {seeds} seed(s); "
                                       f"ticks: ± 1 sd; dots: single runs)")
