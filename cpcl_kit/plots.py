@@ -594,3 +594,99 @@ def per_class_iou(data, class_names=None, title: str = "Per-class IoU on the val
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# data (notebook 01)
+
+
+def _rgb(x) -> np.ndarray:
+    """[3,H,W] normalised tensor or [H,W,3] uint8 array -> [H,W,3] for imshow."""
+    if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == 3:
+        from .transforms import denormalize
+
+        return denormalize(x.float()).permute(1, 2, 0).clamp(0, 1).numpy()
+    return np.asarray(x)
+
+
+def _bare(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def scene_gallery(images, masks, class_names, k: int = 8):
+    """The first ``k`` scenes (top row) over their masks (bottom row), with the class legend."""
+    k = min(k, len(images))
+    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.8), squeeze=False)
+    for i in range(k):
+        axes[0, i].imshow(_rgb(images[i]))
+        axes[1, i].imshow(colourise(masks[i], len(class_names)), interpolation="nearest")
+    for ax in axes.flat:
+        _bare(ax)
+    axes[0, 0].set_ylabel("image")
+    axes[1, 0].set_ylabel("mask")
+    class_legend(fig, class_names)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def class_frequencies(masks_by_split: dict, class_names) -> tuple:
+    """Pixel share (%) of every class per split, as a log-scale bar chart and a DataFrame."""
+    rows = []
+    for split, masks in masks_by_split.items():
+        counts = np.bincount(np.asarray(masks).ravel(), minlength=256)[: len(class_names)]
+        rows += [{"class": n, "pixel share (%)": 100 * c / counts.sum(), "split": split}
+                 for n, c in zip(class_names, counts)]
+    table = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    sns.barplot(data=table, x="class", y="pixel share (%)", hue="split", ax=ax)
+    ax.set_yscale("log")  # background is ~20x any digit; a log axis keeps the digits readable
+    ax.set_yticks([1, 2, 5, 10, 20, 50, 100], labels=["1", "2", "5", "10", "20", "50", "100"])
+    ax.minorticks_off()
+    ax.set(ylim=(1, 100), title="Class pixel frequencies (log scale)")
+    fig.tight_layout()
+    return fig, table
+
+
+def augmentation_grid(image, mask, recipes: dict, class_names, k: int = 4):
+    """For each named joint transform: the original and ``k`` random draws (image row, mask row).
+    Draw j runs under ``torch.manual_seed(j)``, as the loader seeds every sample."""
+    fig, axes = plt.subplots(2 * len(recipes), k + 1, figsize=(1.7 * (k + 1), 3.6 * len(recipes)),
+                             squeeze=False)
+    c = len(class_names)
+    for r, (name, tf) in enumerate(recipes.items()):
+        axes[2 * r, 0].imshow(_rgb(image.permute(1, 2, 0).numpy() if image.dtype == torch.uint8 else image))
+        axes[2 * r + 1, 0].imshow(colourise(mask, c), interpolation="nearest")
+        axes[2 * r, 0].set_title("original", fontsize=9)
+        axes[2 * r, 1].set_title(name, fontsize=10, loc="left")
+        for j in range(k):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(j)
+                x, y = tf(image, mask)
+            axes[2 * r, j + 1].imshow(_rgb(x))
+            axes[2 * r + 1, j + 1].imshow(colourise(y, c), interpolation="nearest")
+    for ax in axes.flat:
+        _bare(ax)
+    class_legend(fig, class_names)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def cutmix_grid(u0, u1, box, mixed, mixed_mask, class_names, rows: int = 3):
+    """u0, u1, the CutMix box mask M (1 = from u1), the mixed image and mixed mask, one scene a row."""
+    columns = {"u0": u0, "u1": u1, "box mask M": box, "mixed image": mixed, "mixed mask": mixed_mask}
+    rows = min(rows, len(u0))
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows), squeeze=False)
+    for col, (name, t) in enumerate(columns.items()):
+        axes[0, col].set_title(name, fontsize=10)
+        for r in range(rows):
+            ax = axes[r, col]
+            if name == "box mask M":
+                ax.imshow(t[r, 0], cmap="gray", vmin=0, vmax=1)
+            elif t.dim() == 3:
+                ax.imshow(colourise(t[r], len(class_names)), interpolation="nearest")
+            else:
+                ax.imshow(_rgb(t[r]))
+            _bare(ax)
+    fig.tight_layout()
+    return fig
