@@ -67,7 +67,7 @@ def short_schedule(preset: str = "smoke") -> dict:
     if preset == "smoke":
         return {"iterations": 6}
     if preset == "demo":
-        return {"iterations": 100, "warmup_iters": 10, "sup_only_iters": 30, "rampup_iters": 30,
+        return {"iterations": 80, "warmup_iters": 10, "sup_only_iters": 20, "rampup_iters": 20,
                 "batch_size": 4, "unlabeled_batch_size": 4, "n_val_scenes": 100, "checkpoint_every": 100}
     return {}
 

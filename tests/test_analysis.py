@@ -76,7 +76,7 @@ def test_stage_iterations():
     cfg = make_config("smoke")
     assert analysis.stage_iterations(cfg, 3) == [4, 8, 12]
     assert analysis.stage_iterations(cfg, 1) == [12]
-    assert analysis.stage_iterations(make_config("demo"), 4) == [100, 200, 300, 400]
+    assert analysis.stage_iterations(make_config("demo"), 4) == [200, 267, 333, 400]
     with pytest.raises(KitError):
         analysis.stage_iterations(cfg, 0)
 
