@@ -113,3 +113,17 @@ def test_resume_refuses_another_run(tmp_path):
     with pytest.raises(KitError, match="different run"):
         train(make_config("smoke", iterations=6, log_every=2, checkpoint_every=2, seed=3),
               out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_bf16_autocast_runs_on_cpu_and_keeps_losses_fp32():
+    import torch as _t
+
+    from cpcl_kit.train import amp_dtype
+
+    assert amp_dtype(_t.device("cpu"), "auto") is None and amp_dtype(_t.device("cpu"), "bf16") == _t.bfloat16
+    with pytest.raises(KitError, match="fp16"):
+        amp_dtype(_t.device("cpu"), "fp16")
+    res = train(make_config("smoke", iterations=6, log_every=2, sup_only_iters=2, rampup_iters=0,
+                            amp="bf16", device="cpu"), progress=False)
+    assert res.history["loss"].map(math.isfinite).all()
+    assert res.history["agreement"].dropna().between(0, 1).all()
