@@ -4,10 +4,21 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from cpcl_kit import ablate
 from cpcl_kit.errors import KitError
 from cpcl_kit.train import RunResult
+
+
+@pytest.fixture
+def one_thread():
+    """Train with one torch thread: on a shared 2-core machine, two spinning OpenMP threads per
+    process are several times slower than one when other processes compete for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_parse_grid_words():
@@ -46,7 +57,7 @@ def test_variant_configs():
         ablate.run_config("cpcl", "1/16", 0, preset, ablate.short_schedule(preset))
 
 
-def test_real_tiny_grid_runs_then_skips(tmp_path):
+def test_real_tiny_grid_runs_then_skips(tmp_path, one_thread):
     grid = ablate.parse_grid(["variants=cpcl,supervised", "fractions=1/16", "seeds=0"])
     small = {"iterations": "4", "n_train_scenes": "32", "n_val_scenes": "8"}
     table = ablate.run_grid(grid, tmp_path, preset="smoke", overrides=small, progress=False,

@@ -13,6 +13,16 @@ from cpcl_kit.errors import KitError
 NAMES = ["background", "a", "b", "c"]
 
 
+@pytest.fixture
+def one_thread():
+    """Train with one torch thread: on a shared 2-core machine, two spinning OpenMP threads per
+    process are several times slower than one when other processes compete for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def labels_and_masks(b=2, h=10, w=10, c=4):
     g = torch.Generator().manual_seed(1)
     t1, t2 = torch.randn(b, c, h, w, generator=g), torch.randn(b, c, h, w, generator=g)
@@ -81,7 +91,7 @@ def test_stage_iterations():
         analysis.stage_iterations(cfg, 0)
 
 
-def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch):
+def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_thread):
     cfg = make_config("smoke", iterations=6, n_train_scenes=32, n_val_scenes=4)
     run = analysis.shared_run(cfg, tmp_path, n_stages=3)
     folder = analysis.shared_run_dir(tmp_path, "smoke", 0, "1/16")
