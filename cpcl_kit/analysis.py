@@ -132,14 +132,13 @@ def shared_run(cfg, out_dir, n_stages: int = 3, progress: bool = False, data=Non
     from .train import train
 
     run_dir = shared_run_dir(out_dir, cfg.preset, cfg.seed, cfg.labeled)
-    if (run_dir / "metrics.json").exists():
-        saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-        diff = [k for k in ("method", "iterations", "seed", "labeled", "union_rule", "reweight")
-                if k in saved and _plain(saved[k]) != _plain(getattr(cfg, k))]
-        if diff:
-            raise KitError(f"{run_dir} holds a different run ({', '.join(diff)} differ): "
-                           f"delete it or use another out_dir")
-        return load_run(run_dir)
+    if (run_dir / "metrics.json").exists():  # finished: the loop's own reuse, with its config check
+        from .train import run_or_load
+
+        result = run_or_load(cfg, run_dir, progress=progress)
+        for net in result.nets:
+            net.eval()
+        return result
     data = data or build_data(cfg)
     stages = stage_iterations(cfg, n_stages)
     done = _checkpoint_iteration(run_dir / CHECKPOINT)
@@ -158,10 +157,6 @@ def shared_run(cfg, out_dir, n_stages: int = 3, progress: bool = False, data=Non
     for net in result.nets:
         net.eval()
     return result
-
-
-def _plain(v):
-    return list(v) if isinstance(v, (tuple, list)) else v
 
 
 def _checkpoint_iteration(path: Path) -> int | None:

@@ -16,7 +16,8 @@ CHECKPOINT = "checkpoint.pt"
 FORMAT = "cpcl-kit/1"
 # Settings that must match for a resumed run to continue the same experiment.
 _MUST_MATCH = ("method", "dataset", "backbone", "output_stride", "head_channels", "seed", "labeled",
-               "batch_size", "unlabeled_batch_size", "iterations", "optimizer", "lr")
+               "batch_size", "unlabeled_batch_size", "iterations", "optimizer", "lr",
+               "union_rule", "reweight", "targets")
 # What `save` writes, by type: `load` refuses a file without it instead of failing later.
 _LAYOUT = {"config": dict, "iteration": int, "nets": list, "optimizers": list, "scaler": dict,
            "rng_cpu": torch.Tensor, "rng_cuda": list, "history": list}
@@ -94,10 +95,14 @@ def load(path) -> dict:
     return state
 
 
+def _plain(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
 def check_compatible(state: dict, cfg, path) -> None:
     saved = state["config"]
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(cfg, k)!r}"
-            for k in _MUST_MATCH if saved.get(k) != getattr(cfg, k)]
+            for k in _MUST_MATCH if _plain(saved.get(k)) != _plain(getattr(cfg, k))]
     if diff:
         raise KitError(f"--resume: {path} was written by a different run ({'; '.join(diff)})")
 
