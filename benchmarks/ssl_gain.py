@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ssl_gain.py                 # benchmark preset (hours on 2 CPU cores)
     .venv/bin/python benchmarks/ssl_gain.py --preset demo   # a shorter look
+    .venv/bin/python benchmarks/ssl_gain.py --jobs 2        # two runs at a time, one thread each
 
 Runs go to ``benchmarks/runs/ssl_gain-<preset>/`` (git-ignored) through the ablation runner, so a
 killed benchmark resumes where it stopped; the summary is written to
@@ -78,13 +79,14 @@ def main(argv=None) -> dict:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--runs", type=Path, help="run folder (default benchmarks/runs/ssl_gain-<preset>)")
     p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     runs = args.runs or HERE / "runs" / f"ssl_gain-{args.preset}"
     grid = {"variants": list(METHODS), "fractions": ["1/16"],
             "seeds": [int(s) for s in args.seeds.split(",")]}
     table = run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets),
-                     progress=not args.quiet)
+                     progress=not args.quiet, jobs=args.jobs)
     table = table[table["labeled"] == "1/16"]
     summary = summarise(table, args.preset)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def cmd_ablate(args) -> None:
 
     grid = parse_grid(args.grid)
     table = run_grid(grid, args.out, preset=args.preset, overrides=_config_overrides(args),
-                     progress=not args.quiet)
+                     progress=not args.quiet, jobs=args.jobs, threads=args.threads)
     print(table.to_string(index=False))
     print(f"table written to {Path(args.out) / 'ablation.csv'}")
 
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="smoke")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores // jobs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
 

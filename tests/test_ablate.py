@@ -145,3 +145,33 @@ def test_cli_ablate(tmp_path, monkeypatch, capsys):
     assert "ablation.csv" in capsys.readouterr().out
     assert main(["ablate", "--grid", "variants=nope", "--out", str(tmp_path)]) == 2
     assert "valid variants" in capsys.readouterr().err
+
+
+def test_parallel_grid_equals_sequential(tmp_path, one_thread):
+    """jobs=2 trains in two spawned one-thread workers and gives the very numbers of jobs=1."""
+    grid = {"variants": ["cpcl", "supervised"], "fractions": ["1/16"], "seeds": [1]}
+    small = {"iterations": "4", "n_train_scenes": "32", "n_val_scenes": "8"}
+    seq = ablate.run_grid(grid, tmp_path / "seq", preset="smoke", overrides=small, progress=False, log=None)
+    lines = []
+    par = ablate.run_grid(grid, tmp_path / "par", preset="smoke", overrides=small, progress=False,
+                          log=lines.append, jobs=2, threads=1)
+    assert "2 runs in 2 worker processes, 1 torch thread(s) each" in lines
+    assert sum("mIoU" in line for line in lines) == 2
+    cols = ["variant", "seed", "miou", "digit_miou", "pixel_acc"]
+    pd.testing.assert_frame_equal(seq[cols], par[cols])
+    for run in ("cpcl__1-16__seed1", "supervised__1-16__seed1"):
+        a = pd.read_csv(tmp_path / "seq" / run / "history.csv").drop(columns="seconds")
+        b = pd.read_csv(tmp_path / "par" / run / "history.csv").drop(columns="seconds")
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_parallel_grid_failure_is_one_clear_error(tmp_path):
+    """A KitError inside a worker comes back as that KitError and stops the grid."""
+    grid = {"variants": ["cpcl", "supervised"], "fractions": ["1/16"], "seeds": [0]}
+    missing = tmp_path / "no-such-voc"
+    with pytest.raises(KitError, match="no-such-voc"):
+        ablate.run_grid(grid, tmp_path / "out", preset="smoke", log=None, progress=False, jobs=2, threads=1,
+                        overrides={"dataset": "voc", "data_root": str(missing)})
+    assert ablate.collect(tmp_path / "out").empty
+    with pytest.raises(KitError, match="jobs: expected at least 1"):
+        ablate.run_grid(grid, tmp_path / "out", jobs=0, log=None)
