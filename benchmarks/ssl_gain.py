@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -35,8 +37,24 @@ def commit() -> str:
         return "unknown"
 
 
-def summarise(table, preset: str) -> dict:
-    """Per method: mIoU and digit-only mIoU per seed, mean, std, seconds; plus the goal checks."""
+# Pseudo-label statistics of the two-net methods, from each run's history (analysis only).
+LABEL_STATS = ("agreement", "acc_inter", "acc_union", "w_inter", "w_union")
+
+
+def label_stats(run_dir: Path, last: int = 5) -> dict:
+    """Mean of the last ``last`` logged rows of a run's pseudo-label statistics (empty if none)."""
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return {}
+    hist = pd.read_csv(path)
+    cols = [c for c in LABEL_STATS if c in hist.columns]
+    tail = hist.dropna(subset=cols[:1]).tail(last) if cols else hist.iloc[:0]
+    return {c: round(float(tail[c].mean()), 4) for c in cols if len(tail)}
+
+
+def summarise(table, preset: str, runs: Path | None = None) -> dict:
+    """Per method: mIoU and digit-only mIoU per seed, mean, std, seconds, and (two-net methods, from
+    ``runs``) the pseudo-label agreement and accuracies at the end of training; plus the goal checks."""
     out = {"preset": preset, "labeled": "1/16", "commit": commit()}
     for m in METHODS:
         rows = table[table["variant"] == m].sort_values("seed")
@@ -48,6 +66,10 @@ def summarise(table, preset: str) -> dict:
                   "std": round(float(rows["miou"].std(ddof=1)), 4) if len(rows) > 1 else 0.0,
                   "digit_mean": round(float(rows["digit_miou"].mean()), 4),
                   "seconds": rows["seconds"].round(1).tolist()}
+        stats = [label_stats(runs / r) for r in rows["run"]] if runs is not None else []
+        if any(stats):  # per seed, the last 100 logged iterations' mean
+            out[m]["pseudo_labels_end"] = {k: [st.get(k) for st in stats] for k in LABEL_STATS
+                                           if any(k in st for st in stats)}
     if all(m in out for m in METHODS):
         gain = 100 * (out["cpcl"]["mean"] - out["supervised"]["mean"])
         out["goals"] = {"cpcl_minus_supervised_points": round(gain, 2), "gain_goal_met": gain >= 5,
@@ -64,6 +86,14 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {m} | {', '.join(f'{100 * v:.1f}' for v in s['miou'])} | "
                          f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} | {100 * s['digit_mean']:.1f} | "
                          f"{sum(s['seconds']) / len(s['seconds']):.0f} |")
+    for m in ("cps", "cpcl"):
+        pl = summary.get(m, {}).get("pseudo_labels_end")
+        if pl and "agreement" in pl:
+            acc = {k: [v for v in pl.get(k, []) if v is not None] for k in ("agreement", "acc_inter", "acc_union")}
+            mean = {k: 100 * sum(v) / len(v) for k, v in acc.items() if v}
+            lines.append(f"\n{m} pseudo labels at the end: agreement {mean['agreement']:.1f} %"
+                         + (f", intersection accuracy {mean['acc_inter']:.1f} %, union accuracy "
+                            f"{mean['acc_union']:.1f} %" if "acc_inter" in mean else ""))
     if "goals" in summary:
         g = summary["goals"]
         lines.append(f"\nCPCL − supervised: {g['cpcl_minus_supervised_points']:+.1f} points "
@@ -88,7 +118,7 @@ def main(argv=None) -> dict:
     table = run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets),
                      progress=not args.quiet, jobs=args.jobs)
     table = table[table["labeled"] == "1/16"]
-    summary = summarise(table, args.preset)
+    summary = summarise(table, args.preset, runs)
     args.results.mkdir(parents=True, exist_ok=True)
     name = "ssl_gain.json" if args.preset == "benchmark" else f"ssl_gain-{args.preset}.json"
     (args.results / name).write_text(json.dumps(summary, indent=2))

@@ -17,6 +17,10 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
         assert len(summary[m]["miou"]) == 1 and 0 <= summary[m]["mean"] <= 1
     assert set(summary["goals"]) == {"cpcl_minus_supervised_points", "gain_goal_met", "cpcl_ge_cps"}
     assert "| cpcl |" in proc.stdout
+    ends = summary["cpcl"]["pseudo_labels_end"]  # from the runs' histories
+    assert 0 <= ends["agreement"][0] <= 1 and 0 <= ends["acc_union"][0] <= 1
+    assert "cpcl pseudo labels at the end: agreement" in proc.stdout
+    assert "pseudo_labels_end" not in summary["supervised"]
     # a second call finds every run finished and trains nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.stdout.count("skipped") == 3
