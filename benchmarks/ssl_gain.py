@@ -23,7 +23,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit.ablate import run_grid  # noqa: E402
+from cpcl_kit.ablate import collect, run_grid  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
 
 METHODS = ("supervised", "cps", "cpcl")
@@ -110,19 +110,28 @@ def main(argv=None) -> dict:
     p.add_argument("--runs", type=Path, help="run folder (default benchmarks/runs/ssl_gain-<preset>)")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
+    p.add_argument("--collect-only", action="store_true",
+                   help="summarise the runs finished so far, train nothing (a look at a grid still running)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     runs = args.runs or HERE / "runs" / f"ssl_gain-{args.preset}"
     grid = {"variants": list(METHODS), "fractions": ["1/16"],
             "seeds": [int(s) for s in args.seeds.split(",")]}
-    table = run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets),
-                     progress=not args.quiet, jobs=args.jobs)
-    table = table[table["labeled"] == "1/16"]
+    if args.collect_only:
+        table = collect(runs)
+    else:
+        table = run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets),
+                         progress=not args.quiet, jobs=args.jobs)
+    table = table[(table["labeled"] == "1/16") & table["variant"].isin(METHODS)
+                  & table["seed"].isin(grid["seeds"])]
     summary = summarise(table, args.preset, runs)
+    summary["runs_finished"], summary["runs_expected"] = len(table), len(METHODS) * len(grid["seeds"])
     args.results.mkdir(parents=True, exist_ok=True)
     name = "ssl_gain.json" if args.preset == "benchmark" else f"ssl_gain-{args.preset}.json"
     (args.results / name).write_text(json.dumps(summary, indent=2))
     print(markdown(summary))
+    if summary["runs_finished"] < summary["runs_expected"]:
+        print(f"\nonly {summary['runs_finished']} of {summary['runs_expected']} runs finished so far")
     print(f"\nwritten: {args.results / name}")
     return summary
 

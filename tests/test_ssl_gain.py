@@ -24,3 +24,10 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
     # a second call finds every run finished and trains nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.stdout.count("skipped") == 3
+    # --collect-only summarises what is there without training; a missing method is said
+    (tmp_path / "runs" / "cps__1-16__seed0" / "metrics.json").unlink()
+    look = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=120)
+    assert look.returncode == 0, look.stderr[-2000:]
+    assert "only 2 of 3 runs finished so far" in look.stdout and "training" not in look.stdout
+    partial = json.loads((tmp_path / "ssl_gain-smoke.json").read_text())
+    assert "cps" not in partial and partial["cpcl"]["miou"] == summary["cpcl"]["miou"]
