@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import warnings
 from pathlib import Path
 
@@ -62,23 +61,16 @@ def _build_resnet(name: str, output_stride: int) -> nn.Module:
 
 
 def _imagenet_state_dict(name: str) -> dict:
-    """torchvision's ImageNet weights from its cache, or downloaded where there is internet."""
+    """torchvision's ImageNet weights from its local cache. Never downloads: the kit reads weights
+    only from local files, so a machine without the file gets one clear error saying where to put it."""
     weights = _IMAGENET_WEIGHTS[name]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    if cached.exists():
-        return torch.load(cached, map_location="cpu", weights_only=True)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(20)
-    try:
-        return weights.get_state_dict(progress=False)
-    except Exception as e:  # offline: URLError, timeouts, DNS failures all end here
+    if not cached.is_file():
         raise KitError(
             f"backbone_weights='imagenet': {name} ImageNet weights are not in torchvision's cache "
-            f"({cached}) and could not be downloaded ({type(e).__name__}); save a torchvision "
-            f"state dict file on this machine and pass its path as backbone_weights instead"
-        ) from None
-    finally:
-        socket.setdefaulttimeout(old)
+            f"({cached}); the kit downloads nothing: copy that file there (from {weights.url}) or "
+            f"pass the path of a torchvision state dict file as backbone_weights")
+    return torch.load(cached, map_location="cpu", weights_only=True)
 
 
 def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, name: str) -> None:

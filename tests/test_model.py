@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 
 from cpcl_kit.errors import KitError
 from cpcl_kit.model import BACKBONES, DeepLabV3Plus
@@ -97,15 +98,23 @@ def test_save_load_round_trip_identical_outputs(tmp_path):
         assert torch.equal(a(x), b(x))
 
 
-def test_imagenet_offline_is_one_clear_error(monkeypatch, tmp_path):
+def test_imagenet_reads_torchvision_cache_and_never_downloads(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
 
-    def offline(*a, **k):
-        raise OSError("network unreachable")
+    def download(*a, **k):
+        raise AssertionError("the kit must not download weights")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(KitError, match="backbone_weights"):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
+    with pytest.raises(KitError, match=r"backbone_weights='imagenet'.*resnet18-f37072fd\.pth.*downloads nothing"):
         DeepLabV3Plus(3, backbone="resnet18", backbone_weights="imagenet")
+    # the same file name in the cache is read (here: a random torchvision resnet18 state dict)
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(ref.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    net = DeepLabV3Plus(3, backbone="resnet18", output_stride=16, backbone_weights="imagenet")
+    assert torch.equal(net.backbone.conv1.weight, ref.conv1.weight)
+    assert torch.equal(net.backbone.layer3[1].bn2.running_var, ref.layer3[1].bn2.running_var)
 
 
 def test_bad_arguments():
