@@ -1,7 +1,7 @@
 """Ablation grids: variants x labeled fractions x seeds, one run folder each, resumable, one table.
 
-A grid runs its runs one after another (or ``jobs`` at a time in worker processes), each in ``out_dir/<variant>__<fraction, / as ->__seed<seed>``
-(e.g. ``inter_only__1-16__seed2``). A run whose ``metrics.json`` exists is finished and skipped (the
+A grid runs its runs one after another (or ``jobs`` at a time in worker processes), each in
+``out_dir/<variant>__<fraction, / as ->__seed<seed>`` (e.g. ``inter_only__1-16__seed2``). A run whose ``metrics.json`` exists is finished and skipped (the
 training loop writes it atomically, last); a folder with a checkpoint but no metrics is resumed exactly;
 anything else is trained from the start. So an interrupted overnight grid continues where it stopped
 when started again with the same command. ``out_dir/ablation.csv`` is rewritten (atomically) after
@@ -239,7 +239,7 @@ def _run_parallel(todo: list, out: Path, jobs: int, threads: int | None, progres
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     say(f"{len(todo)} runs in {jobs} worker processes, {threads} torch thread(s) each")
     for tag, (cfg, _, resume, _) in todo:
-        say(f"{tag}: {'resuming' if resume else 'training'} ({cfg.iterations} iterations) ...")
+        say(f"{tag}: queued to {'resume' if resume else 'train'} ({cfg.iterations} iterations)")
     pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init, initargs=(threads,))
     try:
         with tqdm(total=len(todo), desc="runs", disable=not progress) as bar:
