@@ -1,11 +1,12 @@
 """Ablation grids: variants x labeled fractions x seeds, one run folder each, resumable, one table.
 
 A grid runs its runs one after another (or ``jobs`` at a time in worker processes), each in
-``out_dir/<variant>__<fraction, / as ->__seed<seed>`` (e.g. ``inter_only__1-16__seed2``). A run whose ``metrics.json`` exists is finished and skipped (the
-training loop writes it atomically, last); a folder with a checkpoint but no metrics is resumed exactly;
-anything else is trained from the start. So an interrupted overnight grid continues where it stopped
-when started again with the same command. ``out_dir/ablation.csv`` is rewritten (atomically) after
-every run with one row per finished run in the folder.
+``out_dir/<variant>__<fraction, / as ->__seed<seed>`` (e.g. ``inter_only__1-16__seed2``). A run whose
+``metrics.json`` exists is finished and skipped (the training loop writes it atomically, last); a
+folder with a checkpoint but no metrics is resumed exactly; anything else is trained from the start.
+So an interrupted overnight grid continues where it stopped when started again with the same
+command. ``out_dir/ablation.csv`` is rewritten (atomically) after every run with one row per
+finished run in the folder.
 """
 
 from __future__ import annotations
