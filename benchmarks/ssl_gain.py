@@ -6,7 +6,8 @@
 
 Runs go to ``benchmarks/runs/ssl_gain-<preset>/`` (git-ignored) through the ablation runner, so a
 killed benchmark resumes where it stopped; the summary is written to
-``benchmarks/results/ssl_gain[-<preset>].json`` and a markdown table is printed.
+``benchmarks/results/ssl_gain[-<preset>].json``, and its markdown table printed and written beside it
+(``.md``).
 Goal (issue): CPCL − supervised ≥ +5 mIoU points on the mean, and CPCL ≥ CPS.
 """
 
@@ -129,7 +130,11 @@ def main(argv=None) -> dict:
     args.results.mkdir(parents=True, exist_ok=True)
     name = "ssl_gain.json" if args.preset == "benchmark" else f"ssl_gain-{args.preset}.json"
     (args.results / name).write_text(json.dumps(summary, indent=2))
-    print(markdown(summary))
+    table_md = markdown(summary)
+    (args.results / name).with_suffix(".md").write_text(
+        f"# ssl_gain ({args.preset} preset, 1/16 labeled, seeds {args.seeds}, commit {summary['commit']})\n\n"
+        f"{table_md}\n")
+    print(table_md)
     if summary["runs_finished"] < summary["runs_expected"]:
         print(f"\nonly {summary['runs_finished']} of {summary['runs_expected']} runs finished so far")
     print(f"\nwritten: {args.results / name}")

@@ -17,6 +17,7 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
         assert len(summary[m]["miou"]) == 1 and 0 <= summary[m]["mean"] <= 1
     assert set(summary["goals"]) == {"cpcl_minus_supervised_points", "gain_goal_met", "cpcl_ge_cps"}
     assert "| cpcl |" in proc.stdout
+    assert "| cpcl |" in (tmp_path / "ssl_gain-smoke.md").read_text()
     ends = summary["cpcl"]["pseudo_labels_end"]  # from the runs' histories
     assert 0 <= ends["agreement"][0] <= 1 and 0 <= ends["acc_union"][0] <= 1
     assert "cpcl pseudo labels at the end: agreement" in proc.stdout
