@@ -314,6 +314,11 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    else:
+        # Denormal floats (|x| < 1.2e-38) appear as a CPU run converges and are very slow to compute
+        # with: a benchmark-preset CPS run went from 1.7 to 5.5 s per step; flushing them to zero made
+        # the same resumed steps 2.4x faster (4.2 vs 10.3 s on a loaded machine).
+        torch.set_flush_denormal(True)
     data = data or build_data(cfg)
     nets = build_nets(cfg)
     opts = [make_optimizer(n, cfg) for n in nets]
