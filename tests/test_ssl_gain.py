@@ -15,7 +15,9 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
     summary = json.loads((tmp_path / "ssl_gain-smoke.json").read_text())
     for m in ("supervised", "cps", "cpcl"):
         assert len(summary[m]["miou"]) == 1 and 0 <= summary[m]["mean"] <= 1
-    assert set(summary["goals"]) == {"cpcl_minus_supervised_points", "gain_goal_met", "cpcl_ge_cps"}
+    assert set(summary["goals"]) == {"paired_seeds", "cpcl_minus_supervised_points", "gain_goal_met",
+                                     "cpcl_ge_cps", "cpcl_minus_cps_points"}
+    assert summary["goals"]["paired_seeds"] == [0]
     assert "| cpcl |" in proc.stdout
     assert "| cpcl |" in (tmp_path / "ssl_gain-smoke.md").read_text()
     ends = summary["cpcl"]["pseudo_labels_end"]  # from the runs' histories
