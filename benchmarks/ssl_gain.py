@@ -71,9 +71,10 @@ def summarise(table, preset: str, runs: Path | None = None) -> dict:
         if any(stats):  # per seed, the last 100 logged iterations' mean
             out[m]["pseudo_labels_end"] = {k: [st.get(k) for st in stats] for k in LABEL_STATS
                                            if any(k in st for st in stats)}
-    if all(m in out for m in METHODS):
-        # Compare on the seeds every method finished, so a partial grid is still a paired comparison.
-        paired = sorted(set.intersection(*(set(out[m]["seeds"]) for m in METHODS)))
+    # Compare on the seeds every method finished, so a partial grid is still a paired comparison.
+    paired = sorted(set.intersection(*(set(out[m]["seeds"]) for m in METHODS))) \
+        if all(m in out for m in METHODS) else []
+    if paired:
         mean = {m: float(table[(table["variant"] == m) & table["seed"].isin(paired)]["miou"].mean())
                 for m in METHODS}
         gain = 100 * (mean["cpcl"] - mean["supervised"])
