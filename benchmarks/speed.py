@@ -24,6 +24,7 @@ process (allocator caches included), so it is coarser than the CUDA figure.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -46,12 +47,12 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
 from cpcl_kit.config import Config, make_config  # noqa: E402
 from cpcl_kit.cpcl import pseudo_supervision  # noqa: E402
 from cpcl_kit.loaders import Batch  # noqa: E402
-from cpcl_kit.train import (METHOD_STEPS, StepOut, amp_dtype, build_nets, make_optimizer,  # noqa: E402
-                            pick_device, sup_loss)
+from cpcl_kit.constants import IGNORE_INDEX as IGNORE, METHODS  # noqa: E402
+from cpcl_kit.methods import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
+from cpcl_kit.runs import write_json  # noqa: E402
+from cpcl_kit.train import Trainer, pick_device  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("supervised", "cps", "cpcl")
-IGNORE = 255
 
 GOAL_OVERHEAD = 1.05      # CPCL step / bare step, at most
 GOAL_PSEUDO_CPU = 5.0     # pseudo-label block speed-up over the host-side recipe, at least (CPU)
@@ -201,35 +202,12 @@ def images_per_step(cfg) -> int:
     return cfg.batch_size + (0 if cfg.method == "supervised" else 2 * cfg.unlabeled_batch_size)
 
 
-class Trainer:
-    """Nets, optimizers and scaler of one method, and one iteration exactly as ``train`` runs it."""
-
-    def __init__(self, cfg, device: torch.device):
-        self.cfg, self.device = cfg, device
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-        self.nets = build_nets(cfg)
-        self.opts = [make_optimizer(n, cfg) for n in self.nets]
-        for net in self.nets:
-            net.to(device).train()
-            if cfg.channels_last:
-                net.to(memory_format=torch.channels_last)
-        self.dtype = amp_dtype(device, cfg.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
-        self.it = 0
-
-    def step(self, step_fn, batch: Batch, lam: float = 1.0) -> StepOut:
-        for opt in self.opts:
-            opt.zero_grad(set_to_none=True)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.it)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = step_fn(self.nets, batch, self.cfg, lam, gen)
-        self.scaler.scale(out.loss).backward()
-        for opt in self.opts:
-            self.scaler.step(opt)
-        self.scaler.update()
-        self.it += 1
-        return out
+def new_trainer(cfg, device: torch.device) -> Trainer:
+    """The training loop's own ``Trainer`` (nets, optimizers, scaler, one iteration as ``train``
+    runs it, lr schedule included)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    return Trainer.create(cfg, device)
 
 
 def measure_training(method: str, args, device: torch.device, amp: bool | None = None) -> dict:
@@ -241,13 +219,14 @@ def measure_training(method: str, args, device: torch.device, amp: bool | None =
         base = torch.cuda.memory_allocated(device)
     else:
         base = _rss_mib()
-    trainer = Trainer(cfg, device)
+    trainer = new_trainer(cfg, device)
     batch = random_batch(cfg, device)
     step_fn = METHOD_STEPS[method]
     lam = cfg.unsup_weight  # > 0: the full semi-supervised step
+    its = itertools.count()
     for _ in range(args.warmup):
-        trainer.step(step_fn, batch, lam)
-    times = [timed(lambda: trainer.step(step_fn, batch, lam), device) for _ in range(args.steps)]
+        trainer.step(step_fn, batch, next(its), lam)
+    times = [timed(lambda: trainer.step(step_fn, batch, next(its), lam), device) for _ in range(args.steps)]
     med = _median(times, "wall")
     n_img = images_per_step(cfg)
     res = {"method": method, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
@@ -308,24 +287,25 @@ def bare_step(nets, batch: Batch, cfg, lam: float, gen, *, u_mix: torch.Tensor, 
 def measure_overhead(args, device: torch.device) -> dict:
     """Median seconds of interleaved (bare, CPCL) steps on the same nets and batch, and their ratio."""
     cfg = bench_config(args, "cpcl", device)
-    trainer = Trainer(cfg, device)
+    trainer = new_trainer(cfg, device)
     batch = random_batch(cfg, device)
     g = torch.Generator().manual_seed(1)
     u_mix = batch.u0.clone()
     target = torch.randint(0, cfg.num_classes, batch.y_l.shape, generator=g).to(device)
 
-    def bare(nets, b, c, lam, gen):
+    def bare(nets, b, c, lam, gen, all_reduce=None):
         return bare_step(nets, b, c, lam, gen, u_mix=u_mix, target=target)
 
     cpcl = METHOD_STEPS["cpcl"]
+    its, lam = itertools.count(), cfg.unsup_weight
     for _ in range(args.warmup):
-        trainer.step(bare, batch)
-        trainer.step(cpcl, batch)
+        trainer.step(bare, batch, next(its), lam)
+        trainer.step(cpcl, batch, next(its), lam)
     t_bare, t_cpcl = [], []
     for i in range(args.pairs):  # alternate the order so drifts in machine load hit both alike
         order = [(bare, t_bare), (cpcl, t_cpcl)]
         for fn, sink in (order if i % 2 == 0 else order[::-1]):
-            sink.append(timed(lambda: trainer.step(fn, batch), device))
+            sink.append(timed(lambda: trainer.step(fn, batch, next(its), lam), device))
     res = {"clock": ratio_clock(device)}
     for clock in ("wall", "cpu"):
         res[clock] = {"bare_median_s": _median(t_bare, clock), "cpcl_median_s": _median(t_cpcl, clock),
@@ -591,8 +571,7 @@ def main(argv=None) -> int:
         return 0
     res = run_benchmark(args, device, progress=lambda m: print(m, file=sys.stderr, flush=True))
     out = args.out or RESULTS / f"speed-{res['device']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(out, res)
     print(markdown(res))
     print(f"\nwrote {out}")
     return 0

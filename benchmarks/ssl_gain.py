@@ -14,7 +14,6 @@ Goal (issue): CPCL − supervised ≥ +5 mIoU points on the mean, and CPCL ≥ C
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from cpcl_kit.ablate import collect, run_grid  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
+from cpcl_kit.constants import METHODS  # noqa: E402
+from cpcl_kit.runs import write_json, write_text  # noqa: E402
 
-METHODS = ("supervised", "cps", "cpcl")
 
 
 def commit() -> str:
@@ -134,11 +134,10 @@ def main(argv=None) -> dict:
                   & table["seed"].isin(grid["seeds"])]
     summary = summarise(table, args.preset, runs)
     summary["runs_finished"], summary["runs_expected"] = len(table), len(METHODS) * len(grid["seeds"])
-    args.results.mkdir(parents=True, exist_ok=True)
     name = "ssl_gain.json" if args.preset == "benchmark" else f"ssl_gain-{args.preset}.json"
-    (args.results / name).write_text(json.dumps(summary, indent=2))
+    write_json(args.results / name, summary)
     table_md = markdown(summary)
-    (args.results / name).with_suffix(".md").write_text(
+    write_text((args.results / name).with_suffix(".md"),
         f"# ssl_gain ({args.preset} preset, 1/16 labeled, seeds {args.seeds}, commit {summary['commit']})\n\n"
         f"{table_md}\n")
     print(table_md)

@@ -5,8 +5,11 @@ A grid runs its runs one after another (or ``jobs`` at a time in worker processe
 ``metrics.json`` exists is finished and skipped (the training loop writes it atomically, last); a
 folder with a checkpoint but no metrics is resumed exactly; anything else is trained from the start.
 So an interrupted overnight grid continues where it stopped when started again with the same
-command. ``out_dir/ablation.csv`` is rewritten (atomically) after every run with one row per
-finished run in the folder.
+command. A folder holding a run with other settings (another ``--set``, preset or schedule) stops
+the grid before anything trains, naming the fields (``runs.check_same_run``). Two grids started on
+one folder share the work: each run is trained by whichever process locks it first, the other
+waits for the runs it found busy at the end. ``out_dir/ablation.csv`` is rewritten (atomically)
+after every run with one row per finished run in the folder.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import runs
 from .config import make_config
-from .datasets import parse_labeled
 from .errors import KitError
-from .train import train
+from .runs import grid_run_name as run_name
+from .splits import parse_labeled
+from .train import run_or_load
 
 # Each variant: the config fields it sets. The four CPCL ablations follow the method notes §8.5/§10.
 VARIANTS: dict[str, dict] = {
@@ -39,9 +44,6 @@ GRID_KEYS = ("variants", "fractions", "seeds")
 TABLE = "ablation.csv"
 COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "pixel_acc", "seconds", "method",
            "union_rule", "reweight", "targets", "iterations", "preset", "run"]
-# Settings that must agree between a finished run folder and the grid asking for it.
-_SAME_RUN = ("method", "dataset", "labeled", "seed", "iterations", "union_rule", "reweight", "targets",
-             "backbone", "batch_size", "unlabeled_batch_size", "n_train_scenes", "lr", "optimizer")
 
 
 def variant_settings(variant: str) -> dict:
@@ -130,32 +132,15 @@ def parse_grid(items: list[str] | None, defaults: dict | None = None) -> dict:
     return normalise_grid(grid, defaults)
 
 
-def run_name(variant: str, fraction: str, seed: int) -> str:
-    """Folder name of one run: ``cpcl__1-16__seed0``."""
-    return f"{variant}__{str(fraction).replace('/', '-')}__seed{seed}"
+def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
+    """The (variant, fraction, seed) runs of a normalised grid, in the order they train."""
+    return list(itertools.product(grid["variants"], grid["fractions"], grid["seeds"]))
 
 
 def run_config(variant: str, fraction: str, seed: int, preset: str = "smoke", overrides: dict | None = None):
     """The Config of one grid cell: preset, then ``overrides``, then the variant, fraction and seed."""
     return make_config(preset, {**(overrides or {}), **variant_settings(variant),
                                 "labeled": str(fraction), "seed": int(seed)})
-
-
-def _plain(v):
-    return list(v) if isinstance(v, (tuple, list)) else v
-
-
-def _check_same(run_dir: Path, cfg) -> None:
-    """A finished folder must hold the run the grid asks for, not one from other settings."""
-    path = run_dir / "config.json"
-    if not path.exists():
-        return
-    saved = json.loads(path.read_text())
-    diff = [f"{k}: folder {saved[k]!r} vs grid {_plain(getattr(cfg, k))!r}" for k in _SAME_RUN
-            if k in saved and _plain(saved[k]) != _plain(getattr(cfg, k))]
-    if diff:
-        raise KitError(f"{run_dir} holds a finished run with other settings ({'; '.join(diff)}); "
-                       f"use another --out for these settings or delete that folder")
 
 
 def run_grid(grid: dict, out_dir, preset: str = "smoke", overrides: dict | None = None,
@@ -178,44 +163,63 @@ def run_grid(grid: dict, out_dir, preset: str = "smoke", overrides: dict | None 
     if threads is not None and threads < 1:
         raise KitError(f"threads: expected at least 1, got {threads}")
     out = Path(out_dir)
-    cells = list(itertools.product(grid["variants"], grid["fractions"], grid["seeds"]))
-    # Build every config first: a bad override fails before hours of training, not after.
+    cells = grid_cells(grid)
+    # Build and check every config first: a bad override, or a folder that holds a run with other
+    # settings, fails before hours of training, not after.
     configs = [run_config(v, f, s, preset, overrides) for v, f, s in cells]
     say = log or (lambda *_: None)
     todo = []
     for k, ((variant, fraction, seed), cfg) in enumerate(zip(cells, configs), start=1):
         run_dir = out / run_name(variant, fraction, seed)
+        runs.check_same_run(run_dir, cfg)
         tag = f"[{k}/{len(cells)}] {variant} {fraction} seed {seed}"
-        if (run_dir / "metrics.json").exists():
-            _check_same(run_dir, cfg)
+        if runs.is_finished(run_dir):
             say(f"{tag}: done before, skipped")
             continue
-        resume = (run_dir / "checkpoint.pt").exists()
-        todo.append((tag, (cfg, run_dir, resume, keep_checkpoints)))
+        todo.append((tag, (cfg, run_dir, keep_checkpoints, progress)))
     if jobs == 1 or len(todo) <= 1:
-        for tag, (cfg, run_dir, resume, keep) in todo:
-            say(f"{tag}: {'resuming' if resume else 'training'} ({cfg.iterations} iterations) ...")
-            _finished(tag, _train_cell(cfg, run_dir, resume, keep, progress), out, say)
+        busy = []
+        for tag, args in todo:
+            say(f"{tag}: {'resuming' if runs.has_checkpoint(args[1]) else 'training'} "
+                f"({args[0].iterations} iterations) ...")
+            if not _finished(tag, _train_cell(*args), out, say):
+                busy.append((tag, args))
     else:
-        _run_parallel(todo, out, jobs, threads, progress, say)
+        busy = _run_parallel(todo, out, jobs, threads, progress, say)
+    for tag, args in busy:  # runs another process was training: wait for it (or take over if it died)
+        say(f"{tag}: waiting for {runs.holder(args[1]) or 'another process'} ...")
+        _finished(tag, _train_cell(*args, wait=True), out, say)
     table = collect(out)
     write_table(table, out)
     return table
 
 
-def _train_cell(cfg, run_dir: Path, resume: bool, keep_checkpoints: bool, progress: bool = False):
-    """Train one grid cell into ``run_dir``; returns (mIoU, seconds)."""
+def _train_cell(cfg, run_dir: Path, keep_checkpoints: bool, progress: bool = False, wait: bool = False):
+    """Train (or resume) one grid cell in ``run_dir`` under its lock; returns (mIoU, seconds, how):
+    how is "trained", or "finished by another process" when it was done once the lock was ours.
+    None when another process holds the lock and ``wait`` is False."""
     t0 = time.perf_counter()
-    res = train(cfg, out_dir=run_dir, resume=resume, progress=progress)
+    try:
+        with runs.lock(run_dir, wait=wait):  # (run_or_load takes it again: the lock is reentrant)
+            elsewhere = runs.is_finished(run_dir)  # finished by another process while we waited
+            res = run_or_load(cfg, run_dir, progress=progress, nets=False)
+    except runs.RunBusy:
+        return None
     if not keep_checkpoints:
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    return res.metrics["miou"], time.perf_counter() - t0
+        (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)
+    how = "finished by another process" if elsewhere else "trained"
+    return res.metrics["miou"], time.perf_counter() - t0, how
 
 
-def _finished(tag: str, result, out: Path, say) -> None:
-    miou, seconds = result
-    say(f"{tag}: mIoU {100 * miou:.2f} in {seconds:.0f} s")
+def _finished(tag: str, result, out: Path, say) -> bool:
+    """Report one cell; False when it was busy (another process trains it)."""
+    if result is None:
+        say(f"{tag}: busy, another process is training it; coming back to it at the end")
+        return False
+    miou, seconds, how = result
+    say(f"{tag}: {how}, mIoU {100 * miou:.2f} in {seconds:.0f} s")
     write_table(collect(out), out)
+    return True
 
 
 def _worker_init(threads: int) -> None:
@@ -229,9 +233,10 @@ def _worker_cell(item):
     return tag, _train_cell(*args)
 
 
-def _run_parallel(todo: list, out: Path, jobs: int, threads: int | None, progress: bool, say) -> None:
-    """Train the cells of ``todo`` in ``jobs`` spawned worker processes. The first failure stops the
-    grid: the other workers are terminated (their runs resume from their last checkpoint)."""
+def _run_parallel(todo: list, out: Path, jobs: int, threads: int | None, progress: bool, say) -> list:
+    """Train the cells of ``todo`` in ``jobs`` spawned worker processes; returns the cells another
+    process was busy with. The first failure stops the grid: the other workers are terminated
+    (their runs resume from their last checkpoint)."""
     import multiprocessing
 
     from tqdm.auto import tqdm
@@ -239,18 +244,24 @@ def _run_parallel(todo: list, out: Path, jobs: int, threads: int | None, progres
     jobs = min(jobs, len(todo))
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     say(f"{len(todo)} runs in {jobs} worker processes, {threads} torch thread(s) each")
-    for tag, (cfg, _, resume, _) in todo:
-        say(f"{tag}: queued to {'resume' if resume else 'train'} ({cfg.iterations} iterations)")
+    for tag, (cfg, run_dir, _, _) in todo:
+        say(f"{tag}: queued to {'resume' if runs.has_checkpoint(run_dir) else 'train'} ({cfg.iterations} iterations)")
+    by_tag = dict(todo)
+    busy = []
+    # Workers train without their own progress bars: one bar counts the runs.
+    work = [(tag, (cfg, run_dir, keep, False)) for tag, (cfg, run_dir, keep, _) in todo]
     pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init, initargs=(threads,))
     try:
         with tqdm(total=len(todo), desc="runs", disable=not progress) as bar:
-            for tag, result in pool.imap_unordered(_worker_cell, todo):
-                _finished(tag, result, out, say)
+            for tag, result in pool.imap_unordered(_worker_cell, work):
+                if not _finished(tag, result, out, say):
+                    busy.append((tag, by_tag[tag]))
                 bar.update(1)
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+    return busy
 
 
 def _row(run_dir: Path) -> dict | None:
@@ -332,11 +343,5 @@ def summarise(table: pd.DataFrame, metric: str = "miou", baseline: str = "cpcl")
 
 
 def write_table(table: pd.DataFrame, out_dir) -> Path:
-    """``out_dir/ablation.csv``, written to a temp file and renamed (never half-written)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / TABLE
-    tmp = out / f".{TABLE}.tmp{os.getpid()}"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    """``out_dir/ablation.csv``, written atomically (never half-written)."""
+    return runs.write_csv(Path(out_dir) / TABLE, table)

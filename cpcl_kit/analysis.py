@@ -1,170 +1,52 @@
 """Analysis helpers for the notebooks: a shared CPCL run, pseudo labels on real scenes, tables.
 
 Everything returns tensors on the CPU or pandas DataFrames; the figures live in ``plots``.
-``shared_run`` trains one CPCL run per (preset, labeled, seed) into
-``out_dir/runs/cpcl_{preset}_{labeled}_seed{seed}`` (the folder notebook 06's ``run_or_load`` uses too)
-and reuses it when it is already finished, so the notebooks 04, 05, 06 and 08 of one ``make demo``
-train it only once. While it trains it also keeps a few *stage snapshots* (the two nets' weights at
-chosen iterations) for the classroom demo's "training stage" slider.
+``shared_run`` trains one CPCL run per configuration into ``out_dir/runs/`` (named by
+``runs.run_dir_name``) and reuses it when it is already finished, so the notebooks 04, 05, 06 and 08
+of one ``make demo`` train it only once. While it trains it also keeps a few *stage snapshots* (the
+two nets' weights at chosen iterations) for the classroom demo's "training stage" slider.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
-
 from torch.utils.data import Subset
 
+from . import runs
+from .constants import IGNORE_INDEX as IGNORE
 from .cpcl import PseudoLabels, cutmix_box_masks, mix, pseudo_supervision
 from .errors import KitError
-
-IGNORE = 255
-STAGES_DIR = "stages"
 
 
 # ------------------------------------------------------------------------------------------------
 # one shared CPCL run
 
 
-def shared_run_dir(out_dir, preset: str, seed: int = 0, labeled: str = "1/16") -> Path:
-    """The CPCL run folder the analysis notebooks share:
-    ``out_dir/runs/cpcl_{preset}_{labeled, / as -}_seed{seed}`` (e.g. ``cpcl_demo_1-16_seed0``)."""
-    return Path(out_dir) / "runs" / f"cpcl_{preset}_{str(labeled).replace('/', '-')}_seed{seed}"
+def shared_run(cfg, out_dir, n_stages: int = 3, progress: bool = False, data=None):
+    """The run of ``cfg`` that the notebooks share, in ``runs.notebook_run_dir(out_dir, cfg)``:
+    trained once (with ``n_stages`` stage snapshots for notebook 08's slider), then reused, under
+    the same-run rule (``train.run_or_load``). Returns a ``runs.RunResult`` with the nets in eval mode."""
+    from .train import run_or_load
 
-
-def stage_iterations(cfg, n_stages: int = 3) -> list[int]:
-    """Iterations to snapshot: the end of the supervised-only start (when the pseudo labels switch
-    on), evenly spaced after it, and the last iteration. At most ``n_stages`` distinct values."""
-    if n_stages < 1:
-        raise KitError(f"n_stages: expected at least 1, got {n_stages}")
-    first = min(max(cfg.sup_only_iters, 1), cfg.iterations)
-    if n_stages == 1 or first == cfg.iterations:
-        return [cfg.iterations]
-    points = np.linspace(first, cfg.iterations, n_stages).round().astype(int)
-    return sorted(set(int(p) for p in points))
-
-
-def save_snapshot(path, cfg, iteration: int, nets) -> Path:
-    """The nets' weights only (no optimizer state), atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"config": cfg.to_dict(), "iteration": int(iteration),
-             "nets": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in nets]}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_snapshot(path, device="cpu"):
-    """(iteration, nets in eval mode) from ``save_snapshot``."""
-    from .config import load_config_dict
-    from .train import build_nets
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = load_config_dict(state["config"])
-    except (OSError, RuntimeError, KeyError, EOFError) as e:
-        raise KitError(f"stage snapshot {path}: unreadable ({type(e).__name__}: {e})") from None
-    cfg.backbone_weights = None
-    nets = build_nets(cfg)
-    for net, sd in zip(nets, state["nets"]):
-        net.load_state_dict(sd)
-        net.to(device).eval()
-    return int(state["iteration"]), nets
-
-
-def list_stages(run_dir) -> dict[int, Path]:
-    """{iteration: snapshot path} of a run folder's stage snapshots, in iteration order."""
-    folder = Path(run_dir) / STAGES_DIR
-    found = {}
-    for p in folder.glob("iter_*.pt") if folder.is_dir() else []:
-        try:
-            found[int(p.stem.split("_")[1])] = p
-        except (IndexError, ValueError):
-            continue
-    return dict(sorted(found.items()))
+    run = run_or_load(cfg, runs.notebook_run_dir(out_dir, cfg), progress=progress, data=data,
+                      stages=tuple(runs.stage_iterations(cfg, n_stages)))
+    for net in run.nets:
+        net.eval()
+    return run
 
 
 def stage_nets(run, device="cpu") -> dict[int, list]:
     """{iteration: nets in eval mode} for every stage snapshot of ``run`` (a ``RunResult``); a run
     without snapshots gives just its final nets."""
     last = run.config.iterations
-    found = {it: load_snapshot(p, device)[1] for it, p in list_stages(run.out_dir).items() if it < last} \
-        if run.out_dir is not None else {}
+    found = {it: runs.load_snapshot(p, device)[1] for it, p in runs.list_stages(run.out_dir).items()
+             if it < last} if run.out_dir is not None else {}
     for net in run.nets:
         net.eval()
     found[last] = run.nets
     return dict(sorted(found.items()))
-
-
-def load_run(run_dir, device="cpu"):
-    """A finished run folder as a ``train.RunResult`` (nets in eval mode, history, metrics)."""
-    from .checkpoint import CHECKPOINT, load_nets
-    from .train import RunResult
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").exists():
-        raise KitError(f"{run_dir}: not a finished run (no metrics.json)")
-    cfg, nets = load_nets(run_dir / CHECKPOINT, device=device)
-    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").exists() else pd.DataFrame()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return RunResult(cfg, nets, history, metrics, run_dir)
-
-
-def shared_run(cfg, out_dir, n_stages: int = 3, progress: bool = False, data=None):
-    """Train ``cfg`` into ``shared_run_dir(out_dir, cfg.preset, cfg.seed, cfg.labeled)``, or reuse it.
-
-    * finished (metrics.json there): loaded, nothing trained;
-    * a checkpoint without metrics (interrupted): resumed exactly;
-    * otherwise trained from the start.
-    While training it pauses at ``stage_iterations(cfg, n_stages)`` (``train(stop_at=...)`` then an
-    exact resume) and saves the nets there as stage snapshots, so the result equals one
-    uninterrupted run. Returns a ``train.RunResult``.
-    """
-    from .checkpoint import CHECKPOINT
-    from .data import build_data
-    from .train import train
-
-    run_dir = shared_run_dir(out_dir, cfg.preset, cfg.seed, cfg.labeled)
-    if (run_dir / "metrics.json").exists():  # finished: the loop's own reuse, with its config check
-        from .train import run_or_load
-
-        result = run_or_load(cfg, run_dir, progress=progress)
-        for net in result.nets:
-            net.eval()
-        return result
-    data = data or build_data(cfg)
-    stages = stage_iterations(cfg, n_stages)
-    done = _checkpoint_iteration(run_dir / CHECKPOINT)
-    result = None
-    for stop in stages:
-        if done is not None and stop <= done:
-            continue
-        last = stop == cfg.iterations
-        result = train(cfg, out_dir=run_dir, resume=done is not None, progress=progress, data=data,
-                       stop_at=None if last else stop)
-        if not last:  # the last stage is the run's own checkpoint
-            save_snapshot(run_dir / STAGES_DIR / f"iter_{stop:06d}.pt", cfg, stop, result.nets)
-        done = stop
-    if result is None:  # checkpoint at the last iteration but no metrics: evaluate by resuming
-        result = train(cfg, out_dir=run_dir, resume=True, progress=progress, data=data)
-    for net in result.nets:
-        net.eval()
-    return result
-
-
-def _checkpoint_iteration(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    from .checkpoint import load
-
-    return int(load(path)["iteration"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,11 +127,6 @@ def pseudo_labels_on_scenes(nets, data, n: int = 4, seed: int = 0, cutmix: bool 
         z = teacher_logits(nets, images, train_mode)
     labels = pseudo_supervision(z[0], z[1], union_rule=union_rule, reweight=reweight)
     return images, masks, labels
-
-
-def predictions(nets, images: torch.Tensor) -> list[torch.Tensor]:
-    """Argmax label maps of each net (eval mode) for ``images``: list of [n,H,W] long."""
-    return [z.argmax(1) for z in teacher_logits(nets, images)]
 
 
 def predict_scenes(net, dataset, n: int = 4, seed: int = 0):

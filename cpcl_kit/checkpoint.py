@@ -1,8 +1,8 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, checked before use."""
+"""The checkpoint file format: what a checkpoint holds, read safely (``weights_only=True``) and
+checked before use. ``runs`` decides where and when one is written (atomically)."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings
@@ -10,25 +10,20 @@ from pathlib import Path
 
 import torch
 
+from .config import load_config_dict
 from .errors import KitError
+from .model import build_nets
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT = "cpcl-kit/1"
-# Settings that must match for a resumed run to continue the same experiment.
-_MUST_MATCH = ("method", "dataset", "backbone", "output_stride", "head_channels", "seed", "labeled",
-               "batch_size", "unlabeled_batch_size", "iterations", "optimizer", "lr",
-               "union_rule", "reweight", "targets")
-# What `save` writes, by type: `load` refuses a file without it instead of failing later.
+# What `make_state` writes, by type: `load` refuses a file without it instead of failing later.
 _LAYOUT = {"config": dict, "iteration": int, "nets": list, "optimizers": list, "scaler": dict,
            "rng_cpu": torch.Tensor, "rng_cuda": list, "history": list}
 
 
-def save(path, cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> Path:
-    """Write both nets, optimizers, scaler, iteration, RNG states and history to ``path`` atomically:
-    a temp file in the same folder, fsynced, then renamed over the old one, so a kill at any moment
-    leaves the previous complete checkpoint."""
-    path = Path(path)
-    state = {
+def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> dict:
+    """Everything an exact resume needs, as tensors and plain values only (so ``load`` can read it
+    with ``weights_only=True``). ``runs.save_checkpoint`` writes it atomically."""
+    return {
         "format": FORMAT,
         "config": cfg.to_dict(),
         "iteration": iteration,
@@ -39,31 +34,6 @@ def save(path, cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> 
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "history": history,
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a failed write (disk full, Ctrl-C) leaves the old checkpoint and no debris
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)  # make the rename itself durable
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows, where folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path) -> dict:
@@ -95,18 +65,6 @@ def load(path) -> dict:
     return state
 
 
-def _plain(v):
-    return list(v) if isinstance(v, (tuple, list)) else v
-
-
-def check_compatible(state: dict, cfg, path) -> None:
-    saved = state["config"]
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(cfg, k)!r}"
-            for k in _MUST_MATCH if _plain(saved.get(k)) != _plain(getattr(cfg, k))]
-    if diff:
-        raise KitError(f"--resume: {path} was written by a different run ({'; '.join(diff)})")
-
-
 def restore(state: dict, nets, opts, scaler) -> tuple[int, list[dict]]:
     """Load a checkpoint's weights and optimizer states in place; returns (iteration, history)."""
     if len(state["nets"]) != len(nets) or len(state["optimizers"]) != len(opts):
@@ -128,9 +86,6 @@ def restore(state: dict, nets, opts, scaler) -> tuple[int, list[dict]]:
 
 def load_nets(path, device="cpu"):
     """(config, nets in eval mode) from a checkpoint, for evaluation and the notebooks."""
-    from .config import load_config_dict
-    from .train import build_nets
-
     state = load(path)
     try:
         cfg = load_config_dict(state["config"])

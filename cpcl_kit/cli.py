@@ -6,12 +6,12 @@ Every user mistake ends as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
 from pathlib import Path
 
+from .constants import METHODS
 from .errors import KitError
 
 
@@ -64,6 +64,7 @@ def cmd_evaluate(args) -> None:
     from .checkpoint import load_nets
     from .config import make_config, parse_sets
     from .data import build_data
+    from .runs import write_json
     from .train import evaluate_run, pick_device
 
     cfg, nets = load_nets(args.checkpoint)
@@ -80,8 +81,7 @@ def cmd_evaluate(args) -> None:
     _print_metrics(m)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_metrics.json").write_text(json.dumps(m, indent=2))
+        write_json(out / "eval_metrics.json", m)
     except OSError as e:
         raise KitError(f"--out: cannot write to {out} ({e.strerror})") from None
     print(f"metrics written to {out / 'eval_metrics.json'}")
@@ -89,18 +89,13 @@ def cmd_evaluate(args) -> None:
 
 def cmd_ablate(args) -> None:
     from .ablate import parse_grid, run_grid
+    from .config import parse_sets
 
     grid = parse_grid(args.grid)
-    table = run_grid(grid, args.out, preset=args.preset, overrides=_config_overrides(args),
+    table = run_grid(grid, args.out, preset=args.preset, overrides=parse_sets(args.sets),
                      progress=not args.quiet, jobs=args.jobs, threads=args.threads)
     print(table.to_string(index=False))
     print(f"table written to {Path(args.out) / 'ablation.csv'}")
-
-
-def _config_overrides(args) -> dict:
-    from .config import parse_sets
-
-    return parse_sets(args.sets)
 
 
 def cmd_demo(args) -> None:
@@ -125,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train supervised, CPS or CPCL and evaluate")
     # No argparse default: `--set method=...` (or the config's default, cpcl) applies unless given.
-    p.add_argument("--method", choices=["supervised", "cps", "cpcl"], help="default: cpcl")
+    p.add_argument("--method", choices=METHODS, help="default: cpcl")
     _common(p)
     p.add_argument("--out", required=True, help="run folder (config, history, checkpoint, metrics)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -9,15 +9,11 @@ recipe (method notes §5).
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
+from .constants import DATASETS, METHODS, NUM_CLASSES, TARGET_PAIRS, UNION_RULES
 from .errors import KitError
-
-METHODS = ("supervised", "cps", "cpcl")
-DATASETS = ("digits", "voc", "cityscapes")
-NUM_CLASSES = {"digits": 11, "voc": 21, "cityscapes": 19}
 
 
 @dataclass
@@ -85,9 +81,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
 
 # Deviations of the CPU presets from the paper recipe, shown in notebooks and written into runs.
@@ -193,16 +186,21 @@ def _check_value(key: str, value, kind) -> None:
         raise KitError(f"{key}: expected {getattr(base, '__name__', base)}, got {value!r} ({type(value).__name__})")
 
 
+# The valid values of the fields that take one of a few names.
+CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"), "union_rule": UNION_RULES,
+           "sup_loss": ("ce", "ohem"), "eval_branch": ("1", "2", "ensemble"),
+           "amp": ("auto", "bf16", "fp16", "off"), "targets": TARGET_PAIRS}
+
+
 def validate(cfg: Config) -> Config:
     """Check choices that the types alone do not; raise KitError naming the field."""
-    choices = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"),
-               "union_rule": ("disagreement", "confidence"), "sup_loss": ("ce", "ohem"),
-               "eval_branch": ("1", "2", "ensemble"), "amp": ("auto", "bf16", "fp16", "off")}
-    for key, valid in choices.items():
+    for key, valid in CHOICES.items():
+        if key == "targets":
+            continue
         if getattr(cfg, key) not in valid:
             raise KitError(f"{key}: unknown value {getattr(cfg, key)!r}, expected one of {', '.join(valid)}")
-    if tuple(cfg.targets) not in (("inter", "union"), ("inter", "inter"), ("union", "union")):
-        raise KitError(f"targets: expected inter,union / inter,inter / union,union, got {cfg.targets}")
+    if tuple(cfg.targets) not in TARGET_PAIRS:
+        raise KitError(f"targets: expected {' / '.join(','.join(t) for t in TARGET_PAIRS)}, got {cfg.targets}")
     cfg.targets, cfg.scales = tuple(cfg.targets), tuple(cfg.scales) if cfg.scales else cfg.scales
     for key in ("batch_size", "unlabeled_batch_size"):
         if getattr(cfg, key) < 2:
@@ -240,11 +238,6 @@ def parse_sets(items: list[str] | None) -> dict:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
-
-
-def load_config_json(path) -> Config:
-    """A Config saved by a run (``config.json``)."""
-    return load_config_dict(json.loads(open(path).read()))
 
 
 def load_config_dict(data: dict) -> Config:

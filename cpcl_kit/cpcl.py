@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cpcl_kit.constants import IGNORE_INDEX, UNION_RULES
 from cpcl_kit.errors import KitError
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "weighted_ce",
 ]
 
-UNION_RULES = ("disagreement", "confidence")
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def pseudo_supervision(
     *,
     union_rule: str = "disagreement",
     reweight: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     all_reduce=None,
 ) -> PseudoLabels:
     """Intersection/union pseudo-labels and confidence weights from two teachers' logits.
@@ -320,7 +320,7 @@ def weighted_ce(
     logits: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Confidence-weighted cross-entropy, a 0-dim fp32 tensor.
 

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset, Subset
 
+from . import datasets as ds
 from .config import Config
+from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
 from .errors import KitError
+from .splits import make_partition, parse_labeled
 from .transforms import train_transform, val_transform
 
 
@@ -17,7 +20,6 @@ class DataBundle:
     unlabeled: Dataset    # same; masks are the true ones where known (analysis only), else 255
     val: Dataset          # (image [3,H,W], mask [H,W]) without augmentation
     class_names: list
-    ignore_index: int = 255
 
 
 def _train_tf(cfg: Config):
@@ -25,9 +27,6 @@ def _train_tf(cfg: Config):
 
 
 def digit_data(cfg: Config) -> DataBundle:
-    from .datasets import make_partition
-    from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
-
     spec = SceneSpec(size=cfg.scene_size, digits=tuple(cfg.digits_per_scene), digit_px=tuple(cfg.digit_px))
     try:
         spec.check()
@@ -36,13 +35,11 @@ def digit_data(cfg: Config) -> DataBundle:
     train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=_train_tf(cfg))
     val = DigitScenes("val", n=cfg.n_val_scenes, spec=spec, seed=cfg.seed + 10_000,
                       transform=val_transform())
-    lab, unlab = _partition(cfg, list(range(len(train))), make_partition)
+    lab, unlab = _partition(cfg, list(range(len(train))))
     return DataBundle(Subset(train, lab), Subset(train, unlab), val, DIGIT_CLASS_NAMES)
 
 
-def _partition(cfg: Config, ids, make_partition):
-    from .datasets import parse_labeled
-
+def _partition(cfg: Config, ids):
     if cfg.labeled_list or cfg.unlabeled_list:
         raise KitError("labeled_list/unlabeled_list: the digit scenes take --labeled 1/N or a count")
     if cfg.labeled == "all":  # full supervision; the unlabeled stream sees the same scenes
@@ -51,14 +48,12 @@ def _partition(cfg: Config, ids, make_partition):
 
 
 def file_data(cfg: Config) -> DataBundle:
-    from . import datasets as ds
-
     if not cfg.data_root:
         raise KitError(f"--data-root: required for dataset '{cfg.dataset}' (the folder holding it; "
                        f"nothing is downloaded)")
     splits = ds.voc_splits if cfg.dataset == "voc" else ds.cityscapes_splits
     names = ds.VOC_CLASS_NAMES if cfg.dataset == "voc" else ds.CITYSCAPES_CLASS_NAMES
-    labeled = None if (cfg.labeled_list or cfg.unlabeled_list) else ds.parse_labeled(cfg.labeled)
+    labeled = None if (cfg.labeled_list or cfg.unlabeled_list) else parse_labeled(cfg.labeled)
     lab, unlab, val = splits(cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
                              unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
     c = cfg.num_classes

@@ -16,8 +16,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,6 +26,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from .errors import KitError
+from .runs import write_atomic
 
 DIGIT_CLASS_NAMES = ["background"] + [str(d) for d in range(10)]
 NUM_DIGIT_CLASSES = len(DIGIT_CLASS_NAMES)
@@ -37,7 +36,6 @@ POOL_SEED = 0
 POOL_VAL_FRACTION = 0.3
 # Bump when the generator changes so stale .npz caches are not reused.
 GENERATOR_VERSION = 1
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
 
 # sklearn digits are 0..16 intensities; a stroke is where the bilinear upscale exceeds this.
 _STROKE_THRESHOLD = 7.0
@@ -227,13 +225,8 @@ def _scenes_for(split: str, n: int, spec: SceneSpec, seed: int, cache_dir: str |
         pool = train_pool if split == "train" else val_pool
         # Mix the split into the seed so train and val scenes differ in layout, not only in digits.
         arrays = make_scenes(n, spec, pool, (seed, 0 if split == "train" else 1))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename so concurrent readers never see a half-written file.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, images=arrays[0], masks=arrays[1])
-            os.replace(tmp, path)
+        if path is not None:  # atomically: concurrent readers never see a half-written file
+            write_atomic(path, lambda f: np.savez_compressed(f, images=arrays[0], masks=arrays[1]))
     _MEMORY_CACHE[key] = arrays
     return arrays
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from cpcl_kit.constants import IGNORE_INDEX
 from cpcl_kit.errors import KitError
 from cpcl_kit.metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
 
@@ -177,7 +178,7 @@ def evaluate(
     batch_size: int = 4,
     device=None,
     progress: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict:
     """mIoU of a model (or an ensemble, see ``predict_logits``) over a data set.
 

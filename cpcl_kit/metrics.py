@@ -10,13 +10,14 @@ import math
 
 import torch
 
+from cpcl_kit.constants import IGNORE_INDEX
 from cpcl_kit.errors import KitError
 
 __all__ = ["confusion_matrix", "iou_from_confusion", "pixel_accuracy"]
 
 
 def confusion_matrix(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Confusion counts, LongTensor [C, C] on the inputs' device: rows = target, cols = pred.
 

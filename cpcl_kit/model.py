@@ -213,3 +213,19 @@ class DeepLabV3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)["logits"]
+
+
+def build_nets(cfg) -> list[DeepLabV3Plus]:
+    """One net (supervised) or two (cps, cpcl) for ``cfg`` (a ``config.Config``), identical
+    backbones, different heads.
+
+    As in the official code, both branches start from the same backbone weights (the pretrained file,
+    or net 1's random draw copied) and their heads are consecutive random draws from one seeded stream.
+    """
+    torch.manual_seed(cfg.seed)
+    n = 1 if cfg.method == "supervised" else 2
+    nets = [DeepLabV3Plus(cfg.num_classes, cfg.backbone, cfg.output_stride, cfg.backbone_weights,
+                          cfg.head_channels) for _ in range(n)]
+    for other in nets[1:]:
+        other.backbone.load_state_dict(nets[0].backbone.state_dict())
+    return nets

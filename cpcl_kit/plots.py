@@ -8,24 +8,25 @@ Training-history figures take the ``history`` DataFrame of a run (``train.RunRes
 
 from __future__ import annotations
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 
+from .constants import IGNORE_INDEX
+
 sns.set_theme(context="notebook", style="whitegrid")
 
 
 def save(fig, out_dir, name: str):
-    """Save ``fig`` as ``out_dir/figures/name.png`` (the demo collects these)."""
+    """Save ``fig`` as ``out_dir/figures/name.png`` (the demo collects these), atomically."""
     from pathlib import Path
 
-    path = Path(out_dir) / "figures" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    from .runs import write_atomic
+
+    return write_atomic(Path(out_dir) / "figures" / f"{name}.png",
+                        lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def parameter_bars(table: pd.DataFrame, title: str = "Parameters per part"):
@@ -62,7 +63,6 @@ def feature_maps(image: torch.Tensor, feats: dict[str, torch.Tensor], stages=("l
 # ------------------------------------------------------------------------------------------------
 # shared pieces: class colours, arrays, empty panels
 
-IGNORE = 255
 IGNORE_GREY = (0.62, 0.62, 0.62)
 
 
@@ -79,7 +79,7 @@ def class_palette(num_classes: int) -> np.ndarray:
     cycle = [next(spare) if np.allclose(col, col[0]) else col for col in cycle]
     for c in range(1, min(num_classes, 255)):
         pal[c] = cycle[(c - 1) % len(cycle)]
-    pal[IGNORE] = IGNORE_GREY
+    pal[IGNORE_INDEX] = IGNORE_GREY
     return pal
 
 
@@ -448,8 +448,8 @@ def _overlay_panels(images, masks, labels, b: int, c: int, threshold: float) -> 
     inter, union = labels.inter[b].clone(), labels.union[b].clone()
     w_inter, w_union = labels.w_inter[b].float().cpu(), labels.w_union[b].float().cpu()
     if threshold > 0:
-        inter[w_inter < threshold] = IGNORE
-        union[w_union < threshold] = IGNORE
+        inter[w_inter < threshold] = IGNORE_INDEX
+        union[w_union < threshold] = IGNORE_INDEX
     w_inter_shown = np.ma.masked_where(~labels.agree[b].cpu().numpy(), w_inter.numpy())
     maps = [colourise(m, c) for m in (masks[b], labels.y1[b], labels.y2[b], inter, union)]
     return [(_as_image(images[b]), False), *[(m, False) for m in maps],

@@ -1,40 +1,35 @@
-"""One training loop for every method; a method is a function of the batch.
+"""One training loop for every method; a method is a step function (``methods``).
 
-``supervised`` trains one net on labeled images; ``cps`` and ``cpcl`` train two nets that teach each
-other on CutMix-mixed unlabeled images (method notes §2–§5). The loop owns the optimizers, the lr
-schedule, AMP, logging, checkpoints and the final evaluation.
+``train`` runs the loop: it builds the nets and their optimizers (``Trainer``), resumes a
+checkpoint exactly, steps through the batches with the lr schedule and λ ramp, logs, checkpoints
+and evaluates. ``run_or_load`` adds the run-folder policy that notebooks and grids use: lock the
+folder, reuse a finished run with the same settings, resume an interrupted one, keep stage
+snapshots on the way. The folder itself (files, the same-run rule, the lock) is ``runs``'.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .config import DEVIATIONS, PRESETS, Config
-from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
+from . import checkpoint, runs
+from .config import Config
 from .data import build_data
 from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
 from .errors import KitError
 from .evaluate import evaluate
 from .loaders import semi_supervised_batches, supervised_batches
-from .model import DeepLabV3Plus
-
-IGNORE = 255
-
-# Cityscapes OHEM class weights (method notes §4), in trainId order.
-CITYSCAPES_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
-                      0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
+from .methods import METHOD_STEPS, StepOut, label_stats
+from .model import build_nets
+from .runs import RunResult
 
 
 class TrainingDiverged(KitError):
@@ -42,7 +37,7 @@ class TrainingDiverged(KitError):
 
 
 # ------------------------------------------------------------------------------------------------
-# devices, models, optimizers, schedule
+# devices, optimizers, schedule
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -63,21 +58,6 @@ def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     if amp == "fp16" and device.type != "cuda":
         raise KitError("amp: fp16 autocast needs a CUDA device; use amp=bf16 or amp=off on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def build_nets(cfg: Config) -> list[DeepLabV3Plus]:
-    """One net (supervised) or two (cps, cpcl) with identical backbones and different heads.
-
-    As in the official code, both branches start from the same backbone weights (the pretrained file,
-    or net 1's random draw copied) and their heads are consecutive random draws from one seeded stream.
-    """
-    torch.manual_seed(cfg.seed)
-    n = 1 if cfg.method == "supervised" else 2
-    nets = [DeepLabV3Plus(cfg.num_classes, cfg.backbone, cfg.output_stride, cfg.backbone_weights,
-                          cfg.head_channels) for _ in range(n)]
-    for other in nets[1:]:
-        other.backbone.load_state_dict(nets[0].backbone.state_dict())
-    return nets
 
 
 def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
@@ -117,199 +97,77 @@ def unsup_weight_at(it: int, cfg: Config) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# losses and methods
-
-
-def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min_kept: int = 50000,
-            weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Online hard example mining CE (CPS/CPCL Cityscapes): keep pixels whose GT probability is at most
-    max(thresh, the min_kept-th smallest GT probability); class-weighted mean. ``min_kept`` is per image."""
-    logits = logits.float()
-    valid = target != IGNORE
-    n_valid = valid.sum()
-    with torch.no_grad():
-        prob = logits.softmax(1).gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
-        prob = torch.where(valid, prob, torch.ones_like(prob))
-        k = min_kept * target.shape[0]
-        flat = prob.flatten()
-        kth = flat.kthvalue(min(k, flat.numel())).values
-        threshold = torch.maximum(kth, torch.tensor(thresh, device=prob.device))
-        keep = valid & ((prob <= threshold) | (n_valid <= k))
-    return F.cross_entropy(logits, torch.where(keep, target, IGNORE), weight=weight, ignore_index=IGNORE)
+# one optimisation step
 
 
 @dataclass
-class StepOut:
-    loss: torch.Tensor
-    parts: dict = field(default_factory=dict)  # scalar tensors, detached
-    labels: object | None = None                # PseudoLabels of the step, for analysis
-    mixed_truth: torch.Tensor | None = None     # true masks of the mixed image (analysis only)
+class Trainer:
+    """The nets of one run and what updates them: optimizers, grad scaler and autocast dtype.
 
+    ``nets`` are the plain modules (checkpoints, evaluation); ``models`` what the step calls (the
+    same nets, or their DistributedDataParallel wrappers under torchrun)."""
 
-def sup_loss(cfg: Config, logits, target):
-    if cfg.sup_loss == "ohem":
-        w = torch.tensor(CITYSCAPES_WEIGHTS, device=logits.device) if cfg.num_classes == 19 else None
-        return ohem_ce(logits, target, weight=w)
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
+    cfg: Config
+    device: torch.device
+    nets: list
+    opts: list
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    models: list | None = None
 
+    @classmethod
+    def create(cls, cfg: Config, device: torch.device) -> "Trainer":
+        nets = build_nets(cfg)
+        for net in nets:  # on the device before any optimizer state is restored into them
+            net.to(device).train()
+            if cfg.channels_last:
+                net.to(memory_format=torch.channels_last)
+        dtype = amp_dtype(device, cfg.amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        return cls(cfg, device, nets, [make_optimizer(n, cfg) for n in nets], scaler, dtype, nets)
 
-def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
-                    all_reduce=None) -> StepOut:
-    (net,) = nets
-    loss = sup_loss(cfg, net(batch.x_l), batch.y_l)
-    return StepOut(loss, {"sup1": loss.detach()})
+    def wrap_ddp(self, info: DistInfo) -> None:
+        """DistributedDataParallel copies of the nets for the step (the raw nets stay for checkpoints
+        and evaluation). Each net is called several times per step (labeled, teachers, student)
+        before one backward; that is fine for DDP without find_unused_parameters, since every
+        parameter is used once in the graph that backward walks."""
+        if not info.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if self.cfg.sync_bn:
+            self.nets[:] = [nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in self.nets]
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.models = [DDP(n, device_ids=ids) for n in self.nets]
 
-def _teachers(nets, batch, mask):
-    """Mixed teacher logits of both nets. Four separate no-grad passes, not one concatenated pass:
-    BatchNorm is in train mode (as in the official code), so batching u0 with u1 would change the
-    batch statistics, and therefore the logits, of both."""
-    with torch.no_grad():
-        return [mix(net(batch.u0), net(batch.u1), mask) for net in nets]
+    def step(self, step_fn, batch, it: int, lam: float | None = None, all_reduce=None) -> StepOut:
+        """Iteration ``it``: set the lr (and λ, unless given), run ``step_fn`` under autocast,
+        backward, one optimizer step per net. The CutMix boxes of iteration ``it`` come from a
+        generator seeded by (seed, it), so a resumed run draws the same ones."""
+        lr = lr_at(it, self.cfg)
+        lam = unsup_weight_at(it, self.cfg) if lam is None else lam
+        for opt in self.opts:
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + it)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = step_fn(self.models, batch, self.cfg, lam, gen, all_reduce=all_reduce)
+        self.scaler.scale(out.loss).backward()
+        for opt in self.opts:
+            self.scaler.step(opt)
+        self.scaler.update()
+        return out
 
-
-def _cutmix(batch, gen):
-    b, _, h, w = batch.u0.shape
-    mask = cutmix_box_masks(b, (h, w), generator=gen).to(batch.u0.device)
-    truth = mix(batch.u0_mask, batch.u1_mask, mask) if batch.u0_mask is not None else None
-    return mask, mix(batch.u0, batch.u1, mask), truth
-
-
-def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
-             all_reduce=None) -> StepOut:
-    """Cross pseudo supervision: each net learns from the other's hard label on the CutMix image."""
-    net1, net2 = nets
-    s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
-    parts = {"sup1": s1.detach(), "sup2": s2.detach()}
-    if lam == 0:
-        return StepOut(s1 + s2, parts)
-    mask, u_mix, truth = _cutmix(batch, gen)
-    t1, t2 = _teachers(nets, batch, mask)
-    labels = pseudo_supervision(t1, t2, reweight=False)
-    u1 = weighted_ce(net1(u_mix), labels.y2)
-    u2 = weighted_ce(net2(u_mix), labels.y1)
-    parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
-
-
-def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
-              all_reduce=None) -> StepOut:
-    """CPCL (method notes §4): net 1 learns the intersection label, net 2 the union label, each
-    pixel's CE weighted by the teachers' confidence; L = CE1 + CE2 + λ(L_inter + L_union)."""
-    net1, net2 = nets
-    s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
-    parts = {"sup1": s1.detach(), "sup2": s2.detach()}
-    if lam == 0:  # supervised-only start (CPU presets): skip the four teacher and two student passes
-        return StepOut(s1 + s2, parts)
-    mask, u_mix, truth = _cutmix(batch, gen)
-    t1, t2 = _teachers(nets, batch, mask)
-    labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
-                                all_reduce=all_reduce)
-    target = {"inter": (labels.inter, labels.w_inter), "union": (labels.union, labels.w_union)}
-    u1 = weighted_ce(net1(u_mix), *target[cfg.targets[0]])
-    u2 = weighted_ce(net2(u_mix), *target[cfg.targets[1]])
-    parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
-
-
-METHOD_STEPS = {"supervised": supervised_step, "cps": cps_step, "cpcl": cpcl_step}
-
-
-def label_stats(labels, truth: torch.Tensor | None, num_classes: int) -> dict[str, torch.Tensor]:
-    """Pseudo-label statistics of one step (tensors; the loop moves them to the host when logging).
-
-    coverage: fraction of pixels with an intersection label (agreement) — the union covers all.
-    acc_*: accuracy of each label kind against the true masks, where the data set has them.
-    ind_c: the class-wise disagreement indicator; inter_frac_c: of the pixels whose union label is
-    class c, the fraction that also carry an intersection label.
-    """
-    s = {"agreement": agreement(labels.y1, labels.y2),
-         "w_inter": labels.w_inter.mean(), "w_union": labels.w_union.mean(),
-         "w_agree": labels.w_union[labels.agree].mean(),
-         "w_disagree": labels.w_union[~labels.agree].mean()}
-    union_counts = torch.bincount(labels.union.flatten(), minlength=num_classes)[:num_classes]
-    inter_counts = torch.bincount(labels.union[labels.agree].flatten(), minlength=num_classes)[:num_classes]
-    frac = inter_counts / union_counts.clamp(min=1)
-    frac = torch.where(union_counts > 0, frac, torch.full_like(frac, float("nan")))
-    for c in range(num_classes):
-        s[f"ind_{c}"] = labels.indicator[c]
-        s[f"inter_frac_{c}"] = frac[c]
-    if truth is not None:
-        known = truth != IGNORE
-        denom = known.sum().clamp(min=1)
-        s["acc_union"] = ((labels.union == truth) & known).sum() / denom
-        s["acc_y1"] = ((labels.y1 == truth) & known).sum() / denom
-        s["acc_y2"] = ((labels.y2 == truth) & known).sum() / denom
-        inter_known = known & labels.agree
-        s["acc_inter"] = ((labels.inter == truth) & inter_known).sum() / inter_known.sum().clamp(min=1)
-    return s
+    def weights_finite(self) -> bool:
+        return all(torch.isfinite(p).all() for n in self.nets for p in n.parameters())
 
 
 # ------------------------------------------------------------------------------------------------
 # the loop
 
 
-@dataclass
-class RunResult:
-    config: Config
-    nets: list
-    history: pd.DataFrame
-    metrics: dict
-    out_dir: Path | None
-
-
-def _eval_models(nets, branch: str):
-    if len(nets) == 1:
-        return nets[0]
-    return {"1": nets[0], "2": nets[1], "ensemble": list(nets)}[branch]
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
-
-
-def _prepare_out(out_dir) -> Path | None:
-    if out_dir is None:
-        return None
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise KitError(f"--out: cannot write to {out} ({e.strerror or e})") from None
-    return out
-
-
-def _wrap_ddp(nets, cfg: Config, device: torch.device, info: DistInfo):
-    """DistributedDataParallel copies of the nets (the raw nets stay for checkpoints and eval).
-
-    Each net is called several times per step (labeled, teachers, student) before one backward;
-    that is fine for DDP without find_unused_parameters, since every parameter is used once in
-    the graph that backward walks.
-    """
-    if not info.enabled:
-        return nets
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    if cfg.sync_bn:
-        nets[:] = [nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in nets]
-    ids = [device.index] if device.type == "cuda" else None
-    return [DDP(n, device_ids=ids) for n in nets]
-
-
-def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True,
-          data=None, stop_at: int | None = None) -> RunResult:
-    """Train ``cfg.method`` and evaluate it; with ``out_dir``, write config.json, history.csv,
-    checkpoint.pt and metrics.json there. ``resume=True`` continues from ``out_dir/checkpoint.pt``
-    exactly (the batches, CutMix masks and augmentations of iteration i depend on (seed, i) only).
-    ``stop_at=k`` pauses after iteration k with a checkpoint and no evaluation (metrics empty).
-    Under torchrun every process trains on its shard of each batch; rank 0 alone writes files."""
-    info = init_from_env()
-    out = _prepare_out(out_dir) if info.main else None
+def _setup_device(cfg: Config, info: DistInfo) -> torch.device:
     device = pick_device(cfg.device, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -319,112 +177,148 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         # with: a benchmark-preset CPS run went from 1.7 to 5.5 s per step; flushing them to zero made
         # the same resumed steps 2.4x faster (4.2 vs 10.3 s on a loaded machine).
         torch.set_flush_denormal(True)
-    data = data or build_data(cfg)
-    nets = build_nets(cfg)
-    opts = [make_optimizer(n, cfg) for n in nets]
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    history: list[dict] = []
-    start = 0
-    if resume:
-        path = Path(out_dir) / ckpt.CHECKPOINT if out_dir is not None else None
-        if path is None or not path.exists():
-            raise KitError(f"--resume: no checkpoint to resume in {path}")
-        state = ckpt.load(path)
-        ckpt.check_compatible(state, cfg, path)
-        start, history = ckpt.restore(state, nets, opts, scaler)
-    for net in nets:
-        net.to(device).train()
-        if cfg.channels_last:
-            net.to(memory_format=torch.channels_last)
-    models = _wrap_ddp(nets, cfg, device, info)
-    if out is not None:
-        _write_json_atomic(out / "config.json", {**cfg.to_dict(), "deviations_from_paper": (
-            {k: v for k, v in DEVIATIONS.items() if k in PRESETS[cfg.preset]} if cfg.dataset == "digits" else {})})
+    return device
 
-    step_fn = METHOD_STEPS[cfg.method]
+
+def _resume(trainer: Trainer, out_dir) -> tuple[int, list[dict]]:
+    """(iteration, history) of the checkpoint in ``out_dir``, restored into ``trainer``."""
+    path = Path(out_dir) / runs.CHECKPOINT if out_dir is not None else None
+    if path is None or not path.exists():
+        raise KitError(f"--resume: no checkpoint to resume in {path}")
+    state = checkpoint.load(path)
+    runs.check_same_run(out_dir, trainer.cfg, saved=state["config"])
+    return checkpoint.restore(state, trainer.nets, trainer.opts, trainer.scaler)
+
+
+def _batches(cfg: Config, data, start: int, device: torch.device, info: DistInfo):
     shard = dict(start=start, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                  rank=info.rank, world_size=info.world_size)
     if cfg.method == "supervised":
-        batches = supervised_batches(data.labeled, cfg.batch_size, cfg.iterations, cfg.seed, **shard)
-    else:
-        batches = semi_supervised_batches(data.labeled, data.unlabeled, cfg.batch_size,
-                                          cfg.unlabeled_batch_size, cfg.iterations, cfg.seed, **shard)
+        return supervised_batches(data.labeled, cfg.batch_size, cfg.iterations, cfg.seed, **shard)
+    return semi_supervised_batches(data.labeled, data.unlabeled, cfg.batch_size, cfg.unlabeled_batch_size,
+                                   cfg.iterations, cfg.seed, **shard)
+
+
+class _Log:
+    """Running means of the step's losses, one history row per ``log_every`` iterations."""
+
+    def __init__(self, cfg: Config, history: list[dict], seconds_before: float):
+        self.cfg, self.history, self.sums = cfg, history, {}
+        self.t0, self.before = time.perf_counter(), seconds_before
+
+    def add(self, out: StepOut) -> None:
+        for k, v in {"loss": out.loss.detach(), **out.parts}.items():
+            self.sums[k] = self.sums.get(k, 0) + v.float()
+
+    def due(self, done: int) -> bool:
+        return done % self.cfg.log_every == 0 or done == self.cfg.iterations
+
+    def row(self, done: int, out: StepOut) -> dict:
+        """The history row for iterations up to ``done`` (host syncs here, at the logging interval)."""
+        n = self.cfg.log_every if done % self.cfg.log_every == 0 else done % self.cfg.log_every
+        row = {"iteration": done, "lr": lr_at(done - 1, self.cfg), "lambda": unsup_weight_at(done - 1, self.cfg),
+               **{k: float(v) / n for k, v in self.sums.items()}}
+        if out.labels is not None:
+            stats = label_stats(out.labels, out.mixed_truth, self.cfg.num_classes)
+            row.update({k: float(v) for k, v in stats.items()})
+        row["seconds"] = self.seconds()
+        self.history.append(row)
+        self.sums = {}
+        return row
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+
+def _save(trainer: Trainer, out: Path | None, done: int, last_good: int, history: list) -> None:
+    # One huge step after a finite loss can still leave inf weights: never save those.
+    if not trainer.weights_finite():
+        _diverged(out, done - 1, last_good, history)
+    if out is not None:
+        t = trainer
+        runs.save_checkpoint(out / runs.CHECKPOINT, t.cfg, done, t.nets, t.opts, t.scaler, history)
+        runs.write_csv(out / runs.HISTORY, pd.DataFrame(history))
+
+
+def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None, info: DistInfo,
+          progress: bool, stop_at: int | None) -> tuple[float, bool]:
+    """Train from iteration ``start``; returns the training seconds (a resumed run's included) and
+    whether it paused at ``stop_at``."""
+    cfg, device = trainer.cfg, trainer.device
+    step_fn = METHOD_STEPS[cfg.method]
     reduce = all_reduce_sum if info.enabled else None
-    t0 = time.perf_counter()
-    elapsed_before = history[-1]["seconds"] if history else 0.0
-    bar = tqdm(total=cfg.iterations, initial=start, disable=not (progress and info.main),
-               desc=cfg.method, dynamic_ncols=True)
-    running = {}
+    log = _Log(cfg, history, history[-1]["seconds"] if history else 0.0)
     bad_it = torch.tensor(-1, device=device)
     last_saved = start
+    with tqdm(total=cfg.iterations, initial=start, disable=not (progress and info.main), desc=cfg.method,
+              dynamic_ncols=True) as bar:
+        for it, batch in enumerate(batches, start=start):
+            batch = batch.to(device)
+            if cfg.channels_last:
+                batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last)
+            out_step = trainer.step(step_fn, batch, it, all_reduce=reduce)
+            # Remember the first non-finite iteration on the device: no host sync inside the step.
+            bad_it = torch.where((bad_it < 0) & ~torch.isfinite(out_step.loss.detach()), it, bad_it)
+            log.add(out_step)
+            done = it + 1
+            if log.due(done):
+                if int(bad_it) >= 0:  # the one host sync, at the logging interval
+                    _diverged(out, int(bad_it), last_saved, history)
+                row = log.row(done, out_step)
+                bar.set_postfix(loss=f"{row['loss']:.3f}",
+                                **({"agree": f"{row['agreement']:.2f}"} if "agreement" in row else {}))
+                if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                    _save(trainer, out, done, last_saved, history)
+                    last_saved = done
+            bar.update(1)
+            if stop_at is not None and done >= stop_at:
+                _save(trainer, out, done, last_saved, history)
+                return log.seconds(), True
+    return log.seconds(), False
 
-    def save_checkpoint(done):
-        # One huge step after a finite loss can still leave inf weights: never save those.
-        if not all(torch.isfinite(p).all() for n in nets for p in n.parameters()):
-            _diverged(out, done - 1, last_saved, history)
-        if out is not None:
-            ckpt.save(out / ckpt.CHECKPOINT, cfg, done, nets, opts, scaler, history)
-            pd.DataFrame(history).to_csv(out / "history.csv", index=False)
 
-    for it, batch in enumerate(batches, start=start):
-        batch = batch.to(device)
-        if cfg.channels_last:
-            batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last)
-        lr, lam = lr_at(it, cfg), unsup_weight_at(it, cfg)
-        for opt in opts:
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)  # CutMix boxes of iteration it
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out_step = step_fn(models, batch, cfg, lam, gen, all_reduce=reduce)
-        loss = out_step.loss
-        # Remember the first non-finite iteration on the device: no host sync inside the step.
-        bad_it = torch.where((bad_it < 0) & ~torch.isfinite(loss.detach()), it, bad_it)
-        scaler.scale(loss).backward()
-        for opt in opts:
-            scaler.step(opt)
-        scaler.update()
-        for k, v in {"loss": loss.detach(), **out_step.parts}.items():
-            running[k] = running.get(k, 0) + v.float()
-        done = it + 1
-        if done % cfg.log_every == 0 or done == cfg.iterations:
-            if int(bad_it) >= 0:  # the one host sync, at the logging interval
-                _diverged(out, int(bad_it), last_saved, history)
-            n = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
-            row = {"iteration": done, "lr": lr, "lambda": lam,
-                   **{k: float(v) / n for k, v in running.items()}}
-            if out_step.labels is not None:
-                row.update({k: float(v) for k, v in label_stats(out_step.labels, out_step.mixed_truth,
-                                                                  cfg.num_classes).items()})
-            row["seconds"] = elapsed_before + time.perf_counter() - t0
-            history.append(row)
-            running = {}
-            bar.set_postfix(loss=f"{row['loss']:.3f}",
-                            **({"agree": f"{row['agreement']:.2f}"} if "agreement" in row else {}))
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                save_checkpoint(done)
-                last_saved = done
-        bar.update(1)
-        if stop_at is not None and done >= stop_at:
-            save_checkpoint(done)
-            bar.close()
-            return RunResult(cfg, nets, pd.DataFrame(history), {}, out)
-    bar.close()
-    train_seconds = elapsed_before + time.perf_counter() - t0
-    hist = pd.DataFrame(history)
-    metrics = {}
-    if info.main:  # the others wait: evaluation needs no sharding at these sizes
-        metrics = evaluate_run(cfg, nets, data, progress=progress)
-        metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(train_seconds, 2),
-                       preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled,
-                       world_size=info.world_size)
+def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True,
+          data=None, stop_at: int | None = None) -> RunResult:
+    """Train ``cfg.method`` and evaluate it; with ``out_dir``, write config.json, history.csv,
+    checkpoint.pt and metrics.json there (holding the folder's lock meanwhile). ``resume=True``
+    continues from ``out_dir/checkpoint.pt`` exactly (the batches, CutMix masks and augmentations of
+    iteration i depend on (seed, i) only). A folder that holds a run with other settings is refused
+    (``runs.check_same_run``). ``stop_at=k`` pauses after iteration k with a checkpoint and no
+    evaluation (metrics empty). Under torchrun every process trains on its shard of each batch;
+    rank 0 alone writes files."""
+    info = init_from_env()
+    out = runs.prepare(out_dir) if (out_dir is not None and info.main) else None
+    with runs.lock(out) if out is not None else nullcontext():
         if out is not None:
-            hist.to_csv(out / "history.csv", index=False)
-            _write_json_atomic(out / "metrics.json", metrics)
-    barrier()
-    return RunResult(cfg, nets, hist, metrics, out)
+            runs.check_same_run(out, cfg)
+        device = _setup_device(cfg, info)
+        data = data or build_data(cfg)
+        trainer = Trainer.create(cfg, device)
+        start, history = _resume(trainer, out_dir) if resume else (0, [])
+        trainer.wrap_ddp(info)
+        if out is not None:
+            runs.write_config(out, cfg)
+        batches = _batches(cfg, data, start, device, info)
+        seconds, paused = _loop(trainer, batches, start, history, out, info, progress, stop_at)
+        hist = pd.DataFrame(history)
+        if paused:
+            return RunResult(cfg, trainer.nets, hist, {}, out)
+        metrics = {}
+        if info.main:  # the others wait: evaluation needs no sharding at these sizes
+            metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
+            metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
+                           preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size)
+            if out is not None:
+                runs.write_csv(out / runs.HISTORY, hist)
+                runs.write_json(out / runs.METRICS, metrics)
+        barrier()
+        return RunResult(cfg, trainer.nets, hist, metrics, out)
+
+
+def _eval_models(nets, branch: str):
+    if len(nets) == 1:
+        return nets[0]
+    return {"1": nets[0], "2": nets[1], "ensemble": list(nets)}[branch]
 
 
 def evaluate_run(cfg: Config, nets, data, progress: bool = True) -> dict:
@@ -445,33 +339,61 @@ def evaluate_run(cfg: Config, nets, data, progress: bool = True) -> dict:
 
 
 def _diverged(out: Path | None, bad: int, last_good: int, history: list) -> None:
-    if out is not None and (out / ckpt.CHECKPOINT).exists():
-        kept = f"the last good checkpoint (iteration {last_good}) is kept in {out / ckpt.CHECKPOINT}"
+    if out is not None and (out / runs.CHECKPOINT).exists():
+        kept = f"the last good checkpoint (iteration {last_good}) is kept in {out / runs.CHECKPOINT}"
     else:
         kept = "no checkpoint had been written yet"
     msg = (f"training diverged: the loss became NaN or infinite at iteration {bad + 1}; {kept}; "
            f"lower lr or check the data")
     if out is not None:
-        _write_json_atomic(out / "diverged.json", {"iteration": bad + 1, "last_good_iteration": last_good,
-                                                   "message": msg})
+        runs.write_json(out / runs.DIVERGED, {"iteration": bad + 1, "last_good_iteration": last_good,
+                                              "message": msg})
         if history:
-            pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+            runs.write_csv(out / runs.HISTORY, pd.DataFrame(history))
     raise TrainingDiverged(msg)
 
 
-def run_or_load(cfg: Config, out_dir, progress: bool = True) -> RunResult:
-    """Train into ``out_dir``, or load the finished run there (same config) without retraining.
+# ------------------------------------------------------------------------------------------------
+# the run-folder policy
 
-    Notebooks share runs this way: ``make demo`` trains the demo CPCL run once for several of them.
-    A folder with a checkpoint but no metrics.json is an unfinished run and is resumed.
+
+def run_or_load(cfg: Config, run_dir, progress: bool = True, data=None, stages: tuple[int, ...] = (),
+                nets: bool = True, wait: bool = True) -> RunResult:
+    """The run ``cfg`` in ``run_dir``: loaded when finished there, resumed exactly when interrupted,
+    else trained from the start — under the folder's lock, so two processes never train it at once.
+
+    A folder holding a run with other settings is refused (``runs.check_same_run``), never reused.
+    ``stages``: iterations at which to keep the nets as stage snapshots (``runs.save_snapshot``);
+    training pauses there (``train(stop_at=...)``) and resumes exactly, so the result equals one
+    uninterrupted run. ``nets=False`` loads a finished run without its nets (a grid's checkpoints may
+    be deleted). ``wait=False`` raises ``runs.RunBusy`` at once if another process holds the folder;
+    ``wait=True`` waits for it (and then usually finds its run finished).
     """
-    out = Path(out_dir)
-    if (out / "metrics.json").exists() and (out / ckpt.CHECKPOINT).exists():
-        state = ckpt.load(out / ckpt.CHECKPOINT)
-        ckpt.check_compatible(state, cfg, out / ckpt.CHECKPOINT)
-        nets = build_nets(cfg)
-        for net, sd in zip(nets, state["nets"]):
-            net.load_state_dict(sd)
-        metrics = json.loads((out / "metrics.json").read_text())
-        return RunResult(cfg, nets, pd.DataFrame(state["history"]), metrics, out)
-    return train(cfg, out_dir=out, resume=(out / ckpt.CHECKPOINT).exists(), progress=progress)
+    run_dir = Path(run_dir)
+    runs.prepare(run_dir)
+    with runs.lock(run_dir, wait=wait):
+        runs.check_same_run(run_dir, cfg)
+        if runs.is_finished(run_dir):
+            return runs.load_run(run_dir, cfg, nets=nets)
+        if not stages:
+            return train(cfg, out_dir=run_dir, resume=runs.has_checkpoint(run_dir), progress=progress, data=data)
+        done = _checkpoint_iteration(run_dir)
+        data = data or build_data(cfg)
+        result = None
+        for stop in sorted({s for s in stages if 0 < s < cfg.iterations} | {cfg.iterations}):
+            if done is not None and stop <= done:
+                continue
+            last = stop == cfg.iterations
+            result = train(cfg, out_dir=run_dir, resume=done is not None, progress=progress, data=data,
+                           stop_at=None if last else stop)
+            if not last:
+                runs.save_snapshot(run_dir, cfg, stop, result.nets)
+            done = stop
+        if result is None:  # a checkpoint at the last iteration but no metrics: evaluate by resuming
+            result = train(cfg, out_dir=run_dir, resume=True, progress=progress, data=data)
+        return result
+
+
+def _checkpoint_iteration(run_dir: Path) -> int | None:
+    path = run_dir / runs.CHECKPOINT
+    return int(checkpoint.load(path)["iteration"]) if path.exists() else None

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cpcl_kit import ablate
+from cpcl_kit import ablate, runs
 from cpcl_kit.errors import KitError
 from cpcl_kit.train import RunResult
 
@@ -100,14 +100,14 @@ def _fake_train(calls):
 
 def test_skip_resume_and_half_written_runs(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(ablate, "train", _fake_train(calls))
+    monkeypatch.setattr("cpcl_kit.train.train", _fake_train(calls))
     grid = {"variants": ["cpcl", "cps"], "fractions": ["1/16"], "seeds": [0, 1]}
     # cps seed 0 was interrupted after a checkpoint; cps seed 1 only got as far as its config
     for seed, files in ((0, ("config.json", "checkpoint.pt")), (1, ("config.json",))):
         d = tmp_path / ablate.run_name("cps", "1/16", seed)
-        d.mkdir()
-        for f in files:
-            (d / f).write_text("{}")
+        runs.write_config(d, ablate.run_config("cps", "1/16", seed, "smoke"))
+        if "checkpoint.pt" in files:
+            (d / "checkpoint.pt").write_text("{}")
     assert ablate.collect(tmp_path).empty  # half-written runs are not counted
     table = ablate.run_grid(grid, tmp_path, preset="smoke", log=None)
     assert sorted(calls) == sorted([("cpcl", 0, False, str(tmp_path / "cpcl__1-16__seed0")),
@@ -126,7 +126,7 @@ def test_skip_resume_and_half_written_runs(tmp_path, monkeypatch):
 
 def test_bad_variant_stops_before_training(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(ablate, "train", _fake_train(calls))
+    monkeypatch.setattr("cpcl_kit.train.train", _fake_train(calls))
     with pytest.raises(KitError, match="valid variants"):
         ablate.run_grid({"variants": ["cpcl", "nope"]}, tmp_path, log=None)
     with pytest.raises(KitError, match="unknown setting"):
@@ -138,7 +138,7 @@ def test_cli_ablate(tmp_path, monkeypatch, capsys):
     from cpcl_kit.cli import main
 
     calls = []
-    monkeypatch.setattr(ablate, "train", _fake_train(calls))
+    monkeypatch.setattr("cpcl_kit.train.train", _fake_train(calls))
     rc = main(["ablate", "--grid", "variants=supervised", "seeds=0,1", "--out", str(tmp_path), "--quiet",
                "--set", "iterations=3"])
     assert rc == 0 and len(calls) == 2

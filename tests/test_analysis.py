@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cpcl_kit import analysis
+from cpcl_kit import analysis, runs
 from cpcl_kit.config import make_config
 from cpcl_kit.cpcl import pseudo_supervision
 from cpcl_kit.errors import KitError
@@ -84,19 +84,19 @@ def test_label_quality_table_from_history():
 
 def test_stage_iterations():
     cfg = make_config("smoke")
-    assert analysis.stage_iterations(cfg, 3) == [4, 8, 12]
-    assert analysis.stage_iterations(cfg, 1) == [12]
-    assert analysis.stage_iterations(make_config("demo"), 4) == [200, 267, 333, 400]
+    assert runs.stage_iterations(cfg, 3) == [4, 8, 12]
+    assert runs.stage_iterations(cfg, 1) == [12]
+    assert runs.stage_iterations(make_config("demo"), 4) == [200, 267, 333, 400]
     with pytest.raises(KitError):
-        analysis.stage_iterations(cfg, 0)
+        runs.stage_iterations(cfg, 0)
 
 
 def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_thread):
     cfg = make_config("smoke", iterations=6, n_train_scenes=32, n_val_scenes=4)
     run = analysis.shared_run(cfg, tmp_path, n_stages=3)
-    folder = analysis.shared_run_dir(tmp_path, "smoke", 0, "1/16")
+    folder = tmp_path / "runs" / "cpcl_smoke_1-16_seed0__n_train_scenes-32__n_val_scenes-4__iterations-6"
     assert run.out_dir == folder and (folder / "metrics.json").exists()
-    assert list(analysis.list_stages(folder)) == [4, 5]  # the last stage is the run's checkpoint
+    assert list(runs.list_stages(folder)) == [4, 5]  # the last stage is the run's checkpoint
     assert run.history["iteration"].max() == 6
 
     import cpcl_kit.train as train_module
@@ -106,8 +106,10 @@ def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_th
     assert again.metrics["miou"] == run.metrics["miou"]
     nets_at = analysis.stage_nets(again)
     assert list(nets_at) == [4, 5, 6] and all(not n.training for nets in nets_at.values() for n in nets)
-    with pytest.raises(KitError, match="different run"):
-        analysis.shared_run(make_config("smoke", iterations=6, n_train_scenes=32, seed=0, reweight=False), tmp_path)
+    other = make_config("smoke", iterations=6, n_train_scenes=32, n_val_scenes=4, reweight=False)
+    assert runs.notebook_run_dir(tmp_path, other) != folder  # another run: another kit-named folder
+    with pytest.raises(KitError, match=r"other settings \(reweight: folder True, now False\)"):
+        train_module.run_or_load(other, folder)  # and a folder of other settings is never reused
 
     from cpcl_kit.data import build_data
 

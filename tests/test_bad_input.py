@@ -167,7 +167,9 @@ def _checkpoints(w: Path, root: Path) -> None:
 
     from cpcl_kit import checkpoint as ckpt
     from cpcl_kit.config import make_config
-    from cpcl_kit.train import build_nets, make_optimizer
+    from cpcl_kit.model import build_nets
+    from cpcl_kit.runs import save_checkpoint
+    from cpcl_kit.train import make_optimizer
 
     # supervised: one net, no optimizer steps yet: a ~45 MB file instead of ~270 MB
     cfg = make_config("smoke", method="supervised", dataset="voc", data_root=str(root), crop=32)
@@ -176,7 +178,7 @@ def _checkpoints(w: Path, root: Path) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     full = w / "runs" / "full" / "checkpoint.pt"
     full.parent.mkdir(parents=True)
-    ckpt.save(full, cfg, 6, nets, opts, scaler, [])
+    save_checkpoint(full, cfg, 6, nets, opts, scaler, [])
     data = full.read_bytes()
     for name in ("truncated", "foreign", "unfit"):
         (w / "runs" / name).mkdir()

@@ -47,7 +47,7 @@ def test_two_gloo_processes_agree_and_write_one_set_of_outputs(tmp_path):
     assert abs(float(r0["indicator"].sum()) - 1) < 1e-3
     for p, q in zip(r0["params"], r1["params"]):
         assert torch.equal(p, q)
-    assert sorted(x.name for x in out.iterdir()) == ["checkpoint.pt", "config.json", "history.csv", "metrics.json"]
+    assert sorted(x.name for x in out.iterdir()) == [".lock", "checkpoint.pt", "config.json", "history.csv", "metrics.json"]
 
 
 def test_torchrun_cli_runs_and_rank0_writes(tmp_path):

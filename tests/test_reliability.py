@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from cpcl_kit import checkpoint as ckpt
+from cpcl_kit.runs import CHECKPOINT
 from cpcl_kit.cli import main
 from cpcl_kit.errors import KitError
 
@@ -272,7 +273,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     ma.pop("seconds"), mb.pop("seconds")
     assert ma == mb
-    sa, sb = (_load(d / ckpt.CHECKPOINT) for d in (a, b))
+    sa, sb = (_load(d / CHECKPOINT) for d in (a, b))
     assert sa["iteration"] == sb["iteration"] == int(SMALL["iterations"])
     _same(sa["nets"], sb["nets"], "nets")
     _same(sa["optimizers"], sb["optimizers"], "optimizers")
@@ -293,7 +294,7 @@ def killed(runs):
     """A CLI run SIGKILLed once its checkpoint reached iteration >= 4; a pristine copy of its folder."""
     out = runs.base / "killed"
     proc = runs.start("killed", [*TRAIN, "--out", str(out)])
-    path, seen, deadline = out / ckpt.CHECKPOINT, -1, time.monotonic() + 300
+    path, seen, deadline = out / CHECKPOINT, -1, time.monotonic() + 300
     while seen < 4 and proc.poll() is None and time.monotonic() < deadline:
         if path.exists():
             seen = int(_load(path)["iteration"])
@@ -312,7 +313,7 @@ def killed(runs):
 def test_sigkilled_run_keeps_its_checkpoint_and_resumes_bit_exactly(runs, killed):
     out, _ = killed
     assert not (out / "metrics.json").exists()  # a killed run never looks finished
-    state = _load(out / ckpt.CHECKPOINT)  # the last complete checkpoint loads
+    state = _load(out / CHECKPOINT)  # the last complete checkpoint loads
     assert state["iteration"] == 4 and len(state["history"]) == 2
     rc, stdout, err = _finish(runs.start("resumed", [*TRAIN, "--resume", "--out", str(out)]))
     assert rc == 0, err[-3000:]
@@ -339,13 +340,13 @@ def test_ablation_counts_only_finished_runs_and_resumes_a_killed_one(killed, tmp
     def fake_train(cfg, out_dir=None, resume=False, progress=True, **kw):
         out = Path(out_dir)
         calls.append((out.name, resume))
-        assert _load(out / ckpt.CHECKPOINT)["iteration"] == 4  # what a resume starts from
+        assert _load(out / CHECKPOINT)["iteration"] == 4  # what a resume starts from
         m = {"miou": 0.25, "per_class_iou": [0.25] * 11, "pixel_acc": 0.5, "class_names": [],
              "method": cfg.method, "iterations": cfg.iterations, "seconds": 1.0}
         (out / "metrics.json").write_text(json.dumps(m))
         return RunResult(cfg, [], pd.DataFrame(), m, out)
 
-    monkeypatch.setattr(ablate, "train", fake_train)
+    monkeypatch.setattr("cpcl_kit.train.train", fake_train)
     table = ablate.run_grid({"variants": ["cpcl"], "fractions": ["1/16"], "seeds": [0]}, grid_dir,
                             preset="smoke", overrides=dict(SMALL), progress=False, log=None)
     assert calls == [(killed_dir.name, True)]
@@ -353,16 +354,18 @@ def test_ablation_counts_only_finished_runs_and_resumes_a_killed_one(killed, tmp
 
 
 def test_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeypatch):
-    """The write-then-rename in checkpoint.save, without a kill: a write that dies half-way (disk
+    """The write-then-rename of runs.save_checkpoint, without a kill: a write that dies half-way (disk
     full, Ctrl-C) leaves the old checkpoint complete and no temp file behind."""
     from cpcl_kit.config import make_config
-    from cpcl_kit.train import build_nets, make_optimizer
+    from cpcl_kit.model import build_nets
+    from cpcl_kit.runs import save_checkpoint
+    from cpcl_kit.train import make_optimizer
 
     cfg = make_config("smoke", method="supervised", head_channels=8)
     nets = build_nets(cfg)
     opts = [make_optimizer(n, cfg) for n in nets]
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    path = ckpt.save(tmp_path / ckpt.CHECKPOINT, cfg, 4, nets, opts, scaler, [{"iteration": 4}])
+    path = save_checkpoint(tmp_path / CHECKPOINT, cfg, 4, nets, opts, scaler, [{"iteration": 4}])
     real_save = torch.save
 
     def dies_half_way(obj, f, *a, **k):
@@ -372,10 +375,10 @@ def test_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(OSError):
-        ckpt.save(path, cfg, 8, nets, opts, scaler, [])
+        save_checkpoint(path, cfg, 8, nets, opts, scaler, [])
     monkeypatch.undo()
     assert ckpt.load(path)["iteration"] == 4
-    assert [p.name for p in tmp_path.iterdir()] == [ckpt.CHECKPOINT]
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]
 
 
 def test_nan_loss_stops_names_the_iteration_and_keeps_the_last_good_checkpoint(runs):
@@ -391,7 +394,7 @@ def test_nan_loss_stops_names_the_iteration_and_keeps_the_last_good_checkpoint(r
     assert (info["iteration"], info["last_good_iteration"]) == (bad, good) and 0 < good < bad
     assert info["message"] == line[len("error: "):]
     assert not (out / "metrics.json").exists()  # never NaN metrics
-    state = ckpt.load(out / ckpt.CHECKPOINT)
+    state = ckpt.load(out / CHECKPOINT)
     assert state["iteration"] == good
     assert all(torch.isfinite(t).all() for sd in state["nets"] for t in sd.values() if t.is_floating_point())
     hist = pd.read_csv(out / "history.csv")
@@ -402,7 +405,7 @@ def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path, capsys)
     out = tmp_path / "run"
     assert main([*NAN_ARGS, "--set", "checkpoint_every=50", "--out", str(out)]) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert "diverged" in line and not (out / ckpt.CHECKPOINT).exists()
+    assert "diverged" in line and not (out / CHECKPOINT).exists()
     assert "is kept" not in line, line
 
 
@@ -466,7 +469,7 @@ class _SomeClass:
 
 def test_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path, capsys):
     marker = tmp_path / "MARKER"
-    evil = tmp_path / "evil" / ckpt.CHECKPOINT
+    evil = tmp_path / "evil" / CHECKPOINT
     evil.parent.mkdir()
     torch.save({"format": ckpt.FORMAT, "config": {}, "x": _RunsACommand(marker)}, evil)
     # The file really is dangerous: plain unpickling runs the command.

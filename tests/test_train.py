@@ -114,7 +114,7 @@ def test_ablation_switches_change_the_targets():
 
 def test_resume_refuses_another_run(tmp_path):
     train(make_config("smoke", iterations=6, log_every=2, checkpoint_every=2), out_dir=tmp_path, progress=False)
-    with pytest.raises(KitError, match="different run"):
+    with pytest.raises(KitError, match=r"other settings \(seed: folder 0, now 3\)"):
         train(make_config("smoke", iterations=6, log_every=2, checkpoint_every=2, seed=3),
               out_dir=tmp_path, resume=True, progress=False)
 

@@ -1,0 +1,149 @@
+"""The methods: one step function each, from a batch to the loss (method notes §2–§5).
+
+A step function ``step(nets, batch, cfg, lam, gen, all_reduce=None) -> StepOut`` computes one
+iteration's loss; the training loop (``train``) owns everything around it (optimizers, lr, AMP,
+logging). ``supervised`` trains one net on labeled images; ``cps`` and ``cpcl`` train two nets
+that teach each other on CutMix-mixed unlabeled images. ``label_stats`` summarises a step's pseudo
+labels for the history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .config import Config
+from .constants import IGNORE_INDEX as IGNORE
+from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
+
+# Cityscapes OHEM class weights (method notes §4), in trainId order.
+CITYSCAPES_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
+                      0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
+
+
+
+def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min_kept: int = 50000,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Online hard example mining CE (CPS/CPCL Cityscapes): keep pixels whose GT probability is at most
+    max(thresh, the min_kept-th smallest GT probability); class-weighted mean. ``min_kept`` is per image."""
+    logits = logits.float()
+    valid = target != IGNORE
+    n_valid = valid.sum()
+    with torch.no_grad():
+        prob = logits.softmax(1).gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
+        prob = torch.where(valid, prob, torch.ones_like(prob))
+        k = min_kept * target.shape[0]
+        flat = prob.flatten()
+        kth = flat.kthvalue(min(k, flat.numel())).values
+        threshold = torch.maximum(kth, torch.tensor(thresh, device=prob.device))
+        keep = valid & ((prob <= threshold) | (n_valid <= k))
+    return F.cross_entropy(logits, torch.where(keep, target, IGNORE), weight=weight, ignore_index=IGNORE)
+
+
+@dataclass
+class StepOut:
+    loss: torch.Tensor
+    parts: dict = field(default_factory=dict)  # scalar tensors, detached
+    labels: object | None = None                # PseudoLabels of the step, for analysis
+    mixed_truth: torch.Tensor | None = None     # true masks of the mixed image (analysis only)
+
+
+def sup_loss(cfg: Config, logits, target):
+    if cfg.sup_loss == "ohem":
+        w = torch.tensor(CITYSCAPES_WEIGHTS, device=logits.device) if cfg.num_classes == 19 else None
+        return ohem_ce(logits, target, weight=w)
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
+
+
+def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
+                    all_reduce=None) -> StepOut:
+    (net,) = nets
+    loss = sup_loss(cfg, net(batch.x_l), batch.y_l)
+    return StepOut(loss, {"sup1": loss.detach()})
+
+
+def _teachers(nets, batch, mask):
+    """Mixed teacher logits of both nets. Four separate no-grad passes, not one concatenated pass:
+    BatchNorm is in train mode (as in the official code), so batching u0 with u1 would change the
+    batch statistics, and therefore the logits, of both."""
+    with torch.no_grad():
+        return [mix(net(batch.u0), net(batch.u1), mask) for net in nets]
+
+
+def _cutmix(batch, gen):
+    b, _, h, w = batch.u0.shape
+    mask = cutmix_box_masks(b, (h, w), generator=gen).to(batch.u0.device)
+    truth = mix(batch.u0_mask, batch.u1_mask, mask) if batch.u0_mask is not None else None
+    return mask, mix(batch.u0, batch.u1, mask), truth
+
+
+def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
+             all_reduce=None) -> StepOut:
+    """Cross pseudo supervision: each net learns from the other's hard label on the CutMix image."""
+    net1, net2 = nets
+    s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
+    parts = {"sup1": s1.detach(), "sup2": s2.detach()}
+    if lam == 0:
+        return StepOut(s1 + s2, parts)
+    mask, u_mix, truth = _cutmix(batch, gen)
+    t1, t2 = _teachers(nets, batch, mask)
+    labels = pseudo_supervision(t1, t2, reweight=False)
+    u1 = weighted_ce(net1(u_mix), labels.y2)
+    u2 = weighted_ce(net2(u_mix), labels.y1)
+    parts.update(unsup1=u1.detach(), unsup2=u2.detach())
+    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
+
+
+def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
+              all_reduce=None) -> StepOut:
+    """CPCL (method notes §4): net 1 learns the intersection label, net 2 the union label, each
+    pixel's CE weighted by the teachers' confidence; L = CE1 + CE2 + λ(L_inter + L_union)."""
+    net1, net2 = nets
+    s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
+    parts = {"sup1": s1.detach(), "sup2": s2.detach()}
+    if lam == 0:  # supervised-only start (CPU presets): skip the four teacher and two student passes
+        return StepOut(s1 + s2, parts)
+    mask, u_mix, truth = _cutmix(batch, gen)
+    t1, t2 = _teachers(nets, batch, mask)
+    labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
+                                all_reduce=all_reduce)
+    target = {"inter": (labels.inter, labels.w_inter), "union": (labels.union, labels.w_union)}
+    u1 = weighted_ce(net1(u_mix), *target[cfg.targets[0]])
+    u2 = weighted_ce(net2(u_mix), *target[cfg.targets[1]])
+    parts.update(unsup1=u1.detach(), unsup2=u2.detach())
+    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
+
+
+METHOD_STEPS = {"supervised": supervised_step, "cps": cps_step, "cpcl": cpcl_step}
+
+
+def label_stats(labels, truth: torch.Tensor | None, num_classes: int) -> dict[str, torch.Tensor]:
+    """Pseudo-label statistics of one step (tensors; the loop moves them to the host when logging).
+
+    coverage: fraction of pixels with an intersection label (agreement) — the union covers all.
+    acc_*: accuracy of each label kind against the true masks, where the data set has them.
+    ind_c: the class-wise disagreement indicator; inter_frac_c: of the pixels whose union label is
+    class c, the fraction that also carry an intersection label.
+    """
+    s = {"agreement": agreement(labels.y1, labels.y2),
+         "w_inter": labels.w_inter.mean(), "w_union": labels.w_union.mean(),
+         "w_agree": labels.w_union[labels.agree].mean(),
+         "w_disagree": labels.w_union[~labels.agree].mean()}
+    union_counts = torch.bincount(labels.union.flatten(), minlength=num_classes)[:num_classes]
+    inter_counts = torch.bincount(labels.union[labels.agree].flatten(), minlength=num_classes)[:num_classes]
+    frac = inter_counts / union_counts.clamp(min=1)
+    frac = torch.where(union_counts > 0, frac, torch.full_like(frac, float("nan")))
+    for c in range(num_classes):
+        s[f"ind_{c}"] = labels.indicator[c]
+        s[f"inter_frac_{c}"] = frac[c]
+    if truth is not None:
+        known = truth != IGNORE
+        denom = known.sum().clamp(min=1)
+        s["acc_union"] = ((labels.union == truth) & known).sum() / denom
+        s["acc_y1"] = ((labels.y1 == truth) & known).sum() / denom
+        s["acc_y2"] = ((labels.y2 == truth) & known).sum() / denom
+        inter_known = known & labels.agree
+        s["acc_inter"] = ((labels.inter == truth) & inter_known).sum() / inter_known.sum().clamp(min=1)
+    return s
