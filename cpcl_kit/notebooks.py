@@ -106,9 +106,9 @@ def to_html(ipynb: Path) -> Path:
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
-    html = Path(ipynb).with_suffix(".html")
-    html.write_text(body, encoding="utf-8")
-    return html
+    from .runs import write_text
+
+    return write_text(Path(ipynb).with_suffix(".html"), body)
 
 
 def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None) -> list[dict]:
@@ -134,3 +134,62 @@ def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None) -> 
     print(f"\nExecuted notebooks and HTML: {out / 'notebooks'}\nFigures ({len(figures)}): {out / 'figures'}")
     shutil.rmtree(out / "notebooks" / ".ipynb_checkpoints", ignore_errors=True)
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# what every notebook's first cell calls
+
+
+def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool = False,
+                    needs: str = "run", **fields):
+    """The Config a notebook works with, under one rule for every notebook:
+
+    * a CPU preset (smoke, demo, benchmark) trains on the embedded digit scenes; ``data_root`` is
+      refused there (it belongs to the paper presets);
+    * a paper preset (voc, cityscapes) runs the paper experiment when ``data_root`` names the data
+      set and a GPU is here (or ``allow_cpu=True`` says to train on the CPU anyway); otherwise one
+      KitError line says what to pass. Never a silent switch to another preset.
+
+    ``needs``: "run" (the notebook trains or loads a run: the rule above), "model" (it only builds a
+    net: any preset, no data), "digits" (it shows the embedded scenes: CPU presets only).
+    ``fields``: config fields on top of the preset (e.g. method, labeled, seed)."""
+    from .config import make_config
+
+    if needs not in ("run", "model", "digits"):
+        raise KitError(f"needs: expected run, model or digits, got {needs!r}")
+    cfg = make_config(preset, {**fields, **({"data_root": data_root} if data_root else {})})
+    if cfg.dataset == "digits":
+        if data_root:
+            raise KitError(f"data_root: preset {preset!r} trains on the embedded digit scenes; data_root is "
+                           f"for the paper presets (voc, cityscapes)")
+        return cfg
+    if needs == "digits":
+        raise KitError(f"preset {preset!r}: this notebook shows the embedded digit scenes; use a CPU preset "
+                       f"(smoke, demo, benchmark)")
+    if needs == "run":
+        if not data_root:
+            raise KitError(f"preset {preset!r} is the paper experiment on {cfg.dataset}: pass data_root=<the "
+                           f"{cfg.dataset} folder> (nothing is downloaded), or use a CPU preset (smoke, demo, "
+                           f"benchmark) for the embedded digit scenes")
+        import torch
+
+        if not torch.cuda.is_available() and not allow_cpu:
+            raise KitError(f"preset {preset!r} is a GPU experiment ({cfg.backbone}, {cfg.crop} px crops, "
+                           f"{cfg.iterations} iterations) and no CUDA device is here: run it on a GPU, or pass "
+                           f"allow_cpu=True to train on the CPU anyway (days)")
+    return cfg
+
+
+def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None = None,
+                    allow_cpu: bool = False, progress: bool = False):
+    """The CPCL run that notebooks 04–08 share (trained once, then reused) and its data:
+    ``(cfg, run, data)``. Prints where the run is and net 1's mIoU."""
+    from .analysis import shared_run
+    from .data import build_data
+
+    cfg = notebook_config(preset, data_root, allow_cpu, method="cpcl", seed=seed)
+    data = build_data(cfg)
+    run = shared_run(cfg, out_dir, progress=progress, data=data)
+    print(f"CPCL run ({cfg.preset}, seed {cfg.seed}, {cfg.iterations} iterations, labeled {cfg.labeled}) in "
+          f"{run.out_dir}\nmIoU of net 1 on the validation scenes: {100 * run.metrics['miou']:.1f} %")
+    return cfg, run, data

@@ -35,3 +35,40 @@ def test_notebook_runs_with_smoke_parameters(nb, tmp_path):
     assert not errors
     figures = list((tmp_path / "figures").glob("*.png"))
     assert figures, f"{nb.name} saved no figure under out_dir/figures"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_are_short(nb):
+    """House rule: a code cell calls the library in about 12 lines at most."""
+    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    long = [(i, len("".join(c["source"]).strip().splitlines())) for i, c in enumerate(cells)
+            if len("".join(c["source"]).strip().splitlines()) > 12]
+    assert not long, f"{nb.name}: code cells (index, lines) over 12 lines: {long}"
+
+
+def test_paper_preset_rule():
+    """One rule in every notebook: a paper preset runs only with its data and a GPU (or an explicit
+    CPU opt-in), and otherwise says in one line what to pass; never a silent switch."""
+    from cpcl_kit.errors import KitError
+    from cpcl_kit.notebooks import notebook_config
+
+    with pytest.raises(KitError, match=r"preset 'voc' is the paper experiment on voc: pass data_root="):
+        notebook_config("voc")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(KitError, match="no CUDA device is here: run it on a GPU, or pass allow_cpu=True"):
+            notebook_config("cityscapes", data_root="/data/city")
+    assert notebook_config("voc", data_root="/data/voc", allow_cpu=True).data_root == "/data/voc"
+    assert notebook_config("voc", needs="model").backbone == notebook_config("voc", "/d", True).backbone
+    with pytest.raises(KitError, match="embedded digit scenes; use a CPU preset"):
+        notebook_config("voc", needs="digits")
+    with pytest.raises(KitError, match="data_root: preset 'demo' trains on the embedded digit scenes"):
+        notebook_config("demo", data_root="/data/voc")
+    assert notebook_config("demo", method="supervised").method == "supervised"
+
+
+def test_paper_preset_without_data_is_one_line(tmp_path):
+    from cpcl_kit.errors import KitError
+
+    nb = next(p for p in NOTEBOOKS if p.name.startswith("04"))
+    with pytest.raises(KitError, match=r"^04_pseudo_labels.ipynb: preset 'voc' is the paper experiment"):
+        run_notebook(nb, tmp_path / nb.name, {"preset": "voc", "out_dir": str(tmp_path)}, cwd=tmp_path)
