@@ -73,8 +73,7 @@ def build_nets(cfg: Config) -> list[DeepLabV3Plus]:
     """
     torch.manual_seed(cfg.seed)
     n = 1 if cfg.method == "supervised" else 2
-    nets = [DeepLabV3Plus(cfg.num_classes, cfg.backbone, cfg.output_stride, cfg.backbone_weights,
-                          cfg.head_channels) for _ in range(n)]
+    nets = [DeepLabV3Plus.from_config(cfg) for _ in range(n)]
     for other in nets[1:]:
         other.backbone.load_state_dict(nets[0].backbone.state_dict())
     return nets
