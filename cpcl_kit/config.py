@@ -19,6 +19,7 @@ METHODS = ("supervised", "cps", "cpcl")
 DATASETS = ("digits", "voc", "cityscapes")
 NUM_CLASSES = {"digits": 11, "voc": 21, "cityscapes": 19}
 DILATIONS = ("official", "torchvision")  # model.official_block_dilations / torchvision's convention
+CROP_PADS = ("centre", "random")         # where a crop smaller than `crop` sits in its padding
 PAPER_PRESETS = ("voc", "cityscapes")
 
 
@@ -33,7 +34,7 @@ class Config:
     unlabeled_list: str | None = None
     seed: int = 0
     # model
-    # The defaults of fields added later (dilation) are the behaviour from before they
+    # The defaults of fields added later (dilation, crop_pad) are the behaviour from before they
     # existed: a config.json saved then loads (load_config_dict) into the same network and data.
     backbone: str = "resnet50"         # model.BACKBONES; the paper presets use resnet50_v1c
     output_stride: int = 16
@@ -42,6 +43,7 @@ class Config:
     backbone_weights: str | None = None
     # data and augmentation
     crop: int = 512
+    crop_pad: str = "random"           # "centre": small crops padded centred, as the official loader
     scales: tuple = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
     flip: bool = True
     colour_aug: bool = False
@@ -110,7 +112,7 @@ DEVIATIONS = {
 
 _CPU = dict(
     dataset="digits", backbone="resnet18", output_stride=8, dilation="torchvision", head_channels=64,
-    crop=64, scene_size=64, scales=(0.75, 1.0, 1.25), flip=False, colour_aug=True,
+    crop=64, crop_pad="random", scene_size=64, scales=(0.75, 1.0, 1.25), flip=False, colour_aug=True,
     optimizer="adam", lr=1e-3, weight_decay=1e-4, device="auto", checkpoint_every=100,
 )
 
@@ -127,15 +129,15 @@ PRESETS: dict[str, dict] = {
     "benchmark": dict(_CPU, iterations=2000, batch_size=8, unlabeled_batch_size=8,
                       n_train_scenes=2000, n_val_scenes=300, warmup_iters=100,
                       sup_only_iters=1000, rampup_iters=300, log_every=20),
-    # Paper recipes (method notes §5), for a GPU: the official v1c backbone and dilation.
-    # Iterations are the 1/16 (VOC) and 1/8 (City) totals; change them with
+    # Paper recipes (method notes §5), for a GPU: the official v1c backbone, dilation and centred
+    # crop padding. Iterations are the 1/16 (VOC) and 1/8 (City) totals; change them with
     # --set iterations=... for other partitions.
     "voc": dict(dataset="voc", backbone="resnet50_v1c", output_stride=16, dilation="official",
-                head_channels=256, crop=512, batch_size=8, unlabeled_batch_size=8,
+                head_channels=256, crop=512, crop_pad="centre", batch_size=8, unlabeled_batch_size=8,
                 iterations=39680, optimizer="sgd", lr=0.005, unsup_weight=1.0, sup_loss="ce",
                 eval_crop=512, num_workers=4, log_every=50, checkpoint_every=2000),
     "cityscapes": dict(dataset="cityscapes", backbone="resnet50_v1c", output_stride=16,
-                       dilation="official", head_channels=256, crop=800,
+                       dilation="official", head_channels=256, crop=800, crop_pad="centre",
                        batch_size=16, unlabeled_batch_size=16, iterations=22194, optimizer="sgd",
                        lr=0.01, unsup_weight=5.0, sup_loss="ohem", eval_crop=800, num_workers=4,
                        log_every=50, checkpoint_every=2000, labeled="1/8"),
@@ -204,7 +206,7 @@ def validate(cfg: Config) -> Config:
     choices = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"),
                "union_rule": ("disagreement", "confidence"), "sup_loss": ("ce", "ohem"),
                "eval_branch": ("1", "2", "ensemble"), "amp": ("auto", "bf16", "fp16", "off"),
-               "dilation": DILATIONS}
+               "dilation": DILATIONS, "crop_pad": CROP_PADS}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise KitError(f"{key}: unknown value {getattr(cfg, key)!r}, expected one of {', '.join(valid)}")

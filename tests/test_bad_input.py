@@ -86,6 +86,8 @@ CASES: dict[str, tuple[list[str], str]] = {
                                 r"preset: unknown 'huge', expected one of smoke, demo"),
     "10j_unknown_dilation": (["--set", "dilation=multigrid"],
                              r"dilation: unknown value 'multigrid', expected one of official, torchvision"),
+    "10k_unknown_crop_pad": (["--set", "crop_pad=center"],
+                             r"crop_pad: unknown value 'center', expected one of centre, random"),
     # 11: backbone weights
     "11a_weights_not_a_state_dict": (["--set", "backbone_weights={w}/weights/notsd.pth"],
                                      r"backbone_weights: .*notsd\.pth does not hold a state dict of tensors"),
