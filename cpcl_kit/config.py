@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+import warnings
 from dataclasses import dataclass, field, fields
 
 from .errors import KitError
@@ -40,7 +41,7 @@ class Config:
     output_stride: int = 16
     dilation: str = "torchvision"      # "official": CPCL's 2,4,8 in layer4 (DILATIONS)
     head_channels: int = 256
-    backbone_weights: str | None = None
+    backbone_weights: str | None = None  # a file, "imagenet", "none" (random on purpose) or None (not given)
     # data and augmentation
     crop: int = 512
     crop_pad: str = "random"           # "centre": small crops padded centred, as the official loader
@@ -130,8 +131,8 @@ PRESETS: dict[str, dict] = {
                       n_train_scenes=2000, n_val_scenes=300, warmup_iters=100,
                       sup_only_iters=1000, rampup_iters=300, log_every=20),
     # Paper recipes (method notes §5), for a GPU: the official v1c backbone, dilation and centred
-    # crop padding. Iterations are the 1/16 (VOC) and 1/8 (City) totals; change them with
-    # --set iterations=... for other partitions.
+    # crop padding. They need backbone_weights to train (check_ready_to_train). Iterations are the
+    # 1/16 (VOC) and 1/8 (City) totals; change them with --set iterations=... for other partitions.
     "voc": dict(dataset="voc", backbone="resnet50_v1c", output_stride=16, dilation="official",
                 head_channels=256, crop=512, crop_pad="centre", batch_size=8, unlabeled_batch_size=8,
                 iterations=39680, optimizer="sgd", lr=0.005, unsup_weight=1.0, sup_loss="ce",
@@ -149,11 +150,18 @@ def _field_types() -> dict[str, typing.Any]:
     return {f.name: hints[f.name] for f in fields(Config)}
 
 
+# Optional fields where the text "none" is a value of its own, not "unset": backbone_weights=none
+# asks for random initialisation on purpose, which a paper preset must tell from "not given".
+_NONE_IS_A_VALUE = ("backbone_weights",)
+
+
 def _parse(key: str, text: str, kind) -> typing.Any:
     """Parse ``text`` as the type of field ``key``."""
     origin_args = typing.get_args(kind)
     optional = type(None) in origin_args
     base = next((a for a in origin_args if a is not type(None)), kind)
+    if optional and key in _NONE_IS_A_VALUE and text.lower() == "none":
+        return "none"
     if optional and text.lower() in ("none", "null", ""):
         return None
     try:
@@ -238,6 +246,38 @@ def make_config(preset: str = "smoke", overrides: dict | None = None, **kw) -> C
         _check_value(key, value, types[key])
         values[key] = value
     return validate(Config(**values))
+
+
+class RandomInitWarning(UserWarning):
+    """A paper-preset run trains its backbone from random initialisation, as asked (backbone_weights=none)."""
+
+
+def check_ready_to_train(cfg: Config) -> Config:
+    """Refuse to start a paper-preset run without backbone weights; warn when random init is asked.
+
+    The paper recipe fine-tunes an ImageNet-pretrained backbone, and a run that forgot the file
+    would train for hours towards far lower numbers. The check lives here, called by
+    ``train.train`` before anything else, not in ``validate``: a paper-preset Config is also built
+    only to be looked at (``make_config("voc")`` in notebooks and tests) or to rebuild a finished
+    run whose weights come from its checkpoint (``evaluate``), and none of those needs the file.
+    ``backbone_weights="none"`` trains from random init on purpose: allowed, with a
+    ``RandomInitWarning``, and recorded in the run's config.json. Returns ``cfg``.
+    """
+    if cfg.preset not in PAPER_PRESETS:
+        return cfg
+    if cfg.backbone_weights is None:
+        raise KitError(
+            f"backbone_weights: the {cfg.preset} preset trains from a pretrained backbone and none was "
+            f"given; pass --set backbone_weights=<file>: resnet50_v1c.pth or resnet101_v1c.pth from the "
+            f"CPS/TorchSemiSeg release (DATA/pytorch-weight/, github.com/charlesCXK/TorchSemiSeg) for "
+            f"backbone=resnet50_v1c/resnet101_v1c, or a torchvision ImageNet file (or 'imagenet' for "
+            f"torchvision's local cache) with backbone=resnet50/resnet101; backbone_weights=none trains "
+            f"from random init on purpose")
+    if cfg.backbone_weights == "none":
+        warnings.warn(f"backbone_weights=none: the {cfg.preset} run trains its {cfg.backbone} backbone "
+                      f"from random initialisation, not from pretrained weights as the paper does; "
+                      f"expect much lower mIoU", RandomInitWarning, stacklevel=2)
+    return cfg
 
 
 def parse_sets(items: list[str] | None) -> dict:

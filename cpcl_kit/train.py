@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import DEVIATIONS, PRESETS, Config
+from .config import DEVIATIONS, PRESETS, Config, check_ready_to_train
 from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
 from .data import build_data
 from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
@@ -307,6 +307,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     exactly (the batches, CutMix masks and augmentations of iteration i depend on (seed, i) only).
     ``stop_at=k`` pauses after iteration k with a checkpoint and no evaluation (metrics empty).
     Under torchrun every process trains on its shard of each batch; rank 0 alone writes files."""
+    check_ready_to_train(cfg)
     info = init_from_env()
     out = _prepare_out(out_dir) if info.main else None
     device = pick_device(cfg.device, info.local_rank)

@@ -98,6 +98,11 @@ CASES: dict[str, tuple[list[str], str]] = {
                                  r"backbone_weights: .*plain\.pkl is not a loadable PyTorch state dict"),
     "11c_weights_file_missing": (["--set", "backbone_weights={w}/weights/none.pth"],
                                  r"backbone_weights: file not found: .*none\.pth"),
+    "11e_paper_preset_without_weights": (["--preset", "voc"],
+                                         r"backbone_weights: the voc preset trains from a pretrained "
+                                         r"backbone and none was given; pass --set backbone_weights=<file>: "
+                                         r"resnet50_v1c\.pth or resnet101_v1c\.pth from the CPS/TorchSemiSeg "
+                                         r"release .* backbone_weights=none trains from random init on purpose$"),
     # 12: output folder
     "12a_out_under_a_regular_file": (["--out", "{w}/a-file/run"],
                                      r"--out: cannot write to .*a-file/run \(Not a directory\)"),
