@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import DEVIATIONS, PRESETS, Config, check_ready_to_train
+from .config import Config, check_ready_to_train, deviations
 from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
 from .data import build_data
 from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
@@ -339,8 +339,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             net.to(memory_format=torch.channels_last)
     models = _wrap_ddp(nets, cfg, device, info)
     if out is not None:
-        _write_json_atomic(out / "config.json", {**cfg.to_dict(), "deviations_from_paper": (
-            {k: v for k, v in DEVIATIONS.items() if k in PRESETS[cfg.preset]} if cfg.dataset == "digits" else {})})
+        _write_json_atomic(out / "config.json", {**cfg.to_dict(), "deviations_from_paper": deviations(cfg)})
 
     step_fn = METHOD_STEPS[cfg.method]
     shard = dict(start=start, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",

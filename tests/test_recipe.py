@@ -1,17 +1,22 @@
-"""The paper presets against the official recipe: backbone, dilation, crop padding and the weights
-they need to start."""
+"""The paper presets against the official recipe: backbone, dilation, crop padding, the weights they
+need to start, and the list of what still differs (written into every run's config.json)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from cpcl_kit import config as C
-from cpcl_kit.config import (PAPER_PRESETS, PRESETS, RandomInitWarning, check_ready_to_train, load_config_dict,
+from cpcl_kit.config import (CPS_OWN_RECIPE, DEVIATIONS, PAPER_DEVIATIONS, PAPER_PRESETS, PRESETS, Config,
+                             RandomInitWarning, check_ready_to_train, deviations, load_config_dict,
                              make_config)
 from cpcl_kit.errors import KitError
 
+ROOT = Path(__file__).resolve().parents[1]
 CPU_PRESETS = [p for p in PRESETS if p not in PAPER_PRESETS]
 
 
@@ -77,3 +82,78 @@ def test_train_refuses_before_writing_anything(tmp_path):
     with pytest.raises(KitError, match="^backbone_weights: the voc preset"):
         train(make_config("voc"), out_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_random_init_on_purpose_trains_and_is_recorded(tmp_path):
+    """A paper-preset run (on digit scenes, tiny, to run here) with backbone_weights=none."""
+    from cpcl_kit.train import train
+
+    cfg = make_config("voc", dataset="digits", backbone="resnet18", backbone_weights="none", head_channels=8,
+                      crop=32, scales=(1.0,), n_train_scenes=8, n_val_scenes=2, labeled="1/2", iterations=2,
+                      batch_size=2, unlabeled_batch_size=2, log_every=1, checkpoint_every=2, eval_crop=None,
+                      num_workers=0)
+    with pytest.warns(RandomInitWarning):
+        train(cfg, out_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["backbone_weights"] == "none"
+    dev = saved["deviations_from_paper"]
+    assert set(PAPER_DEVIATIONS) <= set(dev) and "random initialisation on purpose" in dev["backbone_weights"]
+    for changed in ("backbone", "head_channels", "crop", "scales", "batch_size", "eval_crop"):
+        assert dev[changed].startswith("changed to "), changed
+    assert "dilation" not in dev and "crop_pad" not in dev  # still the official ones
+
+
+# ------------------------------------------------------------------------------ deviations
+
+
+def test_every_deviation_entry_names_a_setting():
+    names = {f.name for f in fields(Config)}
+    assert set(DEVIATIONS) <= names
+    assert not set(PAPER_DEVIATIONS) & set(C._RECIPE_FIELDS)  # no clash with "changed" entries
+
+
+@pytest.mark.parametrize("preset", CPU_PRESETS)
+def test_cpu_presets_list_exactly_the_settings_that_deviate(preset):
+    cfg = make_config(preset)
+    paper = make_config("voc")
+    expected = {k for k in DEVIATIONS if getattr(cfg, k) != getattr(paper, k)}
+    assert set(deviations(cfg)) == expected
+    # the texts that quote numbers are true of the presets that carry them
+    dev = deviations(cfg)
+    if "unlabeled_batch_size" in dev:
+        assert cfg.unlabeled_batch_size == 4 and preset in dev["unlabeled_batch_size"]
+    if "batch_size" in dev:
+        assert f"{cfg.batch_size} labeled" in dev["batch_size"] and preset in dev["batch_size"]
+    if "output_stride" in dev:
+        assert cfg.output_stride == 8 and preset in dev["output_stride"]
+    assert str(cfg.head_channels) in dev["head_channels"]
+
+
+def test_benchmark_is_not_told_it_has_a_small_unlabeled_batch():
+    assert make_config("benchmark").unlabeled_batch_size == 8
+    assert "unlabeled_batch_size" not in deviations(make_config("benchmark"))
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_paper_presets_list_the_paper_deviations(preset):
+    assert deviations(make_config(preset, backbone_weights="w.pth")) == PAPER_DEVIATIONS
+    dev = deviations(make_config(preset, backbone_weights="w.pth", backbone="resnet50", amp="off"))
+    assert dev["backbone"] == "changed to 'resnet50'; the preset (official recipe) uses 'resnet50_v1c'"
+    assert "amp" in dev  # a PAPER_DEVIATIONS entry: it describes the preset, not an override
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_cps_baseline_names_the_cps_repository_recipe(preset):
+    dev = deviations(make_config(preset, method="cps", backbone_weights="w.pth"))
+    text = dev["method"]
+    assert "CPCL's recipe" in text and "like-for-like" in text
+    own = CPS_OWN_RECIPE[make_config(preset).dataset]
+    assert own["source"] in text and own["lr"] in text and own["unsup_weight"] in text
+    assert "supervised" in deviations(make_config(preset, method="supervised", backbone_weights="w.pth"))["method"]
+
+
+def test_cps_own_recipe_cites_the_files_read():
+    assert CPS_OWN_RECIPE["voc"]["source"].startswith("exp.voc/voc8.res50v3+.CPS+CutMix/")
+    assert CPS_OWN_RECIPE["cityscapes"]["source"].startswith("exp.city/city8.res50v3+.CPS+CutMix/")
+    for recipe in CPS_OWN_RECIPE.values():
+        assert {"lr", "batch", "iterations", "unsup_weight", "crop", "sup_loss"} <= set(recipe)
