@@ -2,17 +2,20 @@
 
 CPU presets (``smoke``, ``demo``, ``benchmark``) train on the embedded digit scenes from random
 initialisation and deviate from the paper recipe where that is needed to learn at all (each
-deviation is listed in ``DEVIATIONS``). The paper presets (``voc``, ``cityscapes``) keep the paper's
-recipe (method notes §5).
+deviation is listed in ``DEVIATIONS``). The paper presets (``voc``, ``cityscapes``) follow the
+official code (method notes §5); what still differs is listed in ``PAPER_DEVIATIONS``. Every run
+writes the list that applies to it (``deviations(cfg)``) into its ``config.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass, fields
 
-from .constants import DATASETS, METHODS, NUM_CLASSES, TARGET_PAIRS, UNION_RULES
+from .constants import (CROP_PADS, DATASETS, DILATIONS, METHODS, NUM_CLASSES, PAPER_PRESETS, TARGET_PAIRS,
+                        UNION_RULES)
 from .errors import KitError
 
 
@@ -27,12 +30,16 @@ class Config:
     unlabeled_list: str | None = None
     seed: int = 0
     # model
-    backbone: str = "resnet50"
+    # The defaults of fields added later (dilation, crop_pad) are the behaviour from before they
+    # existed: a config.json saved then loads (load_config_dict) into the same network and data.
+    backbone: str = "resnet50"         # model.BACKBONES; the paper presets use resnet50_v1c
     output_stride: int = 16
+    dilation: str = "torchvision"      # "official": CPCL's 2,4,8 in layer4 (DILATIONS)
     head_channels: int = 256
-    backbone_weights: str | None = None
+    backbone_weights: str | None = None  # a file, "imagenet", "none" (random on purpose) or None (not given)
     # data and augmentation
     crop: int = 512
+    crop_pad: str = "random"           # "centre": small crops padded centred, as the official loader
     scales: tuple = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
     flip: bool = True
     colour_aug: bool = False
@@ -83,23 +90,116 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# Deviations of the CPU presets from the paper recipe, shown in notebooks and written into runs.
+# Deviations of the CPU presets from the paper recipe, shown in notebooks and written into runs:
+# `deviations(cfg)` keeps the entries whose setting differs from the paper preset's value, so each
+# text only has to be true where that setting deviates.
 DEVIATIONS = {
-    "backbone": "ResNet-18 from random init (no pretrained weights offline), not ResNet-50 ImageNet",
-    "head_channels": "thinner ASPP/decoder (64 instead of 256): the head dominates cost at 64x64",
+    "backbone": "ResNet-18 from random init (no pretrained weights offline), not the ImageNet-"
+                "pretrained ResNet-50 v1c",
+    "output_stride": "output stride 8 instead of 16 (demo, benchmark): at 16 a 64x64 scene leaves a "
+                     "4x4 layer4 map",
+    "dilation": "torchvision's dilation convention (the first 3x3 conv of a dilated layer keeps the "
+                "previous rate) instead of the official 2, 4, 8 in layer4",
+    "head_channels": "thinner ASPP/decoder (64, smoke 32, instead of 256): the head dominates cost at 64x64",
+    "batch_size": "4 labeled images per step instead of 8 (smoke: seconds)",
+    "unlabeled_batch_size": "4 unlabeled images per stream instead of 8 (smoke and demo presets: cost; "
+                            "benchmark keeps 8)",
     "optimizer": "Adam with linear warm-up instead of SGD lr 0.005: learns from scratch on a CPU",
-    "sup_only_iters": "supervised-only first half, then a linear ramp of lambda (rampup_iters): "
-                      "random-init teachers give pseudo labels that are all background at first",
-    "unlabeled_batch_size": "4 unlabeled images per stream in the demo preset (cost)",
+    "sup_only_iters": "a supervised-only start (the first half in demo and benchmark, a third in smoke), "
+                      "then a linear ramp of lambda (rampup_iters): random-init teachers give pseudo "
+                      "labels that are all background at first",
     "colour_aug": "label-preserving colour augmentation (channel permutation, inversion)",
     "flip": "no flips: a mirrored digit is not a digit",
     "scales": "scale jitter {0.75, 1.0, 1.25} instead of {0.5..2.0} on 64x64 scenes",
+    "crop_pad": "a scene scaled below the crop size is padded at a random position (torchvision "
+                "RandomCrop), not centred as in the official loader: kept so the CPU presets' numbers "
+                "stay those already published",
+}
+
+# What the paper presets still do differently from the official code (leofansq/CPCL exp_voc/ and
+# exp_city/ config.py, train.py, dataloader.py, network.py; furnace/). Everything not named here
+# is the official recipe: deep-stem ResNet-50 v1c backbone with layer4 dilated 2, 4, 8 (OS16),
+# DeepLabv3+ head (ASPP 6/12/18 + added image pooling, LeakyReLU, 48-ch low-level, two 3x3 256
+# convs, classifier with bias, Kaiming fan_in head init), plain BatchNorm in train mode throughout,
+# two SGD optimizers (momentum 0.9, weight decay 1e-4 on conv/linear weights only, one lr for
+# backbone and head), poly 0.9 per iteration without warm-up, batch 8+8+8 / 16+16+16, crop 512 /
+# 800, flip + scales {0.5..2.0} + crop with centred padding (image 0, label 255), CutMix boxes
+# (3 XOR boxes, area U(0.25, 0.5)), CE / OHEM CE (0.7, 50,000 px per image, class weights),
+# lambda 1 / 5 from iteration 0, branch-1 sliding-window evaluation (crop 512 / 800, stride 2/3,
+# single scale, no flip).
+PAPER_DEVIATIONS = {
+    "iterations": "a fixed total: the VOC 1/16 (39,680) and Cityscapes 1/8 (22,194) counts; the "
+                  "official total is nepochs x iterations per epoch of each partition (VOC 1/16, 1/8, "
+                  "1/4, 1/2: 39,680, 39,338, 39,680, 39,660; Cityscapes: 22,272, 22,194, 22,240, "
+                  "22,320): pass --set iterations=... for another partition",
+    "data_order": "each of the three streams walks seeded per-epoch permutations of its own list and "
+                  "batches run across epoch ends (exactly resumable); the official loaders resample "
+                  "every epoch to max(#labeled, #unlabeled) names (the shorter list repeated plus a "
+                  "random top-up, a longer one cut to its first names), shuffle, drop the last "
+                  "partial batch and restart all three loaders together",
+    "split_files": "with the CPS layout (subset_train_aug/) or --labeled-list the official split lists "
+                   "are used; a standard VOCdevkit/Cityscapes tree without lists gets the kit's own "
+                   "seeded 1/N partition instead",
+    "crop_offset": "random crop offsets are uniform over [0, L - crop]; the official draws "
+                   "randint(0, L - crop + 1), inclusive, so its crop can come out one pixel short "
+                   "and be padded",
+    "resampling": "images are decoded with PIL and rescaled with torchvision (bilinear without "
+                  "antialias, masks nearest); the official uses OpenCV (imread, INTER_LINEAR, "
+                  "INTER_NEAREST): pixel values can differ by rounding",
+    "amp": "amp=auto trains with bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is "
+           "missing), losses in fp32; the official code trains in fp32: --set amp=off for that",
+    "seed": "seed 0 and every augmentation and CutMix mask drawn from torch generators seeded by "
+            "(seed, iteration); the official seeds torch with 12345 and leaves python's and numpy's "
+            "RNGs (augmentation, CutMix boxes) unseeded: no run replays the official random draws",
+    "multi_gpu": "under torchrun batch sizes are per GPU and BatchNorm statistics per GPU unless "
+                 "sync_bn=true; the official CPCL code trains on one GPU (a single-process run is "
+                 "the official setting)",
+    "checkpoint_selection": "the run evaluates its last iteration; the official code saves snapshots "
+                            "every second epoch after nepochs // 6 plus the last, and does not say "
+                            "which one the paper reports",
+    "eval_padding": "evaluation pads normalised images with 0 (the mean colour) in both branches; "
+                    "the official pads a sliding-window image whose short side is below the crop "
+                    "with black before normalising (this never happens on VOC val, at most "
+                    "500 px, or Cityscapes val, 1024x2048)",
+}
+
+# The CPS baseline (method="cps") in the paper presets runs with CPCL's recipe above, so that CPS
+# and CPCL differ only in their pseudo-supervision. The CPS repository's own configs use instead
+# (charlesCXK/TorchSemiSeg, the CutMix experiments, 1/8 partition as shipped):
+CPS_OWN_RECIPE = {
+    "voc": {
+        "source": "exp.voc/voc8.res50v3+.CPS+CutMix/config.py, script.sh, train.py, dataloader.py",
+        "lr": "0.01: script.sh sets learning_rate=0.0025 on NGPUS=4 and train.py multiplies it by "
+              "the world size (config.py alone: 0.005)",
+        "batch": "8 labeled + 8 + 8 unlabeled in all, 2 + 2 + 2 per GPU (script.sh batch_size=8, "
+                 "divided by the world size in dataloader.py; config.py alone: 16)",
+        "iterations": "34 epochs x 1,157 (9,260 // 8) = 39,338 at 1/8",
+        "unsup_weight": "cps_weight 1 (1.5 in exp.voc/voc8.res50v3+.CPS, without CutMix)",
+        "crop": "512",
+        "sup_loss": "CE",
+        "batch_norm": "apex SyncBatchNorm over the 4 GPUs",
+        "evaluation": "snapshots of epochs 20-34 evaluated (script.sh: eval.py -e 20-34), crop 512, "
+                      "stride 2/3, single scale",
+    },
+    "cityscapes": {
+        "source": "exp.city/city8.res50v3+.CPS+CutMix/config.py, script.sh, train.py, dataloader.py",
+        "lr": "0.02 (script.sh learning_rate=0.02, not scaled by the world size; config.py alone: 0.04)",
+        "batch": "8 + 8 + 8 in all, 1 + 1 + 1 per GPU on NGPUS=8 (config.py alone: 16)",
+        "iterations": "137 epochs x 325 (2,604 // 8) = 44,525 at 1/8",
+        "unsup_weight": "cps_weight 5 (6 in exp.city/city8.res50v3+.CPS, without CutMix)",
+        "crop": "800",
+        "sup_loss": "OHEM CE, thresh 0.7, min_kept 50,000 per GPU (50000 * batch // world size), "
+                    "no class weights (use_weight=False)",
+        "batch_norm": "apex SyncBatchNorm over the 8 GPUs",
+        "evaluation": "snapshots of epochs 110-137 evaluated (script.sh), crop 800, stride 2/3, "
+                      "single scale",
+    },
 }
 
 _CPU = dict(
-    dataset="digits", backbone="resnet18", output_stride=8, head_channels=64, crop=64,
-    scene_size=64, scales=(0.75, 1.0, 1.25), flip=False, colour_aug=True, optimizer="adam",
-    lr=1e-3, weight_decay=1e-4, device="auto", checkpoint_every=100,
+    dataset="digits", backbone="resnet18", output_stride=8, dilation="torchvision", head_channels=64,
+    crop=64, crop_pad="random", scene_size=64, scales=(0.75, 1.0, 1.25), flip=False, colour_aug=True,
+    optimizer="adam", lr=1e-3, weight_decay=1e-4, device="auto", checkpoint_every=100,
 )
 
 PRESETS: dict[str, dict] = {
@@ -115,17 +215,18 @@ PRESETS: dict[str, dict] = {
     "benchmark": dict(_CPU, iterations=2000, batch_size=8, unlabeled_batch_size=8,
                       n_train_scenes=2000, n_val_scenes=300, warmup_iters=100,
                       sup_only_iters=1000, rampup_iters=300, log_every=20),
-    # Paper recipes (method notes §5), for a GPU. Iterations are the 1/16 (VOC) and 1/8 (City)
-    # totals; change them with --set iterations=... for other partitions.
-    "voc": dict(dataset="voc", backbone="resnet50", output_stride=16, head_channels=256, crop=512,
-                batch_size=8, unlabeled_batch_size=8, iterations=39680, optimizer="sgd", lr=0.005,
-                unsup_weight=1.0, sup_loss="ce", eval_crop=512, num_workers=4, log_every=50,
-                checkpoint_every=2000),
-    "cityscapes": dict(dataset="cityscapes", backbone="resnet50", output_stride=16,
-                       head_channels=256, crop=800, batch_size=16, unlabeled_batch_size=16,
-                       iterations=22194, optimizer="sgd", lr=0.01, unsup_weight=5.0,
-                       sup_loss="ohem", eval_crop=800, num_workers=4, log_every=50,
-                       checkpoint_every=2000, labeled="1/8"),
+    # Paper recipes (method notes §5), for a GPU: the official v1c backbone, dilation and centred
+    # crop padding. They need backbone_weights to train (check_ready_to_train). Iterations are the
+    # 1/16 (VOC) and 1/8 (City) totals; change them with --set iterations=... for other partitions.
+    "voc": dict(dataset="voc", backbone="resnet50_v1c", output_stride=16, dilation="official",
+                head_channels=256, crop=512, crop_pad="centre", batch_size=8, unlabeled_batch_size=8,
+                iterations=39680, optimizer="sgd", lr=0.005, unsup_weight=1.0, sup_loss="ce",
+                eval_crop=512, num_workers=4, log_every=50, checkpoint_every=2000),
+    "cityscapes": dict(dataset="cityscapes", backbone="resnet50_v1c", output_stride=16,
+                       dilation="official", head_channels=256, crop=800, crop_pad="centre",
+                       batch_size=16, unlabeled_batch_size=16, iterations=22194, optimizer="sgd",
+                       lr=0.01, unsup_weight=5.0, sup_loss="ohem", eval_crop=800, num_workers=4,
+                       log_every=50, checkpoint_every=2000, labeled="1/8"),
 }
 
 
@@ -134,11 +235,18 @@ def _field_types() -> dict[str, typing.Any]:
     return {f.name: hints[f.name] for f in fields(Config)}
 
 
+# Optional fields where the text "none" is a value of its own, not "unset": backbone_weights=none
+# asks for random initialisation on purpose, which a paper preset must tell from "not given".
+_NONE_IS_A_VALUE = ("backbone_weights",)
+
+
 def _parse(key: str, text: str, kind) -> typing.Any:
     """Parse ``text`` as the type of field ``key``."""
     origin_args = typing.get_args(kind)
     optional = type(None) in origin_args
     base = next((a for a in origin_args if a is not type(None)), kind)
+    if optional and key in _NONE_IS_A_VALUE and text.lower() == "none":
+        return "none"
     if optional and text.lower() in ("none", "null", ""):
         return None
     try:
@@ -189,7 +297,8 @@ def _check_value(key: str, value, kind) -> None:
 # The valid values of the fields that take one of a few names.
 CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"), "union_rule": UNION_RULES,
            "sup_loss": ("ce", "ohem"), "eval_branch": ("1", "2", "ensemble"),
-           "amp": ("auto", "bf16", "fp16", "off"), "targets": TARGET_PAIRS}
+           "amp": ("auto", "bf16", "fp16", "off"), "dilation": DILATIONS, "crop_pad": CROP_PADS,
+           "targets": TARGET_PAIRS}
 
 
 def validate(cfg: Config) -> Config:
@@ -227,6 +336,86 @@ def make_config(preset: str = "smoke", overrides: dict | None = None, **kw) -> C
         _check_value(key, value, types[key])
         values[key] = value
     return validate(Config(**values))
+
+
+class RandomInitWarning(UserWarning):
+    """A paper-preset run trains its backbone from random initialisation, as asked (backbone_weights=none)."""
+
+
+def check_ready_to_train(cfg: Config) -> Config:
+    """Refuse to start a paper-preset run without backbone weights; warn when random init is asked.
+
+    The paper recipe fine-tunes an ImageNet-pretrained backbone, and a run that forgot the file
+    would train for hours towards far lower numbers. The check lives here, called by
+    ``train.train`` before anything else, not in ``validate``: a paper-preset Config is also built
+    only to be looked at (``make_config("voc")`` in notebooks and tests) or to rebuild a finished
+    run whose weights come from its checkpoint (``evaluate``), and none of those needs the file.
+    ``backbone_weights="none"`` trains from random init on purpose: allowed, with a
+    ``RandomInitWarning``, and recorded in the run's config.json (``deviations``). Returns ``cfg``.
+    """
+    if cfg.preset not in PAPER_PRESETS:
+        return cfg
+    if cfg.backbone_weights is None:
+        raise KitError(
+            f"backbone_weights: the {cfg.preset} preset trains from a pretrained backbone and none was "
+            f"given; pass --set backbone_weights=<file>: resnet50_v1c.pth or resnet101_v1c.pth from the "
+            f"CPS/TorchSemiSeg release (DATA/pytorch-weight/, github.com/charlesCXK/TorchSemiSeg) for "
+            f"backbone=resnet50_v1c/resnet101_v1c, or a torchvision ImageNet file (or 'imagenet' for "
+            f"torchvision's local cache) with backbone=resnet50/resnet101; backbone_weights=none trains "
+            f"from random init on purpose")
+    if cfg.backbone_weights == "none":
+        warnings.warn(f"backbone_weights=none: the {cfg.preset} run trains its {cfg.backbone} backbone "
+                      f"from random initialisation, not from pretrained weights as the paper does; "
+                      f"expect much lower mIoU", RandomInitWarning, stacklevel=2)
+    return cfg
+
+
+# Settings that make up the recipe: a paper-preset run that changes one is told so in deviations().
+_RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "crop", "crop_pad", "scales",
+                  "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
+                  "momentum", "weight_decay", "warmup_iters", "poly_power", "unsup_weight",
+                  "sup_only_iters", "rampup_iters", "union_rule", "reweight", "targets", "sup_loss",
+                  "eval_crop", "eval_stride", "eval_branch", "sync_bn")
+
+
+def _preset_value(preset: str, key: str):
+    value = PRESETS[preset].get(key, next(f.default for f in fields(Config) if f.name == key))
+    return tuple(value) if isinstance(value, list) else value
+
+
+def deviations(cfg: Config) -> dict[str, str]:
+    """How this run differs from the official recipe, ``{setting: why}``, for its config.json.
+
+    CPU presets: the ``DEVIATIONS`` entries whose setting differs from the paper preset's value
+    (Cityscapes' for dataset=cityscapes, else VOC's). Paper presets: every ``PAPER_DEVIATIONS``
+    entry, plus random initialisation on purpose, the recipe the CPS or supervised baseline follows,
+    and each recipe setting changed from the preset.
+    """
+    if cfg.preset not in PAPER_PRESETS:
+        paper = "cityscapes" if cfg.dataset == "cityscapes" else "voc"
+        return {k: v for k, v in DEVIATIONS.items() if _plain(getattr(cfg, k)) != _preset_value(paper, k)}
+    out = dict(PAPER_DEVIATIONS)
+    if cfg.backbone_weights == "none":
+        out["backbone_weights"] = ("random initialisation on purpose (backbone_weights=none) instead of "
+                                   "the pretrained backbone the paper fine-tunes")
+    if cfg.method == "cps":
+        own = CPS_OWN_RECIPE[PRESETS[cfg.preset]["dataset"]]
+        out["method"] = ("CPS runs with CPCL's recipe (this preset), for a like-for-like comparison; the "
+                         "CPS repository's own config (charlesCXK/TorchSemiSeg " + own["source"] + ") uses "
+                         + "; ".join(f"{k} {v}" for k, v in own.items() if k != "source"))
+    elif cfg.method == "supervised":
+        out["method"] = ("supervised baseline: one net with the same recipe on the labeled stream only; "
+                         "the CPCL repository ships no baseline script (CPS's docs/getting_started.md "
+                         "trains its baseline with batch 8 for the same iterations)")
+    for key in _RECIPE_FIELDS:
+        official = _preset_value(cfg.preset, key)
+        if _plain(getattr(cfg, key)) != official:
+            out[key] = f"changed to {getattr(cfg, key)!r}; the preset (official recipe) uses {official!r}"
+    return out
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def parse_sets(items: list[str] | None) -> dict:

@@ -16,3 +16,9 @@ UNION_RULES = ("disagreement", "confidence")
 # Which pseudo label each net of a CPCL run learns from, (net 1, net 2): the paper's pair and the
 # two single-kind ablations.
 TARGET_PAIRS = (("inter", "union"), ("inter", "inter"), ("union", "union"))
+# How layer 4 (and layer 3 at output stride 8) of the ResNet is dilated: the official code's rates
+# (2, 4, 8 at OS16) or torchvision's convention (model.official_block_dilations).
+DILATIONS = ("official", "torchvision")
+# Where a crop smaller than the crop size sits in its padding: centred (the official loader) or random.
+CROP_PADS = ("centre", "random")
+PAPER_PRESETS = ("voc", "cityscapes")

@@ -23,7 +23,8 @@ class DataBundle:
 
 
 def _train_tf(cfg: Config):
-    return train_transform(cfg.crop, scales=cfg.scales or None, flip=cfg.flip, colour=cfg.colour_aug)
+    return train_transform(cfg.crop, scales=cfg.scales or None, flip=cfg.flip, colour=cfg.colour_aug,
+                           crop_pad=cfg.crop_pad)
 
 
 def digit_data(cfg: Config) -> DataBundle:

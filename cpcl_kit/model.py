@@ -1,6 +1,9 @@
-"""DeepLabv3+ over a torchvision ResNet, laid out as in the official CPCL code (method notes §1.2).
+"""DeepLabv3+ over a ResNet, laid out as in the official CPCL code (method notes §1.2).
 
-Backbone stages: stem (stride 4), layer1 (4), layer2 (8), layer3 (16 at OS16), layer4 (16 or 8).
+Backbones: torchvision's ResNet-18/34/50/101 (7x7 stem), and ``resnet50_v1c`` / ``resnet101_v1c``,
+the deep-stem ResNet of CPS/TorchSemiSeg's furnace that the official code trains from
+(``resnet50_v1c.pth``; three 3x3 stem convs 3->64->64->128, layer1 fed 128 channels).
+Stages: stem (stride 4), layer1 (4), layer2 (8), layer3 (16 at OS16), layer4 (16 or 8).
 Head: ASPP (1x1 + three dilated 3x3, concatenated, BN, LeakyReLU, 1x1) plus an image-pooling branch
 that is *added*, then a decoder that joins a 48-channel projection of layer1, two 3x3 convs and a
 1x1 classifier. Logits are upsampled bilinearly to the input size.
@@ -18,15 +21,20 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from .config import DILATIONS
 from .errors import KitError
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+V1C_BACKBONES = ("resnet50_v1c", "resnet101_v1c")
+BACKBONES = TORCHVISION_BACKBONES + V1C_BACKBONES
 _IMAGENET_WEIGHTS = {
     "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
     "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
     "resnet101": models.ResNet101_Weights.IMAGENET1K_V1,
 }
+# The text that asks for random initialisation on purpose (config: backbone_weights=none).
+RANDOM_INIT = "none"
 
 
 def _dilate_basic_layer(layer: nn.Sequential, dilation: int, previous: int) -> None:
@@ -43,26 +51,97 @@ def _dilate_basic_layer(layer: nn.Sequential, dilation: int, previous: int) -> N
             block.downsample[0].stride = (1, 1)
 
 
-def _build_resnet(name: str, output_stride: int) -> nn.Module:
+def official_block_dilations(output_stride: int, blocks: tuple[int, int]) -> dict[str, list[int]]:
+    """Dilation of every block's 3x3 convs under the official rule, {layer: [rate per block]}.
+
+    ``blocks``: the number of blocks of (layer3, layer4). OS16 is the official code
+    (exp_voc/network.py ``_nostride_dilate``): layer4's blocks get 2, 4, 8 (a counter starting at 2
+    that doubles per block). The official code has no OS8; the kit extends the same rule one stage
+    earlier, as DeepLabv3's multi-grid does: layer3's blocks all get 2 and layer4's counter starts
+    at 4 (4, 8, 16), so layer4 sees twice layer3's rate as it does at OS16.
+    """
+    n3, n4 = blocks
+    if output_stride == 16:
+        return {"layer4": [2 * 2 ** j for j in range(n4)]}
+    return {"layer3": [2] * n3, "layer4": [4 * 2 ** j for j in range(n4)]}
+
+
+def _nostride_dilate(layer: nn.Sequential, rates: list[int]) -> None:
+    """The official ``_nostride_dilate`` on every block of ``layer``, in place: each conv of block j
+    loses its stride (the strided 3x3 and the 1x1 shortcut alike) and each 3x3 conv of block j gets
+    dilation = padding = rates[j], the strided one included (unlike torchvision's convention)."""
+    for block, d in zip(layer, rates, strict=True):
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d):
+                m.stride = (1, 1)
+                if m.kernel_size == (3, 3):
+                    m.dilation, m.padding = (d, d), (d, d)
+
+
+def _deep_stem(net: models.ResNet) -> None:
+    """Turn a torchvision Bottleneck ResNet into furnace's deep-stem "v1c" layout, in place.
+
+    The module names are those of the CPS/TorchSemiSeg files: conv1.{0,3,6} three bias-free 3x3
+    convs 3->64 (stride 2) ->64->128 with BN conv1.{1,4} and ReLU conv1.{2,5} between them, then
+    bn1 (128), ReLU and the 3x3/2 max-pool. layer1 then takes 128 channels, so its first block's
+    1x1 conv and 1x1 projection shortcut read 128 instead of 64. Everything after is unchanged
+    (torchvision's Bottleneck already strides its 3x3 conv, as furnace's does).
+    """
+    def conv3x3(cin, cout, stride=1):
+        return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+    net.conv1 = nn.Sequential(conv3x3(3, 64, 2), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                              conv3x3(64, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                              conv3x3(64, 128))
+    net.bn1 = nn.BatchNorm2d(128)
+    first = net.layer1[0]
+    first.conv1 = nn.Conv2d(128, first.conv1.out_channels, 1, bias=False)
+    first.downsample[0] = nn.Conv2d(128, first.downsample[0].out_channels, 1, bias=False)
+    # the init torchvision gives every other conv, so a random-init v1c is drawn like the rest
+    for conv in (*net.conv1[0::3], first.conv1, first.downsample[0]):
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _build_resnet(name: str, output_stride: int, dilation: str = "torchvision") -> nn.Module:
+    """An ImageNet-layout ResNet (random init, fc kept) whose layer4 (and layer3 at OS8) run
+    dilated: ``dilation="torchvision"`` (torchvision's replace_stride_with_dilation convention)
+    or ``"official"`` (the official CPCL rule, ``official_block_dilations``)."""
     if name not in BACKBONES:
         raise KitError(f"backbone: unknown '{name}', expected one of {', '.join(BACKBONES)}")
     if output_stride not in (8, 16):
         raise KitError(f"output_stride: expected 8 or 16, got {output_stride}")
+    if dilation not in DILATIONS:
+        raise KitError(f"dilation: unknown '{dilation}', expected one of {', '.join(DILATIONS)}")
+    base = name.removesuffix("_v1c")
+    bottleneck = base in ("resnet50", "resnet101")
     dilate = [False, output_stride == 8, True]  # for layer2, layer3, layer4
-    if name in ("resnet50", "resnet101"):
-        return getattr(models, name)(weights=None, replace_stride_with_dilation=dilate)
-    net = getattr(models, name)(weights=None)
-    d = 1
-    for layer, flag in zip((net.layer2, net.layer3, net.layer4), dilate):
-        if flag:
-            _dilate_basic_layer(layer, d * 2, d)
-            d *= 2
+    if dilation == "torchvision" and bottleneck:
+        # exactly the pre-"dilation" construction, so saved runs and CPU presets are unchanged
+        net = getattr(models, base)(weights=None, replace_stride_with_dilation=dilate)
+    else:
+        net = getattr(models, base)(weights=None)
+        if dilation == "torchvision":
+            d = 1
+            for layer, flag in zip((net.layer2, net.layer3, net.layer4), dilate):
+                if flag:
+                    _dilate_basic_layer(layer, d * 2, d)
+                    d *= 2
+        else:
+            rates = official_block_dilations(output_stride, (len(net.layer3), len(net.layer4)))
+            for layer_name, layer_rates in rates.items():
+                _nostride_dilate(getattr(net, layer_name), layer_rates)
+    if name in V1C_BACKBONES:
+        _deep_stem(net)
     return net
 
 
 def _imagenet_state_dict(name: str) -> dict:
     """torchvision's ImageNet weights from its local cache. Never downloads: the kit reads weights
     only from local files, so a machine without the file gets one clear error saying where to put it."""
+    if name not in _IMAGENET_WEIGHTS:
+        raise KitError(
+            f"backbone_weights='imagenet': torchvision has no {name} weights; pass the path of the "
+            f"CPS/TorchSemiSeg file {name}.pth (DATA/pytorch-weight/ of github.com/charlesCXK/TorchSemiSeg)")
     weights = _IMAGENET_WEIGHTS[name]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not cached.is_file():
@@ -73,37 +152,63 @@ def _imagenet_state_dict(name: str) -> dict:
     return torch.load(cached, map_location="cpu", weights_only=True)
 
 
-def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, name: str) -> None:
-    """Load a torchvision-format ResNet state dict into ``backbone``, strictly.
+def _read_state_dict(path: Path) -> dict:
+    """A state dict from a file: the raw dict, or the one under ``"model"`` (furnace's wrapper)."""
+    if not path.is_file():
+        raise KitError(f"backbone_weights: file not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = (f"it holds pickled Python objects ({found.group(1)}), refused by weights_only loading"
+               if found else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}")
+        raise KitError(f"backbone_weights: {path} is not a loadable PyTorch state dict ({why})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    return state
 
-    ``fc.*`` keys are the one allowed extra (the classifier we do not use).
+
+def _layout_hint(name: str, state: dict) -> str:
+    """A pointer to the other backbone family when the file's stem says it belongs there."""
+    if name in V1C_BACKBONES and "conv1.weight" in state:
+        return f" (the file has a 7x7 conv1.weight: a torchvision ResNet; use backbone={name.removesuffix('_v1c')})"
+    if name in TORCHVISION_BACKBONES and "conv1.0.weight" in state:
+        return f" (the file has a deep stem conv1.0..conv1.6: a v1c ResNet; use backbone={name}_v1c)"
+    return ""
+
+
+def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, name: str) -> None:
+    """Load a ResNet state dict into ``backbone``, strictly, by the backbone's own key layout.
+
+    torchvision names for the torchvision ResNets; furnace's (``conv1.0.weight``, ``conv1.1.*``,
+    ..., ``bn1.*``, ``layer1.0.conv1.weight``) for the v1c ones; a file may hold the dict itself or
+    ``{"model": dict}``. ``fc.*`` keys are the one allowed extra (the classifier we do not use);
+    BatchNorm ``num_batches_tracked`` counters may be absent (files converted from Gluon have none;
+    they are counters, not weights, and are unused with a fixed BN momentum). Any other missing or
+    unexpected key is an error: never a silently random backbone.
     """
     if str(source) == "imagenet":
         state = _imagenet_state_dict(name)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise KitError(f"backbone_weights: file not found: {path}")
-        try:
-            with warnings.catch_warnings():  # torch warns about foreign pickle protocols
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            found = re.search(r"GLOBAL ([\w.]+)", str(e))
-            why = (f"it holds pickled Python objects ({found.group(1)}), refused by weights_only loading"
-                   if found else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}")
-            raise KitError(f"backbone_weights: {path} is not a loadable PyTorch state dict ({why})") from None
+        state = _read_state_dict(Path(source))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KitError(f"backbone_weights: {source} does not hold a state dict of tensors")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
+        family = f"CPS/TorchSemiSeg {name}" if name in V1C_BACKBONES else f"torchvision {name}"
         raise KitError(
-            f"backbone_weights: {source} does not match a torchvision {name}: "
+            f"backbone_weights: {source} does not match a {family}: "
             f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
             f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+            f"{_layout_hint(name, state)}"
         )
     bad = [k for k in own if own[k].shape != state[k].shape]
     if bad:
@@ -148,27 +253,33 @@ class DeepLabV3Plus(nn.Module):
 
     Args:
         num_classes: output channels C.
-        backbone: one of ``BACKBONES`` (torchvision ResNet, random init unless weights given).
+        backbone: one of ``BACKBONES`` (random init unless weights given).
         output_stride: 16 (ASPP rates 6/12/18) or 8 (12/24/36).
-        backbone_weights: None, a path to a torchvision ResNet state dict, or ``"imagenet"``.
+        backbone_weights: None or ``"none"`` (random init), a path to a state dict in the
+            backbone's own layout (torchvision, or CPS/TorchSemiSeg for ``*_v1c``), or
+            ``"imagenet"`` (torchvision's cached file; torchvision backbones only).
         head_channels: ASPP and decoder width (256 in the paper).
+        dilation: how layer4 (and layer3 at OS8) are dilated: ``"torchvision"`` (the default, the
+            kit's behaviour before this option) or ``"official"`` (CPCL's rule: 2, 4, 8 at OS16).
 
     ``forward(x [B,3,H,W]) -> logits [B,C,H,W]`` for any H, W.
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet50", output_stride: int = 16,
-                 backbone_weights: str | os.PathLike | None = None, head_channels: int = 256):
+                 backbone_weights: str | os.PathLike | None = None, head_channels: int = 256,
+                 dilation: str = "torchvision"):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise KitError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
         if not isinstance(head_channels, int) or head_channels < 1:
             raise KitError(f"head_channels: expected a positive integer, got {head_channels!r}")
-        net = _build_resnet(backbone, output_stride)
+        net = _build_resnet(backbone, output_stride, dilation)
         del net.fc, net.avgpool  # a segmentation net has no use for them
-        if backbone_weights is not None:
+        if backbone_weights is not None and str(backbone_weights) != RANDOM_INIT:
             load_backbone_weights(net, backbone_weights, backbone)
         self.backbone = net
         self.backbone_name, self.output_stride, self.num_classes = backbone, output_stride, num_classes
+        self.dilation = dilation
         low_ch = net.layer1[-1].conv1.in_channels  # 64 (BasicBlock) or 256 (Bottleneck)
         high_ch = 512 if backbone in ("resnet18", "resnet34") else 2048
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
@@ -178,6 +289,12 @@ class DeepLabV3Plus(nn.Module):
         self.decoder = nn.Sequential(_conv_bn(ch + 48, ch, 3, nn.ReLU()), _conv_bn(ch, ch, 3, nn.ReLU()))
         self.classifier = nn.Conv2d(ch, num_classes, 1)
         self._init_head()
+
+    @classmethod
+    def from_config(cls, cfg) -> "DeepLabV3Plus":
+        """The net a ``config.Config`` describes (backbone, output stride, dilation, weights, head)."""
+        return cls(cfg.num_classes, cfg.backbone, cfg.output_stride, cfg.backbone_weights,
+                   cfg.head_channels, dilation=cfg.dilation)
 
     def _init_head(self) -> None:
         for part in (self.aspp, self.low_proj, self.decoder, self.classifier):
@@ -224,8 +341,7 @@ def build_nets(cfg) -> list[DeepLabV3Plus]:
     """
     torch.manual_seed(cfg.seed)
     n = 1 if cfg.method == "supervised" else 2
-    nets = [DeepLabV3Plus(cfg.num_classes, cfg.backbone, cfg.output_stride, cfg.backbone_weights,
-                          cfg.head_channels) for _ in range(n)]
+    nets = [DeepLabV3Plus.from_config(cfg) for _ in range(n)]
     for other in nets[1:]:
         other.backbone.load_state_dict(nets[0].backbone.state_dict())
     return nets

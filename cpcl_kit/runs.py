@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint
-from .config import DEVIATIONS, PRESETS, Config, load_config_dict
+from .config import PRESETS, Config, deviations, load_config_dict
 from .errors import KitError
 from .model import build_nets
 
@@ -133,14 +133,8 @@ def prepare(run_dir) -> Path:
     return out
 
 
-def deviations(cfg: Config) -> dict:
-    """The preset's departures from the paper recipe that apply to ``cfg`` (written into config.json)."""
-    if cfg.dataset != "digits":
-        return {}
-    return {k: v for k, v in DEVIATIONS.items() if k in PRESETS.get(cfg.preset, {})}
-
-
 def write_config(run_dir, cfg: Config) -> Path:
+    """``config.json``: the settings and what of them departs from the paper recipe (``config.deviations``)."""
     return write_json(Path(run_dir) / CONFIG, {**cfg.to_dict(), "deviations_from_paper": deviations(cfg)})
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, runs
-from .config import Config
+from .config import Config, check_ready_to_train
 from .data import build_data
 from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
 from .errors import KitError
@@ -286,6 +286,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     (``runs.check_same_run``). ``stop_at=k`` pauses after iteration k with a checkpoint and no
     evaluation (metrics empty). Under torchrun every process trains on its shard of each batch;
     rank 0 alone writes files."""
+    check_ready_to_train(cfg)  # e.g. a paper preset without its pretrained backbone: refused here
     info = init_from_env()
     out = runs.prepare(out_dir) if (out_dir is not None and info.main) else None
     with runs.lock(out) if out is not None else nullcontext():

@@ -67,7 +67,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "09b_unlabeled_batch_size_1": (["--set", "unlabeled_batch_size=1"],
                                    r"unlabeled_batch_size: expected at least 2 .*got 1"),
     "10a_unknown_backbone": (["--set", "backbone=vgg16"],
-                             r"backbone: unknown 'vgg16', expected one of resnet18, resnet34, resnet50, resnet101"),
+                             r"backbone: unknown 'vgg16', expected one of resnet18, resnet34, resnet50, resnet101, "
+                             r"resnet50_v1c, resnet101_v1c$"),
     "10b_unknown_method": (["--method", "fixmatch"],
                            r"argument --method: invalid choice: 'fixmatch' \(choose from .*supervised.*cps.*cpcl"),
     "10c_unknown_method_by_set": (["--set", "method=fixmatch"],
@@ -83,6 +84,10 @@ CASES: dict[str, tuple[list[str], str]] = {
                             r"dataset: unknown value 'coco', expected one of digits, voc, cityscapes"),
     "10i_demo_unknown_preset": (["demo", "--preset", "huge", "--out", "{out}"],
                                 r"preset: unknown 'huge', expected one of smoke, demo"),
+    "10j_unknown_dilation": (["--set", "dilation=multigrid"],
+                             r"dilation: unknown value 'multigrid', expected one of official, torchvision"),
+    "10k_unknown_crop_pad": (["--set", "crop_pad=center"],
+                             r"crop_pad: unknown value 'center', expected one of centre, random"),
     # 11: backbone weights
     "11a_weights_not_a_state_dict": (["--set", "backbone_weights={w}/weights/notsd.pth"],
                                      r"backbone_weights: .*notsd\.pth does not hold a state dict of tensors"),
@@ -93,6 +98,11 @@ CASES: dict[str, tuple[list[str], str]] = {
                                  r"backbone_weights: .*plain\.pkl is not a loadable PyTorch state dict"),
     "11c_weights_file_missing": (["--set", "backbone_weights={w}/weights/none.pth"],
                                  r"backbone_weights: file not found: .*none\.pth"),
+    "11e_paper_preset_without_weights": (["--preset", "voc"],
+                                         r"backbone_weights: the voc preset trains from a pretrained "
+                                         r"backbone and none was given; pass --set backbone_weights=<file>: "
+                                         r"resnet50_v1c\.pth or resnet101_v1c\.pth from the CPS/TorchSemiSeg "
+                                         r"release .* backbone_weights=none trains from random init on purpose$"),
     # 12: output folder
     "12a_out_under_a_regular_file": (["--out", "{w}/a-file/run"],
                                      r"--out: cannot write to .*a-file/run \(Not a directory\)"),

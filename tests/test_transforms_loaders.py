@@ -97,6 +97,93 @@ def test_bad_transform_args():
         train_transform(0)
     with pytest.raises(KitError, match="scales"):
         train_transform(8, scales=(1.0, -2.0))
+    with pytest.raises(KitError, match=r"crop_pad: unknown 'center', expected one of centre, random"):
+        train_transform(8, crop_pad="center")
+
+
+def _official_margins(size: int, crop: int) -> tuple[int, int]:
+    """furnace pad_image_to_shape: pad = crop - size; before = pad // 2, after = pad // 2 + pad % 2."""
+    pad = max(crop - size, 0)
+    return pad // 2, pad // 2 + pad % 2
+
+
+@pytest.mark.parametrize("h, w", [(5, 7), (12, 3), (1, 1), (11, 12), (4, 9)])
+def test_centre_pad_puts_a_small_image_exactly_in_the_middle(h, w):
+    crop = 12
+    image, mask = _pair(h, w)
+    torch.manual_seed(0)
+    x, y = train_transform(crop, scales=None, flip=False, crop_pad="centre")(image, mask)
+    (top, bottom), (left, right) = _official_margins(h, crop), _official_margins(w, crop)
+    assert top + h + bottom == crop and left + w + right == crop
+    inside = torch.zeros(crop, crop, dtype=torch.bool)
+    inside[top:top + h, left:left + w] = True
+    assert torch.equal(y[inside].view(h, w), mask.as_subclass(torch.Tensor))
+    assert bool((y[~inside] == 255).all())
+    assert bool((x[:, ~inside] == 0).all())  # 0 after normalisation: the official image pad value
+    x_ref, _ = val_transform()(image, mask)
+    assert torch.equal(x[:, inside].view(3, h, w), x_ref)
+
+
+def test_centre_pad_crops_a_larger_side_at_random_and_pads_the_other():
+    crop, (h, w) = 12, (20, 6)
+    rows = torch.arange(h).view(h, 1).expand(h, w)  # mask = row index, image red = 10 * row
+    image = tv_tensors.Image(torch.stack([rows * 10, rows, rows]).to(torch.uint8))
+    mask = tv_tensors.Mask(rows.clone())
+    t = train_transform(crop, scales=None, flip=False, crop_pad="centre")
+    left, right = _official_margins(w, crop)
+    offsets = set()
+    for s in range(60):
+        torch.manual_seed(s)
+        x, y = t(image, mask)
+        assert bool((y[:, :left] == 255).all()) and bool((y[:, crop - right:] == 255).all())
+        r = int(y[0, left])
+        assert torch.equal(y[:, left:crop - right], rows[r:r + crop])  # a whole window, no padding
+        red = torch.round(denormalize(x)[0] * 255 / 10).long()
+        assert torch.equal(red[:, left:crop - right], rows[r:r + crop])  # the image moved with it
+        offsets.add(r)
+    assert offsets == set(range(h - crop + 1))  # every offset 0..L-crop, never beyond
+
+
+def test_random_pad_is_the_original_pipeline():
+    """crop_pad="random" (the default, and the CPU presets') is the pipeline from before the option."""
+    from torchvision.transforms import v2
+
+    from cpcl_kit.transforms import RandomScale
+
+    before = v2.Compose([
+        v2.RandomChannelPermutation(), v2.RandomInvert(p=0.5), v2.RandomHorizontalFlip(p=0.5),
+        RandomScale((0.5, 1.0, 2.0)),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        v2.RandomCrop(12, pad_if_needed=True, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 255}),
+    ])
+    default = train_transform(12, scales=(0.5, 1.0, 2.0), flip=True, colour=True)
+    explicit = train_transform(12, scales=(0.5, 1.0, 2.0), flip=True, colour=True, crop_pad="random")
+    for s in range(20):
+        outs = []
+        for t in (default, explicit):
+            torch.manual_seed(s)
+            outs.append(t(*_pair(10, 14)))
+        torch.manual_seed(s)
+        ref = before(*_pair(10, 14))
+        for x, y in outs:
+            assert torch.equal(x, ref[0].as_subclass(torch.Tensor)) and torch.equal(y, ref[1].as_subclass(torch.Tensor))
+
+
+@pytest.mark.parametrize("preset", ["smoke", "demo", "benchmark", "voc", "cityscapes"])
+def test_presets_choose_their_crop_padding(preset):
+    from torchvision.transforms import v2
+
+    from cpcl_kit.config import PAPER_PRESETS, make_config
+    from cpcl_kit.data import _train_tf
+    from cpcl_kit.transforms import CentredPadCrop
+
+    cfg = make_config(preset)
+    last = _train_tf(cfg).pipeline.transforms[-1]
+    if preset in PAPER_PRESETS:
+        assert cfg.crop_pad == "centre" and isinstance(last, CentredPadCrop)
+    else:
+        assert cfg.crop_pad == "random" and type(last) is v2.RandomCrop
 
 
 # ---------------------------------------------------------------------------------------- loaders
