@@ -17,6 +17,7 @@ from .errors import KitError
 
 METHODS = ("supervised", "cps", "cpcl")
 DATASETS = ("digits", "voc", "cityscapes")
+PRETRAIN_SOURCES = ("handwritten", "printed", "mixed")
 NUM_CLASSES = {"digits": 11, "voc": 21, "cityscapes": 19}
 
 
@@ -34,7 +35,12 @@ class Config:
     backbone: str = "resnet50"
     output_stride: int = 16
     head_channels: int = 256
-    backbone_weights: str | None = None
+    backbone_weights: str | None = None  # None (random init), "imagenet", "digits" or a file
+    # backbone pretraining behind backbone_weights="digits" (pretrain.py; cached by these settings)
+    pretrain_source: str = "handwritten"  # "handwritten", "printed" or "mixed"
+    pretrain_steps: int = 400
+    pretrain_size: int = 64            # px of the one-digit pretraining images
+    pretrain_batch: int = 64
     # data and augmentation
     crop: int = 512
     scales: tuple = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
@@ -110,9 +116,12 @@ _CPU = dict(
 )
 
 PRESETS: dict[str, dict] = {
+    # The smoke preset pretrains its backbone too, tiny (20 steps of 16 at 32 px), so that tests
+    # run the same code path as the demo and benchmark presets.
     "smoke": dict(_CPU, iterations=12, batch_size=4, unlabeled_batch_size=4, n_train_scenes=64,
                   n_val_scenes=16, warmup_iters=2, sup_only_iters=4, rampup_iters=4, log_every=2,
-                  checkpoint_every=6, head_channels=32, output_stride=16),
+                  checkpoint_every=6, head_channels=32, output_stride=16,
+                  backbone_weights="digits", pretrain_steps=20, pretrain_size=32, pretrain_batch=16),
     # About 4 minutes of CPCL on 2 cores: half supervised start, then CPCL with 4+4 unlabeled.
     "demo": dict(_CPU, iterations=400, batch_size=8, unlabeled_batch_size=4, n_train_scenes=1000,
                  n_val_scenes=200, warmup_iters=50, sup_only_iters=200, rampup_iters=100,
@@ -197,7 +206,8 @@ def validate(cfg: Config) -> Config:
     """Check choices that the types alone do not; raise KitError naming the field."""
     choices = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"),
                "union_rule": ("disagreement", "confidence"), "sup_loss": ("ce", "ohem"),
-               "eval_branch": ("1", "2", "ensemble"), "amp": ("auto", "bf16", "fp16", "off")}
+               "eval_branch": ("1", "2", "ensemble"), "amp": ("auto", "bf16", "fp16", "off"),
+               "pretrain_source": PRETRAIN_SOURCES}
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise KitError(f"{key}: unknown value {getattr(cfg, key)!r}, expected one of {', '.join(valid)}")
@@ -212,6 +222,13 @@ def validate(cfg: Config) -> Config:
         raise KitError(f"iterations: expected a positive number, got {cfg.iterations}")
     if cfg.lr <= 0:
         raise KitError(f"lr: expected a positive number, got {cfg.lr}")
+    # backbone pretraining (used when backbone_weights="digits")
+    if cfg.pretrain_steps < 1:
+        raise KitError(f"pretrain_steps: expected a positive number, got {cfg.pretrain_steps}")
+    if cfg.pretrain_size < 16:
+        raise KitError(f"pretrain_size: expected at least 16 px, got {cfg.pretrain_size}")
+    if cfg.pretrain_batch < 2:
+        raise KitError(f"pretrain_batch: expected at least 2 (BatchNorm), got {cfg.pretrain_batch}")
     return cfg
 
 

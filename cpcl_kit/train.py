@@ -29,6 +29,7 @@ from .errors import KitError
 from .evaluate import evaluate
 from .loaders import semi_supervised_batches, supervised_batches
 from .model import DeepLabV3Plus
+from .pretrain import resolve_backbone_weights
 
 IGNORE = 255
 
@@ -71,9 +72,10 @@ def build_nets(cfg: Config) -> list[DeepLabV3Plus]:
     As in the official code, both branches start from the same backbone weights (the pretrained file,
     or net 1's random draw copied) and their heads are consecutive random draws from one seeded stream.
     """
+    weights = resolve_backbone_weights(cfg)  # backbone_weights="digits": pretrain.py's cached file
     torch.manual_seed(cfg.seed)
     n = 1 if cfg.method == "supervised" else 2
-    nets = [DeepLabV3Plus(cfg.num_classes, cfg.backbone, cfg.output_stride, cfg.backbone_weights,
+    nets = [DeepLabV3Plus(cfg.num_classes, cfg.backbone, cfg.output_stride, weights,
                           cfg.head_channels) for _ in range(n)]
     for other in nets[1:]:
         other.backbone.load_state_dict(nets[0].backbone.state_dict())
