@@ -220,6 +220,8 @@ def make_scenes(
             h = int(rng.integers(spec.digit_px[0], spec.digit_px[1] + 1))
             w = int(round(h * rng.uniform(0.75, 1.0)))
             stroke = _dilate(_upscale(bank[k], h - 2 * r, max(w - 2 * r, 4)) > _STROKE_THRESHOLD, r)
+            if not stroke.any():  # a faint digit drawn small (pretraining warps): nothing to draw
+                continue
             sh, sw = stroke.shape
             ys = rng.integers(0, s - sh + 1, _POSITION_TRIES)
             xs = rng.integers(0, s - sw + 1, _POSITION_TRIES)

@@ -212,8 +212,9 @@ def warp(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random affine + elastic warp and stroke gain of 8x8 digits: float32 [n,8,8] -> [n,8,8] in 0..16.
 
     Affine: rotation ±15°, shear ±0.3, scale 0.85-1.1 per axis, shift ±0.5 px. Elastic: a 3x3 grid
-    of N(0, 0.4 px) displacements, upscaled bilinearly. Gain x0.8-1.4 (clipped): since strokes are
-    where the upscale exceeds a threshold, it varies their width. Bilinear sampling, zero outside.
+    of N(0, 0.4 px) displacements, upscaled bilinearly. Peaks are lifted to at least 10, then a gain
+    x0.8-1.4 (clipped): since strokes are where the upscale exceeds 7, it varies their width.
+    Bilinear sampling, zero outside.
     """
     n = len(images)
     c = 3.5
@@ -231,7 +232,11 @@ def warp(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     grid = rng.normal(0, 0.4, (n, 2, 3, 3)).astype(np.float32)
     ys += np.stack([digits._upscale(g[0], 8, 8) for g in grid])
     xs += np.stack([digits._upscale(g[1], 8, 8) for g in grid])
-    out = _bilinear(images, ys, xs) * rng.uniform(0.8, 1.4, (n, 1, 1))
+    out = _bilinear(images, ys, xs)
+    # Resampling lowers peaks; keep every digit's peak above the stroke threshold so that no warp
+    # leaves an empty stroke (an image that would silently become the "no digit" class).
+    out *= np.maximum(1.0, 10.0 / np.maximum(out.max(axis=(1, 2), keepdims=True), 1e-6))
+    out *= rng.uniform(0.8, 1.4, (n, 1, 1))
     return np.clip(out, 0, 16).astype(np.float32)
 
 
