@@ -352,7 +352,7 @@ def train_backbone(spec: PretrainSpec, progress: bool = True) -> tuple[dict, dic
     ``scene_digit_acc``: the handwritten scene digits), steps, final loss and seconds.
     """
     spec.check()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     train_bank = source_bank(spec.source, "train")
     x, y = render(train_bank, spec.images, spec.size, (spec.seed, 0), True, spec.no_digit)
     t_data = time.perf_counter() - t0
@@ -390,6 +390,8 @@ def train_backbone(spec: PretrainSpec, progress: bool = True) -> tuple[dict, dic
         "steps": spec.steps, "final_loss": float(np.mean(losses[-20:])),
         "train_sources": len(train_bank), "seconds_data": round(t_data, 1),
         "seconds_train": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1),
+        # CPU seconds of this process: far below seconds x threads when other jobs share the cores
+        "cpu_seconds": round(time.process_time() - cpu0, 1),
         "torch_threads": torch.get_num_threads(),
     }
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
