@@ -119,7 +119,7 @@ def cmd_pretrain(args) -> None:
     from . import pretrain
 
     spec = pretrain.spec_for(cfg)
-    path = pretrain.Path(args.cache or pretrain.DEFAULT_CACHE_DIR)
+    path = Path(args.cache) if args.cache else pretrain.DEFAULT_CACHE_DIR
     cached = (path / pretrain.weights_name(spec)).is_file()
     weights = pretrain.weights_path(spec, args.cache, progress=not args.quiet)
     r = pretrain.read_report(weights)
