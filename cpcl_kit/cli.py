@@ -1,4 +1,4 @@
-"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo} ...``.
+"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo,pretrain} ...``.
 
 Every user mistake ends as one line on stderr and exit code 2.
 """
@@ -107,6 +107,25 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.out), preset=args.preset, only=args.only)
 
 
+def cmd_pretrain(args) -> None:
+    from .config import make_config, parse_sets
+
+    cfg = make_config(args.preset, parse_sets(args.sets))  # settings first: a typo fails before torch
+    from . import pretrain
+
+    spec = pretrain.spec_for(cfg)
+    path = Path(args.cache) if args.cache else pretrain.DEFAULT_CACHE_DIR
+    cached = (path / pretrain.weights_name(spec)).is_file()
+    weights = pretrain.weights_path(spec, args.cache, progress=not args.quiet)
+    r = pretrain.read_report(weights)
+    print(f"{spec.backbone} pretrained on {spec.source} digits: {r['steps']} steps, {r['seconds']:.0f} s"
+          f"{' (cached)' if cached else ''}")
+    print(f"accuracy on held-out {spec.source} images: {100 * r['heldout_acc']:.1f} %")
+    print(f"accuracy on the handwritten scene digits (train + val pools): {100 * r['scene_digit_acc']:.1f} %")
+    print(f"weights: {weights}")
+    print(f"use them with --set backbone_weights={pretrain.NAMED_WEIGHTS} (same preset and pretrain_* settings)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage mistakes are one line on stderr and exit 2, like every KitError."""
 
@@ -150,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo")
     p.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 06")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pretrain", help="pretrain the backbone for backbone_weights=digits (cached)")
+    p.add_argument("--preset", default="demo", help="smoke, demo, benchmark (its pretrain_* settings)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set pretrain_source=printed --set pretrain_steps=200 (repeatable)")
+    p.add_argument("--cache", help="folder of the cached weights (default: data/cache/pretrain)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 

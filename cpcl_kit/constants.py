@@ -3,6 +3,11 @@
 This module imports nothing from the kit, so anything may import it.
 """
 
+from pathlib import Path
+
+# The kit's cache of files it makes once (pretrained digit backbones; see data/README.md).
+CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
+
 # Label value of pixels without a label: VOC's object borders, unlabeled images, CutMix truth
 # where unknown. Losses and metrics skip it.
 IGNORE_INDEX = 255
@@ -22,3 +27,5 @@ DILATIONS = ("official", "torchvision")
 # Where a crop smaller than the crop size sits in its padding: centred (the official loader) or random.
 CROP_PADS = ("centre", "random")
 PAPER_PRESETS = ("voc", "cityscapes")
+# Where the digit backbone pretraining (pretrain.py) takes its images from.
+PRETRAIN_SOURCES = ("handwritten", "printed", "mixed")

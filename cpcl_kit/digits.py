@@ -3,7 +3,8 @@
 Each scene is an RGB square with a few upscaled, thickened digits of random colour over a smooth
 random background. Classes: 0 = background, 1..10 = digits 0..9 (``DIGIT_CLASS_NAMES``). Train and
 validation scenes draw their digits from disjoint pools of the 1,797 8x8 source images, so a val
-score measures generalisation to unseen handwriting, not memorised strokes.
+score measures generalisation to unseen handwriting, not memorised strokes. A third pool
+(``pretrain_pool``, 35 %) is held out of every scene for backbone pretraining (``pretrain.py``).
 
 Generation is pure numpy and deterministic: the same (n, spec, pool, seed) gives bit-identical
 arrays. 1,000 default 64x64 scenes (about 70 % background pixels) take about 0.9 s on one
@@ -34,8 +35,12 @@ NUM_DIGIT_CLASSES = len(DIGIT_CLASS_NAMES)
 # whatever scene seeds the user picks.
 POOL_SEED = 0
 POOL_VAL_FRACTION = 0.3
+# Share of each label kept out of every scene for backbone pretraining (the "ImageNet" of the
+# embedded data); train and val are split from the rest.
+POOL_PRETRAIN_FRACTION = 0.35
 # Bump when the generator changes so stale .npz caches are not reused.
-GENERATOR_VERSION = 1
+# 2: the pretraining pool is taken out first, so the train/val pools hold other digits.
+GENERATOR_VERSION = 2
 
 # sklearn digits are 0..16 intensities; a stroke is where the bilinear upscale exceeds this.
 _STROKE_THRESHOLD = 7.0
@@ -85,22 +90,45 @@ def load_digit_bank() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.float32), d.target.astype(np.int64)
 
 
-def digit_pools(seed: int = POOL_SEED, val_fraction: float = POOL_VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (train_pool, val_pool) index arrays into the digit bank, stratified by digit label.
+def _split_pools(seed: int, val_fraction: float, pretrain_fraction: float):
+    """(train, val, pretrain) sorted int64 index arrays into the digit bank, stratified by label.
 
-    Each label keeps round(count * val_fraction) images for val. Both arrays are sorted int64.
+    Each label's images are shuffled once: the first round(count * pretrain_fraction) go to
+    pretraining, then round(rest * val_fraction) of the rest to val, the remainder to train.
     """
     if not 0.0 < val_fraction < 1.0:
         raise KitError(f"val_fraction: expected a number in (0, 1), got {val_fraction}")
+    if not 0.0 <= pretrain_fraction < 1.0:
+        raise KitError(f"pretrain_fraction: expected a number in [0, 1), got {pretrain_fraction}")
     _, labels = load_digit_bank()
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train, val, pre = [], [], []
     for d in range(10):
         idx = rng.permutation(np.flatnonzero(labels == d))
-        k = int(round(len(idx) * val_fraction))
-        val.append(idx[:k])
-        train.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+        p = int(round(len(idx) * pretrain_fraction))
+        pre.append(idx[:p])
+        rest = idx[p:]
+        k = int(round(len(rest) * val_fraction))
+        val.append(rest[:k])
+        train.append(rest[k:])
+    return tuple(np.sort(np.concatenate(part)) for part in (train, val, pre))
+
+
+def digit_pools(seed: int = POOL_SEED, val_fraction: float = POOL_VAL_FRACTION,
+                pretrain_fraction: float = POOL_PRETRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train_pool, val_pool) index arrays into the digit bank, stratified by digit label.
+
+    Both are split from the digits left after ``pretrain_pool`` is taken out; each label keeps
+    round(rest * val_fraction) of those for val. Both arrays are sorted int64.
+    """
+    train, val, _ = _split_pools(seed, val_fraction, pretrain_fraction)
+    return train, val
+
+
+def pretrain_pool(seed: int = POOL_SEED, val_fraction: float = POOL_VAL_FRACTION,
+                  pretrain_fraction: float = POOL_PRETRAIN_FRACTION) -> np.ndarray:
+    """Sorted int64 indices of the digits that no scene uses (disjoint from both ``digit_pools``)."""
+    return _split_pools(seed, val_fraction, pretrain_fraction)[2]
 
 
 def _upscale(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -159,19 +187,22 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarr
 
 
 def make_scenes(
-    n: int, spec: SceneSpec, pool: Sequence[int], seed: int | Sequence[int]
+    n: int, spec: SceneSpec, pool: Sequence[int], seed: int | Sequence[int],
+    bank: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate n scenes: (images uint8 [n,S,S,3] RGB, masks uint8 [n,S,S] in 0..10).
 
-    pool: indices into ``load_digit_bank()`` that digits are drawn from. seed: int or tuple of ints
+    pool: indices into the bank that digits are drawn from. seed: int or tuple of ints
     for ``np.random.default_rng``. A later digit overwrites earlier ones (image and mask), so digits
     may be partly occluded. Mask = digit label + 1 where the digit's thickened stroke is on, else 0.
+    bank: (images float32 [N,8,8] in 0..16, labels int64 [N] in 0..9) to draw from instead of
+    ``load_digit_bank()`` (pretraining renders augmented or printed digits this way).
     """
     spec.check()
     if n < 0:
         raise KitError(f"n: expected >= 0 scenes, got {n}")
     pool = np.asarray(pool, dtype=np.int64)
-    bank, labels = load_digit_bank()
+    bank, labels = load_digit_bank() if bank is None else bank
     if pool.size == 0 or pool.min() < 0 or pool.max() >= len(bank):
         raise KitError(f"pool: expected a non-empty array of indices in [0, {len(bank)})")
     rng = np.random.default_rng(seed)
@@ -187,6 +218,8 @@ def make_scenes(
             h = int(rng.integers(spec.digit_px[0], spec.digit_px[1] + 1))
             w = int(round(h * rng.uniform(0.75, 1.0)))
             stroke = _dilate(_upscale(bank[k], h - 2 * r, max(w - 2 * r, 4)) > _STROKE_THRESHOLD, r)
+            if not stroke.any():  # a faint digit drawn small (pretraining warps): nothing to draw
+                continue
             sh, sw = stroke.shape
             ys = rng.integers(0, s - sh + 1, _POSITION_TRIES)
             xs = rng.integers(0, s - sw + 1, _POSITION_TRIES)

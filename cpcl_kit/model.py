@@ -189,6 +189,9 @@ def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, name: 
     they are counters, not weights, and are unused with a fixed BN momentum). Any other missing or
     unexpected key is an error: never a silently random backbone.
     """
+    if str(source) == "digits":  # resolved above the model: pretraining trains a model
+        raise KitError("backbone_weights='digits' names the kit's pretrained digit backbone: build the nets "
+                       "with train.nets_for(cfg), which pretrains it on first use, or pass its file")
     if str(source) == "imagenet":
         state = _imagenet_state_dict(name)
     else:

@@ -9,6 +9,7 @@ snapshots on the way. The folder itself (files, the same-run rule, the lock) is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -29,11 +30,18 @@ from .evaluate import evaluate
 from .loaders import semi_supervised_batches, supervised_batches
 from .methods import METHOD_STEPS, StepOut, label_stats
 from .model import build_nets
+from .pretrain import resolve_backbone_weights
 from .runs import RunResult
 
 
 class TrainingDiverged(KitError):
     """The loss became NaN or infinite."""
+
+
+def nets_for(cfg: Config) -> list:
+    """``model.build_nets`` with the named backbone weights resolved: ``backbone_weights="digits"``
+    is the kit's pretrained digit backbone (``pretrain.py``), trained and cached on first use."""
+    return build_nets(dataclasses.replace(cfg, backbone_weights=resolve_backbone_weights(cfg)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ class Trainer:
 
     @classmethod
     def create(cls, cfg: Config, device: torch.device) -> "Trainer":
-        nets = build_nets(cfg)
+        nets = nets_for(cfg)
         for net in nets:  # on the device before any optimizer state is restored into them
             net.to(device).train()
             if cfg.channels_last:

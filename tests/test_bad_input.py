@@ -182,7 +182,8 @@ def _checkpoints(w: Path, root: Path) -> None:
     from cpcl_kit.train import make_optimizer
 
     # supervised: one net, no optimizer steps yet: a ~45 MB file instead of ~270 MB
-    cfg = make_config("smoke", method="supervised", dataset="voc", data_root=str(root), crop=32)
+    cfg = make_config("smoke", method="supervised", dataset="voc", data_root=str(root), crop=32,
+                      backbone_weights="none")
     nets = build_nets(cfg)
     opts = [make_optimizer(n, cfg) for n in nets]
     scaler = torch.amp.GradScaler("cuda", enabled=False)

@@ -4,7 +4,8 @@ import torch
 from torchvision import tv_tensors
 
 from cpcl_kit import digits
-from cpcl_kit.digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec, digit_pools, load_digit_bank, make_scenes
+from cpcl_kit.digits import (DIGIT_CLASS_NAMES, DigitScenes, SceneSpec, digit_pools, load_digit_bank, make_scenes,
+                             pretrain_pool)
 from cpcl_kit.errors import KitError
 
 SMALL = SceneSpec(size=48, digits=(1, 2), digit_px=(20, 30))
@@ -16,12 +17,30 @@ def test_class_names():
 
 def test_pools_disjoint_cover_and_stratified():
     train, val = digit_pools()
+    pre = pretrain_pool()
     _, labels = load_digit_bank()
-    assert not set(train) & set(val)
-    assert len(train) + len(val) == len(labels) == 1797
-    assert abs(len(val) / 1797 - 0.3) < 0.01
-    for d in range(10):  # stratified: each digit keeps ~30 % of its images for val
-        assert abs(np.sum(labels[val] == d) / np.sum(labels == d) - 0.3) < 0.01
+    assert not set(train) & set(val) and not set(pre) & set(train) and not set(pre) & set(val)
+    assert len(train) + len(val) + len(pre) == len(labels) == 1797
+    assert abs(len(pre) / 1797 - 0.35) < 0.01
+    assert abs(len(val) / (1797 - len(pre)) - 0.3) < 0.01
+    for d in range(10):  # stratified: each digit keeps ~35 % for pretraining, ~30 % of the rest for val
+        n_d = np.sum(labels == d)
+        assert abs(np.sum(labels[pre] == d) / n_d - 0.35) < 0.01
+        assert abs(np.sum(labels[val] == d) / (n_d - np.sum(labels[pre] == d)) - 0.3) < 0.01
+
+
+def test_pools_are_fixed_and_checked():
+    assert np.array_equal(pretrain_pool(), pretrain_pool())
+    assert all(np.array_equal(a, b) for a, b in zip(digit_pools(), digit_pools()))
+    with pytest.raises(KitError, match="pretrain_fraction"):
+        digit_pools(pretrain_fraction=1.0)
+
+
+def test_make_scenes_from_another_bank():
+    images = np.zeros((2, 8, 8), np.float32)
+    images[:, 1:7, 2:6] = 16  # a filled box, labelled 3 and 5
+    _, m = make_scenes(4, SMALL, [0, 1], seed=0, bank=(images, np.array([3, 5])))
+    assert set(np.unique(m)) <= {0, 4, 6} and (m > 0).any()
 
 
 def test_make_scenes_shapes_and_determinism():

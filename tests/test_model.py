@@ -220,9 +220,9 @@ TODAY_SUMS = {16: ([241628.57699212586, 241627.56872899347], [-10.82080102523286
 @pytest.mark.parametrize("preset", ["smoke", "demo", "benchmark"])
 def test_cpu_presets_build_todays_nets(preset):
     from cpcl_kit.config import make_config
-    from cpcl_kit.train import build_nets
+    from cpcl_kit.model import build_nets
 
-    cfg = make_config(preset)
+    cfg = make_config(preset, backbone_weights="none")  # the layout, not the weights
     assert cfg.dilation == "torchvision" and cfg.backbone == "resnet18"
     nets = build_nets(cfg)
     for net in nets:

@@ -361,7 +361,7 @@ def test_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeypat
     from cpcl_kit.runs import save_checkpoint
     from cpcl_kit.train import make_optimizer
 
-    cfg = make_config("smoke", method="supervised", head_channels=8)
+    cfg = make_config("smoke", method="supervised", head_channels=8, backbone_weights="none")
     nets = build_nets(cfg)
     opts = [make_optimizer(n, cfg) for n in nets]
     scaler = torch.amp.GradScaler("cuda", enabled=False)

@@ -1,0 +1,173 @@
+"""Backbone pretraining (pretrain.py): disjoint from the scenes, deterministic, cached, loadable."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cpcl_kit import cli, digits, pretrain
+from cpcl_kit.config import make_config
+from cpcl_kit.digits import DigitScenes, SceneSpec
+from cpcl_kit.errors import KitError
+from cpcl_kit.train import nets_for
+
+SCENE_POOL = np.concatenate(digits.digit_pools())
+TINY = pretrain.spec_for(make_config("smoke"))  # the smoke preset's pretraining
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny spec's weights, trained once into a fresh cache folder: (cache dir, weights path)."""
+    cache = tmp_path_factory.mktemp("pretrain-cache")
+    return cache, pretrain.weights_path(TINY, cache, progress=False)
+
+
+def test_smoke_preset_pretrains_tiny_through_the_named_value():
+    cfg = make_config("smoke")
+    assert cfg.backbone_weights == pretrain.NAMED_WEIGHTS == "digits"
+    assert (TINY.size, TINY.steps, TINY.batch, TINY.source) == (32, 20, 16, "handwritten")
+
+
+def test_pretraining_source_digits_are_never_scene_digits():
+    assert not set(digits.pretrain_pool()) & set(SCENE_POOL)
+    for source in pretrain.SOURCES:
+        for part in ("train", "heldout"):
+            bank = pretrain.source_bank(source, part)
+            hand = bank.origin[bank.origin >= 0]
+            assert set(hand) <= set(digits.pretrain_pool())
+            assert (len(hand) > 0) == (source != "printed")
+            assert bank.images.shape == (len(bank), 8, 8) and 0 <= bank.images.min() <= bank.images.max() <= 16
+    train, held = pretrain.source_bank("handwritten", "train"), pretrain.source_bank("handwritten", "heldout")
+    assert not set(train.origin) & set(held.origin)
+    assert len(train) + len(held) == len(digits.pretrain_pool())
+
+
+def _poison(monkeypatch, which: np.ndarray):
+    """Relabel the bank digits ``which`` as a class no real digit has (10 -> mask value 11)."""
+    real_split = digits._split_pools(digits.POOL_SEED, digits.POOL_VAL_FRACTION, digits.POOL_PRETRAIN_FRACTION)
+    images, labels = digits.load_digit_bank()
+    labels = labels.copy()
+    labels[which] = 10
+    monkeypatch.setattr(digits, "_split_pools", lambda *a: real_split)  # pools as without the poison
+    monkeypatch.setattr(digits, "load_digit_bank", lambda: (images, labels))
+    monkeypatch.setattr(digits, "_MEMORY_CACHE", {})
+
+
+def test_scenes_never_draw_a_pretraining_digit(monkeypatch):
+    # Any pretraining digit drawn into a train or val scene would show up as mask value 11.
+    _poison(monkeypatch, digits.pretrain_pool())
+    for split in ("train", "val"):
+        masks = DigitScenes(split, n=300, spec=SceneSpec(), seed=5).masks
+        assert masks.max() <= 10 and masks.max() > 0
+
+
+def test_pretraining_images_never_draw_a_scene_digit(monkeypatch):
+    _poison(monkeypatch, SCENE_POOL)
+    for source in pretrain.SOURCES:
+        for part in ("train", "heldout"):
+            _, labels = pretrain.render(pretrain.source_bank(source, part), 300, 32, 0, True, True)
+            assert labels.max() <= 10
+    # ...while the transfer test set is made of exactly those digits
+    _, labels = pretrain.scene_digit_images(32, 50, 0)
+    assert (labels == 11).all()
+
+
+def test_render_labels_match_the_images():
+    images, labels = pretrain.render(pretrain.source_bank("printed", "train"), 110, 32, 1, True, True)
+    assert images.shape == (110, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and set(labels) <= set(range(11))
+    assert np.sum(labels == 0) >= 10  # 1 in 11 is the "no digit" class
+    again = pretrain.render(pretrain.source_bank("printed", "train"), 110, 32, 1, True, True)
+    assert np.array_equal(images, again[0]) and np.array_equal(labels, again[1])
+
+
+def test_warp_is_deterministic_and_keeps_the_range():
+    src = digits.load_digit_bank()[0][:20]
+    a, b = pretrain.warp(src, np.random.default_rng(3)), pretrain.warp(src, np.random.default_rng(3))
+    assert a.shape == (20, 8, 8) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert 0 <= a.min() and a.max() <= 16 and not np.array_equal(a, src)
+
+
+def test_printed_fonts_are_matplotlibs_own():
+    fonts = pretrain.printed_fonts()
+    assert len(fonts) >= 10 and all(f.suffix == ".ttf" and "mpl-data" in str(f) for f in fonts)
+    assert not {f.stem for f in fonts} & {"cmex10", "cmsy10", "cmmi10"}
+
+
+def test_cache_file_report_and_reuse(tiny, monkeypatch):
+    cache, path = tiny
+    assert path.parent == cache and path.name == pretrain.weights_name(TINY)
+    report = json.loads(pretrain.report_path(path).read_text())
+    assert report["key"] == pretrain.spec_key(TINY) and report["steps"] == 20
+    assert 0 <= report["heldout_acc"] <= 1 and 0 <= report["scene_digit_acc"] <= 1
+    state = torch.load(path, weights_only=True)
+    assert "layer4.1.bn2.running_var" in state and not any(k.startswith("fc.") for k in state)
+
+    def boom(*a, **k):
+        raise AssertionError("the cached weights should have been reused")
+
+    monkeypatch.setattr(pretrain, "train_backbone", boom)
+    assert pretrain.weights_path(TINY, cache) == path
+    other = dataclasses.replace(TINY, steps=21)
+    assert pretrain.spec_key(other) != pretrain.spec_key(TINY)
+    with pytest.raises(AssertionError, match="reused"):  # a changed spec is a new file, trained
+        pretrain.weights_path(other, cache)
+    assert len(list(cache.glob("*.pt"))) == 1 and not list(cache.glob("*.tmp"))
+
+
+def test_same_spec_gives_bitwise_identical_weights(tiny):
+    _, path = tiny
+    first = torch.load(path, weights_only=True)
+    rng_before = torch.get_rng_state()
+    state, report = pretrain.train_backbone(TINY, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    assert first.keys() == state.keys() and all(torch.equal(first[k], state[k]) for k in first)
+    assert report["scene_digit_acc"] == pretrain.read_report(path)["scene_digit_acc"]
+
+
+def test_named_value_loads_into_both_nets(tiny, monkeypatch):
+    cache, path = tiny
+    monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
+    state = torch.load(path, weights_only=True)
+    nets = nets_for(make_config("smoke", method="cpcl"))
+    for net in nets:
+        assert torch.equal(net.backbone.conv1.weight, state["conv1.weight"])
+        assert torch.equal(net.backbone.layer3[1].bn2.running_mean, state["layer3.1.bn2.running_mean"])
+    assert pretrain.resolve_backbone_weights(make_config("smoke")) == str(path)
+
+
+def test_random_init_stays_selectable(monkeypatch):
+    monkeypatch.setattr(pretrain, "train_backbone", lambda *a, **k: pytest.fail("no pretraining asked for"))
+    cfg = make_config("smoke", backbone_weights="none")
+    assert cfg.backbone_weights == "none" and pretrain.resolve_backbone_weights(cfg) == "none"
+    (net,) = nets_for(make_config("smoke", method="supervised", backbone_weights="none"))
+    assert net.backbone.conv1.weight.std() > 0
+
+
+def test_bad_settings_are_one_line_kit_errors():
+    with pytest.raises(KitError, match="pretrain_source: unknown value 'ink'"):
+        make_config("smoke", pretrain_source="ink")
+    with pytest.raises(KitError, match="pretrain_steps"):
+        make_config("smoke", pretrain_steps="0")
+    with pytest.raises(KitError, match="pretrain_size"):
+        make_config("smoke", pretrain_size=8)
+    with pytest.raises(KitError, match="pretrain_source"):
+        pretrain.PretrainSpec(source="ink").check()
+    with pytest.raises(KitError, match="dataset 'voc'"):
+        pretrain.resolve_backbone_weights(make_config("voc", backbone_weights="digits"))
+    with pytest.raises(KitError, match="backbone_weights: file not found: digitz"):
+        nets_for(make_config("smoke", method="supervised", backbone_weights="digitz"))
+    with pytest.raises(KitError, match="part"):
+        pretrain.source_bank("printed", "test")
+
+
+def test_cli_prints_accuracies_and_path(tiny, capsys):
+    cache, path = tiny
+    assert cli.main(["pretrain", "--preset", "smoke", "--cache", str(cache), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(cached)" in out and str(path) in out and "scene digits" in out and "%" in out
+    assert cli.main(["pretrain", "--preset", "smoke", "--set", "pretrain_source=ink"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: pretrain_source") and "\n" not in err
