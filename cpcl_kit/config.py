@@ -334,6 +334,9 @@ def validate(cfg: Config) -> Config:
     if cfg.lr <= 0:
         raise KitError(f"lr: expected a positive number, got {cfg.lr}")
     # backbone pretraining (used when backbone_weights="digits")
+    if cfg.backbone_weights == "digits" and cfg.dataset != "digits":
+        raise KitError(f"backbone_weights: 'digits' is pretrained for the digit scenes, not for dataset "
+                       f"'{cfg.dataset}'; pass a weights file, 'imagenet', or 'none' (random init)")
     if cfg.pretrain_steps < 1:
         raise KitError(f"pretrain_steps: expected a positive number, got {cfg.pretrain_steps}")
     if cfg.pretrain_size < 16:

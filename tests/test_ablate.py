@@ -171,7 +171,7 @@ def test_parallel_grid_failure_is_one_clear_error(tmp_path):
     missing = tmp_path / "no-such-voc"
     with pytest.raises(KitError, match="no-such-voc"):
         ablate.run_grid(grid, tmp_path / "out", preset="smoke", log=None, progress=False, jobs=2, threads=1,
-                        overrides={"dataset": "voc", "data_root": str(missing)})
+                        overrides={"dataset": "voc", "data_root": str(missing), "backbone_weights": "none"})
     assert ablate.collect(tmp_path / "out").empty
     with pytest.raises(KitError, match="jobs: expected at least 1"):
         ablate.run_grid(grid, tmp_path / "out", jobs=0, log=None)

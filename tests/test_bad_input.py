@@ -228,6 +228,8 @@ def _argv(name: str, w: Path, root: Path, out: Path) -> list[str]:
         return args + ["--quiet"] * (args[0] == "evaluate")
     given = set(args)
     base = [("--dataset", "voc"), ("--data-root", str(root)), ("--preset", "smoke"), ("--set", "crop=32")]
+    if "--preset" not in given:  # the smoke preset on a VOC tree: random init (its pretrained
+        base.append(("--set", "backbone_weights=none"))  # backbone is for the digit scenes)
     base = [x for flag, value in base if flag == "--set" or flag not in given for x in (flag, value)]
     if "--out" not in given:
         args += ["--out", str(out)]

@@ -73,7 +73,7 @@ def test_paper_presets_need_weights_to_train_but_not_to_look_at():
     for preset in CPU_PRESETS:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert check_ready_to_train(make_config(preset)).backbone_weights is None
+            assert check_ready_to_train(make_config(preset)).backbone_weights == "digits"
 
 
 def test_train_refuses_before_writing_anything(tmp_path):
