@@ -16,8 +16,8 @@ import typing
 import warnings
 from dataclasses import dataclass, fields
 
-from .constants import (CROP_PADS, DATASETS, DILATIONS, METHODS, NUM_CLASSES, PAPER_PRESETS, PRETRAIN_SOURCES,
-                        TARGET_PAIRS, UNION_RULES)
+from .constants import (CROP_PADS, DATASETS, DILATIONS, LOSS_NORMALISERS, METHODS, NUM_CLASSES, PAPER_PRESETS,
+                        PRETRAIN_SOURCES, TARGET_PAIRS, UNION_RULES, WEIGHT_SCOPES)
 from .errors import KitError
 
 
@@ -73,6 +73,8 @@ class Config:
     rampup_iters: int = 0              # then lambda ramps linearly from 0 over N iterations
     union_rule: str = "disagreement"   # or "confidence" (ablation)
     reweight: bool = True              # False: every pixel weight 1 (ablation)
+    weight_scope: str = "pixel"        # "batch": the first release's one confidence per batch (WEIGHT_SCOPES)
+    inter_norm: str = "all"            # "labeled": intersection loss averaged over labeled pixels (first release)
     targets: tuple = ("inter", "union")  # labels for (net 1, net 2)
     sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     # evaluation
@@ -312,7 +314,8 @@ def _check_value(key: str, value, kind) -> None:
 CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"), "union_rule": UNION_RULES,
            "sup_loss": ("ce", "ohem"), "eval_branch": ("1", "2", "ensemble"),
            "amp": ("auto", "bf16", "fp16", "off"), "dilation": DILATIONS, "crop_pad": CROP_PADS,
-           "pretrain_source": PRETRAIN_SOURCES, "targets": TARGET_PAIRS}
+           "pretrain_source": PRETRAIN_SOURCES, "weight_scope": WEIGHT_SCOPES, "inter_norm": LOSS_NORMALISERS,
+           "targets": TARGET_PAIRS}
 
 
 def validate(cfg: Config) -> Config:
@@ -398,8 +401,8 @@ def check_ready_to_train(cfg: Config) -> Config:
 _RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "crop", "crop_pad", "scales",
                   "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
                   "momentum", "weight_decay", "warmup_iters", "poly_power", "unsup_weight",
-                  "sup_only_iters", "rampup_iters", "union_rule", "reweight", "targets", "sup_loss",
-                  "eval_crop", "eval_stride", "eval_branch", "sync_bn")
+                  "sup_only_iters", "rampup_iters", "union_rule", "reweight", "weight_scope", "inter_norm",
+                  "targets", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
 
 
 def _preset_value(preset: str, key: str):

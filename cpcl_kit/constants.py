@@ -29,3 +29,8 @@ CROP_PADS = ("centre", "random")
 PAPER_PRESETS = ("voc", "cityscapes")
 # Where the digit backbone pretraining (pretrain.py) takes its images from.
 PRETRAIN_SOURCES = ("handwritten", "printed", "mixed")
+# The confidence behind CPCL's loss weights: each pixel's (the official code since March 2023) or
+# one number per teacher and batch (its first release).
+WEIGHT_SCOPES = ("pixel", "batch")
+# What the intersection loss is averaged over: all pixels (official) or the labeled ones (first release).
+LOSS_NORMALISERS = ("all", "labeled")

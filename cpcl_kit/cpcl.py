@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cpcl_kit.constants import IGNORE_INDEX, UNION_RULES
+from cpcl_kit.constants import IGNORE_INDEX, LOSS_NORMALISERS, UNION_RULES, WEIGHT_SCOPES
 from cpcl_kit.errors import KitError
 
 __all__ = [
@@ -250,6 +250,7 @@ def pseudo_supervision(
     *,
     union_rule: str = "disagreement",
     reweight: bool = True,
+    weight_scope: str = "pixel",
     ignore_index: int = IGNORE_INDEX,
     all_reduce=None,
 ) -> PseudoLabels:
@@ -261,10 +262,16 @@ def pseudo_supervision(
     y2 -- so ties go to network 2 in both rules. Weights: w_inter = (conf1 + conf2)/2 everywhere;
     w_union = (conf1 + conf2)/2 on agreement, else the confidence of the network whose label was
     taken. ``reweight=False`` sets every weight to 1. No confidence threshold (official).
+    ``weight_scope``: the confidence behind the weights. ``"pixel"`` (the official code since March
+    2023): each pixel's max class probability. ``"batch"`` (the first release): one number per
+    teacher and batch, the largest entry of a softmax taken over the *width* axis of its logits
+    (``torch.max(F.softmax(logits, dim=-1))`` there), broadcast to every pixel.
     ``all_reduce`` is passed to ``class_disagreement`` (multi-GPU runs).
     """
     if union_rule not in UNION_RULES:
         raise KitError(f"union_rule: expected one of {', '.join(UNION_RULES)}, got {union_rule!r}")
+    if weight_scope not in WEIGHT_SCOPES:
+        raise KitError(f"weight_scope: expected one of {', '.join(WEIGHT_SCOPES)}, got {weight_scope!r}")
     for name, t in (("teacher1", teacher1), ("teacher2", teacher2)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.dtype.is_floating_point:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -296,9 +303,13 @@ def pseudo_supervision(
     union = torch.where(take1, y1, y2)
     inter = torch.where(agree, y1, torch.full_like(y1, ignore_index))
 
+    if weight_scope == "batch":  # the first release's one scalar per teacher (0-dim, no host sync)
+        c1, c2 = torch.softmax(z1, dim=-1).amax(), torch.softmax(z2, dim=-1).amax()
+    else:
+        c1, c2 = conf1, conf2
     if reweight:
-        w_inter = (conf1 + conf2) / 2
-        w_union = torch.where(agree, w_inter, torch.where(take1, conf1, conf2))
+        w_inter = ((c1 + c2) / 2).expand_as(conf1)
+        w_union = torch.where(agree, w_inter, torch.where(take1, c1, c2).expand_as(conf1))
     else:
         w_inter = torch.ones_like(conf1)
         w_union = torch.ones_like(conf1)
@@ -321,14 +332,22 @@ def weighted_ce(
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    *,
+    normalise: str = "all",
+    per_pixel: bool = True,
 ) -> torch.Tensor:
     """Confidence-weighted cross-entropy, a 0-dim fp32 tensor.
 
     logits [B, C, H, W] (any float dtype, computed in fp32), target [B, H, W] long, weight
-    [B, H, W] or None (= 1; detached: no gradient flows through the weights). Returns the mean
-    over ALL B·H·W pixels of weight · CE; ignored pixels add 0 but still count in the denominator
-    (the official normalisation, so the intersection loss shrinks with the agreement ratio).
+    [B, H, W] or None (= 1; detached: no gradient flows through the weights). Returns the sum of
+    weight · CE over the pixels divided by ``normalise``'s count: ``"all"`` B·H·W pixels (the
+    official code: ignored pixels add 0 but still count, so the intersection loss shrinks with the
+    agreement ratio) or ``"labeled"`` the pixels with a label (the first release's mean CE).
+    ``per_pixel=False`` (the first release) multiplies the mean CE by the mean weight instead of
+    weighting each pixel's CE.
     """
+    if normalise not in LOSS_NORMALISERS:
+        raise KitError(f"normalise: expected one of {', '.join(LOSS_NORMALISERS)}, got {normalise!r}")
     if logits.dim() != 4:
         raise KitError(f"logits: expected [B, C, H, W], got {tuple(logits.shape)}")
     expected = (logits.shape[0], *logits.shape[2:])
@@ -338,5 +357,11 @@ def weighted_ce(
     if weight is not None:
         if tuple(weight.shape) != expected:
             raise KitError(f"weight: expected shape {expected}, got {tuple(weight.shape)}")
-        ce = ce * weight.detach().float()
-    return ce.mean()
+    w = None if weight is None else weight.detach().float()
+    if normalise == "all":
+        mean_ce = lambda x: x.mean()  # noqa: E731
+    else:
+        mean_ce = lambda x: x.sum() / (target != ignore_index).sum().clamp(min=1)  # noqa: E731
+    if w is None:
+        return mean_ce(ce)
+    return mean_ce(ce) * w.mean() if not per_pixel else mean_ce(ce * w)

@@ -108,10 +108,18 @@ def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     mask, u_mix, truth = _cutmix(batch, gen)
     t1, t2 = _teachers(nets, batch, mask)
     labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
-                                all_reduce=all_reduce)
-    target = {"inter": (labels.inter, labels.w_inter), "union": (labels.union, labels.w_union)}
-    u1 = weighted_ce(net1(u_mix), *target[cfg.targets[0]])
-    u2 = weighted_ce(net2(u_mix), *target[cfg.targets[1]])
+                                weight_scope=cfg.weight_scope, all_reduce=all_reduce)
+    # The first release (weight_scope="batch") scaled each mean CE by its mean weight; the official
+    # code since weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
+    how = {"per_pixel": cfg.weight_scope == "pixel"}
+    target = {"inter": (labels.inter, labels.w_inter, {**how, "normalise": cfg.inter_norm}),
+              "union": (labels.union, labels.w_union, how)}
+
+    def loss(net, kind):
+        label, weight, kw = target[kind]
+        return weighted_ce(net(u_mix), label, weight, **kw)
+
+    u1, u2 = loss(net1, cfg.targets[0]), loss(net2, cfg.targets[1])
     parts.update(unsup1=u1.detach(), unsup2=u2.detach())
     return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
 

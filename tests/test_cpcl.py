@@ -319,3 +319,39 @@ def test_no_host_sync_on_cuda():
     assert loss.dtype == torch.float32
     ref = sklearn_indicator(ps.y1.cpu(), ps.y2.cpu(), 5)
     np.testing.assert_allclose(ps.indicator.cpu().numpy(), ref, rtol=1e-12)
+
+
+def test_first_release_weights_and_normaliser_match_its_formula():
+    """weight_scope="batch" + normalise="labeled" + per_pixel=False is the official code's first
+    release (June 2022): CE averaged over labeled pixels, times one confidence per teacher and
+    batch, max(softmax(logits, dim=-1)) -- a softmax over the *width* axis."""
+    g = torch.Generator().manual_seed(3)
+    t1, t2 = torch.randn(2, 4, 5, 6, generator=g) * 3, torch.randn(2, 4, 5, 6, generator=g) * 3
+    student1, student2 = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
+    ps = pseudo_supervision(t1, t2, weight_scope="batch")
+    # the first release, written out from its train.py
+    w1, w2 = torch.max(F.softmax(t1, dim=-1)), torch.max(F.softmax(t2, dim=-1))
+    y1, y2 = t1.argmax(1), t2.argmax(1)
+    ce = torch.nn.CrossEntropyLoss(reduction="mean", ignore_index=255)
+    inter = torch.where(y1 == y2, y1, torch.full_like(y1, 255))
+    ref_inter = torch.mean(ce(student1, inter) * (w1 + w2) / 2)
+    take = torch.where(ps.indicator[y1] > ps.indicator[y2], w1, w2)
+    ref_union = torch.mean(ce(student2, ps.union) * torch.where(y1 == y2, (w1 + w2) / 2, take))
+    got_inter = weighted_ce(student1, ps.inter, ps.w_inter, normalise="labeled", per_pixel=False)
+    got_union = weighted_ce(student2, ps.union, ps.w_union, per_pixel=False)
+    assert torch.allclose(got_inter, ref_inter, atol=1e-6) and torch.allclose(got_union, ref_union, atol=1e-6)
+    assert torch.allclose(ps.w_inter, ((w1 + w2) / 2).expand(2, 5, 6))  # one value everywhere
+
+
+def test_normalisers_and_scopes_by_hand():
+    logits = torch.zeros(1, 2, 1, 4)  # CE = log 2 on every pixel
+    target = torch.tensor([[[0, 1, 255, 255]]])
+    w = torch.tensor([[[1.0, 0.5, 0.9, 0.9]]])
+    ln2 = math.log(2)
+    assert weighted_ce(logits, target, w) == pytest.approx(1.5 * ln2 / 4)  # over all 4 pixels
+    assert weighted_ce(logits, target, w, normalise="labeled") == pytest.approx(1.5 * ln2 / 2)
+    assert weighted_ce(logits, target, w, normalise="labeled", per_pixel=False) == pytest.approx(ln2 * 0.825)
+    with pytest.raises(KitError, match="normalise"):
+        weighted_ce(logits, target, w, normalise="some")
+    with pytest.raises(KitError, match="weight_scope"):
+        pseudo_supervision(logits, logits, weight_scope="image")

@@ -131,3 +131,14 @@ def test_bf16_autocast_runs_on_cpu_and_keeps_losses_fp32():
                             amp="bf16", device="cpu"), progress=False)
     assert res.history["loss"].map(math.isfinite).all()
     assert res.history["agreement"].dropna().between(0, 1).all()
+
+
+def test_two_net_runs_evaluate_net1_net2_and_the_ensemble():
+    res = train(make_config("smoke", iterations=4, log_every=2, n_train_scenes=32, n_val_scenes=4,
+                            backbone_weights="none"), progress=False)
+    b = res.metrics["branches"]
+    assert set(b) == {"1", "2", "ensemble"} and res.metrics["miou"] == b["1"]["miou"]
+    assert all(0 <= b[k]["miou"] <= 1 and len(b[k]["per_class_iou"]) == 11 for k in b)
+    sup = train(make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32,
+                            n_val_scenes=4, backbone_weights="none"), progress=False)
+    assert "branches" not in sup.metrics
