@@ -235,7 +235,8 @@ def test_cpu_presets_build_todays_nets(preset):
     torch.manual_seed(5)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert [float(n.eval()(x).double().sum()) for n in nets] == pytest.approx(logits, rel=1e-4)
+        # a sum of logits: the thread count changes its last digits (2.8e-4 relative seen), so 1e-3
+        assert [float(n.eval()(x).double().sum()) for n in nets] == pytest.approx(logits, rel=1e-3)
 
 
 def test_unknown_dilation_is_one_clear_error():

@@ -511,7 +511,7 @@ def test_split_entries_cannot_escape_the_data_root(where, tmp_path, capsys):
                                 "--unlabeled-list", str(tmp_path / "evil.txt")],
              "root_train_list": ["--labeled", "1/2"]}[where]
     rc = main(["train", "--dataset", "voc", "--data-root", str(root), "--preset", "smoke", "--quiet",
-               "--set", "crop=32", *lists, "--out", str(tmp_path / "out")])
+               "--set", "crop=32", "--set", "backbone_weights=none", *lists, "--out", str(tmp_path / "out")])
     assert rc == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "'../../secret' would escape the data root" in line
