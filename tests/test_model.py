@@ -30,11 +30,10 @@ def _bn(c):
     return 2 * c
 
 
-def _resnet50_params():
-    """ResNet-50 without fc, from its layer shapes."""
-    n = _conv(7, 3, 64) + _bn(64)
-    cin = 64
-    for width, blocks in zip((64, 128, 256, 512), (3, 4, 6, 3)):
+def _bottleneck_layers(cin: int, layers) -> int:
+    """Parameters of the four Bottleneck layers of a ResNet whose stem gives ``cin`` channels."""
+    n = 0
+    for width, blocks in zip((64, 128, 256, 512), layers):
         for b in range(blocks):
             n += _conv(1, cin, width) + _bn(width) + _conv(3, width, width) + _bn(width)
             n += _conv(1, width, 4 * width) + _bn(4 * width)
@@ -42,6 +41,11 @@ def _resnet50_params():
                 n += _conv(1, cin, 4 * width) + _bn(4 * width)
             cin = 4 * width
     return n
+
+
+def _resnet50_params():
+    """ResNet-50 without fc, from its layer shapes."""
+    return _conv(7, 3, 64) + _bn(64) + _bottleneck_layers(64, (3, 4, 6, 3))
 
 
 def test_resnet50_parameter_count_matches_hand_count():
@@ -346,16 +350,8 @@ def test_backbone_weights_none_is_random_init():
 
 
 def _v1c_backbone_params(layers):
-    n = _conv(3, 3, 64) + _bn(64) + _conv(3, 64, 64) + _bn(64) + _conv(3, 64, 128) + _bn(128)
-    cin = 128
-    for width, blocks in zip((64, 128, 256, 512), layers):
-        for b in range(blocks):
-            n += _conv(1, cin, width) + _bn(width) + _conv(3, width, width) + _bn(width)
-            n += _conv(1, width, 4 * width) + _bn(4 * width)
-            if b == 0:
-                n += _conv(1, cin, 4 * width) + _bn(4 * width)
-            cin = 4 * width
-    return n
+    stem = _conv(3, 3, 64) + _bn(64) + _conv(3, 64, 64) + _bn(64) + _conv(3, 64, 128) + _bn(128)
+    return stem + _bottleneck_layers(128, layers)
 
 
 def test_deeplab_on_v1c_same_head_and_stages():
