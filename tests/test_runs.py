@@ -110,6 +110,11 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     with pytest.raises(OSError):
         runs.write_atomic(path, dies)
     assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    mask = os.umask(0o022)
+    try:
+        assert runs.write_text(tmp_path / "t.txt", "x").stat().st_mode & 0o777 == 0o644  # as open() would
+    finally:
+        os.umask(mask)
 
 
 # ------------------------------------------------------------------------------------------------
