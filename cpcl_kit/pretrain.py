@@ -467,7 +467,5 @@ def resolve_backbone_weights(cfg, cache_dir: str | os.PathLike | None = None,
     first use), anything else unchanged (None = random init, ``"imagenet"``, a file path)."""
     if cfg.backbone_weights != NAMED_WEIGHTS:
         return cfg.backbone_weights
-    if cfg.dataset != "digits":
-        raise KitError(f"backbone_weights: '{NAMED_WEIGHTS}' is pretrained for the digit scenes, "
-                       f"not for dataset '{cfg.dataset}'; use 'imagenet' or a file")
+    # (config.validate refuses "digits" for any other dataset, in one line)
     return str(weights_path(spec_for(cfg), cache_dir, progress=progress))
