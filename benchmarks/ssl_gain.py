@@ -1,21 +1,26 @@
-"""Does CPCL help? Supervised vs CPS vs CPCL on digit scenes, 1/16 labeled, seeds 0, 1, 2.
+"""Does CPCL help? Supervised vs CPS vs CPCL (and full supervision) on digit scenes, 1/16 labeled.
 
-    .venv/bin/python benchmarks/ssl_gain.py                 # benchmark preset (hours on 2 CPU cores)
-    .venv/bin/python benchmarks/ssl_gain.py --preset demo   # a shorter look
-    .venv/bin/python benchmarks/ssl_gain.py --jobs 2        # two runs at a time, one thread each
+    .venv/bin/python benchmarks/ssl_gain.py --jobs 2                 # benchmark preset, seeds 0, 1, 2
+    .venv/bin/python benchmarks/ssl_gain.py --preset demo --jobs 2   # the demo preset's targets
+    .venv/bin/python benchmarks/ssl_gain.py --collect-only           # the table of the runs finished so far
 
-Runs go to ``benchmarks/runs/ssl_gain-<preset>/`` (git-ignored) through the ablation runner, so a
-killed benchmark resumes where it stopped; the summary is written to
-``benchmarks/results/ssl_gain[-<preset>].json``, and its markdown table printed and written beside it
-(``.md``).
-Goal (issue): CPCL − supervised ≥ +5 mIoU points on the mean, and CPCL ≥ CPS.
+The runs are the prepared run set (``cpcl_kit.prepared``: supervised, CPS and CPCL at 1/16 and
+supervised on every scene, "full") on each seed, by default in the prepared set's folder
+(``~/.cache/cpcl-kit/prepared/<preset>``), so the benchmark's seed 0 is also what notebooks 04-08
+show; ``--runs`` elsewhere. A killed benchmark resumes where it stopped. The summary goes to
+``benchmarks/results/ssl_gain-<preset>.json`` and ``.md``: per method mIoU and digit-only mIoU per
+seed, mean, sd and seconds, the pseudo-label statistics at the end, the paired differences per
+seed, the grid's wall seconds, the command and the commit, and the preset's targets (``TARGETS``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,11 +28,20 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit.ablate import collect, run_grid  # noqa: E402
+from cpcl_kit import prepared  # noqa: E402
+from cpcl_kit.ablate import collect  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
-from cpcl_kit.constants import METHODS  # noqa: E402
 from cpcl_kit.runs import write_json, write_text  # noqa: E402
 
+NAMES = [name for name, _, _ in prepared.MEMBERS]
+# The issue's targets per preset (issue 13). "every seed": the paired difference on each seed.
+TARGETS = {
+    "demo": {"supervised_digit_miou_min": 0.40, "cpcl_minus_supervised_every_seed_min": 5.0,
+             "cpcl_run_seconds_max": 240.0},
+    "benchmark": {"cpcl_minus_supervised_mean_min": 8.0, "full_miou_min": 0.75,
+                  "grid_wall_seconds_max": 4500.0},
+}
+WALL = "ssl_gain_wall.json"  # in the runs folder: wall seconds of the calls that trained runs
 
 
 def commit() -> str:
@@ -53,41 +67,79 @@ def label_stats(run_dir: Path, last: int = 5) -> dict:
     return {c: round(float(tail[c].mean()), 4) for c in cols if len(tail)}
 
 
-def summarise(table, preset: str, runs: Path | None = None) -> dict:
-    """Per method: mIoU and digit-only mIoU per seed, mean, std, seconds, and (two-net methods, from
-    ``runs``) the pseudo-label agreement and accuracies at the end of training; plus the goal checks."""
-    out = {"preset": preset, "labeled": "1/16", "commit": commit()}
-    for m in METHODS:
-        rows = table[table["variant"] == m].sort_values("seed")
-        if rows.empty:
-            continue
-        out[m] = {"seeds": rows["seed"].tolist(), "miou": rows["miou"].round(4).tolist(),
-                  "digit_miou": rows["digit_miou"].round(4).tolist(),
-                  "mean": round(float(rows["miou"].mean()), 4),
-                  "std": round(float(rows["miou"].std(ddof=1)), 4) if len(rows) > 1 else 0.0,
-                  "digit_mean": round(float(rows["digit_miou"].mean()), 4),
-                  "seconds": rows["seconds"].round(1).tolist()}
-        stats = [label_stats(runs / r) for r in rows["run"]] if runs is not None else []
-        if any(stats):  # per seed, the last 100 logged iterations' mean
-            out[m]["pseudo_labels_end"] = {k: [st.get(k) for st in stats] for k in LABEL_STATS
-                                           if any(k in st for st in stats)}
+def member_rows(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{member name: its finished rows, by seed} from an ablation table."""
+    out = {}
+    for name, variant, frac in prepared.MEMBERS:
+        rows = table[(table["variant"] == variant) & (table["labeled"] == frac)].sort_values("seed")
+        if not rows.empty:
+            out[name] = rows
+    return out
+
+
+def summarise(table, preset: str, runs: Path | None = None, wall_seconds: float | None = None) -> dict:
+    """Per member: mIoU and digit-only mIoU per seed, mean, sd, seconds, and (two-net methods, from
+    ``runs``) the pseudo-label statistics at the end; the paired differences per seed; the targets."""
+    out = {"preset": preset, "labeled": prepared.LABELED, "commit": commit()}
+    rows = member_rows(table)
+    for name, r in rows.items():
+        out[name] = {"seeds": r["seed"].tolist(), "miou": r["miou"].round(4).tolist(),
+                     "digit_miou": r["digit_miou"].round(4).tolist(),
+                     "mean": round(float(r["miou"].mean()), 4),
+                     "std": round(float(r["miou"].std(ddof=1)), 4) if len(r) > 1 else 0.0,
+                     "digit_mean": round(float(r["digit_miou"].mean()), 4),
+                     "seconds": r["seconds"].round(1).tolist()}
+        if name in ("cps", "cpcl"):
+            out[name]["miou_net2"] = r["miou_net2"].round(4).tolist()
+            out[name]["miou_ensemble"] = r["miou_ensemble"].round(4).tolist()
+        stats = [label_stats(runs / d) for d in r["run"]] if runs is not None else []
+        if any(stats):  # per seed, the last logged rows' mean
+            out[name]["pseudo_labels_end"] = {k: [st.get(k) for st in stats] for k in LABEL_STATS
+                                              if any(k in st for st in stats)}
     # Compare on the seeds every method finished, so a partial grid is still a paired comparison.
-    paired = sorted(set.intersection(*(set(out[m]["seeds"]) for m in METHODS))) \
-        if all(m in out for m in METHODS) else []
+    methods = ("supervised", "cps", "cpcl")
+    paired = sorted(set.intersection(*(set(out[m]["seeds"]) for m in methods))) \
+        if all(m in out for m in methods) else []
     if paired:
-        mean = {m: float(table[(table["variant"] == m) & table["seed"].isin(paired)]["miou"].mean())
-                for m in METHODS}
-        gain = 100 * (mean["cpcl"] - mean["supervised"])
-        out["goals"] = {"paired_seeds": paired, "cpcl_minus_supervised_points": round(gain, 2),
-                        "gain_goal_met": gain >= 5, "cpcl_ge_cps": mean["cpcl"] >= mean["cps"],
-                        "cpcl_minus_cps_points": round(100 * (mean["cpcl"] - mean["cps"]), 2)}
+        by_seed = {m: rows[m].set_index("seed")["miou"] for m in methods}
+        diff = {f"{a}_minus_{b}": [round(100 * (by_seed[a][s] - by_seed[b][s]), 2) for s in paired]
+                for a, b in (("cpcl", "supervised"), ("cps", "supervised"), ("cpcl", "cps"))}
+        out["paired"] = {"seeds": paired, **{k: {"per_seed": v, "mean": round(sum(v) / len(v), 2)}
+                                             for k, v in diff.items()}}
+    out["grid_wall_seconds"] = wall_seconds
+    out["targets"] = check_targets(out, preset)
+    return out
+
+
+def check_targets(summary: dict, preset: str) -> dict:
+    """{target: {"goal", "value", "met"}} for the preset's targets that can be checked yet."""
+    goals, out = TARGETS.get(preset, {}), {}
+    paired = summary.get("paired", {})
+    gain = paired.get("cpcl_minus_supervised")
+    for key, goal in goals.items():
+        value = None
+        if key == "supervised_digit_miou_min" and "supervised" in summary:
+            value = summary["supervised"]["digit_mean"]
+        elif key == "cpcl_minus_supervised_every_seed_min" and gain:
+            value = min(gain["per_seed"])
+        elif key == "cpcl_run_seconds_max" and "cpcl" in summary:
+            value = max(summary["cpcl"]["seconds"])
+        elif key == "cpcl_minus_supervised_mean_min" and gain:
+            value = gain["mean"]
+        elif key == "full_miou_min" and "full" in summary:
+            value = summary["full"]["mean"]
+        elif key == "grid_wall_seconds_max" and summary.get("grid_wall_seconds"):
+            value = round(summary["grid_wall_seconds"], 1)
+        if value is not None:
+            met = value <= goal if key.endswith("_max") else value >= goal
+            out[key] = {"goal": goal, "value": value, "met": bool(met)}
     return out
 
 
 def markdown(summary: dict) -> str:
     lines = ["| method | mIoU per seed (%) | mean ± sd (%) | digit-only mean (%) | seconds per run |",
              "|---|---|---|---|---|"]
-    for m in METHODS:
+    for m in NAMES:
         if m in summary:
             s = summary[m]
             lines.append(f"| {m} | {', '.join(f'{100 * v:.1f} (s{k})' for k, v in zip(s['seeds'], s['miou']))} | "
@@ -101,12 +153,18 @@ def markdown(summary: dict) -> str:
             lines.append(f"\n{m} pseudo labels at the end: agreement {mean['agreement']:.1f} %"
                          + (f", intersection accuracy {mean['acc_inter']:.1f} %, union accuracy "
                             f"{mean['acc_union']:.1f} %" if "acc_inter" in mean else ""))
-    if "goals" in summary:
-        g = summary["goals"]
-        lines.append(f"\nOn seeds {', '.join(map(str, g['paired_seeds']))} (finished by every method): "
-                     f"CPCL − supervised {g['cpcl_minus_supervised_points']:+.1f} points "
-                     f"(goal ≥ +5: {'met' if g['gain_goal_met'] else 'not met'}); CPCL − CPS "
-                     f"{g['cpcl_minus_cps_points']:+.1f} points (CPCL ≥ CPS: {'yes' if g['cpcl_ge_cps'] else 'no'})")
+    if "paired" in summary:
+        p = summary["paired"]
+        lines.append(f"\nPaired by seed ({', '.join(map(str, p['seeds']))}), mIoU points:")
+        for key in ("cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"):
+            lines.append(f"- {key.replace('_minus_', ' − ')}: "
+                         f"{', '.join(f'{v:+.1f}' for v in p[key]['per_seed'])} (mean {p[key]['mean']:+.1f})")
+    if summary.get("grid_wall_seconds"):
+        lines.append(f"\nGrid wall time: {summary['grid_wall_seconds'] / 60:.1f} min")
+    if summary.get("targets"):
+        lines.append("\n| target | goal | value | met |\n|---|---|---|---|")
+        for key, t in summary["targets"].items():
+            lines.append(f"| {key} | {t['goal']} | {t['value']} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -115,31 +173,42 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="benchmark")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--runs", type=Path, help="run folder (default benchmarks/runs/ssl_gain-<preset>)")
+    p.add_argument("--runs", type=Path, help="run folder (default: the prepared set's, prepared.default_dir)")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--collect-only", action="store_true",
                    help="summarise the runs finished so far, train nothing (a look at a grid still running)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    runs = args.runs or HERE / "runs" / f"ssl_gain-{args.preset}"
-    grid = {"variants": list(METHODS), "fractions": ["1/16"],
-            "seeds": [int(s) for s in args.seeds.split(",")]}
+    runs = args.runs or prepared.default_dir(args.preset)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    wall_file = runs / WALL
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {"seconds": 0.0, "calls": []}
     if args.collect_only:
         table = collect(runs)
     else:
-        table = run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets),
-                         progress=not args.quiet, jobs=args.jobs)
-    table = table[(table["labeled"] == "1/16") & table["variant"].isin(METHODS)
-                  & table["seed"].isin(grid["seeds"])]
-    summary = summarise(table, args.preset, runs)
-    summary["runs_finished"], summary["runs_expected"] = len(table), len(METHODS) * len(grid["seeds"])
-    name = "ssl_gain.json" if args.preset == "benchmark" else f"ssl_gain-{args.preset}.json"
+        before = len(collect(runs))
+        t0 = time.perf_counter()
+        table = prepared.prepare(runs, preset=args.preset, seeds=seeds, jobs=args.jobs,
+                                 overrides=parse_sets(args.sets), progress=not args.quiet)
+        if len(table) > before:  # this call trained runs: its wall time counts towards the grid's
+            wall["seconds"] += time.perf_counter() - t0
+            wall["calls"].append({"seconds": round(time.perf_counter() - t0, 1), "runs_trained":
+                                  len(table) - before, "jobs": args.jobs})
+            write_json(wall_file, wall)
+    table = table[table["seed"].isin(seeds)]
+    summary = summarise(table, args.preset, runs, wall["seconds"] or None)
+    expected = len(prepared.MEMBERS) * len(seeds)
+    summary["runs_finished"], summary["runs_expected"] = sum(len(v["seeds"]) for k, v in summary.items()
+                                                             if k in NAMES), expected
+    summary["command"] = "python benchmarks/ssl_gain.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    summary["wall_calls"] = wall["calls"]
+    name = f"ssl_gain-{args.preset}.json"
     write_json(args.results / name, summary)
     table_md = markdown(summary)
     write_text((args.results / name).with_suffix(".md"),
         f"# ssl_gain ({args.preset} preset, 1/16 labeled, seeds {args.seeds}, commit {summary['commit']})\n\n"
-        f"{table_md}\n")
+        f"`{summary['command']}`\n\n{table_md}\n")
     print(table_md)
     if summary["runs_finished"] < summary["runs_expected"]:
         print(f"\nonly {summary['runs_finished']} of {summary['runs_expected']} runs finished so far")

@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import runs
 from .config import make_config
+from .constants import ALL_LABELED
 from .errors import KitError
 from .runs import grid_run_name as run_name
 from .splits import parse_labeled
@@ -117,7 +118,8 @@ def normalise_grid(grid: dict, defaults: dict | None = None) -> dict:
                        f"{', '.join(VARIANTS)} (or all)")
     fractions = []
     for f in out["fractions"]:
-        parse_labeled(f)  # raises a KitError naming the bad value
+        if str(f).strip() != ALL_LABELED:  # "all": every scene labeled (the "full" reference)
+            parse_labeled(f)  # raises a KitError naming the bad value
         fractions.append(str(f).replace(" ", ""))
     out["fractions"] = list(dict.fromkeys(fractions))
     seeds = []
@@ -155,11 +157,12 @@ def run_config(variant: str, fraction: str, seed: int, preset: str = "smoke", ov
                                 "labeled": str(fraction), "seed": int(seed)})
 
 
-def run_grid(grid: dict, out_dir, preset: str = "smoke", overrides: dict | None = None,
+def run_grid(grid: dict | list[dict], out_dir, preset: str = "smoke", overrides: dict | None = None,
              progress: bool = True, log=print, keep_checkpoints: bool = True, jobs: int = 1,
-             threads: int | None = None) -> pd.DataFrame:
+             threads: int | None = None, stages: int = 0) -> pd.DataFrame:
     """Run every (variant, fraction, seed) of ``grid`` into ``out_dir`` and return the table of all
-    finished runs there (also written to ``out_dir/ablation.csv``).
+    finished runs there (also written to ``out_dir/ablation.csv``). ``grid`` may be a list of grids
+    (their cells in order, duplicates once), e.g. a few variants at 1/16 plus one at labeled="all".
 
     Finished runs (metrics.json present) are skipped, interrupted ones (checkpoint, no metrics)
     resumed. ``overrides``: config fields for every run (strings are parsed, as ``--set``).
@@ -168,14 +171,16 @@ def run_grid(grid: dict, out_dir, preset: str = "smoke", overrides: dict | None 
     ``jobs=N`` trains N runs at once in worker processes with ``threads`` torch threads each
     (default: cores // N). Small CPU models use cores better that way: on 2 cores two one-thread
     CPCL runs make 1.3x the steps of one two-thread run. Results do not depend on ``jobs``.
+    ``stages=N``: the two-net runs keep N stage snapshots (``runs.stage_iterations``) for notebook
+    08's slider; training pauses and resumes exactly there, so the results do not change.
     """
-    grid = normalise_grid(grid)
+    grids = [normalise_grid(g) for g in ([grid] if isinstance(grid, dict) else grid)]
     if jobs < 1:
         raise KitError(f"jobs: expected at least 1, got {jobs}")
     if threads is not None and threads < 1:
         raise KitError(f"threads: expected at least 1, got {threads}")
     out = Path(out_dir)
-    cells = grid_cells(grid)
+    cells = list(dict.fromkeys(c for g in grids for c in grid_cells(g)))
     # Build and check every config first: a bad override, or a folder that holds a run with other
     # settings, fails before hours of training, not after.
     configs = [run_config(v, f, s, preset, overrides) for v, f, s in cells]
@@ -188,7 +193,8 @@ def run_grid(grid: dict, out_dir, preset: str = "smoke", overrides: dict | None 
         if runs.is_finished(run_dir):
             say(f"{tag}: done before, skipped")
             continue
-        todo.append((tag, (cfg, run_dir, keep_checkpoints, progress)))
+        snaps = tuple(runs.stage_iterations(cfg, stages)) if stages and cfg.method != "supervised" else ()
+        todo.append((tag, (cfg, run_dir, keep_checkpoints, progress, snaps)))
     if jobs == 1 or len(todo) <= 1:
         busy = []
         for tag, args in todo:
@@ -206,7 +212,8 @@ def run_grid(grid: dict, out_dir, preset: str = "smoke", overrides: dict | None 
     return table
 
 
-def _train_cell(cfg, run_dir: Path, keep_checkpoints: bool, progress: bool = False, wait: bool = False):
+def _train_cell(cfg, run_dir: Path, keep_checkpoints: bool, progress: bool = False, stages: tuple = (),
+                wait: bool = False):
     """Train (or resume) one grid cell in ``run_dir`` under its lock; returns (mIoU, seconds, how):
     how is "trained", or "finished by another process" when it was done once the lock was ours.
     None when another process holds the lock and ``wait`` is False."""
@@ -214,7 +221,7 @@ def _train_cell(cfg, run_dir: Path, keep_checkpoints: bool, progress: bool = Fal
     try:
         with runs.lock(run_dir, wait=wait):  # (run_or_load takes it again: the lock is reentrant)
             elsewhere = runs.is_finished(run_dir)  # finished by another process while we waited
-            res = run_or_load(cfg, run_dir, progress=progress, nets=False)
+            res = run_or_load(cfg, run_dir, progress=progress, nets=False, stages=stages)
     except runs.RunBusy:
         return None
     if not keep_checkpoints:
@@ -235,9 +242,21 @@ def _finished(tag: str, result, out: Path, say) -> bool:
 
 
 def _worker_init(threads: int) -> None:
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    # A worker outlives a grid process killed without cleanup (SIGKILL, or SIGTERM, whose default
+    # handler skips pool.terminate) and would go on training, holding its run's lock, on cores the
+    # next grid needs. It stops once its parent is gone; the run resumes from its last checkpoint.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 2.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _worker_cell(item):
@@ -256,12 +275,15 @@ def _run_parallel(todo: list, out: Path, jobs: int, threads: int | None, progres
     jobs = min(jobs, len(todo))
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     say(f"{len(todo)} runs in {jobs} worker processes, {threads} torch thread(s) each")
-    for tag, (cfg, run_dir, _, _) in todo:
+    # Longest first (two-net runs cost about 2-3x a supervised one), so no worker idles at the end
+    # while another trains a long run alone. Results do not depend on the order.
+    todo = sorted(todo, key=lambda item: item[1][0].method == "supervised")
+    for tag, (cfg, run_dir, *_) in todo:
         say(f"{tag}: queued to {'resume' if runs.has_checkpoint(run_dir) else 'train'} ({cfg.iterations} iterations)")
     by_tag = dict(todo)
     busy = []
     # Workers train without their own progress bars: one bar counts the runs.
-    work = [(tag, (cfg, run_dir, keep, False)) for tag, (cfg, run_dir, keep, _) in todo]
+    work = [(tag, (cfg, run_dir, keep, False, snaps)) for tag, (cfg, run_dir, keep, _, snaps) in todo]
     pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init, initargs=(threads,))
     try:
         with tqdm(total=len(todo), desc="runs", disable=not progress) as bar:

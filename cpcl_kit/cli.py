@@ -1,4 +1,4 @@
-"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo,pretrain} ...``.
+"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo,pretrain,prepare} ...``.
 
 Every user mistake ends as one line on stderr and exit code 2.
 """
@@ -126,6 +126,30 @@ def cmd_pretrain(args) -> None:
     print(f"use them with --set backbone_weights={pretrain.NAMED_WEIGHTS} (same preset and pretrain_* settings)")
 
 
+def cmd_prepare(args) -> None:
+    from .config import parse_sets
+    from . import prepared
+
+    seeds = _seeds(args.seeds)
+    folder = Path(args.out) if args.out else prepared.default_dir(args.preset)
+    print(f"prepared run set ({args.preset} preset, seeds {', '.join(map(str, seeds))}) in {folder}")
+    table = prepared.prepare(folder, preset=args.preset, seeds=seeds, jobs=args.jobs,
+                             overrides=parse_sets(args.sets), progress=not args.quiet)
+    cols = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "seconds"]
+    print(table[cols].round(4).to_string(index=False))
+    print(f"notebooks 04-08 now show these runs (folder {folder})")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise KitError(f"--seeds: expected integers separated by commas, got {text!r}") from None
+    if not seeds:
+        raise KitError("--seeds: expected at least one seed")
+    return seeds
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage mistakes are one line on stderr and exit 2, like every KitError."""
 
@@ -177,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="folder of the cached weights (default: data/cache/pretrain)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("prepare", help="train the prepared run set the notebooks show (resumable)")
+    p.add_argument("--preset", default="benchmark")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (benchmarks/ssl_gain.py: 0,1,2)")
+    p.add_argument("--out", help="folder (default $CPCL_KIT_PREPARED or ~/.cache/cpcl-kit/prepared/<preset>)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once, one torch thread each on 2 cores")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare)
     return parser
 
 

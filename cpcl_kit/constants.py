@@ -34,3 +34,5 @@ PRETRAIN_SOURCES = ("handwritten", "printed", "mixed")
 WEIGHT_SCOPES = ("pixel", "batch")
 # What the intersection loss is averaged over: all pixels (official) or the labeled ones (first release).
 LOSS_NORMALISERS = ("all", "labeled")
+# labeled="all": every training scene labeled (the "full" supervised reference of ssl_gain)
+ALL_LABELED = "all"

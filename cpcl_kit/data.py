@@ -8,6 +8,7 @@ from torch.utils.data import Dataset, Subset
 
 from . import datasets as ds
 from .config import Config
+from .constants import ALL_LABELED
 from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
 from .errors import KitError
 from .splits import make_partition, parse_labeled
@@ -43,7 +44,7 @@ def digit_data(cfg: Config) -> DataBundle:
 def _partition(cfg: Config, ids):
     if cfg.labeled_list or cfg.unlabeled_list:
         raise KitError("labeled_list/unlabeled_list: the digit scenes take --labeled 1/N or a count")
-    if cfg.labeled == "all":  # full supervision; the unlabeled stream sees the same scenes
+    if cfg.labeled == ALL_LABELED:  # full supervision; the unlabeled stream sees the same scenes
         return list(ids), list(ids)
     return make_partition(ids, parse_labeled(cfg.labeled), cfg.seed)
 

@@ -175,3 +175,47 @@ def test_parallel_grid_failure_is_one_clear_error(tmp_path):
     assert ablate.collect(tmp_path / "out").empty
     with pytest.raises(KitError, match="jobs: expected at least 1"):
         ablate.run_grid(grid, tmp_path / "out", jobs=0, log=None)
+
+
+def test_a_worker_stops_when_its_grid_process_is_killed(tmp_path):
+    """A grid killed with SIGKILL leaves no worker training on (and holding its run's lock)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import multiprocessing, os, time\n"
+        "from cpcl_kit import ablate\n"
+        "if __name__ == '__main__':\n"
+        "    pool = multiprocessing.get_context('spawn').Pool(1, initializer=ablate._worker_init, initargs=(1,))\n"
+        "    print(pool.apply(os.getpid), flush=True)\n"
+        "    time.sleep(60)\n")
+    path = tmp_path / "grid.py"
+    path.write_text(script)
+    proc = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    for _ in range(100):  # the worker checks every 2 s
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, 9)
+        raise AssertionError("the worker outlived its killed grid process")
+
+
+def test_a_list_of_grids_runs_their_cells_once_and_full_supervision(tmp_path, one_thread):
+    """Two grids in one call (three runs, one shared cell): "all" labels every scene."""
+    small = {"iterations": "2", "n_train_scenes": "16", "n_val_scenes": "4", "sup_only_iters": "1",
+             "rampup_iters": "0"}
+    grids = [{"variants": ["supervised", "cpcl"], "fractions": ["1/16"], "seeds": [0]},
+             {"variants": ["supervised"], "fractions": ["all", "1/16"], "seeds": [0]}]
+    lines = []
+    table = ablate.run_grid(grids, tmp_path, preset="smoke", overrides=small, progress=False, log=lines.append)
+    assert sorted(table["run"]) == ["cpcl__1-16__seed0", "supervised__1-16__seed0", "supervised__all__seed0"]
+    assert sum("training" in line for line in lines) == 3
+    assert json.loads((tmp_path / "supervised__all__seed0" / "config.json").read_text())["labeled"] == "all"

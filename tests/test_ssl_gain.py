@@ -13,11 +13,22 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "ssl_gain-smoke.json").read_text())
-    for m in ("supervised", "cps", "cpcl"):
+    for m in ("supervised", "cps", "cpcl", "full"):
         assert len(summary[m]["miou"]) == 1 and 0 <= summary[m]["mean"] <= 1
-    assert set(summary["goals"]) == {"paired_seeds", "cpcl_minus_supervised_points", "gain_goal_met",
-                                     "cpcl_ge_cps", "cpcl_minus_cps_points"}
-    assert summary["goals"]["paired_seeds"] == [0]
+    assert (tmp_path / "runs" / "supervised__all__seed0" / "metrics.json").exists()  # full: every scene labeled
+    full_cfg = json.loads((tmp_path / "runs" / "supervised__all__seed0" / "config.json").read_text())
+    assert full_cfg["labeled"] == "all" and full_cfg["method"] == "supervised"
+    paired = summary["paired"]
+    assert paired["seeds"] == [0]
+    # the paired differences are the members' mIoU differences, in points
+    want = round(100 * (summary["cpcl"]["miou"][0] - summary["supervised"]["miou"][0]), 2)
+    assert abs(paired["cpcl_minus_supervised"]["per_seed"][0] - want) < 0.02
+    assert set(paired) == {"seeds", "cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"}
+    assert summary["targets"] == {}  # the smoke preset has none; demo and benchmark do
+    assert summary["grid_wall_seconds"] > 0 and summary["commit"] and "ssl_gain.py" in summary["command"]
+    assert len(summary["cpcl"]["miou_net2"]) == 1
+    # the CPCL run keeps stage snapshots for notebook 08 (the prepared set)
+    assert list((tmp_path / "runs" / "cpcl__1-16__seed0" / "stages").glob("iter_*.pt"))
     assert "| cpcl |" in proc.stdout
     assert "| cpcl |" in (tmp_path / "ssl_gain-smoke.md").read_text()
     ends = summary["cpcl"]["pseudo_labels_end"]  # from the runs' histories
@@ -26,11 +37,30 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
     assert "pseudo_labels_end" not in summary["supervised"]
     # a second call finds every run finished and trains nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.stdout.count("skipped") == 3
+    assert again.stdout.count("skipped") == 4
     # --collect-only summarises what is there without training; a missing method is said
     (tmp_path / "runs" / "cps__1-16__seed0" / "metrics.json").unlink()
     look = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=120)
     assert look.returncode == 0, look.stderr[-2000:]
-    assert "only 2 of 3 runs finished so far" in look.stdout and "training" not in look.stdout
+    assert "only 3 of 4 runs finished so far" in look.stdout and "training" not in look.stdout
     partial = json.loads((tmp_path / "ssl_gain-smoke.json").read_text())
     assert "cps" not in partial and partial["cpcl"]["miou"] == summary["cpcl"]["miou"]
+
+
+def test_targets_are_checked_against_the_issue_goals():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ssl_gain", ROOT / "benchmarks" / "ssl_gain.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    summary = {"supervised": {"digit_mean": 0.41}, "cpcl": {"seconds": [230.0, 250.0]},
+               "full": {"mean": 0.74},
+               "paired": {"cpcl_minus_supervised": {"per_seed": [6.0, 4.9, 7.0], "mean": 5.97}},
+               "grid_wall_seconds": 4400.0}
+    demo = mod.check_targets(summary, "demo")
+    assert demo["supervised_digit_miou_min"]["met"] and not demo["cpcl_run_seconds_max"]["met"]
+    assert demo["cpcl_minus_supervised_every_seed_min"] == {"goal": 5.0, "value": 4.9, "met": False}
+    bench = mod.check_targets(summary, "benchmark")
+    assert not bench["cpcl_minus_supervised_mean_min"]["met"] and not bench["full_miou_min"]["met"]
+    assert bench["grid_wall_seconds_max"]["met"]
+    assert set(bench) == set(mod.TARGETS["benchmark"]) and set(demo) == set(mod.TARGETS["demo"])

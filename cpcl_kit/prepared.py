@@ -1,0 +1,87 @@
+"""The prepared run set: supervised, CPS, CPCL and the fully supervised reference, trained once in
+the regime where the unlabeled scenes help (the ``benchmark`` preset), for the notebooks to show.
+
+The demo's live runs (a few minutes on a laptop) teach the mechanics, but are too short for the
+unlabeled data to pay off. ``python -m cpcl_kit prepare`` (``make prepared``) trains this set once
+into a cache folder outside the tracked tree, resumably, two runs at a time; notebooks 04–08 use it
+when it is there (``find``), and ``benchmarks/ssl_gain.py`` runs the same set on three seeds into the
+same folder. The folder is ``$CPCL_KIT_PREPARED`` when set, else ``~/.cache/cpcl-kit/prepared/<preset>``
+(``$XDG_CACHE_HOME`` honoured). Runs are ablation-grid cells (``ablate.run_grid``): one folder each,
+named ``<variant>__<fraction>__seed<seed>``, under the same-run rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import runs
+from .constants import ALL_LABELED
+
+PRESET = "benchmark"
+LABELED = "1/16"
+# (name shown in tables, grid variant, labeled fraction): the set, in the order tables show it.
+MEMBERS = (("supervised", "supervised", LABELED), ("cps", "cps", LABELED), ("cpcl", "cpcl", LABELED),
+           ("full", "supervised", ALL_LABELED))
+# Stage snapshots of the two-net runs (notebook 08's slider over training).
+STAGES = 3
+
+
+def default_dir(preset: str = PRESET) -> Path:
+    """``$CPCL_KIT_PREPARED``, else ``$XDG_CACHE_HOME/cpcl-kit/prepared/<preset>`` (``~/.cache``)."""
+    if os.environ.get("CPCL_KIT_PREPARED"):
+        return Path(os.environ["CPCL_KIT_PREPARED"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "cpcl-kit" / "prepared" / preset
+
+
+def grids(seeds) -> list[dict]:
+    """The set as ablation grids (one per labeled fraction) over ``seeds``."""
+    seeds = [int(s) for s in seeds]
+    fractions = dict.fromkeys(f for _, _, f in MEMBERS)
+    return [{"variants": [v for _, v, f in MEMBERS if f == frac], "fractions": [frac], "seeds": seeds}
+            for frac in fractions]
+
+
+def run_dirs(folder, seed: int = 0) -> dict[str, Path]:
+    """{member name: its run folder} for one seed (finished or not)."""
+    return {name: Path(folder) / runs.grid_run_name(variant, frac, seed) for name, variant, frac in MEMBERS}
+
+
+def prepare(folder=None, preset: str = PRESET, seeds=(0,), jobs: int = 2, overrides: dict | None = None,
+            progress: bool = True, log=print):
+    """Train (or resume, or just load) the set for ``seeds`` into ``folder`` (``default_dir``);
+    returns the ablation table of every finished run there. Every config is checked against the
+    folder before anything trains: a folder of other settings is refused, naming the fields."""
+    from .ablate import collect, run_grid
+
+    folder = Path(folder) if folder else default_dir(preset)
+    run_grid(grids(seeds), folder, preset=preset, overrides=overrides, progress=progress, log=log, jobs=jobs,
+             stages=STAGES)
+    return collect(folder)
+
+
+def find(preset: str = PRESET, seed: int = 0, folder=None) -> dict[str, Path] | None:
+    """The set's run folders for ``seed`` when every member is finished in ``folder``
+    (``default_dir``) and was trained with ``preset``; else None (nothing prepared, or not all)."""
+    dirs = run_dirs(folder or default_dir(preset), seed)
+    for path in dirs.values():
+        if not runs.is_finished(path):
+            return None
+        saved = json.loads((path / runs.CONFIG).read_text()).get("preset")
+        if saved != preset:
+            return None
+    return dirs
+
+
+def how_to_make(preset: str = PRESET) -> str:
+    """The one line a notebook prints when the set is missing."""
+    return (f"no prepared run set in {default_dir(preset)}: `make prepared` (python -m cpcl_kit prepare) "
+            f"trains supervised, CPS, CPCL and full supervision on the {preset} preset once "
+            f"(about an hour on 2 cores, resumable), and notebooks 04–08 then show those runs")
+
+
+def load(dirs: dict[str, Path], nets: bool = True) -> dict:
+    """{member name: runs.RunResult} of a set found by ``find`` (each with its own saved config)."""
+    return {name: runs.load_run(path, nets=nets) for name, path in dirs.items()}

@@ -1,0 +1,71 @@
+"""The prepared run set: one command trains it into its folder; the notebooks find it there."""
+
+
+import pytest
+import torch
+
+from cpcl_kit import cli, prepared, runs
+
+SMALL = ["--set", "iterations=3", "--set", "n_train_scenes=16", "--set", "n_val_scenes=4",
+         "--set", "sup_only_iters=1", "--set", "rampup_iters=0", "--set", "checkpoint_every=2"]
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_default_folder_is_outside_the_tree_and_overridable(monkeypatch, tmp_path):
+    monkeypatch.delenv("CPCL_KIT_PREPARED", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert prepared.default_dir("benchmark") == tmp_path / "cache" / "cpcl-kit" / "prepared" / "benchmark"
+    monkeypatch.setenv("CPCL_KIT_PREPARED", str(tmp_path / "mine"))
+    assert prepared.default_dir() == tmp_path / "mine"
+
+
+def test_the_set_is_every_method_at_one_sixteenth_and_full_supervision():
+    cells = [(v, f) for g in prepared.grids([0]) for v in g["variants"] for f in g["fractions"]]
+    assert sorted(cells) == sorted([("supervised", "1/16"), ("cps", "1/16"), ("cpcl", "1/16"), ("supervised", "all")])
+    assert [n for n, _, _ in prepared.MEMBERS] == ["supervised", "cps", "cpcl", "full"]
+
+
+def test_prepare_trains_once_then_find_and_load(tmp_path, capsys, one_thread):
+    folder = tmp_path / "set"
+    assert prepared.find("smoke", 0, folder) is None
+    cmd = ["prepare", "--preset", "smoke", "--out", str(folder), "--jobs", "1", "--quiet", *SMALL]
+    assert cli.main(cmd) == 0
+    out = capsys.readouterr().out
+    assert "notebooks 04-08 now show these runs" in out and "supervised" in out
+    dirs = prepared.find("smoke", 0, folder)
+    assert dirs and set(dirs) == {"supervised", "cps", "cpcl", "full"}
+    assert prepared.find("benchmark", 0, folder) is None  # trained with another preset: not this set
+    assert prepared.find("smoke", 1, folder) is None      # another seed: not prepared
+    loaded = prepared.load(dirs)
+    assert loaded["full"].config.labeled == "all" and loaded["cpcl"].config.method == "cpcl"
+    assert len(loaded["cpcl"].nets) == 2 and runs.list_stages(dirs["cpcl"])  # stage snapshots for notebook 08
+    # a second call finds everything finished and trains nothing
+    stamp = (dirs["cpcl"] / "metrics.json").stat().st_mtime_ns
+    assert cli.main(cmd) == 0
+    assert (dirs["cpcl"] / "metrics.json").stat().st_mtime_ns == stamp
+    # a member missing its metrics makes the set incomplete
+    (dirs["cps"] / "metrics.json").unlink()
+    assert prepared.find("smoke", 0, folder) is None
+
+
+def test_prepare_refuses_a_folder_of_other_settings(tmp_path, capsys, one_thread):
+    folder = tmp_path / "set"
+    base = ["prepare", "--preset", "smoke", "--out", str(folder), "--jobs", "1", "--quiet", *SMALL]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--set", "unsup_weight=2"]) == 2
+    err = capsys.readouterr().err
+    assert "unsup_weight" in err and "other settings" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seeds", ["", "a,b"])
+def test_prepare_bad_seeds_is_one_line(seeds, capsys):
+    assert cli.main(["prepare", "--seeds", seeds]) == 2
+    assert "--seeds" in capsys.readouterr().err
