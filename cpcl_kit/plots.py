@@ -690,3 +690,28 @@ def cutmix_grid(u0, u1, box, mixed, mixed_mask, class_names, rows: int = 3):
             _bare(ax)
     fig.tight_layout()
     return fig
+
+
+def disagreement_regions(tables: dict, title: str = "Where the two nets disagree"):
+    """Two panels from ``disagreement.where_they_disagree`` tables, one per method ({name: table}):
+    the share of each region's pixels the nets disagree on, and how often the union label is right
+    there."""
+    rows = []
+    for name, tab in tables.items():
+        for region, r in tab.drop(index="all", errors="ignore").iterrows():
+            rows.append({"run": name, "region": region, "disagree (%)": r["disagree (%)"],
+                         "union right (%)": r["union right (%)"], "net 1 right (%)": r["net 1 right (%)"],
+                         "net 2 right (%)": r["net 2 right (%)"]})
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    if df.empty:
+        for ax in axes:
+            _nothing(ax, "no disagreement")
+        return fig
+    sns.barplot(data=df, x="region", y="disagree (%)", hue="run", ax=axes[0])
+    axes[0].set(xlabel="", title="pixels where y1 ≠ y2")
+    sns.barplot(data=df, x="region", y="union right (%)", hue="run", ax=axes[1])
+    axes[1].set(xlabel="", ylim=(0, 100), title="of those: union label right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
