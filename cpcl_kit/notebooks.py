@@ -181,15 +181,30 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
 
 
 def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None = None,
-                    allow_cpu: bool = False, progress: bool = False):
-    """The CPCL run that notebooks 04–08 share (trained once, then reused) and its data:
-    ``(cfg, run, data)``. Prints where the run is and net 1's mIoU."""
+                    allow_cpu: bool = False, progress: bool = False, use_prepared: bool = True):
+    """The CPCL run that notebooks 04–08 share and its data: ``(cfg, run, data)``.
+
+    With ``use_prepared`` and a CPU preset that shows it (``prepared.SHOWN_FOR``: demo, benchmark),
+    the prepared run set's CPCL run for ``seed`` when it is there (``prepared.find``): trained once
+    in the regime where the unlabeled scenes help. Otherwise the live run of ``preset``, trained by
+    the first notebook that asks, then reused. Prints which one it is and net 1's mIoU."""
+    from . import prepared
     from .analysis import shared_run
     from .data import build_data
 
     cfg = notebook_config(preset, data_root, allow_cpu, method="cpcl", seed=seed)
-    data = build_data(cfg)
-    run = shared_run(cfg, out_dir, progress=progress, data=data)
-    print(f"CPCL run ({cfg.preset}, seed {cfg.seed}, {cfg.iterations} iterations, labeled {cfg.labeled}) in "
-          f"{run.out_dir}\nmIoU of net 1 on the validation scenes: {100 * run.metrics['miou']:.1f} %")
+    found = prepared.find(prepared.PRESET, seed) if use_prepared and preset in prepared.SHOWN_FOR else None
+    if found:
+        run = prepared.load({"cpcl": found["cpcl"]})["cpcl"]
+        cfg, data = run.config, build_data(run.config)
+        print(f"the prepared run set's CPCL run ({cfg.preset} preset, {cfg.iterations} iterations; "
+              f"python -m cpcl_kit prepare) in {run.out_dir}")
+    else:
+        data = build_data(cfg)
+        run = shared_run(cfg, out_dir, progress=progress, data=data)
+        print(f"CPCL run ({cfg.preset}, seed {cfg.seed}, {cfg.iterations} iterations, labeled {cfg.labeled}) in "
+              f"{run.out_dir}")
+        if use_prepared and preset in prepared.SHOWN_FOR:
+            print(prepared.how_to_make())
+    print(f"mIoU of net 1 on the validation scenes: {100 * run.metrics['miou']:.1f} %")
     return cfg, run, data

@@ -26,6 +26,8 @@ MEMBERS = (("supervised", "supervised", LABELED), ("cps", "cps", LABELED), ("cpc
            ("full", "supervised", ALL_LABELED))
 # Stage snapshots of the two-net runs (notebook 08's slider over training).
 STAGES = 3
+# The presets whose notebooks show the prepared set when it exists (smoke stays a plumbing check).
+SHOWN_FOR = ("demo", "benchmark")
 
 
 def default_dir(preset: str = PRESET) -> Path:

@@ -69,3 +69,24 @@ def test_prepare_refuses_a_folder_of_other_settings(tmp_path, capsys, one_thread
 def test_prepare_bad_seeds_is_one_line(seeds, capsys):
     assert cli.main(["prepare", "--seeds", seeds]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_notebooks_show_the_prepared_cpcl_run_when_it_is_there(tmp_path, monkeypatch, capsys, one_thread):
+    """open_shared_run: the live run without a set (saying how to make one), the set's run with it."""
+    from cpcl_kit import notebooks
+
+    folder = tmp_path / "set"
+    monkeypatch.setenv("CPCL_KIT_PREPARED", str(folder))
+    monkeypatch.setattr(prepared, "PRESET", "smoke")      # a smoke-sized set stands in for the benchmark
+    monkeypatch.setattr(prepared, "SHOWN_FOR", ("smoke",))
+    assert cli.main(["prepare", "--preset", "smoke", "--jobs", "1", "--quiet", "--set", "iterations=4", *SMALL[2:]]) == 0
+    capsys.readouterr()
+    cfg, run, data = notebooks.open_shared_run("smoke", tmp_path / "out", seed=0)
+    assert run.out_dir == folder / "cpcl__1-16__seed0" and len(run.nets) == 2
+    assert cfg.iterations == 4 and "prepared run set" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained live
+    cfg, run, _ = notebooks.open_shared_run("smoke", tmp_path / "out", seed=0, use_prepared=False)
+    assert run.out_dir.parent == tmp_path / "out" / "runs" and cfg.iterations == 12
+    (folder / "cpcl__1-16__seed0" / "metrics.json").unlink()  # an incomplete set is not shown
+    notebooks.open_shared_run("smoke", tmp_path / "out", seed=0)
+    assert "make prepared" in capsys.readouterr().out
