@@ -81,6 +81,9 @@ def summarise(table, preset: str, runs: Path | None = None, wall_seconds: float 
     """Per member: mIoU and digit-only mIoU per seed, mean, sd, seconds, and (two-net methods, from
     ``runs``) the pseudo-label statistics at the end; the paired differences per seed; the targets."""
     out = {"preset": preset, "labeled": prepared.LABELED, "commit": commit()}
+    if runs is not None and not table.empty:
+        first = json.loads((runs / table["run"].iloc[0] / "metrics.json").read_text())
+        out["class_names"] = first.get("class_names")
     rows = member_rows(table)
     for name, r in rows.items():
         out[name] = {"seeds": r["seed"].tolist(), "miou": r["miou"].round(4).tolist(),
@@ -89,6 +92,9 @@ def summarise(table, preset: str, runs: Path | None = None, wall_seconds: float 
                      "std": round(float(r["miou"].std(ddof=1)), 4) if len(r) > 1 else 0.0,
                      "digit_mean": round(float(r["digit_miou"].mean()), 4),
                      "seconds": r["seconds"].round(1).tolist()}
+        if runs is not None:  # per seed, for the per-class gains of notebook 07
+            out[name]["per_class_iou"] = [json.loads((runs / d / "metrics.json").read_text())["per_class_iou"]
+                                          for d in r["run"]]
         if name in ("cps", "cpcl"):
             out[name]["miou_net2"] = r["miou_net2"].round(4).tolist()
             out[name]["miou_ensemble"] = r["miou_ensemble"].round(4).tolist()

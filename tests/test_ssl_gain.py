@@ -27,6 +27,7 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path):
     assert summary["targets"] == {}  # the smoke preset has none; demo and benchmark do
     assert summary["grid_wall_seconds"] > 0 and summary["commit"] and "ssl_gain.py" in summary["command"]
     assert len(summary["cpcl"]["miou_net2"]) == 1
+    assert len(summary["full"]["per_class_iou"][0]) == 11 and summary["class_names"][0] == "background"
     # the CPCL run keeps stage snapshots for notebook 08 (the prepared set)
     assert list((tmp_path / "runs" / "cpcl__1-16__seed0" / "stages").glob("iter_*.pt"))
     assert "| cpcl |" in proc.stdout
