@@ -158,7 +158,7 @@ def run_config(variant: str, fraction: str, seed: int, preset: str = "smoke", ov
 
 
 def run_grid(grid: dict | list[dict], out_dir, preset: str = "smoke", overrides: dict | None = None,
-             progress: bool = True, log=print, keep_checkpoints: bool = True, jobs: int = 1,
+             progress: bool = True, log=print, keep_checkpoints: bool | tuple = True, jobs: int = 1,
              threads: int | None = None, stages: int = 0) -> pd.DataFrame:
     """Run every (variant, fraction, seed) of ``grid`` into ``out_dir`` and return the table of all
     finished runs there (also written to ``out_dir/ablation.csv``). ``grid`` may be a list of grids
@@ -167,7 +167,8 @@ def run_grid(grid: dict | list[dict], out_dir, preset: str = "smoke", overrides:
     Finished runs (metrics.json present) are skipped, interrupted ones (checkpoint, no metrics)
     resumed. ``overrides``: config fields for every run (strings are parsed, as ``--set``).
     ``log``: a function for one status line per run (None: silent). ``keep_checkpoints=False``
-    deletes each finished run's checkpoint.pt (hundreds of MB each) after its metrics are written.
+    deletes each finished run's checkpoint.pt (hundreds of MB each) after its metrics are written;
+    a tuple of variant names keeps only those variants' checkpoints (their nets stay loadable).
     ``jobs=N`` trains N runs at once in worker processes with ``threads`` torch threads each
     (default: cores // N). Small CPU models use cores better that way: on 2 cores two one-thread
     CPCL runs make 1.3x the steps of one two-thread run. Results do not depend on ``jobs``.
@@ -194,7 +195,8 @@ def run_grid(grid: dict | list[dict], out_dir, preset: str = "smoke", overrides:
             say(f"{tag}: done before, skipped")
             continue
         snaps = tuple(runs.stage_iterations(cfg, stages)) if stages and cfg.method != "supervised" else ()
-        todo.append((tag, (cfg, run_dir, keep_checkpoints, progress, snaps)))
+        keep = keep_checkpoints if isinstance(keep_checkpoints, bool) else variant in keep_checkpoints
+        todo.append((tag, (cfg, run_dir, keep, progress, snaps)))
     if jobs == 1 or len(todo) <= 1:
         busy = []
         for tag, args in todo:

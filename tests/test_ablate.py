@@ -61,14 +61,15 @@ def test_real_tiny_grid_runs_then_skips(tmp_path, one_thread):
     grid = ablate.parse_grid(["variants=cpcl,supervised", "fractions=1/16", "seeds=0"])
     small = {"iterations": "4", "n_train_scenes": "32", "n_val_scenes": "8"}
     table = ablate.run_grid(grid, tmp_path, preset="smoke", overrides=small, progress=False,
-                            log=None, keep_checkpoints=False)
+                            log=None, keep_checkpoints=("supervised",))
     assert list(table["variant"]) == ["cpcl", "supervised"]
     assert set(ablate.COLUMNS) <= set(table.columns)
     assert table["miou"].between(0, 1).all() and (table["iterations"] == 4).all()
     assert list(table["method"]) == ["cpcl", "supervised"]
     on_disk = pd.read_csv(tmp_path / "ablation.csv")
     assert len(on_disk) == 2 and not list(tmp_path.glob(".ablation.csv.tmp*"))
-    assert not (tmp_path / "cpcl__1-16__seed0" / "checkpoint.pt").exists()
+    assert not (tmp_path / "cpcl__1-16__seed0" / "checkpoint.pt").exists()  # only the named variants keep theirs
+    assert (tmp_path / "supervised__1-16__seed0" / "checkpoint.pt").exists()
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/metrics.json")}
     lines = []
     again = ablate.run_grid(grid, tmp_path, preset="smoke", overrides=small, progress=False,
