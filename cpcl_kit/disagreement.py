@@ -139,3 +139,15 @@ def on_scenes(nets, data, n_batches: int = 8, batch: int = 8, seed: int = 0, cut
     names = getattr(data, "class_names", None) or [str(c) for c in range(int(truth[truth != IGNORE_INDEX].max()) + 1)]
     return (where_they_disagree(y1, y2, union, truth, width=width),
             disagreement_by_class(y1, y2, union, truth, names))
+
+
+def compare_runs(runs_by_name: dict, data, n_batches: int = 8, batch: int = 8, seed: int = 0,
+                 width: int = 2) -> tuple[dict, pd.DataFrame]:
+    """``on_scenes`` for several two-net runs ({name: RunResult}) on the same unlabeled scenes:
+    ({name: region table}, one per-class table with a (run, column) header)."""
+    regions, classes = {}, {}
+    for name, run in runs_by_name.items():
+        regions[name], classes[name] = on_scenes(run.nets, data, n_batches, batch, seed, width=width,
+                                                 union_rule=getattr(run.config, "union_rule", "disagreement"))
+    cols = ["disagree (%)", "of all disagreement (%)", "union right (%)"]
+    return regions, pd.concat({k: v[cols] for k, v in classes.items()}, axis=1).round(1)

@@ -16,6 +16,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from . import runs
 from .constants import ALL_LABELED
 
@@ -87,3 +90,59 @@ def how_to_make(preset: str = PRESET) -> str:
 def load(dirs: dict[str, Path], nets: bool = True) -> dict:
     """{member name: runs.RunResult} of a set found by ``find`` (each with its own saved config)."""
     return {name: runs.load_run(path, nets=nets) for name, path in dirs.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# the committed benchmark: what the notebooks show when no set is prepared here
+
+COMMITTED = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"ssl_gain-{PRESET}.json"
+
+
+def committed(path=COMMITTED) -> dict | None:
+    """The committed ``benchmarks/ssl_gain.py`` summary (seeds 0, 1, 2 of this set), or None."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary_table(summary: dict) -> pd.DataFrame:
+    """One row per member of an ssl_gain summary: mIoU per seed, mean ± sd, digit-only mean (all
+    in %), seconds per run; two-net methods also net 2's and the ensemble's mean."""
+    rows = []
+    for name, _, labeled in MEMBERS:
+        s = summary.get(name)
+        if not s:
+            continue
+        row = {"method": name, "labeled": labeled,
+               **{f"seed {k}": 100 * v for k, v in zip(s["seeds"], s["miou"])},
+               "mean (%)": 100 * s["mean"], "sd (%)": 100 * s["std"], "digit-only (%)": 100 * s["digit_mean"],
+               "seconds per run": sum(s["seconds"]) / len(s["seconds"])}
+        for key, col in (("miou_net2", "net 2 (%)"), ("miou_ensemble", "ensemble (%)")):
+            if s.get(key):
+                row[col] = 100 * sum(s[key]) / len(s[key])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method").round(1)
+
+
+def provenance(summary: dict) -> str:
+    """Where a summary comes from, in one line: preset, seeds, commit, command, grid wall time."""
+    wall = summary.get("grid_wall_seconds")
+    return (f"committed benchmark ({summary['preset']} preset, {summary.get('runs_finished')} runs, seeds "
+            f"{', '.join(map(str, summary.get('paired', {}).get('seeds', [])))}), commit {summary['commit']}: "
+            f"`{summary.get('command', 'benchmarks/ssl_gain.py')}`"
+            + (f", grid wall time {wall / 60:.0f} min on 2 CPU cores" if wall else ""))
+
+
+def paired_table(summary: dict) -> pd.DataFrame:
+    """The paired differences of a summary (mIoU points per seed, mean), and whether the mean
+    exceeds the seeds' spread (|mean| > sd of the per-seed differences)."""
+    p = summary.get("paired")
+    if not p:
+        return pd.DataFrame()
+    rows = []
+    for key in ("cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"):
+        v = np.array(p[key]["per_seed"], dtype=float)
+        sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+        rows.append({"difference": key.replace("_minus_", " − "),
+                     **{f"seed {s}": x for s, x in zip(p["seeds"], v)}, "mean": float(v.mean()), "sd": sd,
+                     "beyond the spread": bool(len(v) > 1 and abs(v.mean()) > sd)})
+    return pd.DataFrame(rows).set_index("difference").round(2)

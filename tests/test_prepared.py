@@ -90,3 +90,30 @@ def test_notebooks_show_the_prepared_cpcl_run_when_it_is_there(tmp_path, monkeyp
     (folder / "cpcl__1-16__seed0" / "metrics.json").unlink()  # an incomplete set is not shown
     notebooks.open_shared_run("smoke", tmp_path / "out", seed=0)
     assert "make prepared" in capsys.readouterr().out
+
+
+SUMMARY = {"preset": "benchmark", "commit": "abc1234", "command": "python benchmarks/ssl_gain.py --jobs 2",
+           "runs_finished": 12, "grid_wall_seconds": 3600.0,
+           "supervised": {"seeds": [0, 1, 2], "miou": [0.40, 0.42, 0.41], "mean": 0.41, "std": 0.01,
+                          "digit_mean": 0.35, "seconds": [300, 310, 320]},
+           "cpcl": {"seeds": [0, 1, 2], "miou": [0.50, 0.47, 0.52], "mean": 0.4967, "std": 0.0252,
+                    "digit_mean": 0.45, "seconds": [900, 910, 920], "miou_net2": [0.5, 0.5, 0.5],
+                    "miou_ensemble": [0.51, 0.52, 0.53]},
+           "paired": {"seeds": [0, 1, 2], "cpcl_minus_supervised": {"per_seed": [10.0, 5.0, 11.0], "mean": 8.67},
+                      "cps_minus_supervised": {"per_seed": [1.0, -1.0, 0.5], "mean": 0.17},
+                      "cpcl_minus_cps": {"per_seed": [9.0, 6.0, 10.5], "mean": 8.5}}}
+
+
+def test_committed_summary_tables_and_provenance(tmp_path):
+    table = prepared.summary_table(SUMMARY)
+    assert list(table.index) == ["supervised", "cpcl"]  # members absent from the summary are left out
+    assert table.loc["cpcl", "seed 1"] == 47.0 and table.loc["cpcl", "ensemble (%)"] == 52.0
+    assert table.loc["supervised", "seconds per run"] == 310
+    paired = prepared.paired_table(SUMMARY)
+    assert paired.loc["cpcl − supervised", "mean"] == pytest.approx(26 / 3, abs=0.01)
+    assert paired.loc["cpcl − supervised", "beyond the spread"]          # 8.67 > sd 3.2
+    assert not paired.loc["cps − supervised", "beyond the spread"]       # 0.17 < sd 1.0
+    line = prepared.provenance(SUMMARY)
+    assert "commit abc1234" in line and "--jobs 2" in line and "60 min" in line and "seeds 0, 1, 2" in line
+    assert prepared.committed(tmp_path / "missing.json") is None
+    assert prepared.paired_table({}).empty
