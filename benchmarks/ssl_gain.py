@@ -77,10 +77,11 @@ def member_rows(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def summarise(table, preset: str, runs: Path | None = None, wall_seconds: float | None = None) -> dict:
+def summarise(table, preset: str, runs: Path | None = None, wall_seconds: float | None = None,
+              code_commit: str | None = None) -> dict:
     """Per member: mIoU and digit-only mIoU per seed, mean, sd, seconds, and (two-net methods, from
     ``runs``) the pseudo-label statistics at the end; the paired differences per seed; the targets."""
-    out = {"preset": preset, "labeled": prepared.LABELED, "commit": commit()}
+    out = {"preset": preset, "labeled": prepared.LABELED, "commit": code_commit or commit()}
     if runs is not None and not table.empty:
         first = json.loads((runs / table["run"].iloc[0] / "metrics.json").read_text())
         out["class_names"] = first.get("class_names")
@@ -188,6 +189,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     runs = args.runs or prepared.default_dir(args.preset)
     seeds = [int(s) for s in args.seeds.split(",")]
+    started_at = commit()  # the code that trains; a later commit during a long grid does not count
     wall_file = runs / WALL
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else {"seconds": 0.0, "calls": []}
     if args.collect_only:
@@ -200,10 +202,12 @@ def main(argv=None) -> dict:
         if len(table) > before:  # this call trained runs: its wall time counts towards the grid's
             wall["seconds"] += time.perf_counter() - t0
             wall["calls"].append({"seconds": round(time.perf_counter() - t0, 1), "runs_trained":
-                                  len(table) - before, "jobs": args.jobs})
+                                  len(table) - before, "jobs": args.jobs, "commit": started_at})
             write_json(wall_file, wall)
     table = table[table["seed"].isin(seeds)]
-    summary = summarise(table, args.preset, runs, wall["seconds"] or None)
+    trained_by = sorted({c["commit"] for c in wall["calls"] if c.get("commit")})
+    summary = summarise(table, args.preset, runs, wall["seconds"] or None,
+                        code_commit=",".join(trained_by) or started_at)
     expected = len(prepared.MEMBERS) * len(seeds)
     summary["runs_finished"], summary["runs_expected"] = sum(len(v["seeds"]) for k, v in summary.items()
                                                              if k in NAMES), expected

@@ -92,6 +92,35 @@ def load(dirs: dict[str, Path], nets: bool = True) -> dict:
     return {name: runs.load_run(path, nets=nets) for name, path in dirs.items()}
 
 
+def set_table(dirs: dict[str, Path]) -> pd.DataFrame:
+    """The members of a set found by ``find``: mIoU, digit-only mIoU (%), net 2 and ensemble (two-net
+    runs), iterations and seconds."""
+    rows = []
+    for name, run in load(dirs, nets=False).items():
+        m = run.metrics
+        br = m.get("branches", {})
+        rows.append({"method": name, "mIoU (%)": 100 * m["miou"], "digit-only (%)": 100 * m.get("digit_miou", np.nan),
+                     "net 2 (%)": 100 * br.get("2", {}).get("miou", np.nan),
+                     "ensemble (%)": 100 * br.get("ensemble", {}).get("miou", np.nan),
+                     "iterations": run.config.iterations, "seconds": m["seconds"]})
+    return pd.DataFrame(rows).set_index("method").round(1)
+
+
+def two_net_runs(seed: int = 0, grid_folder=None, preset: str | None = None) -> dict:
+    """{"cps": RunResult, "cpcl": RunResult} with nets, for the disagreement analysis: the prepared
+    set's (when ``preset`` shows it and it is there), else the finished runs with checkpoints of
+    the ablation grid in ``grid_folder`` (seed ``seed``, 1/16); may be empty."""
+    found = find(PRESET, seed) if preset in SHOWN_FOR else None
+    if found:
+        return load({k: found[k] for k in ("cps", "cpcl")})
+    out = {}
+    for name in ("cps", "cpcl"):
+        path = Path(grid_folder or ".") / runs.grid_run_name(name, LABELED, seed)
+        if runs.is_finished(path) and (path / runs.CHECKPOINT).exists():
+            out[name] = runs.load_run(path)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # the committed benchmark: what the notebooks show when no set is prepared here
 
