@@ -133,6 +133,12 @@ def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None) -> 
     figures = sorted((out / "figures").glob("*.png"))
     print(f"\nExecuted notebooks and HTML: {out / 'notebooks'}\nFigures ({len(figures)}): {out / 'figures'}")
     shutil.rmtree(out / "notebooks" / ".ipynb_checkpoints", ignore_errors=True)
+    from . import prepared
+
+    if preset in prepared.SHOWN_FOR:
+        found = prepared.find(prepared.PRESET)
+        print(f"Notebooks 04-08 showed the prepared run set in {prepared.default_dir()}" if found else
+              f"The live runs show the mechanics; {prepared.how_to_make()}")
     return rows
 
 
