@@ -230,8 +230,8 @@ PRESETS: dict[str, dict] = {
                   checkpoint_every=6, head_channels=32, output_stride=16,
                   pretrain_steps=20, pretrain_size=32, pretrain_batch=16),
     # The live demo: about 2 minutes of CPCL on 2 cores (half supervised start, then CPCL with 4+4
-    # unlabeled images). It shows the mechanics; the unlabeled scenes pay off in the benchmark
-    # preset (the prepared run set, prepared.py). The first run of demo or benchmark also pretrains
+    # unlabeled images). It shows the mechanics; the benchmark preset (the prepared run set,
+    # prepared.py) trains four times longer. The first run of demo or benchmark also pretrains
     # the backbone (about 3.5 minutes, then cached).
     "demo": dict(_CPU, iterations=300, batch_size=8, unlabeled_batch_size=4, n_train_scenes=1000,
                  n_val_scenes=200, warmup_iters=30, sup_only_iters=150, rampup_iters=50,

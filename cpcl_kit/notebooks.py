@@ -192,7 +192,7 @@ def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None =
 
     With ``use_prepared`` and a CPU preset that shows it (``prepared.SHOWN_FOR``: demo, benchmark),
     the prepared run set's CPCL run for ``seed`` when it is there (``prepared.find``): trained once
-    in the regime where the unlabeled scenes help. Otherwise the live run of ``preset``, trained by
+    on the benchmark preset. Otherwise the live run of ``preset``, trained by
     the first notebook that asks, then reused. Prints which one it is and net 1's mIoU."""
     from . import prepared
     from .analysis import shared_run
