@@ -229,12 +229,12 @@ PRESETS: dict[str, dict] = {
                   n_val_scenes=16, warmup_iters=2, sup_only_iters=4, rampup_iters=4, log_every=2,
                   checkpoint_every=6, head_channels=32, output_stride=16,
                   pretrain_steps=20, pretrain_size=32, pretrain_batch=16),
-    # The live demo: about 2 minutes of CPCL on 2 cores (half supervised start, then CPCL with 4+4
+    # The live demo: about 2.5 minutes of CPCL on 2 cores (half supervised start, then CPCL with 4+4
     # unlabeled images). It shows the mechanics; the benchmark preset (the prepared run set,
     # prepared.py) trains four times longer. The first run of demo or benchmark also pretrains
     # the backbone (about 3.5 minutes, then cached).
-    "demo": dict(_CPU, iterations=300, batch_size=8, unlabeled_batch_size=4, n_train_scenes=1000,
-                 n_val_scenes=200, warmup_iters=30, sup_only_iters=150, rampup_iters=50,
+    "demo": dict(_CPU, iterations=240, batch_size=8, unlabeled_batch_size=4, n_train_scenes=1000,
+                 n_val_scenes=200, warmup_iters=30, sup_only_iters=120, rampup_iters=40,
                  log_every=10),
     # The prepared run set and benchmarks/ssl_gain.py: about 16 minutes of CPCL on one core (a third
     # supervised start, then CPCL with 4+4 unlabeled), 12 runs in about 70 minutes with --jobs 2.

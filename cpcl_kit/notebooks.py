@@ -111,6 +111,19 @@ def to_html(ipynb: Path) -> Path:
     return write_text(Path(ipynb).with_suffix(".html"), body)
 
 
+def demo_parameters(nb: Path, preset: str, out: Path) -> dict:
+    """What ``make demo`` passes a notebook: the preset and output folder, and ``interactive=False``
+    where a notebook has that parameter. Headless, widgets have nobody to move them, the executed
+    HTML shows the static figure instead, and papermill was seen to hang now and then waiting for
+    an interactive output of notebook 08 (the browser test checks the widgets)."""
+    import papermill as pm
+
+    params = {"preset": preset, "out_dir": str(out)}
+    if "interactive" in pm.inspect_notebook(str(nb)):
+        params["interactive"] = False
+    return params
+
+
 def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None) -> list[dict]:
     """Execute every tutorial notebook in order with ``preset``; write them, HTML and figures under ``out``."""
     out = Path(out).resolve()
@@ -126,7 +139,7 @@ def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None) -> 
             continue
         target = out / "notebooks" / nb.name
         print(f"running {nb.name} (preset {preset}) ...", flush=True)
-        secs = run_notebook(nb, target, {"preset": preset, "out_dir": str(out)}, cwd=out)
+        secs = run_notebook(nb, target, demo_parameters(nb, preset, out), cwd=out)
         to_html(target)
         rows.append({"notebook": nb.name, "seconds": round(secs, 1)})
         print(f"  done in {secs:.0f} s -> {target}", flush=True)

@@ -84,3 +84,11 @@ def test_every_notebook_applies_the_preset_rule(nb):
     if not nb.name.startswith(("01", "02")):
         params = "".join(cells[0]["source"])
         assert "data_root = None" in params and "allow_cpu = False" in params, nb.name
+
+
+def test_make_demo_runs_widget_notebooks_headless(tmp_path):
+    from cpcl_kit.notebooks import demo_parameters
+
+    by_name = {nb.name[:2]: demo_parameters(nb, "demo", tmp_path) for nb in NOTEBOOKS}
+    assert by_name["08"] == {"preset": "demo", "out_dir": str(tmp_path), "interactive": False}
+    assert by_name["03"] == {"preset": "demo", "out_dir": str(tmp_path)}
