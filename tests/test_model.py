@@ -217,8 +217,10 @@ TODAY_R18 = {
 # Sums of |weights| (float64) of both nets and of their eval-mode logits on a fixed input, measured
 # with the code before `dilation` existed (torch 2.14.1, the pinned version): the CPU presets must
 # build the very same nets.
-TODAY_SUMS = {16: ([241628.57699212586, 241627.56872899347], [-10.820801025232868, -47653.494808857344]),
-              8: ([254747.58041321472, 254715.53916533405], [-4082.220531037446, 11200.897794118107])}
+# (output stride, head channels) -> (sum of |weights| per net, sum of logits per net on a fixed input)
+TODAY_SUMS = {(16, 32): ([241628.57699212586, 241627.56872899347], [-10.820801025232868, -47653.494808857344]),
+              (16, 64): ([254747.58041321472, 254715.53916533405], [-6543.421758375323, 13298.746050052629]),
+              (8, 64): ([254747.58041321472, 254715.53916533405], [-4082.220531037446, 11200.897794118107])}
 
 
 @pytest.mark.parametrize("preset", ["smoke", "demo", "benchmark"])
@@ -232,7 +234,7 @@ def test_cpu_presets_build_todays_nets(preset):
     for net in nets:
         convs = _actual_convs(net)
         assert [(k, *convs[k]) for k, *_ in TODAY_R18[cfg.output_stride]] == TODAY_R18[cfg.output_stride]
-    weights, logits = TODAY_SUMS[cfg.output_stride]
+    weights, logits = TODAY_SUMS[cfg.output_stride, cfg.head_channels]
     got = [sum(float(t.double().abs().sum()) for t in n.state_dict().values() if t.is_floating_point())
            for n in nets]
     assert got == pytest.approx(weights, rel=1e-12)

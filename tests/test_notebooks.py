@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cpcl_kit.notebooks import notebooks, run_notebook
+from cpcl_kit.notebooks import demo_parameters, notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
 
@@ -36,7 +36,8 @@ def demo_out(tmp_path_factory):
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_with_smoke_parameters(nb, demo_out):
     out = demo_out / "notebooks" / nb.name
-    run_notebook(nb, out, {"preset": "smoke", "out_dir": str(demo_out)}, cwd=demo_out)
+    # the parameters make demo passes (widgets headless); the browser test runs notebook 08's widgets
+    run_notebook(nb, out, demo_parameters(nb, "smoke", demo_out), cwd=demo_out)
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
@@ -87,8 +88,6 @@ def test_every_notebook_applies_the_preset_rule(nb):
 
 
 def test_make_demo_runs_widget_notebooks_headless(tmp_path):
-    from cpcl_kit.notebooks import demo_parameters
-
     by_name = {nb.name[:2]: demo_parameters(nb, "demo", tmp_path) for nb in NOTEBOOKS}
     assert by_name["08"] == {"preset": "demo", "out_dir": str(tmp_path), "interactive": False}
     assert by_name["03"] == {"preset": "demo", "out_dir": str(tmp_path)}
