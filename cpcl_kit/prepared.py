@@ -5,9 +5,10 @@ The demo's live runs (a few minutes on a laptop) teach the mechanics, but are to
 unlabeled data to pay off. On the committed benchmark the set's CPCL gains +0.6 mIoU points over
 supervised on the mean of seeds 0-2 (CPS +0.8), within the seeds' spread, while full supervision is
 13 points higher (``benchmarks/results/ssl_gain-benchmark.md``): the set shows well-trained teachers'
-pseudo labels and weights, not yet a semi-supervised gain. ``python -m cpcl_kit prepare`` (``make prepared``) trains this set once
-into a cache folder outside the tracked tree, resumably, two runs at a time; notebooks 04–08 use it
-when it is there (``find``), and ``benchmarks/ssl_gain.py`` runs the same set on three seeds into the
+pseudo labels and weights, not yet a semi-supervised gain.
+
+``python -m cpcl_kit prepare`` (``make prepared``) trains this set once into a cache folder outside
+the tracked tree, resumably, two runs at a time; notebooks 04–08 use it when it is there (``find``), and ``benchmarks/ssl_gain.py`` runs the same set on three seeds into the
 same folder. The folder is ``$CPCL_KIT_PREPARED`` when set, else ``~/.cache/cpcl-kit/prepared/<preset>``
 (``$XDG_CACHE_HOME`` honoured). Runs are ablation-grid cells (``ablate.run_grid``): one folder each,
 named ``<variant>__<fraction>__seed<seed>``, under the same-run rule.
