@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, fields
 
 from .constants import (CROP_PADS, DATASETS, DILATIONS, LOSS_NORMALISERS, METHODS, NUM_CLASSES, PAPER_PRESETS,
-                        PRETRAIN_SOURCES, TARGET_PAIRS, UNION_RULES, WEIGHT_SCOPES)
+                        PRETRAIN_SOURCES, TARGET_PAIRS, TEACHER_BN, UNION_RULES, WEIGHT_SCOPES)
 from .errors import KitError
 
 
@@ -59,6 +59,7 @@ class Config:
     scene_size: int = 64
     digits_per_scene: tuple = (2, 3)   # (min, max)
     digit_px: tuple = (32, 44)         # (min, max) digit height in px
+    void_band: int = 0                 # px of void (255) on each side of every outline, as VOC's masks
     # optimisation
     iterations: int = 39680
     optimizer: str = "sgd"             # "sgd" (paper) or "adam"
@@ -76,6 +77,7 @@ class Config:
     weight_scope: str = "pixel"        # "batch": the first release's one confidence per batch (WEIGHT_SCOPES)
     inter_norm: str = "all"            # "labeled": intersection loss averaged over labeled pixels (first release)
     targets: tuple = ("inter", "union")  # labels for (net 1, net 2)
+    teacher_bn: str = "train"          # "eval": teachers predict with BatchNorm's running statistics
     sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     # evaluation
     eval_crop: int | None = None       # None: whole image; else sliding window of this size
@@ -325,6 +327,7 @@ CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"),
            "sup_loss": ("ce", "ohem"), "eval_branch": ("1", "2", "ensemble"),
            "amp": ("auto", "bf16", "fp16", "off"), "dilation": DILATIONS, "crop_pad": CROP_PADS,
            "pretrain_source": PRETRAIN_SOURCES, "weight_scope": WEIGHT_SCOPES, "inter_norm": LOSS_NORMALISERS,
+           "teacher_bn": TEACHER_BN,
            "targets": TARGET_PAIRS}
 
 
@@ -412,7 +415,7 @@ _RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "cro
                   "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
                   "momentum", "weight_decay", "warmup_iters", "poly_power", "unsup_weight",
                   "sup_only_iters", "rampup_iters", "union_rule", "reweight", "weight_scope", "inter_norm",
-                  "targets", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
+                  "targets", "teacher_bn", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
 
 
 def _preset_value(preset: str, key: str):

@@ -32,6 +32,10 @@ PRETRAIN_SOURCES = ("handwritten", "printed", "mixed")
 # The confidence behind CPCL's loss weights: each pixel's (the official code since March 2023) or
 # one number per teacher and batch (its first release).
 WEIGHT_SCOPES = ("pixel", "batch")
+# BatchNorm in the teachers' no-grad passes on the unlabeled images: batch statistics (train mode, the
+# official code) or the running statistics (eval mode: with a CPU preset's 4-image batches, batch
+# statistics make the teachers markedly worse than the same nets evaluated).
+TEACHER_BN = ("train", "eval")
 # What the intersection loss is averaged over: all pixels (official) or the labeled ones (first release).
 LOSS_NORMALISERS = ("all", "labeled")
 # labeled="all": every training scene labeled (the "full" supervised reference of ssl_gain)

@@ -28,12 +28,19 @@ def _train_tf(cfg: Config):
                            crop_pad=cfg.crop_pad)
 
 
-def digit_data(cfg: Config) -> DataBundle:
-    spec = SceneSpec(size=cfg.scene_size, digits=tuple(cfg.digits_per_scene), digit_px=tuple(cfg.digit_px))
+def scene_spec(cfg: Config) -> SceneSpec:
+    """The digit scenes of ``cfg`` (scene_size, digits_per_scene, digit_px, void_band), checked."""
+    spec = SceneSpec(size=cfg.scene_size, digits=tuple(cfg.digits_per_scene), digit_px=tuple(cfg.digit_px),
+                     void=cfg.void_band)
     try:
         spec.check()
     except KitError as e:
-        raise KitError(f"scene settings (scene_size, digits_per_scene, digit_px): {e}") from None
+        raise KitError(f"scene settings (scene_size, digits_per_scene, digit_px, void_band): {e}") from None
+    return spec
+
+
+def digit_data(cfg: Config) -> DataBundle:
+    spec = scene_spec(cfg)
     train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=_train_tf(cfg))
     val = DigitScenes("val", n=cfg.n_val_scenes, spec=spec, seed=cfg.seed + 10_000,
                       transform=val_transform())

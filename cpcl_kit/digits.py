@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from .constants import IGNORE_INDEX
 from .errors import KitError
 from .runs import write_atomic
 
@@ -57,6 +58,8 @@ class SceneSpec:
     digit_px: (min, max) upscaled digit height in px; width is 0.75-1.0 x height (never flipped).
     stroke: extra dilation radius of the stroke in px (0 = thresholded upscale only).
     noise: std of the Gaussian pixel noise, in [0, 1] intensity units.
+    void: px of "void" (255, ignored by losses and metrics) on each side of every outline between two
+    labels, as PASCAL VOC marks its object boundaries (``void_band``); 0 = none.
     """
 
     size: int = 64
@@ -64,6 +67,7 @@ class SceneSpec:
     digit_px: tuple[int, int] = (32, 44)
     stroke: int = 1
     noise: float = 0.06
+    void: int = 0
 
     def check(self) -> None:
         """Raise KitError on an impossible spec."""
@@ -79,6 +83,8 @@ class SceneSpec:
             )
         if self.stroke < 0 or self.noise < 0:
             raise KitError(f"SceneSpec.stroke/noise: expected >= 0, got {self.stroke}, {self.noise}")
+        if not 0 <= self.void <= 4:
+            raise KitError(f"SceneSpec.void: expected 0 to 4 px, got {self.void}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -158,6 +164,21 @@ def _dilate(m: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
+def void_band(masks: np.ndarray, r: int) -> np.ndarray:
+    """bool [n,S,S]: pixels with another label within ``r`` px (a (2r+1)-px square around them) —
+    the band of width r on each side of every outline, digit/background and digit/digit alike.
+    Pixels beyond the border count as their nearest pixel (the scene's edge is not an outline)."""
+    if r <= 0:
+        return np.zeros(masks.shape, bool)
+    n, h, w = masks.shape
+    pad = np.pad(masks, ((0, 0), (r, r), (r, r)), mode="edge")
+    band = np.zeros(masks.shape, bool)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            band |= pad[:, dy : dy + h, dx : dx + w] != masks
+    return band
+
+
 def _backgrounds(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """[n,size,size,3] float32 in [0,1]: a linear two-colour gradient plus two soft colour blobs."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
@@ -192,6 +213,7 @@ def make_scenes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate n scenes: (images uint8 [n,S,S,3] RGB, masks uint8 [n,S,S] in 0..10).
 
+    Masks are 255 (void) in the band ``spec.void`` around every outline.
     pool: indices into the bank that digits are drawn from. seed: int or tuple of ints
     for ``np.random.default_rng``. A later digit overwrites earlier ones (image and mask), so digits
     may be partly occluded. Mask = digit label + 1 where the digit's thickened stroke is on, else 0.
@@ -230,6 +252,7 @@ def make_scenes(
             msk[y : y + sh, x : x + sw][stroke] = labels[k] + 1
     if spec.noise > 0:
         images += rng.normal(0, spec.noise, images.shape).astype(np.float32)
+    masks[void_band(masks, spec.void)] = IGNORE_INDEX  # after all digits: outlines of the final masks
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8), masks
 
 

@@ -64,12 +64,23 @@ def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     return StepOut(loss, {"sup1": loss.detach()})
 
 
-def _teachers(nets, batch, mask):
-    """Mixed teacher logits of both nets. Four separate no-grad passes, not one concatenated pass:
-    BatchNorm is in train mode (as in the official code), so batching u0 with u1 would change the
-    batch statistics, and therefore the logits, of both."""
+def _teachers(nets, batch, mask, bn: str = "train"):
+    """Mixed teacher logits of both nets, without gradients.
+
+    ``bn="train"`` (official): BatchNorm in train mode, four separate passes, not one concatenated
+    pass: batching u0 with u1 would change the batch statistics, and therefore the logits, of both.
+    ``bn="eval"``: BatchNorm uses its running statistics, so each net predicts u0 and u1 in one pass
+    and a teacher's label of an image does not depend on the images batched with it."""
     with torch.no_grad():
-        return [mix(net(batch.u0), net(batch.u1), mask) for net in nets]
+        if bn == "train":
+            return [mix(net(batch.u0), net(batch.u1), mask) for net in nets]
+        out = []
+        for net in nets:
+            net.eval()
+            logits = net(torch.cat([batch.u0, batch.u1]))
+            net.train()
+            out.append(mix(*logits.chunk(2), mask))
+        return out
 
 
 def _cutmix(batch, gen):
@@ -88,7 +99,7 @@ def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     if lam == 0:
         return StepOut(s1 + s2, parts)
     mask, u_mix, truth = _cutmix(batch, gen)
-    t1, t2 = _teachers(nets, batch, mask)
+    t1, t2 = _teachers(nets, batch, mask, cfg.teacher_bn)
     labels = pseudo_supervision(t1, t2, reweight=False)
     u1 = weighted_ce(net1(u_mix), labels.y2)
     u2 = weighted_ce(net2(u_mix), labels.y1)
@@ -106,7 +117,7 @@ def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     if lam == 0:  # supervised-only start (CPU presets): skip the four teacher and two student passes
         return StepOut(s1 + s2, parts)
     mask, u_mix, truth = _cutmix(batch, gen)
-    t1, t2 = _teachers(nets, batch, mask)
+    t1, t2 = _teachers(nets, batch, mask, cfg.teacher_bn)
     labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
                                 weight_scope=cfg.weight_scope, all_reduce=all_reduce)
     # The first release (weight_scope="batch") scaled each mean CE by its mean weight; the official

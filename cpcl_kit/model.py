@@ -26,7 +26,11 @@ from .errors import KitError
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 V1C_BACKBONES = ("resnet50_v1c", "resnet101_v1c")
-BACKBONES = TORCHVISION_BACKBONES + V1C_BACKBONES
+# ResNet-18's layout (two BasicBlocks per stage, torchvision's key names) at a fraction of its width:
+# stages of w, 2w, 4w, 8w channels instead of 64..512. For the CPU presets: the digit scenes' 8x8
+# source digits need far fewer channels, and at 64 px a step costs about the square of the width.
+NARROW_BACKBONES = {"resnet18_w16": 16, "resnet18_w32": 32}
+BACKBONES = TORCHVISION_BACKBONES + V1C_BACKBONES + tuple(NARROW_BACKBONES)
 _IMAGENET_WEIGHTS = {
     "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
@@ -102,6 +106,42 @@ def _deep_stem(net: models.ResNet) -> None:
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
 
+class _NarrowResNet(models.ResNet):
+    """torchvision's ResNet-18 with stages of ``width``, 2, 4 and 8 x ``width`` channels (its
+    construction and init, its module names: a state dict of one loads as torchvision's would)."""
+
+    def __init__(self, width: int, num_classes: int = 1000):
+        nn.Module.__init__(self)
+        self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1, self.relu = nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(models.resnet.BasicBlock, width, 2)
+        self.layer2 = self._make_layer(models.resnet.BasicBlock, 2 * width, 2, stride=2)
+        self.layer3 = self._make_layer(models.resnet.BasicBlock, 4 * width, 2, stride=2)
+        self.layer4 = self._make_layer(models.resnet.BasicBlock, 8 * width, 2, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def resnet(name: str, num_classes: int = 1000) -> models.ResNet:
+    """The classification ResNet ``name`` (torchvision layout, random init from torch's global RNG,
+    stride 32, ``fc`` to ``num_classes``); the v1c names get torchvision's 7x7-stem Bottleneck net,
+    which ``_build_resnet`` then gives the deep stem."""
+    if name not in BACKBONES:
+        raise KitError(f"backbone: unknown '{name}', expected one of {', '.join(BACKBONES)}")
+    if name in NARROW_BACKBONES:
+        return _NarrowResNet(NARROW_BACKBONES[name], num_classes)
+    return getattr(models, name.removesuffix("_v1c"))(weights=None, num_classes=num_classes)
+
+
 def _build_resnet(name: str, output_stride: int, dilation: str = "torchvision") -> nn.Module:
     """An ImageNet-layout ResNet (random init, fc kept) whose layer4 (and layer3 at OS8) run
     dilated: ``dilation="torchvision"`` (torchvision's replace_stride_with_dilation convention)
@@ -119,7 +159,7 @@ def _build_resnet(name: str, output_stride: int, dilation: str = "torchvision") 
         # exactly the pre-"dilation" construction, so saved runs and CPU presets are unchanged
         net = getattr(models, base)(weights=None, replace_stride_with_dilation=dilate)
     else:
-        net = getattr(models, base)(weights=None)
+        net = resnet(name)
         if dilation == "torchvision":
             d = 1
             for layer, flag in zip((net.layer2, net.layer3, net.layer4), dilate):
@@ -138,6 +178,9 @@ def _build_resnet(name: str, output_stride: int, dilation: str = "torchvision") 
 def _imagenet_state_dict(name: str) -> dict:
     """torchvision's ImageNet weights from its local cache. Never downloads: the kit reads weights
     only from local files, so a machine without the file gets one clear error saying where to put it."""
+    if name in NARROW_BACKBONES:
+        raise KitError(f"backbone_weights='imagenet': no ImageNet weights exist for {name} (a narrowed "
+                       f"ResNet-18); on the digit scenes use backbone_weights=digits, else a file or none")
     if name not in _IMAGENET_WEIGHTS:
         raise KitError(
             f"backbone_weights='imagenet': torchvision has no {name} weights; pass the path of the "
@@ -174,7 +217,7 @@ def _layout_hint(name: str, state: dict) -> str:
     """A pointer to the other backbone family when the file's stem says it belongs there."""
     if name in V1C_BACKBONES and "conv1.weight" in state:
         return f" (the file has a 7x7 conv1.weight: a torchvision ResNet; use backbone={name.removesuffix('_v1c')})"
-    if name in TORCHVISION_BACKBONES and "conv1.0.weight" in state:
+    if name not in V1C_BACKBONES and "conv1.0.weight" in state:
         return f" (the file has a deep stem conv1.0..conv1.6: a v1c ResNet; use backbone={name}_v1c)"
     return ""
 
@@ -277,6 +320,7 @@ class DeepLabV3Plus(nn.Module):
         if not isinstance(head_channels, int) or head_channels < 1:
             raise KitError(f"head_channels: expected a positive integer, got {head_channels!r}")
         net = _build_resnet(backbone, output_stride, dilation)
+        high_ch = net.fc.in_features  # layer4's channels: 512 (ResNet-18/34), 2048 (50/101), 8 x width
         del net.fc, net.avgpool  # a segmentation net has no use for them
         if backbone_weights is not None and str(backbone_weights) != RANDOM_INIT:
             load_backbone_weights(net, backbone_weights, backbone)
@@ -284,7 +328,6 @@ class DeepLabV3Plus(nn.Module):
         self.backbone_name, self.output_stride, self.num_classes = backbone, output_stride, num_classes
         self.dilation = dilation
         low_ch = net.layer1[-1].conv1.in_channels  # 64 (BasicBlock) or 256 (Bottleneck)
-        high_ch = 512 if backbone in ("resnet18", "resnet34") else 2048
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         ch = head_channels
         self.aspp = ASPP(high_ch, ch, rates)

@@ -316,10 +316,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def build_classifier(backbone: str) -> nn.Module:
-    """A torchvision ResNet (random init from torch's global RNG) whose fc predicts ``NUM_CLASSES``."""
-    from torchvision import models
+    """A torchvision-layout ResNet (``model.resnet``, random init from torch's global RNG) whose fc
+    predicts ``NUM_CLASSES``."""
+    from .model import resnet
 
-    return getattr(models, backbone)(weights=None, num_classes=NUM_CLASSES)
+    return resnet(backbone, NUM_CLASSES)
 
 
 @torch.no_grad()

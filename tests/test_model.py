@@ -121,6 +121,34 @@ def test_imagenet_reads_torchvision_cache_and_never_downloads(monkeypatch, tmp_p
     assert torch.equal(net.backbone.layer3[1].bn2.running_var, ref.layer3[1].bn2.running_var)
 
 
+@pytest.mark.parametrize("backbone, width", [("resnet18_w16", 16), ("resnet18_w32", 32)])
+def test_narrow_resnet18_is_resnet18_at_a_fraction_of_the_width(backbone, width):
+    """Same keys as torchvision's ResNet-18, every tensor's channels scaled by width / 64; the head
+    reads layer4's 8 x width channels; a conv costs (width / 64)^2 of ResNet-18's."""
+    from cpcl_kit.model import resnet
+
+    narrow, r18 = resnet(backbone).state_dict(), torchvision.models.resnet18().state_dict()
+    assert list(narrow) == list(r18)
+    scale = width / 64
+    for k, t in narrow.items():
+        ref = r18[k].shape
+        if k == "fc.weight":
+            assert t.shape == (1000, 8 * width)
+        elif k.endswith("num_batches_tracked") or k == "fc.bias":
+            assert t.shape == ref
+        elif k == "conv1.weight":
+            assert t.shape == (width, 3, 7, 7)
+        else:  # conv [out, in, k, k] and BN [c]: every channel count scaled
+            assert t.shape == tuple(int(d * scale) if i < 2 else d for i, d in enumerate(ref)), k
+    net = DeepLabV3Plus(11, backbone=backbone, head_channels=8)
+    assert net.aspp.branches[0].in_channels == 8 * width and net.low_proj[0].in_channels == width
+    ratio = sum(p.numel() for p in net.backbone.parameters()) / sum(
+        p.numel() for n, p in r18.items() if not n.startswith("fc.") and p.is_floating_point() and "running" not in n)
+    assert ratio == pytest.approx(scale**2, rel=0.02)
+    with pytest.raises(KitError, match=f"no ImageNet weights exist for {backbone}"):
+        DeepLabV3Plus(3, backbone=backbone, backbone_weights="imagenet")
+
+
 def test_bad_arguments():
     with pytest.raises(KitError, match="resnet18"):
         DeepLabV3Plus(3, backbone="vgg16")
@@ -132,8 +160,9 @@ def test_bad_arguments():
 
 # Blocks per layer (layer1..layer4) and 3x3 convs per block, from the ResNet papers' tables.
 BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3),
-          "resnet101": (3, 4, 23, 3), "resnet50_v1c": (3, 4, 6, 3), "resnet101_v1c": (3, 4, 23, 3)}
-BASIC = ("resnet18", "resnet34")
+          "resnet101": (3, 4, 23, 3), "resnet50_v1c": (3, 4, 6, 3), "resnet101_v1c": (3, 4, 23, 3),
+          "resnet18_w16": (2, 2, 2, 2), "resnet18_w32": (2, 2, 2, 2)}
+BASIC = ("resnet18", "resnet34", "resnet18_w16", "resnet18_w32")
 
 
 def _official_rate(layer: int, block: int, os_: int) -> int:

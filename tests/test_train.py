@@ -142,3 +142,37 @@ def test_two_net_runs_evaluate_net1_net2_and_the_ensemble():
     sup = train(make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32,
                             n_val_scenes=4, backbone_weights="none"), progress=False)
     assert "branches" not in sup.metrics
+
+
+def test_teachers_in_eval_mode_use_running_statistics():
+    """teacher_bn="eval": each teacher's logits are its eval-mode predictions of u0 and u1 (whatever
+    they are batched with), mixed; the nets end in train mode and their BN statistics are untouched.
+    "train" (official) gives other logits: batch statistics of u0 and of u1 separately."""
+    from cpcl_kit.cpcl import cutmix_box_masks, mix
+    from cpcl_kit.loaders import Batch
+    from cpcl_kit.methods import _teachers
+    from cpcl_kit.model import build_nets
+
+    torch.manual_seed(0)
+    nets = build_nets(make_config("smoke", backbone_weights="none"))
+    x = torch.randn(4, 3, 32, 32)
+    for net in nets:  # running statistics that differ from any batch's
+        net.train()(x * 3 + 1)
+    u0, u1 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    batch, mask = Batch(x, None, u0, None, u1, None), cutmix_box_masks(3, (32, 32), generator=torch.Generator().manual_seed(1))
+    before = [n.state_dict()["backbone.bn1.running_mean"].clone() for n in nets]
+    got = _teachers(nets, batch, mask, "eval")
+    assert all(n.training for n in nets)
+    assert all(torch.equal(b, n.state_dict()["backbone.bn1.running_mean"]) for b, n in zip(before, nets))
+    with torch.no_grad():
+        for net, t in zip(nets, got):
+            net.eval()
+            one_by_one = torch.cat([net(u0[i : i + 1]) for i in range(3)]), torch.cat([net(u1[i : i + 1]) for i in range(3)])
+            net.train()
+            assert torch.allclose(t, mix(*one_by_one, mask), atol=1e-4)
+    official = _teachers(nets, batch, mask, "train")
+    with torch.no_grad():
+        assert torch.allclose(official[0], mix(nets[0](u0), nets[0](u1), mask))
+    assert not torch.allclose(official[0], got[0], atol=1e-2)
+    with pytest.raises(KitError, match="teacher_bn: unknown value 'frozen', expected one of train, eval"):
+        make_config("smoke", teacher_bn="frozen")
