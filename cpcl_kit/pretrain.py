@@ -75,7 +75,7 @@ class PretrainSpec:
     """
 
     source: str = "handwritten"
-    backbone: str = "resnet18"
+    backbone: str = "resnet18_w16"
     size: int = 64
     steps: int = 600
     batch: int = 64
