@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import runs
@@ -46,11 +47,19 @@ VARIANTS: dict[str, dict] = {
     # the committed benchmark runs): the same effective strength from either side.
     "cpcl_lambda_1.28": {"unsup_weight": 1.28},
     "cps_lambda_0.78": {"method": "cps", "unsup_weight": 0.78},
+    # How good must the teachers be? Teachers that predict with BatchNorm's running statistics label
+    # the mixed scenes far more accurately than the official train-mode teachers on 4-image batches.
+    "teacher_eval": {"teacher_bn": "eval"},
     "cps": {"method": "cps"},
     "supervised": {"method": "supervised"},
 }
 # The method, its four ablations (method notes §8.5) and the two baselines; the rest test why CPS leads.
 PAPER_VARIANTS = ("cpcl", "inter_only", "union_only", "no_reweight", "union_by_confidence", "cps", "supervised")
+# The committed grid (benchmarks/ablation.py, issue 14): the baselines, the why-CPS-leads variants
+# first, then the paper's ablations.
+WHY_CPS_VARIANTS = ("supervised", "cps", "cpcl", "first_release", "batch_weight", "inter_over_labeled",
+                    "cpcl_lambda_1.28", "cps_lambda_0.78", "teacher_eval")
+COMMITTED_VARIANTS = WHY_CPS_VARIANTS + ("inter_only", "union_only", "no_reweight", "union_by_confidence")
 # The live demo grid (notebook 07 under make demo): the method, its main ablation and the two baselines,
 # a workflow demonstration that fits make demo's time (the paper's seven took 6 minutes there).
 DEMO_VARIANTS = ("cpcl", "inter_only", "cps", "supervised")
@@ -382,6 +391,47 @@ def summarise(table: pd.DataFrame, metric: str = "miou", baseline: str = "cpcl")
     s[f"Δ vs {baseline}"] = s["mean"] - s["labeled"].map(base)
     s = s.rename(columns={"mean": "mean (%)", "sd": "sd (%)"})
     return s.round(2)
+
+
+def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou") -> pd.DataFrame:
+    """Each variant minus ``baseline`` on the same seed and fraction, in points of ``metric``: one
+    column per seed, the mean, the sd of the per-seed differences, and "beyond the spread" (|mean| >
+    sd, with at least two seeds). Seeds where either run is missing are left out of that row."""
+    t = table.assign(v=100 * table[metric].astype(float))
+    base = t[t["variant"] == baseline].set_index(["labeled", "seed"])["v"]
+    rows = []
+    for (variant, labeled), g in t[t["variant"] != baseline].groupby(["variant", "labeled"], sort=False):
+        d = {int(r.seed): r.v - base[(labeled, r.seed)] for r in g.itertuples() if (labeled, r.seed) in base}
+        if not d:
+            continue
+        v = np.array(list(d.values()))
+        sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+        rows.append({"variant": variant, "labeled": labeled, **{f"seed {k}": x for k, x in sorted(d.items())},
+                     "mean": float(v.mean()), "sd": sd, "beyond the spread": bool(len(v) > 1 and abs(v.mean()) > sd)})
+    cols = ["variant", "labeled"]
+    if not rows:
+        return pd.DataFrame(columns=cols + ["mean", "sd", "beyond the spread"])
+    return pd.DataFrame(rows).set_index(cols).round(2)
+
+
+# The committed grid of benchmarks/ablation.py: one row per run (.csv) and where it comes from (.json).
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def committed_grid(preset: str = "benchmark", folder=RESULTS) -> tuple[pd.DataFrame, dict] | None:
+    """(table, provenance) of the committed ``benchmarks/ablation.py`` grid of ``preset``, or None."""
+    csv, meta = Path(folder) / f"ablation-{preset}.csv", Path(folder) / f"ablation-{preset}.json"
+    if not (csv.exists() and meta.exists()):
+        return None
+    return pd.read_csv(csv, dtype={"labeled": str}), json.loads(meta.read_text())
+
+
+def provenance(meta: dict) -> str:
+    """Where a committed grid comes from, in one line: preset, runs, seeds, commits, command, wall time."""
+    wall = meta.get("wall_seconds")
+    return (f"committed grid ({meta['preset']} preset, {meta['runs_finished']} of {meta['runs_expected']} runs, "
+            f"seeds {', '.join(map(str, meta['seeds']))}), trained by commit(s) {', '.join(meta['commits'])}: "
+            f"`{meta['command']}`" + (f", {wall / 3600:.1f} h of grid wall time on 2 CPU cores" if wall else ""))
 
 
 def write_table(table: pd.DataFrame, out_dir) -> Path:

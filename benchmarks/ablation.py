@@ -1,0 +1,148 @@
+"""Why does CPS lead? Supervised, CPS, CPCL and the variants on the benchmark preset, paired by seed.
+
+    .venv/bin/python benchmarks/ablation.py --jobs 2          # benchmark preset, seeds 0-2: hours, resumable
+    .venv/bin/python benchmarks/ablation.py --collect-only    # the tables of the runs finished so far
+    .venv/bin/python benchmarks/ablation.py --variants cpcl,first_release --seeds 0
+
+The grid is ``ablate.COMMITTED_VARIANTS`` at 1/16 (the why-CPS-leads variants first, then the paper's
+four ablations), run by ``ablate.run_grid`` into the prepared run set's folder
+(``~/.cache/cpcl-kit/prepared/<preset>``, or ``--runs``), so supervised, CPS and CPCL are the
+``ssl_gain.py`` runs, trained once. It writes ``results/ablation-<preset>.csv`` (one row per finished
+run of the grid, with the commit that trained it where known), ``.json`` (where the table comes
+from: commits, command, grid wall seconds, seeds) and ``.md`` (mean ± sd per variant, each variant
+minus CPCL and minus CPS per seed, and whether the mean difference exceeds the seeds' spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from cpcl_kit import ablate, prepared  # noqa: E402
+from cpcl_kit.config import parse_sets  # noqa: E402
+from cpcl_kit.runs import write_csv, write_json, write_text  # noqa: E402
+
+WALL = "ablation_wall.json"  # in the runs folder: the calls that trained runs, their commit and seconds
+SSL_GAIN_WALL = "ssl_gain_wall.json"
+COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "miou_ensemble", "pixel_acc",
+           "seconds", "iterations", "commit", "run"]
+
+
+def commit() -> str:
+    """The short commit of this checkout (the code that trains), or "unknown"."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _read(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def trained_by(runs: Path, wall: dict) -> dict[str, str]:
+    """{run folder name: commit} of the runs whose trainer is known: this script's calls record
+    theirs; the runs of the prepared set's members get the ssl_gain calls' commit when all had one."""
+    known = {name: c["commit"] for c in wall["calls"] for name in c.get("runs", [])}
+    ssl = {c.get("commit") for c in _read(runs / SSL_GAIN_WALL, {"calls": []})["calls"]}
+    if len(ssl) == 1 and None not in ssl:
+        members = {ablate.run_name(variant, frac, 0).rsplit("seed", 1)[0] for _, variant, frac in prepared.MEMBERS}
+        for path in runs.iterdir() if runs.is_dir() else []:
+            if path.name.rsplit("seed", 1)[0] in members:
+                known.setdefault(path.name, next(iter(ssl)))
+    return known
+
+
+def md_table(df) -> str:
+    """A DataFrame as a markdown table (index included; floats with 2 decimals)."""
+    df = df.reset_index() if df.index.name or any(df.index.names) else df
+    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
+    rows += [" | ".join(cell(v) for v in r) for r in df.itertuples(index=False)]
+    return "\n".join(f"| {r} |" for r in rows)
+
+
+def grid_table(runs: Path, variants, seeds, wall: dict):
+    """The finished runs of the grid (variants x 1/16 x seeds) in ``runs``, with their commit."""
+    table = ablate.collect(runs)
+    table = table[table["variant"].isin(variants) & table["seed"].isin(seeds) & (table["labeled"] == prepared.LABELED)]
+    by = trained_by(runs, wall)
+    return table.assign(commit=table["run"].map(lambda r: by.get(r, "unknown")))[COLUMNS].reset_index(drop=True)
+
+
+def markdown(table, meta: dict) -> str:
+    lines = [f"# ablation ({meta['preset']} preset, 1/16 labeled)", "", ablate.provenance(meta), ""]
+    if table.empty:
+        return "\n".join(lines + ["no finished runs yet"])
+    lines += ["## mIoU per variant (net 1), mean ± sd over seeds", "", md_table(ablate.summarise(table)), ""]
+    for base in ("cpcl", "cps"):
+        p = ablate.paired(table, base)
+        if not p.empty:
+            lines += [f"## Each variant minus {base}, paired by seed (mIoU points)", "", md_table(p), ""]
+    means = 100 * table.groupby("variant", sort=False)[["miou", "digit_miou", "miou_net2", "miou_ensemble"]].mean()
+    lines += ["## Digit-only, net 2 and the ensemble (mean over seeds, %)", "", md_table(means.round(2)), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="benchmark")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(ablate.COMMITTED_VARIANTS))
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--runs", type=Path, help="run folder (default: the prepared set's, prepared.default_dir)")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
+    p.add_argument("--collect-only", action="store_true", help="tabulate the finished runs, train nothing")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    runs = args.runs or prepared.default_dir(args.preset)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    grid = ablate.normalise_grid({"variants": args.variants, "fractions": [prepared.LABELED], "seeds": seeds})
+    started_at = commit()  # the code that trains; a later commit during a long grid does not count
+    wall = _read(runs / WALL, {"seconds": 0.0, "calls": []})
+    if not args.collect_only:
+        before = set(grid_table(runs, grid["variants"], seeds, wall)["run"])
+        t0 = time.perf_counter()
+        ablate.run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets), progress=not args.quiet,
+                        jobs=args.jobs)
+        new = sorted(set(grid_table(runs, grid["variants"], seeds, wall)["run"]) - before)
+        if new:  # this call trained runs: its wall time counts towards the grid's
+            seconds = time.perf_counter() - t0
+            wall["seconds"] += seconds
+            wall["calls"].append({"seconds": round(seconds, 1), "runs_trained": len(new), "jobs": args.jobs,
+                                  "commit": started_at, "runs": new})
+            write_json(runs / WALL, wall)
+    table = grid_table(runs, grid["variants"], seeds, wall)
+    ssl_wall = _read(runs / SSL_GAIN_WALL, {"seconds": 0.0})
+    meta = {"preset": args.preset, "labeled": prepared.LABELED, "seeds": seeds, "variants": grid["variants"],
+            "runs_finished": len(table), "runs_expected": len(grid["variants"]) * len(seeds),
+            "commits": sorted(set(table["commit"])) or [started_at],
+            "command": "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            # this script's calls plus the ssl_gain calls that trained the shared runs
+            "wall_seconds": round(wall["seconds"] + ssl_wall["seconds"], 1) or None,
+            "run_seconds_total": round(float(table["seconds"].sum()), 1)}
+    name = f"ablation-{args.preset}"
+    write_csv(args.results / f"{name}.csv", table)
+    write_json(args.results / f"{name}.json", meta)
+    text = markdown(table, meta)
+    write_text(args.results / f"{name}.md", text + "\n")
+    print(text)
+    if meta["runs_finished"] < meta["runs_expected"]:
+        print(f"\nonly {meta['runs_finished']} of {meta['runs_expected']} runs finished so far")
+    print(f"\nwritten: {args.results / name}.csv, .json, .md")
+    return meta
+
+
+if __name__ == "__main__":
+    main()
