@@ -47,8 +47,8 @@ VARIANTS: dict[str, dict] = {
     # the committed benchmark runs): the same effective strength from either side.
     "cpcl_lambda_1.28": {"unsup_weight": 1.28},
     "cps_lambda_0.78": {"method": "cps", "unsup_weight": 0.78},
-    # How good must the teachers be? Teachers that predict with BatchNorm's running statistics label
-    # the mixed scenes far more accurately than the official train-mode teachers on 4-image batches.
+    # How good must the teachers be? The official teachers normalise with the BatchNorm statistics of
+    # their own 4-image batch (train mode); these use the running statistics (eval mode).
     "teacher_eval": {"teacher_bn": "eval"},
     "cps": {"method": "cps"},
     "supervised": {"method": "supervised"},
@@ -423,7 +423,7 @@ def committed_grid(preset: str = "benchmark", folder=RESULTS) -> tuple[pd.DataFr
     csv, meta = Path(folder) / f"ablation-{preset}.csv", Path(folder) / f"ablation-{preset}.json"
     if not (csv.exists() and meta.exists()):
         return None
-    return pd.read_csv(csv, dtype={"labeled": str}), json.loads(meta.read_text())
+    return pd.read_csv(csv, dtype={"labeled": str, "commit": str}), json.loads(meta.read_text())
 
 
 def provenance(meta: dict) -> str:

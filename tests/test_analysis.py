@@ -86,7 +86,7 @@ def test_stage_iterations():
     cfg = make_config("smoke")
     assert runs.stage_iterations(cfg, 3) == [4, 8, 12]
     assert runs.stage_iterations(cfg, 1) == [12]
-    assert runs.stage_iterations(make_config("demo"), 4) == [120, 160, 200, 240]
+    assert runs.stage_iterations(make_config("demo", iterations=240, sup_only_iters=120), 4) == [120, 160, 200, 240]
     with pytest.raises(KitError):
         runs.stage_iterations(cfg, 0)
 

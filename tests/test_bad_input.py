@@ -91,7 +91,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     # 11: backbone weights
     "11a_weights_not_a_state_dict": (["--set", "backbone_weights={w}/weights/notsd.pth"],
                                      r"backbone_weights: .*notsd\.pth does not hold a state dict of tensors"),
-    "11b_weights_missing_keys": (["--set", "backbone_weights={w}/weights/r18-missing.pth"],
+    "11b_weights_missing_keys": (["--set", "backbone=resnet18",
+                                  "--set", "backbone_weights={w}/weights/r18-missing.pth"],
                                  r"backbone_weights: .*r18-missing\.pth does not match a torchvision resnet18: "
                                  r"missing keys \['layer2\.0\.conv1\.weight'\]"),
     "11d_weights_plain_pickle": (["--set", "backbone_weights={w}/weights/plain.pkl"],

@@ -231,8 +231,9 @@ def test_official_rule_spelled_out_for_the_paper_backbones():
     assert [b.conv2.dilation[0] for b in net.backbone.layer4] == [4, 8, 16]
 
 
-# Today's (pre-`dilation`) convs of the CPU presets' ResNet-18, written down before the option
-# existed: (name, stride, dilation, padding) of every 3x3 conv and shortcut in layer3 and layer4.
+# The convs of the CPU presets' ResNet-18 layout (resnet18_w16 has ResNet-18's, written down before the
+# `dilation` option existed): (name, stride, dilation, padding) of every 3x3 conv and shortcut in
+# layer3 and layer4.
 TODAY_R18 = {
     16: [("layer3.0.conv1", 2, 1, 1), ("layer3.0.conv2", 1, 1, 1), ("layer3.0.downsample.0", 2, 1, 0),
          ("layer3.1.conv1", 1, 1, 1), ("layer3.1.conv2", 1, 1, 1), ("layer4.0.conv1", 1, 1, 1),
@@ -244,12 +245,11 @@ TODAY_R18 = {
         ("layer4.1.conv2", 1, 4, 4)],
 }
 # Sums of |weights| (float64) of both nets and of their eval-mode logits on a fixed input, measured
-# with the code before `dilation` existed (torch 2.14.1, the pinned version): the CPU presets must
-# build the very same nets.
+# when the CPU presets moved to resnet18_w16 (torch 2.14.1, the pinned version): a change to the
+# model code must not silently change the nets the CPU presets build (and their saved runs load).
 # (output stride, head channels) -> (sum of |weights| per net, sum of logits per net on a fixed input)
-TODAY_SUMS = {(16, 32): ([241628.57699212586, 241627.56872899347], [-10.820801025232868, -47653.494808857344]),
-              (16, 64): ([254747.58041321472, 254715.53916533405], [-6543.421758375323, 13298.746050052629]),
-              (8, 64): ([254747.58041321472, 254715.53916533405], [-4082.220531037446, 11200.897794118107])}
+TODAY_SUMS = {(16, 32): ([37505.00086462685, 37507.23706032834], [7312.205248760198, 19345.834981715714]),
+              (16, 64): ([46121.92059529302, 46117.56891883554], [44248.131821066134, 29191.11631023252])}
 
 
 @pytest.mark.parametrize("preset", ["smoke", "demo", "benchmark"])
@@ -258,7 +258,7 @@ def test_cpu_presets_build_todays_nets(preset):
     from cpcl_kit.model import build_nets
 
     cfg = make_config(preset, backbone_weights="none")  # the layout, not the weights
-    assert cfg.dilation == "torchvision" and cfg.backbone == "resnet18"
+    assert cfg.dilation == "torchvision" and cfg.backbone == "resnet18_w16"
     nets = build_nets(cfg)
     for net in nets:
         convs = _actual_convs(net)

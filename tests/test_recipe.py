@@ -126,7 +126,7 @@ def test_cpu_presets_list_exactly_the_settings_that_deviate(preset):
         assert f"{cfg.batch_size} labeled" in dev["batch_size"] and preset in dev["batch_size"]
     assert "output_stride" not in dev  # the CPU presets run at the paper's 16
     assert str(cfg.head_channels) in dev["head_channels"]
-    sup_start = {"demo": "the first half in demo", "benchmark": "a third in benchmark", "smoke": "and smoke"}
+    sup_start = {"demo": "a third in demo", "benchmark": "a quarter in benchmark", "smoke": "and smoke"}
     assert sup_start[preset] in dev["sup_only_iters"]
 
 
