@@ -14,32 +14,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--preset", "smoke", "--seeds", "0,1",
-           "--variants", "supervised,cps,cpcl,first_release", "--set", "iterations=4", "--set", "sup_only_iters=1",
+           "--variants", "cps,first_release", "--set", "iterations=4", "--set", "sup_only_iters=1",
            "--set", "rampup_iters=0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--quiet",
            "--jobs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table, meta = ablate.committed_grid("smoke", tmp_path)
-    assert len(table) == 8 and set(table["variant"]) == {"supervised", "cps", "cpcl", "first_release"}
+    assert len(table) == 4 and set(table["variant"]) == {"cps", "first_release"}
     assert (table["commit"] != "unknown").all() and table["labeled"].eq("1/16").all()
-    assert meta["runs_finished"] == meta["runs_expected"] == 8 and meta["wall_seconds"] > 0
+    assert meta["runs_finished"] == meta["runs_expected"] == 4 and meta["wall_seconds"] > 0
     assert "ablation.py" in meta["command"] and meta["commits"] == sorted(set(table["commit"]))
     md = (tmp_path / "ablation-smoke.md").read_text()
-    assert "Each variant minus cpcl" in md and "| first_release | 1/16 |" in md
-    assert "committed grid (smoke preset, 8 of 8 runs, seeds 0, 1)" in ablate.provenance(meta)
+    assert "Each variant minus cps" in md and "| first_release | 1/16 |" in md
+    assert "committed grid (smoke preset, 4 of 4 runs, seeds 0, 1)" in ablate.provenance(meta)
     # the paired table is the per-seed difference of the CSV's own numbers
     p = ablate.paired(table, "cps")
     row = table.set_index(["variant", "seed"])["miou"]
-    assert abs(p.loc[("cpcl", "1/16"), "seed 1"] - round(100 * (row["cpcl", 1] - row["cps", 1]), 2)) < 0.011
+    by_hand = round(100 * (row["first_release", 1] - row["cps", 1]), 2)
+    assert abs(p.loc[("first_release", "1/16"), "seed 1"] - by_hand) < 0.011
     # a second call trains nothing and keeps the provenance of the first
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.stdout.count("skipped") == 8
+    assert again.stdout.count("skipped") == 4
     assert ablate.committed_grid("smoke", tmp_path)[1]["wall_seconds"] == meta["wall_seconds"]
     # --collect-only tabulates what is finished, naming what is missing
     (tmp_path / "runs" / "first_release__1-16__seed1" / "metrics.json").unlink()
     look = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=120)
-    assert look.returncode == 0 and "only 7 of 8 runs finished so far" in look.stdout
-    assert json.loads((tmp_path / "ablation-smoke.json").read_text())["runs_finished"] == 7
+    assert look.returncode == 0 and "only 3 of 4 runs finished so far" in look.stdout
+    assert json.loads((tmp_path / "ablation-smoke.json").read_text())["runs_finished"] == 3
 
 
 def test_paired_differences_by_hand():
