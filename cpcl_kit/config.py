@@ -234,15 +234,15 @@ PRESETS: dict[str, dict] = {
                   n_val_scenes=16, warmup_iters=2, sup_only_iters=4, rampup_iters=4, log_every=2,
                   checkpoint_every=6, head_channels=32, output_stride=16,
                   pretrain_steps=20, pretrain_size=32, pretrain_batch=16),
-    # The live demo: about 3.5 minutes of CPCL on 2 cores (a third supervised start, then CPCL with
+    # The live demo: a few minutes of CPCL on 2 cores (a third supervised start, then CPCL with
     # 4+4 unlabeled images). It shows the mechanics; the benchmark preset (the prepared run set,
-    # prepared.py) trains three times longer on twice the scenes. The first run of demo or
-    # benchmark also pretrains the backbone (about 1.5 minutes, then cached).
+    # prepared.py) trains over three times longer on twice the scenes. The first run of demo or
+    # benchmark also pretrains the backbone (under a minute on 2 cores, then cached).
     "demo": dict(_CPU, iterations=720, batch_size=8, unlabeled_batch_size=4, n_train_scenes=1000,
                  n_val_scenes=200, warmup_iters=40, sup_only_iters=240, rampup_iters=80,
                  log_every=20),
-    # The prepared run set and benchmarks/ssl_gain.py: about 17 minutes of CPCL on one core (a
-    # quarter supervised start, then CPCL with 4+4 unlabeled), 12 runs in about 70 minutes with --jobs 2.
+    # The prepared run set and benchmarks/ssl_gain.py: about 12 minutes of CPCL on one core (a
+    # quarter supervised start, then CPCL with 4+4 unlabeled), 12 runs in 50 minutes with --jobs 2.
     "benchmark": dict(_CPU, iterations=2400, batch_size=8, unlabeled_batch_size=4,
                       n_train_scenes=2000, n_val_scenes=300, warmup_iters=100,
                       sup_only_iters=600, rampup_iters=200, log_every=20),

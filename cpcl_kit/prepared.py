@@ -1,15 +1,18 @@
 """The prepared run set: supervised, CPS, CPCL and the fully supervised reference, trained once on
-the ``benchmark`` preset (four times the demo's iterations, twice its scenes), for the notebooks.
+the ``benchmark`` preset (2,400 iterations, over three times the demo's, on twice its scenes), for
+the notebooks.
 
-The demo's live runs (a few minutes on a laptop) teach the mechanics, but are too short for the
-unlabeled data to pay off. On the committed benchmark the set's CPCL gains +0.6 mIoU points over
-supervised on the mean of seeds 0-2 (CPS +0.8), within the seeds' spread, while full supervision is
-13 points higher (``benchmarks/results/ssl_gain-benchmark.md``): the set shows well-trained teachers'
-pseudo labels and weights, not yet a semi-supervised gain.
+The demo's live runs (a few minutes on a laptop) teach the mechanics, but are too short to say what
+the unlabeled data does to the result. On the committed benchmark it costs points: the set's CPCL is
+4.0 mIoU points below supervised on the mean of seeds 0-2 (CPS 4.2), while full supervision is 14
+points above supervised (``benchmarks/results/ssl_gain-benchmark.md``): the set shows well-trained
+teachers' pseudo labels and weights, and a semi-supervised loss that does not pay off on these
+scenes.
 
 ``python -m cpcl_kit prepare`` (``make prepared``) trains this set once into a cache folder outside
-the tracked tree, resumably, two runs at a time; notebooks 04–08 use it when it is there (``find``), and ``benchmarks/ssl_gain.py`` runs the same set on three seeds into the
-same folder. The folder is ``$CPCL_KIT_PREPARED`` when set, else ``~/.cache/cpcl-kit/prepared/<preset>``
+the tracked tree, resumably, two runs at a time; notebooks 04–08 use it when it is there
+(``find``), and ``benchmarks/ssl_gain.py`` runs the same set on three seeds into the same folder.
+The folder is ``$CPCL_KIT_PREPARED`` when set, else ``~/.cache/cpcl-kit/prepared/<preset>``
 (``$XDG_CACHE_HOME`` honoured). Runs are ablation-grid cells (``ablate.run_grid``): one folder each,
 named ``<variant>__<fraction>__seed<seed>``, under the same-run rule.
 """
