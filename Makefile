@@ -36,7 +36,8 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
-	$(PY) benchmarks/ssl_gain.py
+	$(PY) benchmarks/ssl_gain.py --jobs 2
+	$(PY) benchmarks/ablation.py --jobs 2
 
 clean:
 	rm -rf $(OUT) .pytest_cache
