@@ -28,22 +28,12 @@ sys.path.insert(0, str(HERE.parent))
 from cpcl_kit import ablate, prepared  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
 from cpcl_kit.runs import write_csv, write_json, write_text  # noqa: E402
+from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, the code that trains)
 
 WALL = "ablation_wall.json"  # in the runs folder: the calls that trained runs, their commit and seconds
 SSL_GAIN_WALL = "ssl_gain_wall.json"
 COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "miou_ensemble", "pixel_acc",
            "seconds", "iterations", "commit", "run"]
-
-
-def commit() -> str:
-    """The short commit of this checkout (the code that trains), or "unknown"."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _read(path: Path, default):

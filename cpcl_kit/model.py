@@ -123,12 +123,17 @@ class _NarrowResNet(models.ResNet):
         self.layer4 = self._make_layer(models.resnet.BasicBlock, 8 * width, 2, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(8 * width, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _kaiming_init(self, "fan_out")  # as torchvision initialises its ResNets
+
+
+def _kaiming_init(module: nn.Module, mode: str) -> None:
+    """He-normal convs (``mode`` "fan_in" or "fan_out") and unit BatchNorms, in module order."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def resnet(name: str, num_classes: int = 1000) -> models.ResNet:
@@ -344,12 +349,7 @@ class DeepLabV3Plus(nn.Module):
 
     def _init_head(self) -> None:
         for part in (self.aspp, self.low_proj, self.decoder, self.classifier):
-            for m in part.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+            _kaiming_init(part, "fan_in")
 
     def parts(self) -> dict[str, nn.Module]:
         """The model's parts by name, for parameter tables and per-part learning rates."""
