@@ -27,7 +27,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cpcl_kit demo --out $(OUT) --preset $(PRESET)
 
-# The prepared run set the notebooks show (benchmark preset, seed 0; resumable): about 25 minutes.
+# The prepared run set the notebooks show (benchmark preset, seed 0; resumable): about 20 minutes.
 prepared: $(STAMP)
 	$(PY) -m cpcl_kit prepare --jobs 2
 

@@ -91,7 +91,7 @@ def how_to_make(preset: str = PRESET) -> str:
     """The one line a notebook prints when the set is missing."""
     return (f"no prepared run set in {default_dir(preset)}: `make prepared` (python -m cpcl_kit prepare) "
             f"trains supervised, CPS, CPCL and full supervision on the {preset} preset once "
-            f"(about 25 minutes on 2 cores, resumable), and notebooks 04-08 then show those runs")
+            f"(about 20 minutes on 2 cores, resumable), and notebooks 04-08 then show those runs")
 
 
 def load(dirs: dict[str, Path], nets: bool = True) -> dict:
