@@ -125,6 +125,15 @@ def test_same_spec_gives_bitwise_identical_weights(tiny):
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
     assert first.keys() == state.keys() and all(torch.equal(first[k], state[k]) for k in first)
     assert report["scene_digit_acc"] == pretrain.read_report(path)["scene_digit_acc"]
+    # the caller's thread count changes neither the weights nor itself
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if threads == 1 else 1)
+    try:
+        other, report = pretrain.train_backbone(TINY, progress=False)
+        assert torch.get_num_threads() == (2 if threads == 1 else 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(first[k], other[k]) for k in first) and report["torch_threads"] == 1
 
 
 def test_named_value_loads_into_both_nets(tiny, monkeypatch):
