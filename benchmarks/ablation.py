@@ -117,7 +117,8 @@ def main(argv=None) -> dict:
     ssl_wall = _read(runs / SSL_GAIN_WALL, {"seconds": 0.0})
     meta = {"preset": args.preset, "labeled": prepared.LABELED, "seeds": seeds, "variants": grid["variants"],
             "runs_finished": len(table), "runs_expected": len(grid["variants"]) * len(seeds),
-            "commits": sorted(set(table["commit"])) or [started_at],
+            # the checkout that wrote these tables, and the commits that trained their runs
+            "commit": started_at, "commits": sorted(set(table["commit"])) or [started_at],
             "command": "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             # this script's calls plus the ssl_gain calls that trained the shared runs
             "wall_seconds": round(wall["seconds"] + ssl_wall["seconds"], 1) or None,

@@ -24,6 +24,8 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path):
     assert (table["commit"] != "unknown").all() and table["labeled"].eq("1/16").all()
     assert meta["runs_finished"] == meta["runs_expected"] == 4 and meta["wall_seconds"] > 0
     assert "ablation.py" in meta["command"] and meta["commits"] == sorted(set(table["commit"]))
+    assert meta["commit"] == subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True).stdout.strip()
     md = (tmp_path / "ablation-smoke.md").read_text()
     assert "Each variant minus cps" in md and "| first_release | 1/16 |" in md
     assert "committed grid (smoke preset, 4 of 4 runs, seeds 0, 1)" in ablate.provenance(meta)
