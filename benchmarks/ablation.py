@@ -11,6 +11,11 @@ four ablations), run by ``ablate.run_grid`` into the prepared run set's folder
 run of the grid, with the commit that trained it where known), ``.json`` (where the table comes
 from: commits, command, grid wall seconds, seeds) and ``.md`` (mean ± sd per variant, each variant
 minus CPCL and minus CPS per seed, and whether the mean difference exceeds the seeds' spread).
+
+The committed table is extended, not replaced: its rows whose runs the run folder lacks (a fresh
+machine, another folder) are kept with the commit that trained them, and a run finished in the folder
+replaces its committed row. So ``--variants batch_weight`` on a new machine adds three rows to the
+committed grid. ``--fresh`` tabulates the run folder alone.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from cpcl_kit import ablate, prepared  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
+from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.runs import write_csv, write_json, write_text  # noqa: E402
 from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, the code that trains)
 
@@ -70,6 +78,31 @@ def grid_table(runs: Path, variants, seeds, wall: dict):
     return table.assign(commit=table["run"].map(lambda r: by.get(r, "unknown")))[COLUMNS].reset_index(drop=True)
 
 
+def kept_rows(results_csv: Path, local, variants, seeds):
+    """The rows of the committed table (``results_csv``) in the grid whose runs ``local`` lacks."""
+    if not results_csv.exists():
+        return local.iloc[:0]
+    old = pd.read_csv(results_csv, dtype={"labeled": str, "commit": str})
+    if list(old.columns) != COLUMNS:
+        raise KitError(f"{results_csv}: expected the columns {', '.join(COLUMNS)}; move it away or pass --fresh")
+    keep = old["variant"].isin(variants) & old["seed"].isin(seeds) & (old["labeled"] == prepared.LABELED)
+    return old[keep & ~old["run"].isin(set(local["run"]))]
+
+
+def wall_calls(runs: Path, wall: dict, previous: dict | None) -> list[dict]:
+    """The calls that trained the table's runs: this folder's (ablation and ssl_gain calls) and, when
+    committed rows are kept, those the committed JSON lists (its total, for a JSON from before calls
+    were listed). Each call once, so re-running the script never counts one twice."""
+    calls = [{"source": "ablation.py", **c} for c in wall["calls"]]
+    calls += [{"source": "ssl_gain.py", **c} for c in _read(runs / SSL_GAIN_WALL, {"calls": []})["calls"]]
+    if previous:
+        earlier = previous.get("wall_calls") or [{"source": "committed table", "seconds": previous["wall_seconds"],
+                                                  "commits": previous["commits"]}]
+        seen = {json.dumps(c, sort_keys=True) for c in calls}
+        calls += [c for c in earlier if json.dumps(c, sort_keys=True) not in seen]
+    return calls
+
+
 def markdown(table, meta: dict) -> str:
     lines = [f"# ablation ({meta['preset']} preset, 1/16 labeled)", "", ablate.provenance(meta), ""]
     if table.empty:
@@ -94,6 +127,8 @@ def main(argv=None) -> dict:
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--collect-only", action="store_true", help="tabulate the finished runs, train nothing")
+    p.add_argument("--fresh", action="store_true",
+                   help="tabulate the run folder alone (default: keep the committed rows whose runs it lacks)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     runs = args.runs or prepared.default_dir(args.preset)
@@ -113,17 +148,22 @@ def main(argv=None) -> dict:
             wall["calls"].append({"seconds": round(seconds, 1), "runs_trained": len(new), "jobs": args.jobs,
                                   "commit": started_at, "runs": new})
             write_json(runs / WALL, wall)
+    name = f"ablation-{args.preset}"
     table = grid_table(runs, grid["variants"], seeds, wall)
-    ssl_wall = _read(runs / SSL_GAIN_WALL, {"seconds": 0.0})
+    kept = table.iloc[:0] if args.fresh else kept_rows(args.results / f"{name}.csv", table, grid["variants"], seeds)
+    previous = _read(args.results / f"{name}.json", None) if len(kept) else None
+    table = ablate.sort_rows(pd.concat([table, kept], ignore_index=True)) if len(kept) else table
+    calls = wall_calls(runs, wall, previous)
     meta = {"preset": args.preset, "labeled": prepared.LABELED, "seeds": seeds, "variants": grid["variants"],
             "runs_finished": len(table), "runs_expected": len(grid["variants"]) * len(seeds),
             # the checkout that wrote these tables, and the commits that trained their runs
             "commit": started_at, "commits": sorted(set(table["commit"])) or [started_at],
             "command": "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-            # this script's calls plus the ssl_gain calls that trained the shared runs
-            "wall_seconds": round(wall["seconds"] + ssl_wall["seconds"], 1) or None,
+            "runs_kept": len(kept),  # rows of the committed table whose runs this run folder lacks
+            # the calls that trained the runs (this script's, the ssl_gain calls that trained the shared
+            # runs, and those of the kept rows) and their sum
+            "wall_seconds": round(sum(c["seconds"] for c in calls), 1) or None, "wall_calls": calls,
             "run_seconds_total": round(float(table["seconds"].sum()), 1)}
-    name = f"ablation-{args.preset}"
     write_csv(args.results / f"{name}.csv", table)
     write_json(args.results / f"{name}.json", meta)
     text = markdown(table, meta)
@@ -136,4 +176,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KitError as e:  # one line naming the argument or file, exit 2 (as the kit's CLI)
+        print(f"ablation.py: {e}", file=sys.stderr)
+        sys.exit(2)

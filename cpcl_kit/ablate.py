@@ -341,7 +341,8 @@ def _run_dirs(out_dir) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []
 
 
-def _sort(table: pd.DataFrame) -> pd.DataFrame:
+def sort_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows in grid order: variants as in VARIANTS, then fraction, then seed."""
     order = {v: i for i, v in enumerate(VARIANTS)}
     frac = table["labeled"].map(lambda s: _fraction_key(s))
     return (table.assign(_v=table["variant"].map(order), _f=frac)
@@ -363,7 +364,7 @@ def collect(out_dir) -> pd.DataFrame:
     rows = [r for r in (_row(d) for d in _run_dirs(out_dir)) if r is not None]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
-    return _sort(pd.DataFrame(rows, columns=COLUMNS))
+    return sort_rows(pd.DataFrame(rows, columns=COLUMNS))
 
 
 def per_class(out_dir) -> pd.DataFrame:

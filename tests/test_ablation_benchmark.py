@@ -1,6 +1,7 @@
 """benchmarks/ablation.py: the committed variant grid (issue 14) runs, resumes and writes its tables."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,35 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.stdout.count("skipped") == 4
     assert ablate.committed_grid("smoke", tmp_path)[1]["wall_seconds"] == meta["wall_seconds"]
-    # --collect-only tabulates what is finished, naming what is missing
+    # another run folder (a fresh machine) keeps the committed rows it lacks, with their commit and
+    # wall time, and a run finished there replaces its committed row
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "runs" / "cps__1-16__seed1", other / "cps__1-16__seed1")
+    metrics = other / "cps__1-16__seed1" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "miou": 0.123}))
+    swap = cmd[:cmd.index("--runs")] + ["--runs", str(other)] + cmd[cmd.index("--runs") + 2:]
+    merged = subprocess.run(swap + ["--collect-only"], capture_output=True, text=True, timeout=120)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    table2, meta2 = ablate.committed_grid("smoke", tmp_path)
+    assert meta2["runs_finished"] == 4 and meta2["runs_kept"] == 3
+    row = table2.set_index("run").loc["cps__1-16__seed1"]
+    assert row["miou"] == 0.123 and row["commit"] == "unknown"  # a copied run: no call of this folder trained it
+    same = [c for c in table.columns if c not in ("miou", "commit")]
+    assert table2[same].equals(table[same])  # the same runs in the same order
+    assert table2[table2["run"] != "cps__1-16__seed1"].equals(table[table["run"] != "cps__1-16__seed1"])
+    assert meta2["wall_seconds"] == meta["wall_seconds"]  # the kept rows' calls, counted once
+    again2 = subprocess.run(swap + ["--collect-only"], capture_output=True, text=True, timeout=120)
+    assert again2.returncode == 0 and ablate.committed_grid("smoke", tmp_path)[1]["wall_seconds"] == meta["wall_seconds"]
+    # --fresh --collect-only tabulates the run folder alone, naming what is missing
     (tmp_path / "runs" / "first_release__1-16__seed1" / "metrics.json").unlink()
-    look = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=120)
+    look = subprocess.run(cmd + ["--collect-only", "--fresh"], capture_output=True, text=True, timeout=120)
     assert look.returncode == 0 and "only 3 of 4 runs finished so far" in look.stdout
     assert json.loads((tmp_path / "ablation-smoke.json").read_text())["runs_finished"] == 3
+    # a results table of another shape is named, not merged
+    (tmp_path / "ablation-smoke.csv").write_text("a,b\n1,2\n")
+    bad = subprocess.run(cmd + ["--collect-only"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "ablation-smoke.csv: expected the columns" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_paired_differences_by_hand():
