@@ -14,8 +14,9 @@ minus CPCL and minus CPS per seed, and whether the mean difference exceeds the s
 
 The committed table is extended, not replaced: its rows whose runs the run folder lacks (a fresh
 machine, another folder) are kept with the commit that trained them, and a run finished in the folder
-replaces its committed row. So ``--variants batch_weight`` on a new machine adds three rows to the
-committed grid. ``--fresh`` tabulates the run folder alone.
+replaces its committed row; cells the committed table holds are not retrained, so on a new machine
+``--jobs 2`` trains only what the table lacks. ``--fresh`` trains and tabulates the run folder alone.
+A call whose ``--set`` values differ from the committed table's is refused.
 """
 
 from __future__ import annotations
@@ -135,30 +136,40 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = ablate.normalise_grid({"variants": args.variants, "fractions": [prepared.LABELED], "seeds": seeds})
     started_at = commit()  # the code that trains; a later commit during a long grid does not count
+    command = "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    name = f"ablation-{args.preset}"
+    previous = None if args.fresh else _read(args.results / f"{name}.json", None)
+    if previous is not None and previous.get("sets", []) != args.sets:
+        raise KitError(f"{args.results / name}.json: its runs were trained with --set {previous.get('sets', [])}, "
+                       f"this call has --set {args.sets}; pass another --results, or --fresh")
     wall = _read(runs / WALL, {"seconds": 0.0, "calls": []})
     if not args.collect_only:
-        before = set(grid_table(runs, grid["variants"], seeds, wall)["run"])
+        local = grid_table(runs, grid["variants"], seeds, wall)
+        held = set() if args.fresh else set(kept_rows(args.results / f"{name}.csv", local, grid["variants"], seeds)["run"])
+        if held and not args.quiet:
+            print(f"{len(held)} runs of the committed table are kept, not retrained (--fresh retrains them)")
+        cells = [{"variants": [v], "fractions": [prepared.LABELED], "seeds": [s]} for v in grid["variants"]
+                 for s in seeds if ablate.run_name(v, prepared.LABELED, s) not in held]
         t0 = time.perf_counter()
-        ablate.run_grid(grid, runs, preset=args.preset, overrides=parse_sets(args.sets), progress=not args.quiet,
-                        jobs=args.jobs)
-        new = sorted(set(grid_table(runs, grid["variants"], seeds, wall)["run"]) - before)
+        if cells:
+            ablate.run_grid(cells, runs, preset=args.preset, overrides=parse_sets(args.sets),
+                            progress=not args.quiet, jobs=args.jobs)
+        new = sorted(set(grid_table(runs, grid["variants"], seeds, wall)["run"]) - set(local["run"]))
         if new:  # this call trained runs: its wall time counts towards the grid's
             seconds = time.perf_counter() - t0
             wall["seconds"] += seconds
             wall["calls"].append({"seconds": round(seconds, 1), "runs_trained": len(new), "jobs": args.jobs,
-                                  "commit": started_at, "runs": new})
+                                  "commit": started_at, "command": command, "runs": new})
             write_json(runs / WALL, wall)
-    name = f"ablation-{args.preset}"
     table = grid_table(runs, grid["variants"], seeds, wall)
     kept = table.iloc[:0] if args.fresh else kept_rows(args.results / f"{name}.csv", table, grid["variants"], seeds)
-    previous = _read(args.results / f"{name}.json", None) if len(kept) else None
     table = ablate.sort_rows(pd.concat([table, kept], ignore_index=True)) if len(kept) else table
-    calls = wall_calls(runs, wall, previous)
+    calls = wall_calls(runs, wall, previous if len(kept) else None)
     meta = {"preset": args.preset, "labeled": prepared.LABELED, "seeds": seeds, "variants": grid["variants"],
             "runs_finished": len(table), "runs_expected": len(grid["variants"]) * len(seeds),
             # the checkout that wrote these tables, and the commits that trained their runs
             "commit": started_at, "commits": sorted(set(table["commit"])) or [started_at],
-            "command": "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "command": command, "sets": args.sets,  # this call's; each training call's is in wall_calls
             "runs_kept": len(kept),  # rows of the committed table whose runs this run folder lacks
             # the calls that trained the runs (this script's, the ssl_gain calls that trained the shared
             # runs, and those of the kept rows) and their sum

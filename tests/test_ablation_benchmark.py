@@ -58,6 +58,13 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path):
     assert meta2["wall_seconds"] == meta["wall_seconds"]  # the kept rows' calls, counted once
     again2 = subprocess.run(swap + ["--collect-only"], capture_output=True, text=True, timeout=120)
     assert again2.returncode == 0 and ablate.committed_grid("smoke", tmp_path)[1]["wall_seconds"] == meta["wall_seconds"]
+    # training there retrains none of the committed runs ...
+    train = subprocess.run(swap, capture_output=True, text=True, timeout=120)
+    assert train.returncode == 0 and [p.name for p in other.iterdir() if p.is_dir()] == ["cps__1-16__seed1"]
+    # ... and refuses to extend a table trained with other --set values
+    k = swap.index("rampup_iters=0")
+    unset = subprocess.run(swap[:k - 1] + swap[k + 1:], capture_output=True, text=True, timeout=120)
+    assert unset.returncode == 2 and "ablation-smoke.json: its runs were trained with --set" in unset.stderr
     # --fresh --collect-only tabulates the run folder alone, naming what is missing
     (tmp_path / "runs" / "first_release__1-16__seed1" / "metrics.json").unlink()
     look = subprocess.run(cmd + ["--collect-only", "--fresh"], capture_output=True, text=True, timeout=120)
