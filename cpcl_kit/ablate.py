@@ -50,6 +50,9 @@ VARIANTS: dict[str, dict] = {
     # How good must the teachers be? The official teachers normalise with the BatchNorm statistics of
     # their own 4-image batch (train mode); these use the running statistics (eval mode).
     "teacher_eval": {"teacher_bn": "eval"},
+    # The labeled masks leave a 1-px void band round each outline (void_band=1), the pseudo labels none:
+    # the two-net nets lose on the digits' outline, not their identity (issue 13's diagnosis).
+    "pseudo_void_band": {"pseudo_void_band": 1},
     "cps": {"method": "cps"},
     "supervised": {"method": "supervised"},
 }

@@ -78,6 +78,7 @@ class Config:
     inter_norm: str = "all"            # "labeled": intersection loss averaged over labeled pixels (first release)
     targets: tuple = ("inter", "union")  # labels for (net 1, net 2)
     teacher_bn: str = "train"          # "eval": teachers predict with BatchNorm's running statistics
+    pseudo_void_band: int = 0          # px without pseudo label on each side of either teacher's outlines (0: official)
     sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     # evaluation
     eval_crop: int | None = None       # None: whole image; else sliding window of this size
@@ -348,6 +349,8 @@ def validate(cfg: Config) -> Config:
         if getattr(cfg, key) < 2:
             raise KitError(f"{key}: expected at least 2 (BatchNorm in train mode needs 2 images), "
                            f"got {getattr(cfg, key)}")
+    if cfg.pseudo_void_band < 0:
+        raise KitError(f"pseudo_void_band: expected 0 (none) or a band width in px, got {cfg.pseudo_void_band}")
     if cfg.iterations < 1:
         raise KitError(f"iterations: expected a positive number, got {cfg.iterations}")
     if cfg.lr <= 0:
@@ -418,7 +421,7 @@ _RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "cro
                   "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
                   "momentum", "weight_decay", "warmup_iters", "poly_power", "unsup_weight",
                   "sup_only_iters", "rampup_iters", "union_rule", "reweight", "weight_scope", "inter_norm",
-                  "targets", "teacher_bn", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
+                  "targets", "teacher_bn", "pseudo_void_band", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
 
 
 def _preset_value(preset: str, key: str):

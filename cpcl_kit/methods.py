@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .constants import IGNORE_INDEX as IGNORE
-from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
+from .cpcl import agreement, boundary_band, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
 
 # Cityscapes OHEM class weights (method notes §4), in trainId order.
 CITYSCAPES_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
@@ -90,6 +90,18 @@ def _cutmix(batch, gen):
     return mask, mix(batch.u0, batch.u1, mask), truth
 
 
+def _void_outlines(labels, band: int, *targets):
+    """``targets`` with no label (IGNORE) within ``band`` px of either teacher's outlines.
+
+    The labeled masks of the digit scenes (``void_band``), like VOC's, leave a band round every
+    outline unlabeled, yet pseudo labels name every pixel: ``pseudo_void_band`` gives them the same
+    band, drawn where the teachers put the outlines. 0 (the official code): targets unchanged."""
+    if band == 0:
+        return targets
+    void = boundary_band(labels.y1, band) | boundary_band(labels.y2, band)
+    return tuple(t.masked_fill(void, IGNORE) for t in targets)
+
+
 def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
              all_reduce=None) -> StepOut:
     """Cross pseudo supervision: each net learns from the other's hard label on the CutMix image."""
@@ -101,8 +113,9 @@ def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     mask, u_mix, truth = _cutmix(batch, gen)
     t1, t2 = _teachers(nets, batch, mask, cfg.teacher_bn)
     labels = pseudo_supervision(t1, t2, reweight=False)
-    u1 = weighted_ce(net1(u_mix), labels.y2)
-    u2 = weighted_ce(net2(u_mix), labels.y1)
+    y1, y2 = _void_outlines(labels, cfg.pseudo_void_band, labels.y1, labels.y2)
+    u1 = weighted_ce(net1(u_mix), y2)
+    u2 = weighted_ce(net2(u_mix), y1)
     parts.update(unsup1=u1.detach(), unsup2=u2.detach())
     return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
 
@@ -123,8 +136,9 @@ def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     # The first release (weight_scope="batch") scaled each mean CE by its mean weight; the official
     # code since weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
     how = {"per_pixel": cfg.weight_scope == "pixel"}
-    target = {"inter": (labels.inter, labels.w_inter, {**how, "normalise": cfg.inter_norm}),
-              "union": (labels.union, labels.w_union, how)}
+    inter, union = _void_outlines(labels, cfg.pseudo_void_band, labels.inter, labels.union)
+    target = {"inter": (inter, labels.w_inter, {**how, "normalise": cfg.inter_norm}),
+              "union": (union, labels.w_union, how)}
 
     def loss(net, kind):
         label, weight, kw = target[kind]

@@ -106,9 +106,12 @@ def test_ablation_switches_change_the_targets():
     base = dict(iterations=6, log_every=6, sup_only_iters=0, rampup_iters=0)
     runs = {name: train(make_config("smoke", **base, **kw), progress=False).history
             for name, kw in {"full": {}, "inter": {"targets": ("inter", "inter")},
-                             "noweight": {"reweight": False}}.items()}
+                             "noweight": {"reweight": False}, "void": {"pseudo_void_band": 1}}.items()}
     assert runs["full"]["unsup2"].iloc[-1] != runs["inter"]["unsup2"].iloc[-1]
     assert runs["full"]["unsup1"].iloc[-1] != runs["noweight"]["unsup1"].iloc[-1]
+    assert runs["full"]["unsup1"].iloc[-1] != runs["void"]["unsup1"].iloc[-1]
+    # the statistics describe the teachers' labels, before the void band
+    assert runs["void"]["agreement"].iloc[-1] > 0
     assert runs["noweight"]["w_union"].iloc[-1] == 1.0
 
 
@@ -176,3 +179,24 @@ def test_teachers_in_eval_mode_use_running_statistics():
     assert not torch.allclose(official[0], got[0], atol=1e-2)
     with pytest.raises(KitError, match="teacher_bn: unknown value 'frozen', expected one of train, eval"):
         make_config("smoke", teacher_bn="frozen")
+
+
+def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
+    import numpy as np
+
+    from cpcl_kit import digits
+    from cpcl_kit.constants import IGNORE_INDEX
+    from cpcl_kit.cpcl import pseudo_supervision
+    from cpcl_kit.methods import _void_outlines
+
+    g = torch.Generator().manual_seed(0)
+    t1, t2 = (torch.randn(2, 4, 6, 6, generator=g).repeat_interleave(2, -1).repeat_interleave(2, -2) for _ in "12")
+    labels = pseudo_supervision(t1, t2)
+    inter, union = _void_outlines(labels, 1, labels.inter, labels.union)
+    void = digits.void_band(labels.y1.numpy(), 1) | digits.void_band(labels.y2.numpy(), 1)
+    assert 0 < void.mean() < 1
+    assert np.array_equal(union.numpy(), np.where(void, IGNORE_INDEX, labels.union.numpy()))
+    assert np.array_equal(inter.numpy(), np.where(void, IGNORE_INDEX, labels.inter.numpy()))
+    assert _void_outlines(labels, 0, labels.union)[0] is labels.union  # 0: the official targets
+    with pytest.raises(KitError, match="pseudo_void_band: expected 0 .none. or a band width in px, got -1"):
+        make_config("smoke", pseudo_void_band=-1)
