@@ -465,6 +465,26 @@ def read_report(weights: str | os.PathLike) -> dict:
         raise KitError(f"pretrain report: cannot read {report_path(weights)} ({e})") from None
 
 
+def fingerprint(cfg, cache_dir: str | os.PathLike | None = None) -> dict:
+    """Which backbone weights a run of ``cfg`` starts from, for its metrics.json: the setting, and for
+    a file its name and the first 12 hex digits of its sha256 (the kit's digit backbone adds its
+    accuracy on the scene digits). Float results differ between CPUs, so the same pretraining spec
+    can give other weights on another machine (46.9 vs 46.0 % on the scene digits were seen for
+    the benchmark spec): runs paired by seed share their init only where this matches."""
+    weights = resolve_backbone_weights(cfg, cache_dir, progress=False)
+    out = {"backbone_weights": cfg.backbone_weights}
+    if weights is None or not Path(weights).is_file():
+        return out
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    out.update(file=Path(weights).name, sha256=digest.hexdigest()[:12])
+    if cfg.backbone_weights == NAMED_WEIGHTS:
+        out["scene_digit_acc"] = read_report(weights).get("scene_digit_acc")
+    return out
+
+
 def spec_for(cfg) -> PretrainSpec:
     """The PretrainSpec of a Config: its ``backbone`` and ``pretrain_source``, ``_steps``, ``_size``,
     ``_batch``; images = min(MAX_IMAGES, steps * batch / 2) (each seen at least twice);

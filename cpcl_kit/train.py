@@ -30,7 +30,7 @@ from .evaluate import evaluate
 from .loaders import semi_supervised_batches, supervised_batches
 from .methods import METHOD_STEPS, StepOut, label_stats
 from .model import build_nets
-from .pretrain import resolve_backbone_weights
+from .pretrain import fingerprint, resolve_backbone_weights
 from .runs import RunResult
 
 
@@ -316,7 +316,8 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         if info.main:  # the others wait: evaluation needs no sharding at these sizes
             metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
             metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
-                           preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size)
+                           preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
+                           backbone_init=fingerprint(cfg))
             if out is not None:
                 runs.write_csv(out / runs.HISTORY, hist)
                 runs.write_json(out / runs.METRICS, metrics)

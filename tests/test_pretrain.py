@@ -147,6 +147,22 @@ def test_named_value_loads_into_both_nets(tiny, monkeypatch):
     assert pretrain.resolve_backbone_weights(make_config("smoke")) == str(path)
 
 
+def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
+    import hashlib
+
+    from cpcl_kit.train import train
+
+    cache, path = tiny
+    monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
+    cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4)
+    got = train(cfg, out_dir=tmp_path / "run", progress=False).metrics["backbone_init"]
+    assert got == {"backbone_weights": "digits", "file": path.name,
+                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
+                   "scene_digit_acc": pretrain.read_report(path)["scene_digit_acc"]}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["backbone_init"] == got
+    assert pretrain.fingerprint(make_config("smoke", backbone_weights="none")) == {"backbone_weights": "none"}
+
+
 def test_random_init_stays_selectable(monkeypatch):
     monkeypatch.setattr(pretrain, "train_backbone", lambda *a, **k: pytest.fail("no pretraining asked for"))
     cfg = make_config("smoke", backbone_weights="none")
