@@ -64,6 +64,18 @@ BOOKKEEPING = {
     "preset": "the name the settings started from; the settings themselves are compared",
 }
 
+# Config fields added after runs were made, with the value that reproduces those earlier runs (each a
+# switch whose default is what the kit did before it existed). A saved config that lacks one counts
+# as holding that value, so a new switch does not orphan every earlier run folder; any other missing
+# field still counts as different.
+ADDED_FIELDS = {
+    "void_band": 0,               # scenes without a void outline
+    "weight_scope": "pixel",      # the official code's current per-pixel weight
+    "inter_norm": "all",          # ... and its normaliser
+    "teacher_bn": "train",        # the official teachers
+    "pseudo_void_band": 0,        # pseudo labels on every pixel
+}
+
 
 # ------------------------------------------------------------------------------------------------
 # writing
@@ -160,11 +172,12 @@ def _plain(v):
 
 def differing_settings(saved: dict, cfg: Config) -> list[str]:
     """Fields of ``cfg`` (outside ``BOOKKEEPING``) whose value differs from the saved config dict.
-    A field the saved dict lacks (a folder from an older kit) counts as different."""
+    A field the saved dict lacks (a folder from an older kit) counts as different, unless it is in
+    ``ADDED_FIELDS``: then it counts as the value the older kit used."""
     now = cfg.to_dict()
     missing = object()
     return [k for k, v in now.items()
-            if k not in BOOKKEEPING and _plain(saved.get(k, missing)) != _plain(v)]
+            if k not in BOOKKEEPING and _plain(saved.get(k, ADDED_FIELDS.get(k, missing))) != _plain(v)]
 
 
 def check_same_run(run_dir, cfg: Config, saved: dict | None = None) -> None:

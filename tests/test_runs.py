@@ -56,6 +56,16 @@ def test_bookkeeping_fields_exist():
     assert set(runs.BOOKKEEPING) <= set(FIELDS)
 
 
+@pytest.mark.parametrize("name", sorted(runs.ADDED_FIELDS))
+def test_a_folder_from_before_a_field_existed_counts_as_its_old_value(name, folder):
+    base, path = folder
+    saved = {k: v for k, v in json.loads((path / runs.CONFIG).read_text()).items() if k != name}
+    assert getattr(Config(), name) == runs.ADDED_FIELDS[name]  # the default is the old behaviour
+    runs.check_same_run(path, dataclasses.replace(base, **{name: runs.ADDED_FIELDS[name]}), saved=saved)
+    with pytest.raises(KitError, match=rf"holds a run with other settings \({name}: folder '\(not set\)'"):
+        runs.check_same_run(path, changed(base, name), saved=saved)
+
+
 @pytest.mark.parametrize("name", FIELDS)
 def test_every_field_changed_alone_is_refused_or_separated(name, folder):
     base, path = folder
