@@ -7,13 +7,26 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from cpcl_kit import ablate
+from cpcl_kit.errors import KitError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path):
+def in_process(monkeypatch):
+    """benchmarks/ablation.py's main(argv), imported (no interpreter start per call)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_ablation", ROOT / "benchmarks" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--preset", "smoke", "--seeds", "0,1",
            "--variants", "cps,first_release", "--set", "iterations=4", "--set", "sup_only_iters=1",
            "--set", "rampup_iters=0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--quiet",
@@ -45,10 +58,10 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path):
     shutil.copytree(tmp_path / "runs" / "cps__1-16__seed1", other / "cps__1-16__seed1")
     metrics = other / "cps__1-16__seed1" / "metrics.json"
     metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "miou": 0.123}))
-    swap = cmd[:cmd.index("--runs")] + ["--runs", str(other)] + cmd[cmd.index("--runs") + 2:]
-    merged = subprocess.run(swap + ["--collect-only"], capture_output=True, text=True, timeout=120)
-    assert merged.returncode == 0, merged.stderr[-2000:]
-    table2, meta2 = ablate.committed_grid("smoke", tmp_path)
+    swap = cmd[2:cmd.index("--runs")] + ["--runs", str(other)] + cmd[cmd.index("--runs") + 2:]
+    main = in_process(monkeypatch)
+    meta2 = main(swap + ["--collect-only"])
+    table2 = ablate.committed_grid("smoke", tmp_path)[0]
     assert meta2["runs_finished"] == 4 and meta2["runs_kept"] == 3
     row = table2.set_index("run").loc["cps__1-16__seed1"]
     assert row["miou"] == 0.123 and row["commit"] == "unknown"  # a copied run: no call of this folder trained it
@@ -56,15 +69,14 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path):
     assert table2[same].equals(table[same])  # the same runs in the same order
     assert table2[table2["run"] != "cps__1-16__seed1"].equals(table[table["run"] != "cps__1-16__seed1"])
     assert meta2["wall_seconds"] == meta["wall_seconds"]  # the kept rows' calls, counted once
-    again2 = subprocess.run(swap + ["--collect-only"], capture_output=True, text=True, timeout=120)
-    assert again2.returncode == 0 and ablate.committed_grid("smoke", tmp_path)[1]["wall_seconds"] == meta["wall_seconds"]
+    assert main(swap + ["--collect-only"])["wall_seconds"] == meta["wall_seconds"]
     # training there retrains none of the committed runs ...
-    train = subprocess.run(swap, capture_output=True, text=True, timeout=120)
-    assert train.returncode == 0 and [p.name for p in other.iterdir() if p.is_dir()] == ["cps__1-16__seed1"]
+    main(swap)
+    assert [p.name for p in other.iterdir() if p.is_dir()] == ["cps__1-16__seed1"]
     # ... and refuses to extend a table trained with other --set values
     k = swap.index("rampup_iters=0")
-    unset = subprocess.run(swap[:k - 1] + swap[k + 1:], capture_output=True, text=True, timeout=120)
-    assert unset.returncode == 2 and "ablation-smoke.json: its runs were trained with --set" in unset.stderr
+    with pytest.raises(KitError, match="ablation-smoke.json: its runs were trained with --set"):
+        main(swap[:k - 1] + swap[k + 1:])
     # --fresh --collect-only tabulates the run folder alone, naming what is missing
     (tmp_path / "runs" / "first_release__1-16__seed1" / "metrics.json").unlink()
     look = subprocess.run(cmd + ["--collect-only", "--fresh"], capture_output=True, text=True, timeout=120)
