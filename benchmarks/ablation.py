@@ -50,9 +50,18 @@ def _read(path: Path, default):
 
 
 def trained_by(runs: Path, wall: dict) -> dict[str, str]:
-    """{run folder name: commit} of the runs whose trainer is known: this script's calls record
-    theirs; the runs of the prepared set's members get the ssl_gain calls' commit when all had one."""
-    known = {name: c["commit"] for c in wall["calls"] for name in c.get("runs", [])}
+    """{run folder name: commit} of the runs whose trainer is known: a run's metrics.json names the
+    commit it was trained by (``code``, "+dirty" when cpcl_kit/ had uncommitted changes); for runs
+    from before that, this script's calls record theirs, and the prepared set's members get the
+    ssl_gain calls' commit when all had one."""
+    known = {}
+    for path in runs.glob("*/metrics.json") if runs.is_dir() else []:
+        code = json.loads(path.read_text()).get("code") or {}
+        if code.get("commit"):
+            known[path.parent.name] = code["commit"] + ("+dirty" if code.get("dirty") else "")
+    for c in wall["calls"]:
+        for name in c.get("runs", []):
+            known.setdefault(name, c["commit"])
     ssl = {c.get("commit") for c in _read(runs / SSL_GAIN_WALL, {"calls": []})["calls"]}
     if len(ssl) == 1 and None not in ssl:
         members = {ablate.run_name(variant, frac, 0).rsplit("seed", 1)[0] for _, variant, frac in prepared.MEMBERS}

@@ -31,9 +31,11 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -75,6 +77,21 @@ ADDED_FIELDS = {
     "teacher_bn": "train",        # the official teachers
     "pseudo_void_band": 0,        # pseudo labels on every pixel
 }
+
+
+@cache  # modules are imported once per process: the code that runs cannot change under it
+def code_version() -> dict:
+    """The kit's code that trains in this process, for a run's metrics.json: the short commit of
+    the git checkout ``cpcl_kit`` is imported from and whether its ``cpcl_kit/`` files differ from
+    it (``dirty``); both None outside a git checkout (an installed wheel)."""
+    pkg = Path(__file__).resolve().parent
+    try:
+        git = lambda *a: subprocess.run(["git", *a], cwd=pkg, capture_output=True, text=True,  # noqa: E731
+                                        check=True, timeout=20).stdout.strip()
+        return {"commit": git("rev-parse", "--short", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -317,7 +317,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
             metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
                            preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
-                           backbone_init=fingerprint(cfg))
+                           backbone_init=fingerprint(cfg), code=runs.code_version())
             if out is not None:
                 runs.write_csv(out / runs.HISTORY, hist)
                 runs.write_json(out / runs.METRICS, metrics)

@@ -150,12 +150,15 @@ def test_named_value_loads_into_both_nets(tiny, monkeypatch):
 def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
     import hashlib
 
+    from cpcl_kit import runs
     from cpcl_kit.train import train
 
     cache, path = tiny
     monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
     cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4)
-    got = train(cfg, out_dir=tmp_path / "run", progress=False).metrics["backbone_init"]
+    metrics = train(cfg, out_dir=tmp_path / "run", progress=False).metrics
+    assert metrics["code"] == runs.code_version() and metrics["code"]["commit"]  # the commit that trained it
+    got = metrics["backbone_init"]
     assert got == {"backbone_weights": "digits", "file": path.name,
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
                    "scene_digit_acc": pretrain.read_report(path)["scene_digit_acc"]}

@@ -78,6 +78,13 @@ def test_every_field_changed_alone_is_refused_or_separated(name, folder):
     assert runs.run_dir_name(other) != runs.run_dir_name(base)  # kit-chosen folders never collide
 
 
+def test_code_version_names_this_checkout():
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    changed_code = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "cpcl_kit"], cwd=ROOT,
+                                  capture_output=True, text=True).stdout.strip()
+    assert runs.code_version() == {"commit": head, "dirty": bool(changed_code)}
+
+
 def test_kit_chosen_names():
     assert runs.run_dir_name(make_config("demo")) == "cpcl_demo_1-16_seed0"
     assert runs.run_dir_name(make_config("demo", method="supervised", seed=2, labeled="1/8")) == \
