@@ -160,16 +160,18 @@ def main(argv=None) -> dict:
         cells = [{"variants": [v], "fractions": [prepared.LABELED], "seeds": [s]} for v in grid["variants"]
                  for s in seeds if ablate.run_name(v, prepared.LABELED, s) not in held]
         t0 = time.perf_counter()
-        if cells:
-            ablate.run_grid(cells, runs, preset=args.preset, overrides=parse_sets(args.sets),
-                            progress=not args.quiet, jobs=args.jobs)
-        new = sorted(set(grid_table(runs, grid["variants"], seeds, wall)["run"]) - set(local["run"]))
-        if new:  # this call trained runs: its wall time counts towards the grid's
-            seconds = time.perf_counter() - t0
-            wall["seconds"] += seconds
-            wall["calls"].append({"seconds": round(seconds, 1), "runs_trained": len(new), "jobs": args.jobs,
-                                  "commit": started_at, "command": command, "runs": new})
-            write_json(runs / WALL, wall)
+        try:
+            if cells:
+                ablate.run_grid(cells, runs, preset=args.preset, overrides=parse_sets(args.sets),
+                                progress=not args.quiet, jobs=args.jobs)
+        finally:  # also when stopped (Ctrl-C): the runs it finished keep their record
+            new = sorted(set(grid_table(runs, grid["variants"], seeds, wall)["run"]) - set(local["run"]))
+            if new:  # this call trained runs: its wall time counts towards the grid's
+                seconds = time.perf_counter() - t0
+                wall["seconds"] += seconds
+                wall["calls"].append({"seconds": round(seconds, 1), "runs_trained": len(new), "jobs": args.jobs,
+                                      "commit": started_at, "command": command, "runs": new})
+                write_json(runs / WALL, wall)
     table = grid_table(runs, grid["variants"], seeds, wall)
     kept = table.iloc[:0] if args.fresh else kept_rows(args.results / f"{name}.csv", table, grid["variants"], seeds)
     table = ablate.sort_rows(pd.concat([table, kept], ignore_index=True)) if len(kept) else table
