@@ -16,7 +16,10 @@ The committed table is extended, not replaced: its rows whose runs the run folde
 machine, another folder) are kept with the commit that trained them, and a run finished in the folder
 replaces its committed row; cells the committed table holds are not retrained, so on a new machine
 ``--jobs 2`` trains only what the table lacks. ``--fresh`` trains and tabulates the run folder alone.
-A call whose ``--set`` values differ from the committed table's is refused.
+A call whose ``--set`` values differ from the committed table's is refused, and so is one whose runs
+start from other (or unknown) backbone weights than the committed rows: runs paired by seed must
+share their init, and the same pretraining gives other weights on another CPU. ``--name`` writes a
+second grid beside the first.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit import ablate, prepared  # noqa: E402
+from cpcl_kit import ablate, prepared, pretrain  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.runs import write_csv, write_json, write_text  # noqa: E402
@@ -42,7 +45,7 @@ from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, t
 WALL = "ablation_wall.json"  # in the runs folder: the calls that trained runs, their commit and seconds
 SSL_GAIN_WALL = "ssl_gain_wall.json"
 COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "miou_ensemble", "pixel_acc",
-           "seconds", "iterations", "commit", "run"]
+           "seconds", "iterations", "backbone", "commit", "run"]
 
 
 def _read(path: Path, default):
@@ -88,15 +91,26 @@ def grid_table(runs: Path, variants, seeds, wall: dict):
     return table.assign(commit=table["run"].map(lambda r: by.get(r, "unknown")))[COLUMNS].reset_index(drop=True)
 
 
-def kept_rows(results_csv: Path, local, variants, seeds):
-    """The rows of the committed table (``results_csv``) in the grid whose runs ``local`` lacks."""
+def kept_rows(results_csv: Path, local, variants, seeds, planned: str | None = None):
+    """The rows of the committed table (``results_csv``) in the grid whose runs ``local`` lacks.
+    ``planned``: the backbone the runs still to train will start from (checked like local's)."""
     if not results_csv.exists():
         return local.iloc[:0]
-    old = pd.read_csv(results_csv, dtype={"labeled": str, "commit": str})
+    old = pd.read_csv(results_csv, dtype={"labeled": str, "commit": str, "backbone": str})
+    if "backbone" not in old.columns:  # a table from before runs recorded their backbone
+        old.insert(len(old.columns) - 2, "backbone", "unknown")
     if list(old.columns) != COLUMNS:
         raise KitError(f"{results_csv}: expected the columns {', '.join(COLUMNS)}; move it away or pass --fresh")
     keep = old["variant"].isin(variants) & old["seed"].isin(seeds) & (old["labeled"] == prepared.LABELED)
-    return old[keep & ~old["run"].isin(set(local["run"]))]
+    kept = old[keep & ~old["run"].isin(set(local["run"]))]
+    # Runs paired by seed share their init only when they start from the same backbone weights, and
+    # the same pretraining gives other weights on another CPU: never mix backbones in one table.
+    here = set(local["backbone"]) | ({planned} if planned else set())
+    if len(kept) and here and (len(set(kept["backbone"]) | here) > 1 or "unknown" in here | set(kept["backbone"])):
+        raise KitError(f"{results_csv}: its runs started from backbone(s) {', '.join(sorted(set(kept['backbone'])))}, "
+                       f"the runs here from {', '.join(sorted(here))}; runs paired by seed must share their init, "
+                       f"so tabulate these alone (--fresh, or another --results or --name)")
+    return kept
 
 
 def wall_calls(runs: Path, wall: dict, previous: dict | None) -> list[dict]:
@@ -139,6 +153,7 @@ def main(argv=None) -> dict:
     p.add_argument("--collect-only", action="store_true", help="tabulate the finished runs, train nothing")
     p.add_argument("--fresh", action="store_true",
                    help="tabulate the run folder alone (default: keep the committed rows whose runs it lacks)")
+    p.add_argument("--name", help="the results' file stem (default ablation-<preset>): a second grid beside it")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     runs = args.runs or prepared.default_dir(args.preset)
@@ -146,7 +161,7 @@ def main(argv=None) -> dict:
     grid = ablate.normalise_grid({"variants": args.variants, "fractions": [prepared.LABELED], "seeds": seeds})
     started_at = commit()  # the code that trains; a later commit during a long grid does not count
     command = "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    name = f"ablation-{args.preset}"
+    name = args.name or f"ablation-{args.preset}"
     previous = None if args.fresh else _read(args.results / f"{name}.json", None)
     if previous is not None and previous.get("sets", []) != args.sets:
         raise KitError(f"{args.results / name}.json: its runs were trained with --set {previous.get('sets', [])}, "
@@ -154,7 +169,10 @@ def main(argv=None) -> dict:
     wall = _read(runs / WALL, {"seconds": 0.0, "calls": []})
     if not args.collect_only:
         local = grid_table(runs, grid["variants"], seeds, wall)
-        held = set() if args.fresh else set(kept_rows(args.results / f"{name}.csv", local, grid["variants"], seeds)["run"])
+        first = ablate.run_config(grid["variants"][0], prepared.LABELED, seeds[0], args.preset, parse_sets(args.sets))
+        planned = pretrain.fingerprint(first).get("sha256", "unknown")  # pretrains now when not cached
+        held = set() if args.fresh else set(kept_rows(args.results / f"{name}.csv", local, grid["variants"], seeds,
+                                                      planned)["run"])
         if held and not args.quiet:
             print(f"{len(held)} runs of the committed table are kept, not retrained (--fresh retrains them)")
         cells = [{"variants": [v], "fractions": [prepared.LABELED], "seeds": [s]} for v in grid["variants"]

@@ -70,7 +70,7 @@ GRID_KEYS = ("variants", "fractions", "seeds")
 TABLE = "ablation.csv"
 COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "pixel_acc", "miou_net2", "miou_ensemble",
            "seconds", "method",
-           "union_rule", "reweight", "targets", "iterations", "preset", "run"]
+           "union_rule", "reweight", "targets", "iterations", "preset", "backbone", "run"]
 
 
 def variant_settings(variant: str) -> dict:
@@ -336,7 +336,9 @@ def _row(run_dir: Path) -> dict | None:
             "miou_ensemble": m.get("branches", {}).get("ensemble", {}).get("miou", nan),
             "method": c.get("method"), "union_rule": c.get("union_rule"), "reweight": c.get("reweight"),
             "targets": ",".join(c.get("targets", [])), "iterations": c.get("iterations"),
-            "preset": c.get("preset"), "run": run_dir.name}
+            "preset": c.get("preset"),
+            # the backbone weights it started from (runs.py's pretrain.fingerprint; older runs: unknown)
+            "backbone": (m.get("backbone_init") or {}).get("sha256", "unknown"), "run": run_dir.name}
 
 
 def _run_dirs(out_dir) -> list[Path]:
@@ -422,12 +424,14 @@ def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou") ->
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
-def committed_grid(preset: str = "benchmark", folder=RESULTS) -> tuple[pd.DataFrame, dict] | None:
-    """(table, provenance) of the committed ``benchmarks/ablation.py`` grid of ``preset``, or None."""
-    csv, meta = Path(folder) / f"ablation-{preset}.csv", Path(folder) / f"ablation-{preset}.json"
+def committed_grid(preset: str = "benchmark", folder=RESULTS, name: str | None = None) -> tuple[pd.DataFrame, dict] | None:
+    """(table, provenance) of the committed ``benchmarks/ablation.py`` grid of ``preset`` (or of the
+    results named ``name``, ``--name`` there), or None."""
+    name = name or f"ablation-{preset}"
+    csv, meta = Path(folder) / f"{name}.csv", Path(folder) / f"{name}.json"
     if not (csv.exists() and meta.exists()):
         return None
-    return pd.read_csv(csv, dtype={"labeled": str, "commit": str}), json.loads(meta.read_text())
+    return pd.read_csv(csv, dtype={"labeled": str, "commit": str, "backbone": str}), json.loads(meta.read_text())
 
 
 def provenance(meta: dict) -> str:

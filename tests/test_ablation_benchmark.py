@@ -77,6 +77,20 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch):
     k = swap.index("rampup_iters=0")
     with pytest.raises(KitError, match="ablation-smoke.json: its runs were trained with --set"):
         main(swap[:k - 1] + swap[k + 1:])
+    # ... and never pairs runs that started from other backbone weights (another CPU pretrains other
+    # weights from the same spec), nor from unknown ones (a table from before runs recorded theirs)
+    csv = tmp_path / "ablation-smoke.csv"
+    good = csv.read_text()
+    assert table2["backbone"].str.fullmatch("[0-9a-f]{12}").all() and table2["backbone"].nunique() == 1
+    pd.read_csv(csv).assign(backbone="0123456789ab").to_csv(csv, index=False)
+    with pytest.raises(KitError, match="started from backbone.s. 0123456789ab, the runs here from [0-9a-f]{12}; "):
+        main(swap + ["--collect-only"])
+    pd.read_csv(csv).drop(columns="backbone").to_csv(csv, index=False)
+    with pytest.raises(KitError, match="started from backbone.s. unknown"):
+        main(swap + ["--collect-only"])
+    assert main(swap + ["--collect-only", "--name", "second"])["runs_finished"] == 1  # a second grid beside it
+    assert ablate.committed_grid("smoke", tmp_path, name="second")[0]["run"].tolist() == ["cps__1-16__seed1"]
+    csv.write_text(good)
     # --fresh --collect-only tabulates the run folder alone, naming what is missing
     (tmp_path / "runs" / "first_release__1-16__seed1" / "metrics.json").unlink()
     look = subprocess.run(cmd + ["--collect-only", "--fresh"], capture_output=True, text=True, timeout=120)
