@@ -186,6 +186,7 @@ def main(argv=None) -> dict:
             new = sorted(set(grid_table(runs, grid["variants"], seeds, wall)["run"]) - set(local["run"]))
             if new:  # this call trained runs: its wall time counts towards the grid's
                 seconds = time.perf_counter() - t0
+                wall = _read(runs / WALL, wall)  # as it is now: another call may have ended meanwhile
                 wall["seconds"] += seconds
                 wall["calls"].append({"seconds": round(seconds, 1), "runs_trained": len(new), "jobs": args.jobs,
                                       "commit": started_at, "command": command, "runs": new})
