@@ -127,6 +127,18 @@ def wall_calls(runs: Path, wall: dict, previous: dict | None) -> list[dict]:
     return calls
 
 
+def wall_seconds(calls: list[dict]) -> float:
+    """Wall time of the calls that trained a table's runs. Calls that ran at the same time (two
+    processes on one machine) count once where they record when they ``started`` (epoch seconds);
+    the others add their own seconds."""
+    total = sum(c["seconds"] for c in calls if "started" not in c)
+    end = float("-inf")
+    for start, stop in sorted((c["started"], c["started"] + c["seconds"]) for c in calls if "started" in c):
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return total
+
+
 def markdown(table, meta: dict) -> str:
     lines = [f"# ablation ({meta['preset']} preset, 1/16 labeled)", "", ablate.provenance(meta), ""]
     if table.empty:
@@ -177,7 +189,7 @@ def main(argv=None) -> dict:
             print(f"{len(held)} runs of the committed table are kept, not retrained (--fresh retrains them)")
         cells = [{"variants": [v], "fractions": [prepared.LABELED], "seeds": [s]} for v in grid["variants"]
                  for s in seeds if ablate.run_name(v, prepared.LABELED, s) not in held]
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         try:
             if cells:
                 ablate.run_grid(cells, runs, preset=args.preset, overrides=parse_sets(args.sets),
@@ -188,8 +200,9 @@ def main(argv=None) -> dict:
                 seconds = time.perf_counter() - t0
                 wall = _read(runs / WALL, wall)  # as it is now: another call may have ended meanwhile
                 wall["seconds"] += seconds
-                wall["calls"].append({"seconds": round(seconds, 1), "runs_trained": len(new), "jobs": args.jobs,
-                                      "commit": started_at, "command": command, "runs": new})
+                wall["calls"].append({"seconds": round(seconds, 1), "started": round(started, 1),
+                                      "runs_trained": len(new), "jobs": args.jobs, "commit": started_at,
+                                      "command": command, "runs": new})
                 write_json(runs / WALL, wall)
     table = grid_table(runs, grid["variants"], seeds, wall)
     kept = table.iloc[:0] if args.fresh else kept_rows(args.results / f"{name}.csv", table, grid["variants"], seeds)
@@ -203,7 +216,7 @@ def main(argv=None) -> dict:
             "runs_kept": len(kept),  # rows of the committed table whose runs this run folder lacks
             # the calls that trained the runs (this script's, the ssl_gain calls that trained the shared
             # runs, and those of the kept rows) and their sum
-            "wall_seconds": round(sum(c["seconds"] for c in calls), 1) or None, "wall_calls": calls,
+            "wall_seconds": round(wall_seconds(calls), 1) or None, "wall_calls": calls,
             "run_seconds_total": round(float(table["seconds"].sum()), 1)}
     write_csv(args.results / f"{name}.csv", table)
     write_json(args.results / f"{name}.json", meta)

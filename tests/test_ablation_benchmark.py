@@ -114,3 +114,17 @@ def test_paired_differences_by_hand():
     assert p.loc[("x", "1/16"), "seed 0"] == -10.0 and not p.loc[("x", "1/16"), "beyond the spread"]  # one seed
     assert ablate.paired(t[t["variant"] == "cpcl"], "cpcl").empty
     assert ablate.committed_grid("smoke", Path("/nonexistent")) is None
+
+
+def test_wall_seconds_count_overlapping_calls_once(monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_ablation_wall", ROOT / "benchmarks" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = [{"seconds": 100.0, "started": 1000.0}, {"seconds": 50.0, "started": 1080.0},  # 1000-1130
+             {"seconds": 10.0, "started": 1010.0},  # inside the first
+             {"seconds": 20.0, "started": 2000.0}, {"seconds": 7.0}]  # apart; no start: added
+    assert mod.wall_seconds(calls) == 130.0 + 20.0 + 7.0
+    assert mod.wall_seconds([]) == 0
