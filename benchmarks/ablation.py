@@ -53,18 +53,10 @@ def _read(path: Path, default):
 
 
 def trained_by(runs: Path, wall: dict) -> dict[str, str]:
-    """{run folder name: commit} of the runs whose trainer is known: a run's metrics.json names the
-    commit it was trained by (``code``, "+dirty" when cpcl_kit/ had uncommitted changes); for runs
-    from before that, this script's calls record theirs, and the prepared set's members get the
-    ssl_gain calls' commit when all had one."""
-    known = {}
-    for path in runs.glob("*/metrics.json") if runs.is_dir() else []:
-        code = json.loads(path.read_text()).get("code") or {}
-        if code.get("commit"):
-            known[path.parent.name] = code["commit"] + ("+dirty" if code.get("dirty") else "")
-    for c in wall["calls"]:
-        for name in c.get("runs", []):
-            known.setdefault(name, c["commit"])
+    """{run folder name: commit} for runs from before metrics.json named its commit (``ablate.collect``
+    reads that): this script's calls record theirs, and the prepared set's members get the ssl_gain
+    calls' commit when all had one."""
+    known = {name: c["commit"] for c in wall["calls"] for name in c.get("runs", [])}
     ssl = {c.get("commit") for c in _read(runs / SSL_GAIN_WALL, {"calls": []})["calls"]}
     if len(ssl) == 1 and None not in ssl:
         members = {ablate.run_name(variant, frac, 0).rsplit("seed", 1)[0] for _, variant, frac in prepared.MEMBERS}
@@ -88,7 +80,8 @@ def grid_table(runs: Path, variants, seeds, wall: dict):
     table = ablate.collect(runs)
     table = table[table["variant"].isin(variants) & table["seed"].isin(seeds) & (table["labeled"] == prepared.LABELED)]
     by = trained_by(runs, wall)
-    return table.assign(commit=table["run"].map(lambda r: by.get(r, "unknown")))[COLUMNS].reset_index(drop=True)
+    commit = table["commit"].where(table["commit"] != "unknown", table["run"].map(lambda r: by.get(r, "unknown")))
+    return table.assign(commit=commit)[COLUMNS].reset_index(drop=True)
 
 
 def kept_rows(results_csv: Path, local, variants, seeds, planned: str | None = None):
@@ -181,10 +174,12 @@ def main(argv=None) -> dict:
     wall = _read(runs / WALL, {"seconds": 0.0, "calls": []})
     if not args.collect_only:
         local = grid_table(runs, grid["variants"], seeds, wall)
-        first = ablate.run_config(grid["variants"][0], prepared.LABELED, seeds[0], args.preset, parse_sets(args.sets))
-        planned = pretrain.fingerprint(first).get("sha256", "unknown")  # pretrains now when not cached
-        held = set() if args.fresh else set(kept_rows(args.results / f"{name}.csv", local, grid["variants"], seeds,
-                                                      planned)["run"])
+        held = set()
+        if not args.fresh:  # the backbone the runs to train start from must be the committed rows'
+            first = ablate.run_config(grid["variants"][0], prepared.LABELED, seeds[0], args.preset,
+                                      parse_sets(args.sets))
+            planned = pretrain.fingerprint(first).get("sha256", "unknown")  # pretrains now when not cached
+            held = set(kept_rows(args.results / f"{name}.csv", local, grid["variants"], seeds, planned)["run"])
         if held and not args.quiet:
             print(f"{len(held)} runs of the committed table are kept, not retrained (--fresh retrains them)")
         cells = [{"variants": [v], "fractions": [prepared.LABELED], "seeds": [s]} for v in grid["variants"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 from cpcl_kit import prepared  # noqa: E402
 from cpcl_kit.ablate import collect  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
-from cpcl_kit.runs import write_json, write_text  # noqa: E402
+from cpcl_kit.runs import code_version, write_json, write_text  # noqa: E402
 
 NAMES = [name for name, _, _ in prepared.MEMBERS]
 # The issue's targets per preset (issue 13). "every seed": the paired difference on each seed.
@@ -45,11 +44,8 @@ WALL = "ssl_gain_wall.json"  # in the runs folder: wall seconds of the calls tha
 
 
 def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The short commit of this checkout (the kit imported from it is the code that trains)."""
+    return code_version()["commit"] or "unknown"
 
 
 # Pseudo-label statistics of the two-net methods, from each run's history (analysis only).

@@ -70,7 +70,7 @@ GRID_KEYS = ("variants", "fractions", "seeds")
 TABLE = "ablation.csv"
 COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "pixel_acc", "miou_net2", "miou_ensemble",
            "seconds", "method",
-           "union_rule", "reweight", "targets", "iterations", "preset", "backbone", "run"]
+           "union_rule", "reweight", "targets", "iterations", "preset", "backbone", "commit", "run"]
 
 
 def variant_settings(variant: str) -> dict:
@@ -338,7 +338,15 @@ def _row(run_dir: Path) -> dict | None:
             "targets": ",".join(c.get("targets", [])), "iterations": c.get("iterations"),
             "preset": c.get("preset"),
             # the backbone weights it started from (runs.py's pretrain.fingerprint; older runs: unknown)
-            "backbone": (m.get("backbone_init") or {}).get("sha256", "unknown"), "run": run_dir.name}
+            "backbone": (m.get("backbone_init") or {}).get("sha256", "unknown"),
+            # the commit that trained it ("+dirty": cpcl_kit/ had uncommitted changes; older runs: unknown)
+            "commit": _trained_by(m.get("code") or {}), "run": run_dir.name}
+
+
+def _trained_by(code: dict) -> str:
+    if not code.get("commit"):
+        return "unknown"
+    return code["commit"] + ("+dirty" if code.get("dirty") else "")
 
 
 def _run_dirs(out_dir) -> list[Path]:
