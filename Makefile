@@ -9,6 +9,8 @@ PRESET ?= demo
 # Test files run in this many worker processes, one torch thread each: on 2 cores that takes the
 # suite from 460 s to 280 s (small CPU nets use two one-thread processes better than one two-thread).
 TEST_WORKERS ?= 2
+# make demo runs this many notebooks at once (one torch thread each), as their runs allow.
+DEMO_JOBS ?= 2
 
 .PHONY: setup test demo prepared lab bench clean
 
@@ -25,7 +27,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
-	$(PY) -m cpcl_kit demo --out $(OUT) --preset $(PRESET)
+	$(PY) -m cpcl_kit demo --out $(OUT) --preset $(PRESET) --jobs $(DEMO_JOBS)
 
 # The prepared run set the notebooks show (benchmark preset, seed 0; resumable): about 20 minutes.
 prepared: $(STAMP)

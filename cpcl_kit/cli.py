@@ -104,7 +104,7 @@ def cmd_demo(args) -> None:
 
     make_config(args.preset)  # an unknown preset fails here, in one line, not inside every notebook
 
-    run_demo(Path(args.out), preset=args.preset, only=args.only)
+    run_demo(Path(args.out), preset=args.preset, only=args.only, jobs=args.jobs)
 
 
 def cmd_pretrain(args) -> None:
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out")
     p.add_argument("--preset", default="demo")
     p.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 06")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="notebooks run at once, one torch thread each (make demo: 2)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("pretrain", help="pretrain the backbone for backbone_weights=digits (cached)")

@@ -91,3 +91,63 @@ def test_make_demo_runs_widget_notebooks_headless(tmp_path):
     by_name = {nb.name[:2]: demo_parameters(nb, "demo", tmp_path) for nb in NOTEBOOKS}
     assert by_name["08"] == {"preset": "demo", "out_dir": str(tmp_path), "interactive": False}
     assert by_name["03"] == {"preset": "demo", "out_dir": str(tmp_path)}
+
+
+def _code(nb) -> str:
+    return "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+
+
+# What a notebook makes for the later ones in the same output folder, by the calls that make or reuse it.
+MADE_FOR_LATER = {
+    "the pretrained backbone": ("nets_for(", "run_or_load(", "shared_run(", "run_grid("),
+    "the shared CPCL run": ("shared_run(",),
+    "a notebook run folder": ("notebook_run_dir(",),
+}
+
+
+def test_demo_needs_follow_the_notebooks_code():
+    """make demo runs notebooks side by side (--jobs 2): whatever a notebook reuses, the first notebook
+    that makes it must have finished first, so DEMO_NEEDS must say so (transitively)."""
+    from cpcl_kit.notebooks import DEMO_NEEDS
+
+    code = {nb.name[:2]: _code(nb) for nb in NOTEBOOKS}
+
+    def before(key):
+        seen, todo = set(), list(DEMO_NEEDS.get(key, ()))
+        while todo:
+            k = todo.pop()
+            if k not in seen:
+                seen.add(k)
+                todo += DEMO_NEEDS.get(k, ())
+        return seen
+
+    for what, calls in MADE_FOR_LATER.items():
+        users = [k for k in code if any(c in code[k] for c in calls)]
+        assert len(users) > 1, f"no notebook reuses {what}: update MADE_FOR_LATER"
+        for k in users[1:]:
+            assert users[0] in before(k), f"notebook {k} reuses {what} made by {users[0]}: add it to DEMO_NEEDS[{k!r}]"
+    assert all(n < k for k, needs in DEMO_NEEDS.items() for n in needs)  # number order stays a valid order
+
+
+def test_demo_ready_starts_what_may_start():
+    from cpcl_kit.notebooks import demo_ready
+
+    names = [nb.name[:2] for nb in NOTEBOOKS]
+    assert demo_ready(names, []) == ["01", "02"]
+    assert demo_ready(names[2:], []) == ["03", "04", "07"]  # 02 done: the three runs that need only the backbone
+    assert demo_ready(["05", "06", "08"], ["03"]) == ["05", "08"]  # 06 compares with 03's run
+    assert demo_ready(["05", "06"], ["04"]) == []
+
+
+def test_run_demo_in_parallel(tmp_path, capsys):
+    """--jobs 2: two kernels at once, each with one torch thread; rows for every notebook run; a bad
+    --jobs is one line."""
+    from cpcl_kit.errors import KitError
+    from cpcl_kit.notebooks import run_demo
+
+    rows = run_demo(tmp_path, preset="smoke", only=["01", "02"], jobs=2)
+    assert sorted(r["notebook"][:2] for r in rows) == ["01", "02"]
+    assert all((tmp_path / "notebooks" / r["notebook"]).with_suffix(".html").exists() for r in rows)
+    assert capsys.readouterr().out.count("done in") == 2
+    with pytest.raises(KitError, match="--jobs: expected at least 1, got 0"):
+        run_demo(tmp_path, preset="smoke", jobs=0)
