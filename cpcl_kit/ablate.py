@@ -53,6 +53,10 @@ VARIANTS: dict[str, dict] = {
     # The labeled masks leave a 1-px void band round each outline (void_band=1), the pseudo labels none:
     # the two-net nets lose on the digits' outline, not their identity (issue 13's diagnosis).
     "pseudo_void_band": {"pseudo_void_band": 1},
+    # CutMix cuts a 40-56 px digit into box fragments whose identity the student must name from the
+    # fragment alone (a VOC object is named by its texture): the two-net methods without mixing.
+    "no_cutmix": {"cutmix_boxes": 0},
+    "cps_no_cutmix": {"method": "cps", "cutmix_boxes": 0},
     "cps": {"method": "cps"},
     "supervised": {"method": "supervised"},
 }

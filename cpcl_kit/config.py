@@ -79,6 +79,7 @@ class Config:
     targets: tuple = ("inter", "union")  # labels for (net 1, net 2)
     teacher_bn: str = "train"          # "eval": teachers predict with BatchNorm's running statistics
     pseudo_void_band: int = 0          # px without pseudo label on each side of either teacher's outlines (0: official)
+    cutmix_boxes: int = 3              # CutMix boxes per unlabeled image (official 3; 0: no mixing, the student sees u0)
     sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     # evaluation
     eval_crop: int | None = None       # None: whole image; else sliding window of this size
@@ -349,6 +350,8 @@ def validate(cfg: Config) -> Config:
         if getattr(cfg, key) < 2:
             raise KitError(f"{key}: expected at least 2 (BatchNorm in train mode needs 2 images), "
                            f"got {getattr(cfg, key)}")
+    if cfg.cutmix_boxes < 0:
+        raise KitError(f"cutmix_boxes: expected 0 (no mixing) or a number of boxes, got {cfg.cutmix_boxes}")
     if cfg.pseudo_void_band < 0:
         raise KitError(f"pseudo_void_band: expected 0 (none) or a band width in px, got {cfg.pseudo_void_band}")
     if cfg.iterations < 1:
@@ -421,7 +424,7 @@ _RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "cro
                   "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
                   "momentum", "weight_decay", "warmup_iters", "poly_power", "unsup_weight",
                   "sup_only_iters", "rampup_iters", "union_rule", "reweight", "weight_scope", "inter_norm",
-                  "targets", "teacher_bn", "pseudo_void_band", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
+                  "targets", "teacher_bn", "pseudo_void_band", "cutmix_boxes", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
 
 
 def _preset_value(preset: str, key: str):

@@ -83,9 +83,12 @@ def _teachers(nets, batch, mask, bn: str = "train"):
         return out
 
 
-def _cutmix(batch, gen):
+def _cutmix(batch, gen, boxes: int):
+    # boxes=0 (not the official recipe): no mixing, the student sees u0 and u0's pseudo label. A
+    # digit's identity is its whole shape, so a box can hand the student fragments it cannot name.
     b, _, h, w = batch.u0.shape
-    mask = cutmix_box_masks(b, (h, w), generator=gen).to(batch.u0.device)
+    mask = (cutmix_box_masks(b, (h, w), n_boxes=boxes, generator=gen) if boxes else
+            torch.zeros(b, 1, h, w)).to(batch.u0.device)
     truth = mix(batch.u0_mask, batch.u1_mask, mask) if batch.u0_mask is not None else None
     return mask, mix(batch.u0, batch.u1, mask), truth
 
@@ -110,7 +113,7 @@ def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
     if lam == 0:
         return StepOut(s1 + s2, parts)
-    mask, u_mix, truth = _cutmix(batch, gen)
+    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
     t1, t2 = _teachers(nets, batch, mask, cfg.teacher_bn)
     labels = pseudo_supervision(t1, t2, reweight=False)
     y1, y2 = _void_outlines(labels, cfg.pseudo_void_band, labels.y1, labels.y2)
@@ -129,7 +132,7 @@ def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
     if lam == 0:  # supervised-only start (CPU presets): skip the four teacher and two student passes
         return StepOut(s1 + s2, parts)
-    mask, u_mix, truth = _cutmix(batch, gen)
+    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
     t1, t2 = _teachers(nets, batch, mask, cfg.teacher_bn)
     labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
                                 weight_scope=cfg.weight_scope, all_reduce=all_reduce)

@@ -76,6 +76,7 @@ ADDED_FIELDS = {
     "inter_norm": "all",          # ... and its normaliser
     "teacher_bn": "train",        # the official teachers
     "pseudo_void_band": 0,        # pseudo labels on every pixel
+    "cutmix_boxes": 3,            # the official CutMix
 }
 
 

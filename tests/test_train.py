@@ -106,10 +106,12 @@ def test_ablation_switches_change_the_targets():
     base = dict(iterations=6, log_every=6, sup_only_iters=0, rampup_iters=0)
     runs = {name: train(make_config("smoke", **base, **kw), progress=False).history
             for name, kw in {"full": {}, "inter": {"targets": ("inter", "inter")},
-                             "noweight": {"reweight": False}, "void": {"pseudo_void_band": 1}}.items()}
+                             "noweight": {"reweight": False}, "void": {"pseudo_void_band": 1},
+                             "nomix": {"cutmix_boxes": 0}}.items()}
     assert runs["full"]["unsup2"].iloc[-1] != runs["inter"]["unsup2"].iloc[-1]
     assert runs["full"]["unsup1"].iloc[-1] != runs["noweight"]["unsup1"].iloc[-1]
     assert runs["full"]["unsup1"].iloc[-1] != runs["void"]["unsup1"].iloc[-1]
+    assert runs["full"]["unsup1"].iloc[-1] != runs["nomix"]["unsup1"].iloc[-1]
     # the statistics describe the teachers' labels, before the void band
     assert runs["void"]["agreement"].iloc[-1] > 0
     assert runs["noweight"]["w_union"].iloc[-1] == 1.0
@@ -200,3 +202,17 @@ def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
     assert _void_outlines(labels, 0, labels.union)[0] is labels.union  # 0: the official targets
     with pytest.raises(KitError, match="pseudo_void_band: expected 0 .none. or a band width in px, got -1"):
         make_config("smoke", pseudo_void_band=-1)
+    with pytest.raises(KitError, match=r"cutmix_boxes: expected 0 \(no mixing\) or a number of boxes, got -1"):
+        make_config("smoke", cutmix_boxes=-1)
+
+
+def test_cutmix_boxes_zero_shows_the_student_u0():
+    from types import SimpleNamespace
+
+    from cpcl_kit.methods import _cutmix
+
+    batch = SimpleNamespace(u0=torch.randn(2, 3, 8, 8), u1=torch.randn(2, 3, 8, 8), u0_mask=None)
+    mask, u_mix, _ = _cutmix(batch, torch.Generator().manual_seed(0), 0)
+    assert mask.shape == (2, 1, 8, 8) and mask.sum() == 0 and torch.equal(u_mix, batch.u0)
+    mask, u_mix, _ = _cutmix(batch, torch.Generator().manual_seed(0), 3)  # the official boxes
+    assert 0 < mask.mean() < 1 and torch.equal(u_mix, torch.where(mask.bool(), batch.u1, batch.u0))
