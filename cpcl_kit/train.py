@@ -33,6 +33,10 @@ from .model import build_nets
 from .pretrain import fingerprint, resolve_backbone_weights
 from .runs import RunResult
 
+# The code a process trains with is the code it imported: its commit is read now, not when a run ends,
+# so a commit made while a long grid trains is not credited with the runs that grid finishes.
+CODE_VERSION = runs.code_version()
+
 
 class TrainingDiverged(KitError):
     """The loss became NaN or infinite."""
@@ -317,7 +321,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
             metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
                            preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
-                           backbone_init=fingerprint(cfg), code=runs.code_version())
+                           backbone_init=fingerprint(cfg), code=CODE_VERSION)
             if out is not None:
                 runs.write_csv(out / runs.HISTORY, hist)
                 runs.write_json(out / runs.METRICS, metrics)

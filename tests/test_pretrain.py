@@ -151,13 +151,16 @@ def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
     import hashlib
 
     from cpcl_kit import runs
-    from cpcl_kit.train import train
+    from cpcl_kit.train import CODE_VERSION, train
 
     cache, path = tiny
     monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
+    imported = runs.code_version()
+    # what git says by the time the run ends (a commit made meanwhile) is not the code that trained it
+    monkeypatch.setattr(runs, "code_version", lambda: {"commit": "later00", "dirty": False})
     cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4)
     metrics = train(cfg, out_dir=tmp_path / "run", progress=False).metrics
-    assert metrics["code"] == runs.code_version() and metrics["code"]["commit"]  # the commit that trained it
+    assert metrics["code"] == CODE_VERSION == imported and metrics["code"]["commit"]  # the commit that trained it
     got = metrics["backbone_init"]
     assert got == {"backbone_weights": "digits", "file": path.name,
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
