@@ -1,6 +1,7 @@
 """Ablation grids: parsing, a real tiny grid, skipping finished runs, resuming, collecting."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -220,3 +221,12 @@ def test_a_list_of_grids_runs_their_cells_once_and_full_supervision(tmp_path, on
     assert sorted(table["run"]) == ["cpcl__1-16__seed0", "supervised__1-16__seed0", "supervised__all__seed0"]
     assert sum("training" in line for line in lines) == 3
     assert json.loads((tmp_path / "supervised__all__seed0" / "config.json").read_text())["labeled"] == "all"
+
+
+def test_notebook_07_describes_every_variant():
+    """Notebook 07's tables name what each variant changes: a variant added to ablate.VARIANTS
+    without a row there is a variant the student cannot read about."""
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "07_ablations.ipynb"
+    text = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown")
+    missing = [v for v in ablate.VARIANTS if f"| `{v}` |" not in text]
+    assert not missing, f"notebook 07 has no table row for {missing}"
