@@ -57,6 +57,10 @@ VARIANTS: dict[str, dict] = {
     # fragment alone (a VOC object is named by its texture): the two-net methods without mixing.
     "no_cutmix": {"cutmix_boxes": 0},
     "cps_no_cutmix": {"method": "cps", "cutmix_boxes": 0},
+    # A perturbation that keeps the digit whole: the student sees the scene rotated, scaled, shifted.
+    "student_affine": {"student_aug": "affine"},
+    "affine_no_cutmix": {"student_aug": "affine", "cutmix_boxes": 0},
+    "cps_affine_no_cutmix": {"method": "cps", "student_aug": "affine", "cutmix_boxes": 0},
     "cps": {"method": "cps"},
     "supervised": {"method": "supervised"},
 }

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, fields
 
 from .constants import (CROP_PADS, DATASETS, DILATIONS, LOSS_NORMALISERS, METHODS, NUM_CLASSES, PAPER_PRESETS,
-                        PRETRAIN_SOURCES, TARGET_PAIRS, TEACHER_BN, UNION_RULES, WEIGHT_SCOPES)
+                        PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS, TEACHER_BN, UNION_RULES, WEIGHT_SCOPES)
 from .errors import KitError
 
 
@@ -80,6 +80,7 @@ class Config:
     teacher_bn: str = "train"          # "eval": teachers predict with BatchNorm's running statistics
     pseudo_void_band: int = 0          # px without pseudo label on each side of either teacher's outlines (0: official)
     cutmix_boxes: int = 3              # CutMix boxes per unlabeled image (official 3; 0: no mixing, the student sees u0)
+    student_aug: str = "none"          # "affine": the student sees the mixed image warped (STUDENT_AUGS)
     sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     # evaluation
     eval_crop: int | None = None       # None: whole image; else sliding window of this size
@@ -332,7 +333,7 @@ CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"),
            "sup_loss": ("ce", "ohem"), "eval_branch": ("1", "2", "ensemble"),
            "amp": ("auto", "bf16", "fp16", "off"), "dilation": DILATIONS, "crop_pad": CROP_PADS,
            "pretrain_source": PRETRAIN_SOURCES, "weight_scope": WEIGHT_SCOPES, "inter_norm": LOSS_NORMALISERS,
-           "teacher_bn": TEACHER_BN,
+           "teacher_bn": TEACHER_BN, "student_aug": STUDENT_AUGS,
            "targets": TARGET_PAIRS}
 
 
@@ -424,7 +425,7 @@ _RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "cro
                   "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
                   "momentum", "weight_decay", "warmup_iters", "poly_power", "unsup_weight",
                   "sup_only_iters", "rampup_iters", "union_rule", "reweight", "weight_scope", "inter_norm",
-                  "targets", "teacher_bn", "pseudo_void_band", "cutmix_boxes", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
+                  "targets", "teacher_bn", "pseudo_void_band", "cutmix_boxes", "student_aug", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
 
 
 def _preset_value(preset: str, key: str):

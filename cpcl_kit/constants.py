@@ -36,6 +36,9 @@ WEIGHT_SCOPES = ("pixel", "batch")
 # official code) or the running statistics (eval mode: with a CPU preset's 4-image batches, batch
 # statistics make the teachers markedly worse than the same nets evaluated).
 TEACHER_BN = ("train", "eval")
+# What the student of a two-net method sees: the mixed image (official) or it warped by a random
+# affine that keeps the digit whole (perturb.py; not in the recipe).
+STUDENT_AUGS = ("none", "affine")
 # What the intersection loss is averaged over: all pixels (official) or the labeled ones (first release).
 LOSS_NORMALISERS = ("all", "labeled")
 # labeled="all": every training scene labeled (the "full" supervised reference of ssl_gain)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .config import Config
 from .constants import IGNORE_INDEX as IGNORE
 from .cpcl import agreement, boundary_band, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
+from .perturb import outside, random_affine, warp, warp_labels
 
 # Cityscapes OHEM class weights (method notes §4), in trainId order.
 CITYSCAPES_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
@@ -93,6 +94,22 @@ def _cutmix(batch, gen, boxes: int):
     return mask, mix(batch.u0, batch.u1, mask), truth
 
 
+def _student_view(cfg: Config, gen, u_mix, teachers, truth):
+    """What the student sees, with its teachers' logits and the true masks on the same pixels.
+
+    ``student_aug="none"`` (official): the mixed image itself, no pixel void. ``"affine"`` (not in the
+    recipe; ``perturb``): the mixed image warped by a random rotation, scale and shift, the teachers'
+    mixed logits warped alike, so each pseudo label names the pixel the student sees; ``void`` marks
+    the pixels warped in from outside the scene, which get no pseudo label."""
+    if cfg.student_aug == "none":
+        return u_mix, teachers, truth, None
+    theta = random_affine(u_mix.shape[0], generator=gen)
+    # Border padding gives every pixel a teacher argmax; those outside are voided in the targets.
+    teachers = [warp(t, theta, padding="border") for t in teachers]
+    truth = warp_labels(truth, theta) if truth is not None else None
+    return warp(u_mix, theta), teachers, truth, outside(theta, u_mix.shape[-2:], u_mix.device)
+
+
 def _void_outlines(labels, band: int, *targets):
     """``targets`` with no label (IGNORE) within ``band`` px of either teacher's outlines.
 
@@ -102,7 +119,12 @@ def _void_outlines(labels, band: int, *targets):
     if band == 0:
         return targets
     void = boundary_band(labels.y1, band) | boundary_band(labels.y2, band)
-    return tuple(t.masked_fill(void, IGNORE) for t in targets)
+    return _void(void, *targets)
+
+
+def _void(void, *targets):
+    """``targets`` with IGNORE where ``void`` (bool [B, H, W]) is True; unchanged when it is None."""
+    return targets if void is None else tuple(t.masked_fill(void, IGNORE) for t in targets)
 
 
 def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
@@ -114,9 +136,10 @@ def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     if lam == 0:
         return StepOut(s1 + s2, parts)
     mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
-    t1, t2 = _teachers(nets, batch, mask, cfg.teacher_bn)
+    u_mix, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, _teachers(nets, batch, mask, cfg.teacher_bn),
+                                                truth)
     labels = pseudo_supervision(t1, t2, reweight=False)
-    y1, y2 = _void_outlines(labels, cfg.pseudo_void_band, labels.y1, labels.y2)
+    y1, y2 = _void(off, *_void_outlines(labels, cfg.pseudo_void_band, labels.y1, labels.y2))
     u1 = weighted_ce(net1(u_mix), y2)
     u2 = weighted_ce(net2(u_mix), y1)
     parts.update(unsup1=u1.detach(), unsup2=u2.detach())
@@ -133,13 +156,14 @@ def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     if lam == 0:  # supervised-only start (CPU presets): skip the four teacher and two student passes
         return StepOut(s1 + s2, parts)
     mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
-    t1, t2 = _teachers(nets, batch, mask, cfg.teacher_bn)
+    u_mix, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, _teachers(nets, batch, mask, cfg.teacher_bn),
+                                                truth)
     labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
                                 weight_scope=cfg.weight_scope, all_reduce=all_reduce)
     # The first release (weight_scope="batch") scaled each mean CE by its mean weight; the official
     # code since weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
     how = {"per_pixel": cfg.weight_scope == "pixel"}
-    inter, union = _void_outlines(labels, cfg.pseudo_void_band, labels.inter, labels.union)
+    inter, union = _void(off, *_void_outlines(labels, cfg.pseudo_void_band, labels.inter, labels.union))
     target = {"inter": (inter, labels.w_inter, {**how, "normalise": cfg.inter_norm}),
               "union": (union, labels.w_union, how)}
 

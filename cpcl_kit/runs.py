@@ -77,6 +77,7 @@ ADDED_FIELDS = {
     "teacher_bn": "train",        # the official teachers
     "pseudo_void_band": 0,        # pseudo labels on every pixel
     "cutmix_boxes": 3,            # the official CutMix
+    "student_aug": "none",        # the student sees the mixed image itself
 }
 
 

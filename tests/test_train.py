@@ -107,11 +107,12 @@ def test_ablation_switches_change_the_targets():
     runs = {name: train(make_config("smoke", **base, **kw), progress=False).history
             for name, kw in {"full": {}, "inter": {"targets": ("inter", "inter")},
                              "noweight": {"reweight": False}, "void": {"pseudo_void_band": 1},
-                             "nomix": {"cutmix_boxes": 0}}.items()}
+                             "nomix": {"cutmix_boxes": 0}, "affine": {"student_aug": "affine"}}.items()}
     assert runs["full"]["unsup2"].iloc[-1] != runs["inter"]["unsup2"].iloc[-1]
     assert runs["full"]["unsup1"].iloc[-1] != runs["noweight"]["unsup1"].iloc[-1]
     assert runs["full"]["unsup1"].iloc[-1] != runs["void"]["unsup1"].iloc[-1]
     assert runs["full"]["unsup1"].iloc[-1] != runs["nomix"]["unsup1"].iloc[-1]
+    assert runs["full"]["unsup1"].iloc[-1] != runs["affine"]["unsup1"].iloc[-1]
     # the statistics describe the teachers' labels, before the void band
     assert runs["void"]["agreement"].iloc[-1] > 0
     assert runs["noweight"]["w_union"].iloc[-1] == 1.0
