@@ -230,3 +230,19 @@ def test_notebook_07_describes_every_variant():
     text = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown")
     missing = [v for v in ablate.VARIANTS if f"| `{v}` |" not in text]
     assert not missing, f"notebook 07 has no table row for {missing}"
+
+
+def test_one_job_trains_with_the_threads_asked_and_restores_them(tmp_path, monkeypatch):
+    """jobs=1 (or a single run left) trains in this process: threads=1 must hold there too, as in
+    the workers; the caller's thread count comes back afterwards."""
+    seen, real = [], ablate._train_cell
+    monkeypatch.setattr(ablate, "_train_cell", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grid = {"variants": ["supervised"], "fractions": ["1/16"], "seeds": [0]}
+        small = {"iterations": "2", "n_train_scenes": "32", "n_val_scenes": "8"}
+        ablate.run_grid(grid, tmp_path, preset="smoke", overrides=small, progress=False, log=None, threads=1)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
