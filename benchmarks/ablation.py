@@ -84,9 +84,10 @@ def grid_table(runs: Path, variants, seeds, wall: dict):
     return table.assign(commit=commit)[COLUMNS].reset_index(drop=True)
 
 
-def kept_rows(results_csv: Path, local, variants, seeds, planned: str | None = None):
-    """The rows of the committed table (``results_csv``) in the grid whose runs ``local`` lacks.
-    ``planned``: the backbone the runs still to train will start from (checked like local's)."""
+def kept_rows(results_csv: Path, local, seeds, planned: str | None = None):
+    """The rows of the committed table (``results_csv``) of ``seeds`` whose runs ``local`` lacks, of
+    every variant: a call that adds one variant extends the committed grid, never shrinks it to that
+    variant. ``planned``: the backbone the runs still to train will start from (checked like local's)."""
     if not results_csv.exists():
         return local.iloc[:0]
     old = pd.read_csv(results_csv, dtype={"labeled": str, "commit": str, "backbone": str})
@@ -94,7 +95,7 @@ def kept_rows(results_csv: Path, local, variants, seeds, planned: str | None = N
         old.insert(len(old.columns) - 2, "backbone", "unknown")
     if list(old.columns) != COLUMNS:
         raise KitError(f"{results_csv}: expected the columns {', '.join(COLUMNS)}; move it away or pass --fresh")
-    keep = old["variant"].isin(variants) & old["seed"].isin(seeds) & (old["labeled"] == prepared.LABELED)
+    keep = old["seed"].isin(seeds) & (old["labeled"] == prepared.LABELED)
     kept = old[keep & ~old["run"].isin(set(local["run"]))]
     # Runs paired by seed share their init only when they start from the same backbone weights, and
     # the same pretraining gives other weights on another CPU: never mix backbones in one table.
@@ -179,7 +180,7 @@ def main(argv=None) -> dict:
             first = ablate.run_config(grid["variants"][0], prepared.LABELED, seeds[0], args.preset,
                                       parse_sets(args.sets))
             planned = pretrain.fingerprint(first).get("sha256", "unknown")  # pretrains now when not cached
-            held = set(kept_rows(args.results / f"{name}.csv", local, grid["variants"], seeds, planned)["run"])
+            held = set(kept_rows(args.results / f"{name}.csv", local, seeds, planned)["run"])
         if held and not args.quiet:
             print(f"{len(held)} runs of the committed table are kept, not retrained (--fresh retrains them)")
         cells = [{"variants": [v], "fractions": [prepared.LABELED], "seeds": [s]} for v in grid["variants"]
@@ -200,11 +201,12 @@ def main(argv=None) -> dict:
                                       "command": command, "runs": new})
                 write_json(runs / WALL, wall)
     table = grid_table(runs, grid["variants"], seeds, wall)
-    kept = table.iloc[:0] if args.fresh else kept_rows(args.results / f"{name}.csv", table, grid["variants"], seeds)
+    kept = table.iloc[:0] if args.fresh else kept_rows(args.results / f"{name}.csv", table, seeds)
     table = ablate.sort_rows(pd.concat([table, kept], ignore_index=True)) if len(kept) else table
     calls = wall_calls(runs, wall, previous if len(kept) else None)
-    meta = {"preset": args.preset, "labeled": prepared.LABELED, "seeds": seeds, "variants": grid["variants"],
-            "runs_finished": len(table), "runs_expected": len(grid["variants"]) * len(seeds),
+    variants = list(dict.fromkeys([*kept["variant"], *grid["variants"]]))  # the committed ones first
+    meta = {"preset": args.preset, "labeled": prepared.LABELED, "seeds": seeds, "variants": variants,
+            "runs_finished": len(table), "runs_expected": len(variants) * len(seeds),
             # the checkout that wrote these tables, and the commits that trained their runs
             "commit": started_at, "commits": sorted(set(table["commit"])) or [started_at],
             "command": command, "sets": args.sets,  # this call's; each training call's is in wall_calls

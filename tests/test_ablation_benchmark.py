@@ -52,6 +52,13 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.stdout.count("skipped") == 4
     assert ablate.committed_grid("smoke", tmp_path)[1]["wall_seconds"] == meta["wall_seconds"]
+    # a call for one variant extends the committed grid: the other variants' rows stay
+    k = cmd.index("cps,first_release")
+    one = subprocess.run(cmd[:k] + ["first_release"] + cmd[k + 1:] + ["--collect-only"], capture_output=True,
+                         text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    kept, meta1 = ablate.committed_grid("smoke", tmp_path)
+    assert kept.equals(table) and meta1["variants"] == ["cps", "first_release"] and meta1["runs_expected"] == 4
     # another run folder (a fresh machine) keeps the committed rows it lacks, with their commit and
     # wall time, and a run finished there replaces its committed row
     other = tmp_path / "other"
