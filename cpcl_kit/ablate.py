@@ -15,11 +15,11 @@ after every run with one row per finished run in the folder.
 from __future__ import annotations
 
 import itertools
-from contextlib import contextmanager
 import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np

@@ -103,11 +103,12 @@ def _student_view(cfg: Config, gen, u_mix, teachers, truth):
     the pixels warped in from outside the scene, which get no pseudo label."""
     if cfg.student_aug == "none":
         return u_mix, teachers, truth, None
-    theta = random_affine(u_mix.shape[0], generator=gen)
+    theta = random_affine(u_mix.shape[0], generator=gen).to(u_mix.device)  # drawn on the CPU generator
+    off = outside(theta, u_mix.shape[-2:], u_mix.device)
     # Border padding gives every pixel a teacher argmax; those outside are voided in the targets.
     teachers = [warp(t, theta, padding="border") for t in teachers]
-    truth = warp_labels(truth, theta) if truth is not None else None
-    return warp(u_mix, theta), teachers, truth, outside(theta, u_mix.shape[-2:], u_mix.device)
+    truth = warp_labels(truth, theta, off) if truth is not None else None
+    return warp(u_mix, theta), teachers, truth, off
 
 
 def _void_outlines(labels, band: int, *targets):

@@ -65,8 +65,10 @@ def outside(theta: torch.Tensor, size, device=None) -> torch.Tensor:
     return inside[:, 0] < 0.5
 
 
-def warp_labels(y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Label maps [B, H, W] (int64) warped by ``theta``, nearest; IGNORE_INDEX outside the scene."""
+def warp_labels(y: torch.Tensor, theta: torch.Tensor, off: torch.Tensor | None = None) -> torch.Tensor:
+    """Label maps [B, H, W] (int64) warped by ``theta``, nearest; IGNORE_INDEX outside the scene.
+    ``off``: ``outside(theta, ...)`` when the caller has it already (else computed here)."""
     out = F.grid_sample(y[:, None].float(), _grid(theta, y), mode="nearest", padding_mode="zeros",
                         align_corners=False)[:, 0].round().long()
-    return out.masked_fill(outside(theta, y.shape[-2:], y.device), IGNORE_INDEX)
+    off = outside(theta, y.shape[-2:], y.device) if off is None else off
+    return out.masked_fill(off, IGNORE_INDEX)
