@@ -289,6 +289,6 @@ def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None =
         print(f"CPCL run ({cfg.preset}, seed {cfg.seed}, {cfg.iterations} iterations, labeled {cfg.labeled}) in "
               f"{run.out_dir}")
         if use_prepared and preset in prepared.SHOWN_FOR:
-            print(prepared.how_to_make())
+            print(prepared.how_to_make(seed=seed))
     print(f"mIoU of net 1 on the validation scenes: {100 * run.metrics['miou']:.1f} %")
     return cfg, run, data

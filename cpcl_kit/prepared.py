@@ -28,6 +28,7 @@ import pandas as pd
 
 from . import runs
 from .constants import ALL_LABELED
+from .errors import KitError
 
 PRESET = "benchmark"
 LABELED = "1/16"
@@ -36,6 +37,8 @@ MEMBERS = (("supervised", "supervised", LABELED), ("cps", "cps", LABELED), ("cpc
            ("full", "supervised", ALL_LABELED))
 # Stage snapshots of the two-net runs (notebook 08's slider over training).
 STAGES = 3
+# In the set's folder: the preset and --set overrides it was prepared with (find() compares to them).
+SETTINGS = "prepared.json"
 # The presets whose notebooks show the prepared set when it exists (smoke stays a plumbing check).
 SHOWN_FOR = ("demo", "benchmark")
 
@@ -69,14 +72,48 @@ def prepare(folder=None, preset: str = PRESET, seeds=(0,), jobs: int = 2, overri
     from .ablate import collect, run_grid
 
     folder = Path(folder) if folder else default_dir(preset)
+    recorded = json.loads(json.dumps({"preset": preset, "overrides": dict(overrides or {})}, default=float))
+    if (folder / SETTINGS).exists():
+        before = json.loads((folder / SETTINGS).read_text())
+        if before != recorded:
+            # its runs would refuse them too (run_grid); one set, one recipe, so find() compares like with like
+            raise KitError(f"{folder} holds a prepared set of other settings ({before}, now {recorded}); use "
+                           f"another folder (--out) for these settings, or delete that one")
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_json(folder / SETTINGS, recorded)
     run_grid(grids(seeds), folder, preset=preset, overrides=overrides, progress=progress, log=log, jobs=jobs,
              stages=STAGES)
     return collect(folder)
 
 
+def _overrides(folder: Path) -> dict:
+    """The ``--set`` overrides the set in ``folder`` was prepared with (``SETTINGS``; none if absent)."""
+    path = folder / SETTINGS
+    return json.loads(path.read_text()).get("overrides", {}) if path.exists() else {}
+
+
+def stale(preset: str = PRESET, seed: int = 0, folder=None) -> list[str]:
+    """Settings in which a finished member of the set differs from what ``preset`` (with the set's
+    recorded overrides) trains today: a set made by an older kit whose preset has changed since.
+    Empty when nothing is finished or everything matches."""
+    from .ablate import run_config
+
+    folder = Path(folder or default_dir(preset))
+    overrides = _overrides(folder)
+    diff: dict[str, None] = {}
+    for (name, variant, frac), path in zip(MEMBERS, run_dirs(folder, seed).values()):
+        if runs.is_finished(path):
+            saved = json.loads((path / runs.CONFIG).read_text())
+            if saved.get("preset") == preset:
+                diff.update(dict.fromkeys(runs.differing_settings(saved, run_config(variant, frac, seed, preset,
+                                                                                     overrides))))
+    return list(diff)
+
+
 def find(preset: str = PRESET, seed: int = 0, folder=None) -> dict[str, Path] | None:
     """The set's run folders for ``seed`` when every member is finished in ``folder``
-    (``default_dir``) and was trained with ``preset``; else None (nothing prepared, or not all)."""
+    (``default_dir``), was trained with ``preset`` and matches what it trains today (``stale``);
+    else None (nothing prepared, not all, or made with an older preset)."""
     dirs = run_dirs(folder or default_dir(preset), seed)
     for path in dirs.values():
         if not runs.is_finished(path):
@@ -84,12 +121,18 @@ def find(preset: str = PRESET, seed: int = 0, folder=None) -> dict[str, Path] | 
         saved = json.loads((path / runs.CONFIG).read_text()).get("preset")
         if saved != preset:
             return None
-    return dirs
+    return None if stale(preset, seed, folder) else dirs
 
 
-def how_to_make(preset: str = PRESET) -> str:
-    """The one line a notebook prints when the set is missing."""
-    return (f"no prepared run set in {default_dir(preset)}: `make prepared` (python -m cpcl_kit prepare) "
+def how_to_make(preset: str = PRESET, seed: int = 0) -> str:
+    """The one line a notebook prints when the set is missing (or was made with an older preset)."""
+    folder = default_dir(preset)
+    old = stale(preset, seed)
+    if old:
+        return (f"the prepared run set in {folder} was trained with an older {preset} preset (it differs in "
+                f"{', '.join(old)}): move that folder away, then `make prepared` (python -m cpcl_kit prepare) "
+                f"trains the set of today's preset once (about 20 minutes on 2 cores, resumable)")
+    return (f"no prepared run set in {folder}: `make prepared` (python -m cpcl_kit prepare) "
             f"trains supervised, CPS, CPCL and full supervision on the {preset} preset once "
             f"(about 20 minutes on 2 cores, resumable), and notebooks 04-08 then show those runs")
 

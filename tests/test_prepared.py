@@ -1,6 +1,8 @@
 """The prepared run set: one command trains it into its folder; the notebooks find it there."""
 
 
+import json
+
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def test_the_set_is_every_method_at_one_sixteenth_and_full_supervision():
     assert [n for n, _, _ in prepared.MEMBERS] == ["supervised", "cps", "cpcl", "full"]
 
 
-def test_prepare_trains_once_then_find_and_load(tmp_path, capsys, one_thread):
+def test_prepare_trains_once_then_find_and_load(tmp_path, capsys, monkeypatch, one_thread):
     folder = tmp_path / "set"
     assert prepared.find("smoke", 0, folder) is None
     cmd = ["prepare", "--preset", "smoke", "--out", str(folder), "--jobs", "1", "--quiet", *SMALL]
@@ -50,6 +52,19 @@ def test_prepare_trains_once_then_find_and_load(tmp_path, capsys, one_thread):
     stamp = (dirs["cpcl"] / "metrics.json").stat().st_mtime_ns
     assert cli.main(cmd) == 0
     assert (dirs["cpcl"] / "metrics.json").stat().st_mtime_ns == stamp
+    # the overrides it was prepared with are recorded, so find() compares the runs with them
+    assert int(json.loads((folder / prepared.SETTINGS).read_text())["overrides"]["iterations"]) == 3
+    assert prepared.stale("smoke", 0, folder) == []
+    # a set made when the preset said otherwise (here: CPCL with 2 CutMix boxes) is not shown as today's
+    path = dirs["cpcl"] / runs.CONFIG
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "cutmix_boxes": 2}))
+    assert prepared.stale("smoke", 0, folder) == ["cutmix_boxes"] and prepared.find("smoke", 0, folder) is None
+    monkeypatch.setenv("CPCL_KIT_PREPARED", str(folder))
+    line = prepared.how_to_make("smoke")
+    assert "older smoke preset" in line and "cutmix_boxes" in line and "move that folder away" in line
+    path.write_text(json.dumps(saved))
+    assert prepared.find("smoke", 0, folder) == dirs
     # a member missing its metrics makes the set incomplete
     (dirs["cps"] / "metrics.json").unlink()
     assert prepared.find("smoke", 0, folder) is None
