@@ -5,9 +5,10 @@
     .venv/bin/python benchmarks/ablation.py --variants cpcl,first_release --seeds 0
 
 The grid is ``ablate.COMMITTED_VARIANTS`` at 1/16 (the why-CPS-leads variants first, then the paper's
-four ablations), run by ``ablate.run_grid`` into the prepared run set's folder
-(``~/.cache/cpcl-kit/prepared/<preset>``, or ``--runs``), so supervised, CPS and CPCL are the
-``ssl_gain.py`` runs, trained once. It writes ``results/ablation-<preset>.csv`` (one row per finished
+four ablations), run by ``ablate.run_grid`` into ``~/.cache/cpcl-kit/ablation/<preset>`` (or
+``--runs``) with ``RECIPE``: the official CutMix and no student warp, the recipe its variants are
+defined against and the benchmark preset's until it dropped CutMix (commit 00e7a41); its supervised,
+CPS and CPCL runs are those of the ``ssl_gain.py`` benchmark before that change. It writes ``results/ablation-<preset>.csv`` (one row per finished
 run of the grid, with the commit that trained it where known), ``.json`` (where the table comes
 from: commits, command, grid wall seconds, seeds) and ``.md`` (mean ± sd per variant, each variant
 minus CPCL and minus CPS per seed, and whether the mean difference exceeds the seeds' spread).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -42,10 +44,20 @@ from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.runs import write_csv, write_json, write_text  # noqa: E402
 from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, the code that trains)
 
+# The committed grids' recipe, applied before --set: CutMix with the official 3 boxes, the student
+# sees the mixed scene as it is. The benchmark preset has since dropped CutMix for an affine student
+# view (issue 13); the variants (no_cutmix, affine_no_cutmix, ...) are changes from this recipe.
+RECIPE = ["cutmix_boxes=3", "student_aug=none"]
 WALL = "ablation_wall.json"  # in the runs folder: the calls that trained runs, their commit and seconds
 SSL_GAIN_WALL = "ssl_gain_wall.json"
 COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "miou_ensemble", "pixel_acc",
            "seconds", "iterations", "backbone", "commit", "run"]
+
+
+def default_runs(preset: str) -> Path:
+    """``$XDG_CACHE_HOME/cpcl-kit/ablation/<preset>`` (``~/.cache``): outside the tree, apart from the
+    prepared set, whose runs follow today's preset."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit" / "ablation" / preset
 
 
 def _read(path: Path, default):
@@ -153,7 +165,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default=",".join(ablate.COMMITTED_VARIANTS))
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--runs", type=Path, help="run folder (default: the prepared set's, prepared.default_dir)")
+    p.add_argument("--runs", type=Path, help="run folder (default: ~/.cache/cpcl-kit/ablation/<preset>)")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (worker processes)")
     p.add_argument("--collect-only", action="store_true", help="tabulate the finished runs, train nothing")
@@ -162,7 +174,8 @@ def main(argv=None) -> dict:
     p.add_argument("--name", help="the results' file stem (default ablation-<preset>): a second grid beside it")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    runs = args.runs or prepared.default_dir(args.preset)
+    runs = args.runs or default_runs(args.preset)
+    overrides = parse_sets([*RECIPE, *args.sets])
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = ablate.normalise_grid({"variants": args.variants, "fractions": [prepared.LABELED], "seeds": seeds})
     started_at = commit()  # the code that trains; a later commit during a long grid does not count
@@ -177,8 +190,7 @@ def main(argv=None) -> dict:
         local = grid_table(runs, grid["variants"], seeds, wall)
         held = set()
         if not args.fresh:  # the backbone the runs to train start from must be the committed rows'
-            first = ablate.run_config(grid["variants"][0], prepared.LABELED, seeds[0], args.preset,
-                                      parse_sets(args.sets))
+            first = ablate.run_config(grid["variants"][0], prepared.LABELED, seeds[0], args.preset, overrides)
             planned = pretrain.fingerprint(first).get("sha256", "unknown")  # pretrains now when not cached
             held = set(kept_rows(args.results / f"{name}.csv", local, seeds, planned)["run"])
         if held and not args.quiet:
@@ -188,7 +200,7 @@ def main(argv=None) -> dict:
         t0, started = time.perf_counter(), time.time()
         try:
             if cells:
-                ablate.run_grid(cells, runs, preset=args.preset, overrides=parse_sets(args.sets),
+                ablate.run_grid(cells, runs, preset=args.preset, overrides=overrides,
                                 progress=not args.quiet, jobs=args.jobs)
         finally:  # also when stopped (Ctrl-C): the runs it finished keep their record
             new = sorted(set(grid_table(runs, grid["variants"], seeds, wall)["run"]) - set(local["run"]))

@@ -135,3 +135,26 @@ def test_wall_seconds_count_overlapping_calls_once(monkeypatch):
              {"seconds": 20.0, "started": 2000.0}, {"seconds": 7.0}]  # apart; no start: added
     assert mod.wall_seconds(calls) == 130.0 + 20.0 + 7.0
     assert mod.wall_seconds([]) == 0
+
+
+def test_the_committed_grids_keep_their_cutmix_recipe_after_the_preset_dropped_it(monkeypatch, tmp_path):
+    """Grids a-c were trained with the official CutMix and no student warp. The benchmark preset has
+    since changed both (issue 13); ablation.py's RECIPE keeps its cells the runs the tables hold, and
+    its default run folder is not the prepared set's (whose runs follow today's preset)."""
+    main = in_process(monkeypatch)
+    recipe, default_runs = main.__globals__["RECIPE"], main.__globals__["default_runs"]
+    from cpcl_kit import prepared
+    from cpcl_kit.config import make_config, parse_sets
+
+    official = make_config("voc")
+    cell = ablate.run_config("cpcl", "1/16", 0, "benchmark", parse_sets(recipe))
+    today = ablate.run_config("cpcl", "1/16", 0, "benchmark")
+    assert (cell.cutmix_boxes, cell.student_aug) == (official.cutmix_boxes, official.student_aug) == (3, "none")
+    diff = {k for k, v in cell.to_dict().items() if today.to_dict()[k] != v}
+    assert diff == {"cutmix_boxes", "student_aug"}
+    # the variants stay changes from that recipe: no_cutmix is CPCL with 0 boxes, not today's preset
+    assert ablate.run_config("no_cutmix", "1/16", 0, "benchmark", parse_sets(recipe)).student_aug == "none"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("CPCL_KIT_PREPARED", raising=False)
+    assert default_runs("benchmark") == tmp_path / "cpcl-kit" / "ablation" / "benchmark"
+    assert default_runs("benchmark") != prepared.default_dir("benchmark")
