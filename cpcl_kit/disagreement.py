@@ -144,10 +144,13 @@ def on_scenes(nets, data, n_batches: int = 8, batch: int = 8, seed: int = 0, cut
 def compare_runs(runs_by_name: dict, data, n_batches: int = 8, batch: int = 8, seed: int = 0,
                  width: int = 2) -> tuple[dict, pd.DataFrame]:
     """``on_scenes`` for several two-net runs ({name: RunResult}) on the same unlabeled scenes:
-    ({name: region table}, one per-class table with a (run, column) header)."""
+    ({name: region table}, one per-class table with a (run, column) header). CutMix batches for a
+    run that trained with CutMix, the scenes as they are for one that did not (``cutmix_boxes=0``):
+    the pixels its students learnt from (an affine student view moves them, it does not change them)."""
     regions, classes = {}, {}
     for name, run in runs_by_name.items():
         regions[name], classes[name] = on_scenes(run.nets, data, n_batches, batch, seed, width=width,
+                                                 cutmix=getattr(run.config, "cutmix_boxes", 3) > 0,
                                                  union_rule=getattr(run.config, "union_rule", "disagreement"))
     cols = ["disagree (%)", "of all disagreement (%)", "union right (%)"]
     return regions, pd.concat({k: v[cols] for k, v in classes.items()}, axis=1).round(1)

@@ -118,3 +118,23 @@ def test_on_scenes_of_a_tiny_run_has_consistent_tables():
     assert classes["pixels"].sum() == regions.loc["all", "pixels"]
     # the per-class shares of the disagreement add up to all of it
     assert classes["of all disagreement (%)"].sum() == pytest.approx(100, abs=1e-6) or regions.loc["all", "disagree (%)"] == 0
+
+
+def test_compare_runs_looks_at_the_batches_each_run_learnt_from():
+    """With CutMix: mixed scenes; without (cutmix_boxes=0, the CPU presets since issue 13): the scenes."""
+    from types import SimpleNamespace
+
+    from cpcl_kit.config import make_config
+    from cpcl_kit.data import build_data
+    from cpcl_kit.model import build_nets
+
+    cfg = make_config("smoke", {"n_train_scenes": 16, "n_val_scenes": 4, "backbone_weights": "none"})
+    torch.manual_seed(0)
+    nets, data = build_nets(cfg), build_data(cfg)
+    runs = {"mixed": SimpleNamespace(nets=nets, config=make_config("smoke", cutmix_boxes=3)),
+            "plain": SimpleNamespace(nets=nets, config=make_config("smoke", cutmix_boxes=0))}
+    regions, _ = dg.compare_runs(runs, data, n_batches=2, batch=2)
+    for name, cutmix in (("mixed", True), ("plain", False)):
+        want, _ = dg.on_scenes(nets, data, n_batches=2, batch=2, cutmix=cutmix)
+        assert regions[name].equals(want)
+    assert not regions["mixed"].equals(regions["plain"])
