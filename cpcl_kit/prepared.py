@@ -100,7 +100,7 @@ def stale(preset: str = PRESET, seed: int = 0, folder=None) -> list[str]:
     folder = Path(folder or default_dir(preset))
     overrides = _overrides(folder)
     diff: dict[str, None] = {}
-    for (name, variant, frac), path in zip(MEMBERS, run_dirs(folder, seed).values()):
+    for (_, variant, frac), path in zip(MEMBERS, run_dirs(folder, seed).values()):
         if runs.is_finished(path):
             saved = json.loads((path / runs.CONFIG).read_text())
             if saved.get("preset") == preset:
