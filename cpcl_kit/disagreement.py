@@ -27,21 +27,24 @@ REGIONS = ("all", "foreground", "background", "edge", "interior")
 
 
 def edge_mask(truth: torch.Tensor, width: int = 1, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """bool [B, H, W]: known pixels with a pixel of another known label within ``width`` (the
-    (2·width + 1)² square around it). The image border is not an edge; ignored pixels never are
-    and never make one."""
+    """bool [B, H, W]: known pixels with a pixel of another label, or an ignored one, within
+    ``width`` (the (2·width + 1)² square around it). Ignored pixels never are edges, but they make
+    their neighbours edges: the masks leave a void band round each object (VOC's boundaries, the
+    digit scenes' ``void_band``), so on an unmixed scene two classes never touch and the band is
+    where the boundary is. The image border is not an edge."""
     if width < 1:
         raise ValueError(f"width: expected at least 1, got {width}")
     t = truth.long()
     known = t != ignore_index
-    # Pad with the ignore label so that the border and ignored pixels never count as "other".
-    padded = F.pad(t, (width, width, width, width), value=ignore_index)
+    # Pad with a value no label has, so that the image border never counts as "other".
+    outside = -1
+    padded = F.pad(t, (width, width, width, width), value=outside)
     h, w = t.shape[-2:]
     edge = torch.zeros_like(known)
     for dy in range(2 * width + 1):
         for dx in range(2 * width + 1):
             other = padded[..., dy:dy + h, dx:dx + w]
-            edge |= (other != t) & (other != ignore_index)
+            edge |= (other != t) & (other != outside)
     return edge & known
 
 

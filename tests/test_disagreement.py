@@ -26,10 +26,21 @@ def test_edge_mask_by_hand():
     want = t([[0, 1, 1, 1, 1],
               [1, 1, 1, 1, 1],
               [1, 1, 1, 1, 1],
-              [0, 0, 0, 0, 1]]).bool()
+              [0, 0, 1, 0, 1]]).bool()   # (3, 2) and (3, 4): next to the unknown pixel (3, 3)
     assert torch.equal(dg.edge_mask(TRUTH), want)
-    # the unknown pixel is never an edge and never makes its neighbours one
-    assert not dg.edge_mask(t([[0, 0], [0, I]])).any()
+    # the unknown pixel is never an edge, but a void band marks a boundary: its neighbours are edges
+    assert torch.equal(dg.edge_mask(t([[0, 0], [0, I]])), t([[1, 1], [1, 0]]).bool())
+    # one class alone is all interior, up to the image border
+    assert not dg.edge_mask(torch.zeros(1, 4, 4, dtype=torch.long), width=2).any()
+    # a digit in a 1-px void outline, as the scenes draw it: the pixels each side of the band are edges
+    scene = t([[0, 0, 0, 0, 0, 0, 0],
+               [0, I, I, I, I, I, 0],
+               [0, I, 5, 5, 5, I, 0],
+               [0, I, 5, 5, 5, I, 0],
+               [0, I, I, I, I, I, 0],
+               [0, 0, 0, 0, 0, 0, 0]])
+    e = dg.edge_mask(scene)
+    assert e[0, 2:4, 2:5].all() and e[0, 0].all() and not e[scene == I].any()
     # a wider band reaches further into a big blob; the centre of a 5x5 blob stays interior
     blob = torch.zeros(1, 7, 7, dtype=torch.long)
     blob[0, 1:6, 1:6] = 4
