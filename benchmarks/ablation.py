@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -57,7 +56,7 @@ COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "mio
 def default_runs(preset: str) -> Path:
     """``$XDG_CACHE_HOME/cpcl-kit/ablation/<preset>`` (``~/.cache``): outside the tree, apart from the
     prepared set, whose runs follow today's preset."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit" / "ablation" / preset
+    return prepared.cache_root() / "ablation" / preset
 
 
 def _read(path: Path, default):

@@ -46,8 +46,12 @@ def default_dir(preset: str = PRESET) -> Path:
     """``$CPCL_KIT_PREPARED``, else ``$XDG_CACHE_HOME/cpcl-kit/prepared/<preset>`` (``~/.cache``)."""
     if os.environ.get("CPCL_KIT_PREPARED"):
         return Path(os.environ["CPCL_KIT_PREPARED"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "cpcl-kit" / "prepared" / preset
+    return cache_root() / "prepared" / preset
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/cpcl-kit`` (``~/.cache/cpcl-kit``): the kit's run folders outside the tree."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit"
 
 
 def grids(seeds) -> list[dict]:
@@ -72,12 +76,11 @@ def prepare(folder=None, preset: str = PRESET, seeds=(0,), jobs: int = 2, overri
 
     folder = Path(folder) if folder else default_dir(preset)
     recorded = json.loads(json.dumps({"preset": preset, "overrides": dict(overrides or {})}, default=float))
-    if (folder / SETTINGS).exists():
-        before = json.loads((folder / SETTINGS).read_text())
-        if before != recorded:
-            # its runs would refuse them too (run_grid); one set, one recipe, so find() compares like with like
-            raise KitError(f"{folder} holds a prepared set of other settings ({before}, now {recorded}); use "
-                           f"another folder (--out) for these settings, or delete that one")
+    before = _settings(folder)
+    if before is not None and before != recorded:
+        # its runs would refuse them too (run_grid); one set, one recipe, so find() compares like with like
+        raise KitError(f"{folder} holds a prepared set of other settings ({before}, now {recorded}); use "
+                       f"another folder (--out) for these settings, or delete that one")
     folder.mkdir(parents=True, exist_ok=True)
     runs.write_json(folder / SETTINGS, recorded)
     run_grid(grids(seeds), folder, preset=preset, overrides=overrides, progress=progress, log=log, jobs=jobs,
@@ -85,10 +88,10 @@ def prepare(folder=None, preset: str = PRESET, seeds=(0,), jobs: int = 2, overri
     return collect(folder)
 
 
-def _overrides(folder: Path) -> dict:
-    """The ``--set`` overrides the set in ``folder`` was prepared with (``SETTINGS``; none if absent)."""
+def _settings(folder: Path) -> dict | None:
+    """The preset and ``--set`` overrides the set in ``folder`` was prepared with (``SETTINGS``), or None."""
     path = folder / SETTINGS
-    return json.loads(path.read_text()).get("overrides", {}) if path.exists() else {}
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def stale(preset: str = PRESET, seed: int = 0, folder=None) -> list[str]:
@@ -98,7 +101,7 @@ def stale(preset: str = PRESET, seed: int = 0, folder=None) -> list[str]:
     from .ablate import run_config
 
     folder = Path(folder or default_dir(preset))
-    overrides = _overrides(folder)
+    overrides = (_settings(folder) or {}).get("overrides", {})
     diff: dict[str, None] = {}
     for (_, variant, frac), path in zip(MEMBERS, run_dirs(folder, seed).values()):
         if runs.is_finished(path):
