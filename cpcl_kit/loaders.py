@@ -177,6 +177,7 @@ def semi_supervised_batches(
     pin_memory: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    pairs: bool = True,
 ) -> Iterator[Batch]:
     """Yield exactly ``iterations - start`` Batches (iterations start..iterations-1).
 
@@ -184,17 +185,19 @@ def semi_supervised_batches(
     (default batch_size). Items of both data sets are (image [3,H,W] float, mask [H,W]) after their
     own transforms, which must give equal sizes within a stream (e.g. a train_transform crop).
     Checks run when called, before the first batch is drawn. ``rank``/``world_size`` shard every
-    stream across processes (multi-GPU); batch sizes are per process.
+    stream across processes (multi-GPU); batch sizes are per process. ``pairs=False``: no u1 stream
+    (``u1`` is None), for a method that mixes nothing; u0 is the same either way.
     """
     ub = batch_size if unlabeled_batch_size is None else unlabeled_batch_size
     _check_batch(batch_size, "batch_size")
     _check_batch(ub, "unlabeled_batch_size")
     _check_dataset(labeled_ds, "labeled_ds")
     _check_dataset(unlabeled_ds, "unlabeled_ds")
-    sizes = {LABELED: batch_size, UNLABELED_0: ub, UNLABELED_1: ub}
-    # u0 and u1 walk the same unlabeled set under different stream ids, hence different orders.
-    return _batches([labeled_ds, unlabeled_ds, unlabeled_ds], sizes, iterations, seed, start, num_workers,
-                    pin_memory, rank, world_size)
+    sizes = {LABELED: batch_size, UNLABELED_0: ub, **({UNLABELED_1: ub} if pairs else {})}
+    # u0 and u1 walk the same unlabeled set under different stream ids, hence different orders; a
+    # stream's order and augmentation depend on its id alone, so leaving u1 out leaves u0 as it was.
+    datasets = [labeled_ds, unlabeled_ds, unlabeled_ds][:len(sizes)]
+    return _batches(datasets, sizes, iterations, seed, start, num_workers, pin_memory, rank, world_size)
 
 
 def supervised_batches(

@@ -66,30 +66,37 @@ def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
 
 
 def _teachers(nets, batch, mask, bn: str = "train"):
-    """Mixed teacher logits of both nets, without gradients.
+    """Mixed teacher logits of both nets, without gradients; u0's own logits when ``mask`` is None
+    (no CutMix: nothing to mix, so u1 is neither loaded nor predicted).
 
     ``bn="train"`` (official): BatchNorm in train mode, four separate passes, not one concatenated
     pass: batching u0 with u1 would change the batch statistics, and therefore the logits, of both.
     ``bn="eval"``: BatchNorm uses its running statistics, so each net predicts u0 and u1 in one pass
     and a teacher's label of an image does not depend on the images batched with it."""
+    images = [batch.u0] if mask is None else [batch.u0, batch.u1]
+    out = []
     with torch.no_grad():
-        if bn == "train":
-            return [mix(net(batch.u0), net(batch.u1), mask) for net in nets]
-        out = []
         for net in nets:
-            net.eval()
-            logits = net(torch.cat([batch.u0, batch.u1]))
-            net.train()
-            out.append(mix(*logits.chunk(2), mask))
-        return out
+            if bn == "train":
+                logits = [net(u) for u in images]
+            else:
+                net.eval()
+                logits = net(torch.cat(images)).chunk(len(images))
+                net.train()
+            out.append(logits[0] if mask is None else mix(*logits, mask))
+    return out
 
 
 def _cutmix(batch, gen, boxes: int):
-    # boxes=0 (not the official recipe): no mixing, the student sees u0 and u0's pseudo label. A
-    # digit's identity is its whole shape, so a box can hand the student fragments it cannot name.
+    """(mask float [Bu,1,H,W] or None, the student's image, the true masks on it or None).
+
+    boxes=0 (not the official recipe): no mixing, mask None, the student sees u0 and u0's pseudo
+    label. A digit's identity is its whole shape, so a box can hand the student fragments it cannot
+    name."""
+    if boxes == 0:
+        return None, batch.u0, batch.u0_mask
     b, _, h, w = batch.u0.shape
-    mask = (cutmix_box_masks(b, (h, w), n_boxes=boxes, generator=gen) if boxes else
-            torch.zeros(b, 1, h, w)).to(batch.u0.device)
+    mask = cutmix_box_masks(b, (h, w), n_boxes=boxes, generator=gen).to(batch.u0.device)
     truth = mix(batch.u0_mask, batch.u1_mask, mask) if batch.u0_mask is not None else None
     return mask, mix(batch.u0, batch.u1, mask), truth
 

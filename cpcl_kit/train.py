@@ -208,7 +208,7 @@ def _batches(cfg: Config, data, start: int, device: torch.device, info: DistInfo
     if cfg.method == "supervised":
         return supervised_batches(data.labeled, cfg.batch_size, cfg.iterations, cfg.seed, **shard)
     return semi_supervised_batches(data.labeled, data.unlabeled, cfg.batch_size, cfg.unlabeled_batch_size,
-                                   cfg.iterations, cfg.seed, **shard)
+                                   cfg.iterations, cfg.seed, pairs=cfg.cutmix_boxes > 0, **shard)
 
 
 class _Log:

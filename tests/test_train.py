@@ -210,10 +210,24 @@ def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
 def test_cutmix_boxes_zero_shows_the_student_u0():
     from types import SimpleNamespace
 
-    from cpcl_kit.methods import _cutmix
+    from cpcl_kit.methods import _cutmix, _teachers
+    from cpcl_kit.model import build_nets
 
-    batch = SimpleNamespace(u0=torch.randn(2, 3, 8, 8), u1=torch.randn(2, 3, 8, 8), u0_mask=None)
-    mask, u_mix, _ = _cutmix(batch, torch.Generator().manual_seed(0), 0)
-    assert mask.shape == (2, 1, 8, 8) and mask.sum() == 0 and torch.equal(u_mix, batch.u0)
+    truth = torch.randint(0, 3, (2, 8, 8))
+    batch = SimpleNamespace(u0=torch.randn(2, 3, 8, 8), u1=None, u0_mask=truth, u1_mask=None)
+    mask, u_mix, got = _cutmix(batch, torch.Generator().manual_seed(0), 0)
+    assert mask is None and u_mix is batch.u0 and got is truth  # no u1 needed
+    batch.u1, batch.u1_mask = torch.randn(2, 3, 8, 8), truth.flip(0)
     mask, u_mix, _ = _cutmix(batch, torch.Generator().manual_seed(0), 3)  # the official boxes
     assert 0 < mask.mean() < 1 and torch.equal(u_mix, torch.where(mask.bool(), batch.u1, batch.u0))
+    # Without a mask the teachers predict u0 alone, in either BatchNorm mode, as the nets do by themselves.
+    torch.manual_seed(0)
+    nets = build_nets(make_config("smoke", backbone_weights="none"))
+    batch.u1 = None
+    for bn in ("train", "eval"):
+        got = _teachers(nets, batch, None, bn)
+        with torch.no_grad():
+            for net, t in zip(nets, got):
+                want = net.train(bn == "train")(batch.u0)
+                net.train()
+                assert torch.allclose(t, want, atol=1e-5)

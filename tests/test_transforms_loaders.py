@@ -241,6 +241,15 @@ def test_resume_and_workers_reproduce_batches():
     assert len(set(draws.tolist())) == len(draws)
 
 
+def test_without_pairs_u0_is_the_same_and_u1_is_not_loaded():
+    L, U = Indexed(5), Indexed(7)
+    pairs = list(semi_supervised_batches(L, U, 2, iterations=5, seed=3))
+    single = list(semi_supervised_batches(L, U, 2, iterations=5, seed=3, pairs=False))
+    assert all(b.u1 is None and b.u1_mask is None for b in single)
+    assert all(torch.equal(a.x_l, b.x_l) and torch.equal(a.u0, b.u0) and torch.equal(a.u0_mask, b.u0_mask)
+               for a, b in zip(pairs, single))
+
+
 def test_loading_leaves_global_rng_alone():
     torch.manual_seed(0)
     state = torch.get_rng_state()
