@@ -6,7 +6,7 @@
 
 The grid is ``ablate.COMMITTED_VARIANTS`` at 1/16 (the why-CPS-leads variants first, then the paper's
 four ablations), run by ``ablate.run_grid`` into ``~/.cache/cpcl-kit/ablation/<preset>`` (or
-``--runs``) with ``RECIPE``: the official CutMix and no student warp, the recipe its variants are
+``--runs``) with ``RECIPE``: the official CutMix, no student warp and train-mode teachers, the recipe its variants are
 defined against and the benchmark preset's until it dropped CutMix (commit 00e7a41); its supervised,
 CPS and CPCL runs are those of the ``ssl_gain.py`` benchmark before that change. It writes ``results/ablation-<preset>.csv`` (one row per finished
 run of the grid, with the commit that trained it where known), ``.json`` (where the table comes
@@ -44,9 +44,10 @@ from cpcl_kit.runs import write_csv, write_json, write_text  # noqa: E402
 from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, the code that trains)
 
 # The committed grids' recipe, applied before --set: CutMix with the official 3 boxes, the student
-# sees the mixed scene as it is. The benchmark preset has since dropped CutMix for an affine student
-# view (issue 13); the variants (no_cutmix, affine_no_cutmix, ...) are changes from this recipe.
-RECIPE = ["cutmix_boxes=3", "student_aug=none"]
+# sees the mixed scene as it is, the teachers predict in train mode. The benchmark preset has since
+# dropped CutMix for an affine student view and eval-mode teachers (issue 13); the variants
+# (no_cutmix, affine_no_cutmix, teacher_eval, ...) are changes from this recipe.
+RECIPE = ["cutmix_boxes=3", "student_aug=none", "teacher_bn=train"]
 WALL = "ablation_wall.json"  # in the runs folder: the calls that trained runs, their commit and seconds
 SSL_GAIN_WALL = "ssl_gain_wall.json"
 COLUMNS = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "miou_ensemble", "pixel_acc",

@@ -26,11 +26,12 @@ def in_process(monkeypatch):
     return mod.main
 
 
-def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch):
+def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch, capsys):
+    """The script end to end once (its own interpreter, as a user runs it), then in-process calls (an
+    interpreter start per call cost most of this test); --jobs 2 is test_ablate's."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--preset", "smoke", "--seeds", "0,1",
            "--variants", "cps,first_release", "--set", "iterations=4", "--set", "sup_only_iters=1",
-           "--set", "rampup_iters=0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--quiet",
-           "--jobs", "2"]
+           "--set", "rampup_iters=0", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table, meta = ablate.committed_grid("smoke", tmp_path)
@@ -49,14 +50,14 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch):
     by_hand = round(100 * (row["first_release", 1] - row["cps", 1]), 2)
     assert abs(p.loc[("first_release", "1/16"), "seed 1"] - by_hand) < 0.011
     # a second call trains nothing and keeps the provenance of the first
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert again.stdout.count("skipped") == 4
+    main, args = in_process(monkeypatch), cmd[2:]
+    capsys.readouterr()
+    main(args)
+    assert capsys.readouterr().out.count("skipped") == 4
     assert ablate.committed_grid("smoke", tmp_path)[1]["wall_seconds"] == meta["wall_seconds"]
     # a call for one variant extends the committed grid: the other variants' rows stay
-    k = cmd.index("cps,first_release")
-    one = subprocess.run(cmd[:k] + ["first_release"] + cmd[k + 1:] + ["--collect-only"], capture_output=True,
-                         text=True, timeout=120)
-    assert one.returncode == 0, one.stderr[-2000:]
+    k = args.index("cps,first_release")
+    main(args[:k] + ["first_release"] + args[k + 1:] + ["--collect-only"])
     kept, meta1 = ablate.committed_grid("smoke", tmp_path)
     assert kept.equals(table) and meta1["variants"] == ["cps", "first_release"] and meta1["runs_expected"] == 4
     # another run folder (a fresh machine) keeps the committed rows it lacks, with their commit and
@@ -66,7 +67,6 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch):
     metrics = other / "cps__1-16__seed1" / "metrics.json"
     metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "miou": 0.123}))
     swap = cmd[2:cmd.index("--runs")] + ["--runs", str(other)] + cmd[cmd.index("--runs") + 2:]
-    main = in_process(monkeypatch)
     meta2 = main(swap + ["--collect-only"])
     table2 = ablate.committed_grid("smoke", tmp_path)[0]
     assert meta2["runs_finished"] == 4 and meta2["runs_kept"] == 3
@@ -100,8 +100,9 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch):
     csv.write_text(good)
     # --fresh --collect-only tabulates the run folder alone, naming what is missing
     (tmp_path / "runs" / "first_release__1-16__seed1" / "metrics.json").unlink()
-    look = subprocess.run(cmd + ["--collect-only", "--fresh"], capture_output=True, text=True, timeout=120)
-    assert look.returncode == 0 and "only 3 of 4 runs finished so far" in look.stdout
+    capsys.readouterr()
+    main(args + ["--collect-only", "--fresh"])
+    assert "only 3 of 4 runs finished so far" in capsys.readouterr().out
     assert json.loads((tmp_path / "ablation-smoke.json").read_text())["runs_finished"] == 3
     # a results table of another shape is named, not merged
     (tmp_path / "ablation-smoke.csv").write_text("a,b\n1,2\n")
@@ -138,8 +139,8 @@ def test_wall_seconds_count_overlapping_calls_once(monkeypatch):
 
 
 def test_the_committed_grids_keep_their_cutmix_recipe_after_the_preset_dropped_it(monkeypatch, tmp_path):
-    """Grids a-c were trained with the official CutMix and no student warp. The benchmark preset has
-    since changed both (issue 13); ablation.py's RECIPE keeps its cells the runs the tables hold, and
+    """Grids a-c were trained with the official CutMix, no student warp and train-mode teachers. The
+    benchmark preset has since changed all three (issue 13); ablation.py's RECIPE keeps its cells the runs the tables hold, and
     its default run folder is not the prepared set's (whose runs follow today's preset)."""
     main = in_process(monkeypatch)
     recipe, default_runs = main.__globals__["RECIPE"], main.__globals__["default_runs"]
@@ -149,9 +150,10 @@ def test_the_committed_grids_keep_their_cutmix_recipe_after_the_preset_dropped_i
     official = make_config("voc")
     cell = ablate.run_config("cpcl", "1/16", 0, "benchmark", parse_sets(recipe))
     today = ablate.run_config("cpcl", "1/16", 0, "benchmark")
-    assert (cell.cutmix_boxes, cell.student_aug) == (official.cutmix_boxes, official.student_aug) == (3, "none")
+    fields = ("cutmix_boxes", "student_aug", "teacher_bn")
+    assert [getattr(cell, f) for f in fields] == [getattr(official, f) for f in fields] == [3, "none", "train"]
     diff = {k for k, v in cell.to_dict().items() if today.to_dict()[k] != v}
-    assert diff == {"cutmix_boxes", "student_aug"}
+    assert diff == set(fields)
     # the variants stay changes from that recipe: no_cutmix is CPCL with 0 boxes, not today's preset
     assert ablate.run_config("no_cutmix", "1/16", 0, "benchmark", parse_sets(recipe)).student_aug == "none"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
