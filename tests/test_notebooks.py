@@ -33,16 +33,40 @@ def demo_out(tmp_path_factory):
     return tmp_path_factory.mktemp("demo-out")
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_with_smoke_parameters(nb, demo_out):
-    out = demo_out / "notebooks" / nb.name
-    # the parameters make demo passes (widgets headless); the browser test runs notebook 08's widgets
-    run_notebook(nb, out, demo_parameters(nb, "smoke", demo_out), cwd=demo_out)
-    executed = json.loads(out.read_text())
+# The notebooks make demo starts first, side by side: test_run_demo_in_parallel runs them that way
+# (and checks them as below), so they are not run a second time one by one.
+PARALLEL = ("01", "02")
+
+
+def _check_executed(nb_name: str, demo_out):
+    executed = json.loads((demo_out / "notebooks" / nb_name).read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
-    figures = list((demo_out / "figures").glob(f"{nb.name[:2]}_*.png"))
-    assert figures, f"{nb.name} saved no figure under out_dir/figures"
+    assert not errors, f"{nb_name}: {errors[:1]}"
+    figures = list((demo_out / "figures").glob(f"{nb_name[:2]}_*.png"))
+    assert figures, f"{nb_name} saved no figure under out_dir/figures"
+
+
+def test_run_demo_in_parallel(demo_out, capsys):
+    """--jobs 2: two kernels at once, each with one torch thread; rows for every notebook run; a bad
+    --jobs is one line. Runs before the notebooks that need what these two make."""
+    from cpcl_kit.errors import KitError
+    from cpcl_kit.notebooks import run_demo
+
+    rows = run_demo(demo_out, preset="smoke", only=list(PARALLEL), jobs=2)
+    assert sorted(r["notebook"][:2] for r in rows) == list(PARALLEL)
+    assert all((demo_out / "notebooks" / r["notebook"]).with_suffix(".html").exists() for r in rows)
+    assert capsys.readouterr().out.count("done in") == 2
+    for r in rows:
+        _check_executed(r["notebook"], demo_out)
+    with pytest.raises(KitError, match="--jobs: expected at least 1, got 0"):
+        run_demo(demo_out, preset="smoke", jobs=0)
+
+
+@pytest.mark.parametrize("nb", [nb for nb in NOTEBOOKS if nb.name[:2] not in PARALLEL], ids=lambda p: p.name)
+def test_notebook_runs_with_smoke_parameters(nb, demo_out):
+    # the parameters make demo passes (widgets headless); the browser test runs notebook 08's widgets
+    run_notebook(nb, demo_out / "notebooks" / nb.name, demo_parameters(nb, "smoke", demo_out), cwd=demo_out)
+    _check_executed(nb.name, demo_out)
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
@@ -137,17 +161,3 @@ def test_demo_ready_starts_what_may_start():
     assert demo_ready(names[2:], []) == ["03", "04", "07"]  # 02 done: the three runs that need only the backbone
     assert demo_ready(["05", "06", "08"], ["03"]) == ["05", "08"]  # 06 compares with 03's run
     assert demo_ready(["05", "06"], ["04"]) == []
-
-
-def test_run_demo_in_parallel(tmp_path, capsys):
-    """--jobs 2: two kernels at once, each with one torch thread; rows for every notebook run; a bad
-    --jobs is one line."""
-    from cpcl_kit.errors import KitError
-    from cpcl_kit.notebooks import run_demo
-
-    rows = run_demo(tmp_path, preset="smoke", only=["01", "02"], jobs=2)
-    assert sorted(r["notebook"][:2] for r in rows) == ["01", "02"]
-    assert all((tmp_path / "notebooks" / r["notebook"]).with_suffix(".html").exists() for r in rows)
-    assert capsys.readouterr().out.count("done in") == 2
-    with pytest.raises(KitError, match="--jobs: expected at least 1, got 0"):
-        run_demo(tmp_path, preset="smoke", jobs=0)
