@@ -3,8 +3,8 @@ the ``benchmark`` preset (2,400 iterations, over three times the demo's, on twic
 the notebooks.
 
 The demo's live runs (a few minutes on a laptop) teach the mechanics, but are too short to say what
-the unlabeled data does to the result. On the committed benchmark it helps: the set's CPCL is 3.9
-mIoU points above supervised on the mean of seeds 0-2 (CPS 2.6), while full supervision is 14 points
+the unlabeled data does to the result. On the committed benchmark it helps: the set's CPCL is 5.6
+mIoU points above supervised on the mean of seeds 0-2 (CPS 5.9), while full supervision is 14 points
 above supervised (``benchmarks/results/ssl_gain-benchmark.md``): the set shows well-trained teachers'
 pseudo labels and weights, and a semi-supervised loss that pays off, by less than in the paper.
 
