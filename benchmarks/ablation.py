@@ -9,8 +9,9 @@ four ablations), run by ``ablate.run_grid`` into ``~/.cache/cpcl-kit/ablation/<p
 ``--runs``) with ``RECIPE``: the official CutMix, no student warp and train-mode teachers, the
 recipe its variants are defined against and the benchmark preset's until it dropped CutMix (commit
 00e7a41); its supervised, CPS and CPCL runs are those of the ``ssl_gain.py`` benchmark before that
-change. It writes ``results/ablation-<preset>.csv`` (one row per finished run of the grid, with the commit that trained it where known), ``.json`` (where the table comes
-from: commits, command, grid wall seconds, seeds) and ``.md`` (mean ± sd per variant, each variant
+change. It writes ``results/ablation-<preset>.csv`` (one row per finished run of the grid, with the
+commit that trained it where known), ``.json`` (where the table comes from: commits, command, grid
+wall seconds, seeds) and ``.md`` (mean ± sd per variant, each variant
 minus CPCL and minus CPS per seed, and whether the mean difference exceeds the seeds' spread).
 
 The committed table is extended, not replaced: its rows whose runs the run folder lacks (a fresh
