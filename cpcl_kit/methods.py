@@ -69,8 +69,9 @@ def _teachers(nets, batch, mask, bn: str = "train"):
     """Mixed teacher logits of both nets, without gradients; u0's own logits when ``mask`` is None
     (no CutMix: nothing to mix, so u1 is neither loaded nor predicted).
 
-    ``bn="train"`` (official): BatchNorm in train mode, four separate passes, not one concatenated
-    pass: batching u0 with u1 would change the batch statistics, and therefore the logits, of both.
+    ``bn="train"`` (official): BatchNorm in train mode, one pass per net and image batch (four with
+    CutMix), not one concatenated pass: batching u0 with u1 would change the batch statistics, and
+    therefore the logits, of both.
     ``bn="eval"``: BatchNorm uses its running statistics, so each net predicts u0 and u1 in one pass
     and a teacher's label of an image does not depend on the images batched with it."""
     images = [batch.u0] if mask is None else [batch.u0, batch.u1]
@@ -161,7 +162,7 @@ def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
     net1, net2 = nets
     s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
-    if lam == 0:  # supervised-only start (CPU presets): skip the four teacher and two student passes
+    if lam == 0:  # supervised-only start (CPU presets): skip the teacher and student passes
         return StepOut(s1 + s2, parts)
     mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
     u_mix, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, _teachers(nets, batch, mask, cfg.teacher_bn),
