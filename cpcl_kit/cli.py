@@ -114,16 +114,24 @@ def cmd_pretrain(args) -> None:
     from . import pretrain
 
     spec = pretrain.spec_for(cfg)
+    shipped = pretrain.shipped_path(spec)
     path = Path(args.cache) if args.cache else pretrain.DEFAULT_CACHE_DIR
-    cached = (path / pretrain.weights_name(spec)).is_file()
-    weights = pretrain.weights_path(spec, args.cache, progress=not args.quiet)
+    ready = shipped is not None or (path / pretrain.weights_name(spec)).is_file()
+    weights = pretrain.weights_path(spec, args.cache, progress=not args.quiet, rebuild=args.rebuild)
     r = pretrain.read_report(weights)
-    print(f"{spec.backbone} pretrained on {spec.source} digits: {r['steps']} steps, {r['seconds']:.0f} s"
-          f"{' (cached)' if cached else ''}")
+    origin = "shipped with the kit" if weights == shipped else "cached" if ready and not args.rebuild else "trained now"
+    print(f"{spec.backbone} pretrained on {spec.source} digits: {r['steps']} steps, {r['seconds']:.0f} s ({origin})")
     print(f"accuracy on held-out {spec.source} images: {100 * r['heldout_acc']:.1f} %")
     print(f"accuracy on the handwritten scene digits (train + val pools): {100 * r['scene_digit_acc']:.1f} %")
-    print(f"weights: {weights}")
-    print(f"use them with --set backbone_weights={pretrain.NAMED_WEIGHTS} (same preset and pretrain_* settings)")
+    print(f"weights: {weights} (sha256 {pretrain.sha256(weights)})")
+    if args.rebuild and shipped is not None:
+        same = pretrain.sha256(weights) == pretrain.sha256(shipped)
+        print(f"the shipped file {shipped.name} has sha256 {pretrain.sha256(shipped)}: "
+              + ("this machine rebuilt it bit for bit" if same else
+                 "this machine's float order gave other weights; runs use the shipped file unless "
+                 f"--set backbone_weights={weights}"))
+    else:
+        print(f"use them with --set backbone_weights={pretrain.NAMED_WEIGHTS} (same preset and pretrain_* settings)")
 
 
 def cmd_prepare(args) -> None:
@@ -201,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set pretrain_source=printed --set pretrain_steps=200 (repeatable)")
     p.add_argument("--cache", help="folder of the cached weights (default: data/cache/pretrain)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="train the weights again here, also where the kit ships them, and compare sha256")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 

@@ -41,7 +41,7 @@ class Config:
     backbone_weights: str | None = None  # a file, "imagenet", "none" (random on purpose) or None (not given)
     # backbone pretraining behind backbone_weights="digits" (pretrain.py; cached by these settings)
     pretrain_source: str = "handwritten"  # "handwritten", "printed" or "mixed"
-    pretrain_steps: int = 400          # about 1.5 minutes for resnet18_w16 on 2 CPU cores at 64 px
+    pretrain_steps: int = 400          # the shipped backbone's spec (pretrain.SHIPPED_DIR)
     pretrain_size: int = 64            # px of the one-digit pretraining images
     pretrain_batch: int = 64
     # data and augmentation
@@ -109,10 +109,11 @@ class Config:
 # text only has to be true where that setting deviates.
 DEVIATIONS = {
     "backbone": "ResNet-18 at a quarter of its width (resnet18_w16: 16 to 128 channels, 0.7 M parameters; "
-                "a CPCL step costs about a fifth of ResNet-18's at 64 px) pretrained by the kit on "
-                "handwritten digits that no scene uses (backbone_weights='digits': 400 classification "
-                "steps, about 1.5 minutes on 2 cores, cached in data/cache/pretrain/) instead of "
-                "ResNet-50 ImageNet, which is not available offline; backbone_weights=none gives random init",
+                "a CPCL step costs about a fifth of ResNet-18's at 64 px) pretrained on handwritten digits "
+                "that no scene uses (backbone_weights='digits': 400 classification steps, the file shipped "
+                "in cpcl_kit/weights/ so that every machine starts from the same weights; "
+                "python -m cpcl_kit pretrain --rebuild trains it again) instead of ResNet-50 ImageNet, "
+                "which is not available offline; backbone_weights=none gives random init",
     "output_stride": "output stride 8 instead of 16: an 8x8 layer4 map on a 64x64 scene instead of 4x4, "
                      "at about 1.6x the cost per step",
     "dilation": "torchvision's dilation convention (the first 3x3 conv of a dilated layer keeps the "
@@ -240,12 +241,11 @@ _CPU = dict(
 )
 
 PRESETS: dict[str, dict] = {
-    # The smoke preset pretrains its backbone too, tiny (20 steps of 16 at 32 px), so that tests
-    # run the same code path as the demo and benchmark presets.
+    # Every CPU preset starts from the same shipped digit backbone (pretrain.SHIPPED_DIR), smoke too:
+    # the tests then run the code path of the demo and benchmark presets.
     "smoke": dict(_CPU, iterations=12, batch_size=4, unlabeled_batch_size=4, n_train_scenes=64,
                   n_val_scenes=16, warmup_iters=2, sup_only_iters=4, rampup_iters=4, log_every=2,
-                  checkpoint_every=6, head_channels=32, output_stride=16,
-                  pretrain_steps=20, pretrain_size=32, pretrain_batch=16),
+                  checkpoint_every=6, head_channels=32, output_stride=16),
     # The live demo: a few minutes of CPCL on 2 cores (a third supervised start, then CPCL with
     # 4 unlabeled images). It shows the mechanics; the benchmark preset (the prepared run set,
     # prepared.py) trains over three times longer on twice the scenes. The first run of demo or

@@ -15,9 +15,17 @@ own scene code, so colours, backgrounds, upscaling and stroke match the segmenta
 classifier is a plain torchvision ResNet (stride 32, as ImageNet training) with a linear layer on the
 pooled layer4 features; only the backbone is kept, in torchvision's key layout.
 
-``weights_path(spec)`` returns the cached state dict file under ``data/cache/pretrain/``, keyed by
-a hash of the spec and ``PRETRAIN_VERSION``, and trains it (with a progress bar) when missing. A
-config asks for it with ``backbone_weights="digits"`` (``resolve_backbone_weights``).
+``weights_path(spec)`` returns the state dict file of a spec: the one shipped with the kit
+(``cpcl_kit/weights/``) when there is one, else the cached file under ``data/cache/pretrain/``, keyed
+by a hash of the spec and ``PRETRAIN_VERSION``, trained (with a progress bar) when missing. A config
+asks for it with ``backbone_weights="digits"`` (``resolve_backbone_weights``).
+
+Why a file is shipped: pretraining is deterministic on one kind of CPU only. Another CPU sums floats
+in another order, the 400 steps drift apart, and the same spec gives other weights (a different
+sha256, a few points of digit accuracy apart). Every run of the CPU presets then starts elsewhere,
+and results stop repeating across machines. So the presets' spec is trained once and its file ships
+with the kit (``SHIPPED``); ``python -m cpcl_kit pretrain --rebuild`` trains it again on this machine
+and says whether the file came out the same.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +55,13 @@ SOURCES = PRETRAIN_SOURCES  # "handwritten", "printed", "mixed"
 # The value of Config.backbone_weights that asks for this module's cached backbone.
 NAMED_WEIGHTS = "digits"
 DEFAULT_CACHE_DIR = CACHE_DIR / "pretrain"
+# Backbones shipped with the kit, named as in the cache (``weights_name``), each with its report.
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 # Classes as in the scene masks: 0 = no digit, 1..10 = digits 0..9.
 NUM_CLASSES = digits.NUM_DIGIT_CLASSES
-# Pretraining runs with this many torch threads whatever the caller uses: float sums in another
-# order gave other weights (400 steps with 2 threads: 51.5 % on the scene digits, with 1: 46.9 %),
-# and the cache is keyed by the spec alone. One thread costs nothing measurable at these sizes.
+# Pretraining runs with this many torch threads whatever the caller uses: another thread count sums
+# floats in another order and gives other weights, and the cache is keyed by the spec alone. One
+# thread costs nothing measurable at these sizes.
 PRETRAIN_THREADS = 1
 # Share of each source's digits (handwritten: of the pretraining pool) kept for the held-out score.
 HELDOUT_FRACTION = 0.15
@@ -427,13 +438,23 @@ def weights_name(spec: PretrainSpec) -> str:
     return f"{spec.source}-{spec.backbone}-{spec_key(spec)}.pt"
 
 
+def shipped_path(spec: PretrainSpec) -> Path | None:
+    """The file of ``spec`` that ships with the kit, or None when the kit ships none for it."""
+    path = SHIPPED_DIR / weights_name(spec)
+    return path if path.is_file() else None
+
+
 def weights_path(spec: PretrainSpec, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> Path:
-    """The cached backbone file of ``spec`` (a torchvision state dict, ``torch.load(weights_only=True)``
-    -able), trained first when missing. A JSON report (``report_path``) lies beside it."""
+                 progress: bool = True, rebuild: bool = False) -> Path:
+    """The backbone file of ``spec`` (a torchvision state dict, ``torch.load(weights_only=True)``
+    -able): the shipped one when the kit has it (``shipped_path``), else the cached one, trained
+    first when missing. ``rebuild=True`` trains ``spec`` into the cache even where a file is shipped
+    or cached (replacing the cached one). A JSON report (``report_path``) lies beside each file."""
     spec.check()
+    if not rebuild and shipped_path(spec) is not None:
+        return shipped_path(spec)
     path = Path(cache_dir or DEFAULT_CACHE_DIR) / weights_name(spec)
-    if path.is_file():
+    if path.is_file() and not rebuild:
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,7 +462,7 @@ def weights_path(spec: PretrainSpec, cache_dir: str | os.PathLike | None = None,
         raise KitError(f"--cache: cannot create {path.parent} ({e.strerror or e})") from None
     # Grid workers and torchrun ranks may all ask at once: one trains, the others wait for its file.
     with runs.lock(path.parent, wait=True):
-        if path.is_file():
+        if path.is_file() and not rebuild:
             return path
         state, report = train_backbone(spec, progress=progress)
         report = {**report, "spec": dataclasses.asdict(spec), "key": spec_key(spec),
@@ -465,24 +486,49 @@ def read_report(weights: str | os.PathLike) -> dict:
         raise KitError(f"pretrain report: cannot read {report_path(weights)} ({e})") from None
 
 
+def sha256(path: str | os.PathLike) -> str:
+    """The first 12 hex digits of the file's sha256: how runs and reports name a backbone file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def fingerprint(cfg, cache_dir: str | os.PathLike | None = None) -> dict:
     """Which backbone weights a run of ``cfg`` starts from, for its metrics.json: the setting, and for
-    a file its name and the first 12 hex digits of its sha256 (the kit's digit backbone adds its
-    accuracy on the scene digits). Float results differ between CPUs, so the same pretraining spec
-    can give other weights on another machine (46.9 vs 46.0 % on the scene digits were seen for
-    the benchmark spec): runs paired by seed share their init only where this matches."""
+    a file its name and ``sha256``; for the digit scenes also whether it is the shipped backbone
+    (``shipped``: the start of the committed results) and, for the kit's digit backbone, its
+    accuracy on the scene digits. Runs paired by seed share their init only where the sha256 matches."""
     weights = resolve_backbone_weights(cfg, cache_dir, progress=False)
     out = {"backbone_weights": cfg.backbone_weights}
     if weights is None or not Path(weights).is_file():
         return out
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    out.update(file=Path(weights).name, sha256=digest.hexdigest()[:12])
+    out.update(file=Path(weights).name, sha256=sha256(weights))
+    if cfg.dataset == "digits":
+        out["shipped"] = out["sha256"] in shipped_hashes()
     if cfg.backbone_weights == NAMED_WEIGHTS:
         out["scene_digit_acc"] = read_report(weights).get("scene_digit_acc")
     return out
+
+
+def shipped_hashes() -> set[str]:
+    """The sha256 prefixes of every backbone the kit ships."""
+    return {sha256(p) for p in sorted(SHIPPED_DIR.glob("*.pt"))}
+
+
+class OtherInitWarning(UserWarning):
+    """A digit-scene run starts from a backbone other than the shipped one."""
+
+
+def warn_if_other_init(init: dict) -> None:
+    """One line when a digit-scene run (``fingerprint``) starts from weights the kit does not ship:
+    its numbers are then not comparable with the committed results, which all start from them."""
+    if init.get("shipped") is False:
+        warnings.warn(f"backbone: this run starts from {init['file']} (sha256 {init['sha256']}), not from "
+                      f"the backbone shipped with the kit ({', '.join(sorted(shipped_hashes()))}) that the "
+                      f"committed results start from; compare its numbers with runs from the same file only",
+                      OtherInitWarning, stacklevel=2)
 
 
 def spec_for(cfg) -> PretrainSpec:

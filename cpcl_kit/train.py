@@ -30,7 +30,7 @@ from .evaluate import evaluate
 from .loaders import semi_supervised_batches, supervised_batches
 from .methods import METHOD_STEPS, StepOut, label_stats
 from .model import build_nets
-from .pretrain import fingerprint, resolve_backbone_weights
+from .pretrain import fingerprint, resolve_backbone_weights, warn_if_other_init
 from .runs import RunResult
 
 # The code a process trains with is the code it imported: its commit is read now, not when a run ends,
@@ -307,6 +307,9 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         device = _setup_device(cfg, info)
         data = data or build_data(cfg)
         trainer = Trainer.create(cfg, device)
+        init = fingerprint(cfg)
+        if info.main:
+            warn_if_other_init(init)
         start, history = _resume(trainer, out_dir) if resume else (0, [])
         trainer.wrap_ddp(info)
         if out is not None:
@@ -321,7 +324,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
             metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
                            preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
-                           backbone_init=fingerprint(cfg), code=CODE_VERSION)
+                           backbone_init=init, code=CODE_VERSION)
             if out is not None:
                 runs.write_csv(out / runs.HISTORY, hist)
                 runs.write_json(out / runs.METRICS, metrics)

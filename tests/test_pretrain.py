@@ -1,20 +1,25 @@
 """Backbone pretraining (pretrain.py): disjoint from the scenes, deterministic, cached, loadable."""
 
 import dataclasses
+import hashlib
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cpcl_kit import cli, digits, pretrain
-from cpcl_kit.config import make_config
+from cpcl_kit.config import PRESETS, make_config
 from cpcl_kit.digits import DigitScenes, SceneSpec
 from cpcl_kit.errors import KitError
 from cpcl_kit.train import nets_for
 
 SCENE_POOL = np.concatenate(digits.digit_pools())
-TINY = pretrain.spec_for(make_config("smoke"))  # the smoke preset's pretraining
+# A tiny pretraining spec (20 steps of 16 at 32 px): the kit ships no file for it, so it trains.
+TINY_SETS = dict(pretrain_steps=20, pretrain_size=32, pretrain_batch=16)
+TINY = pretrain.spec_for(make_config("smoke", **TINY_SETS))
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +29,20 @@ def tiny(tmp_path_factory):
     return cache, pretrain.weights_path(TINY, cache, progress=False)
 
 
-def test_smoke_preset_pretrains_tiny_through_the_named_value():
-    cfg = make_config("smoke")
+@pytest.mark.parametrize("preset", [p for p, v in PRESETS.items() if v.get("dataset") == "digits"])
+def test_every_cpu_preset_starts_from_the_shipped_backbone(preset, monkeypatch):
+    monkeypatch.setattr(pretrain, "train_backbone", lambda *a, **k: pytest.fail("the shipped file needs no training"))
+    cfg = make_config(preset)
     assert cfg.backbone_weights == pretrain.NAMED_WEIGHTS == "digits"
-    assert (TINY.size, TINY.steps, TINY.batch, TINY.source) == (32, 20, 16, "handwritten")
+    path = pretrain.resolve_backbone_weights(cfg)
+    assert Path(path).parent == pretrain.SHIPPED_DIR == Path(pretrain.__file__).parent / "weights"
+    report = pretrain.read_report(path)
+    # the report records the whole sha256 of the file it ships beside
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == report["sha256"]
+    assert report["spec"] == dataclasses.asdict(pretrain.spec_for(cfg)) and report["key"] == pretrain.spec_key(pretrain.spec_for(cfg))
+    state = torch.load(path, weights_only=True)
+    assert "layer4.1.bn2.running_var" in state and not any(k.startswith("fc.") for k in state)
+    assert pretrain.shipped_path(TINY) is None
 
 
 def test_pretraining_source_digits_are_never_scene_digits():
@@ -140,11 +155,11 @@ def test_named_value_loads_into_both_nets(tiny, monkeypatch):
     cache, path = tiny
     monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
     state = torch.load(path, weights_only=True)
-    nets = nets_for(make_config("smoke", method="cpcl"))
+    nets = nets_for(make_config("smoke", method="cpcl", **TINY_SETS))
     for net in nets:
         assert torch.equal(net.backbone.conv1.weight, state["conv1.weight"])
         assert torch.equal(net.backbone.layer3[1].bn2.running_mean, state["layer3.1.bn2.running_mean"])
-    assert pretrain.resolve_backbone_weights(make_config("smoke")) == str(path)
+    assert pretrain.resolve_backbone_weights(make_config("smoke", **TINY_SETS)) == str(path)
 
 
 def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
@@ -158,14 +173,23 @@ def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
     imported = runs.code_version()
     # what git says by the time the run ends (a commit made meanwhile) is not the code that trained it
     monkeypatch.setattr(runs, "code_version", lambda: {"commit": "later00", "dirty": False})
-    cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4)
-    metrics = train(cfg, out_dir=tmp_path / "run", progress=False).metrics
+    cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4,
+                      **TINY_SETS)
+    with pytest.warns(pretrain.OtherInitWarning, match=f"starts from {path.name}.*not from the backbone shipped") as seen:
+        metrics = train(cfg, out_dir=tmp_path / "run", progress=False).metrics
+    assert len([w for w in seen if w.category is pretrain.OtherInitWarning]) == 1  # one line, once
     assert metrics["code"] == CODE_VERSION == imported and metrics["code"]["commit"]  # the commit that trained it
     got = metrics["backbone_init"]
     assert got == {"backbone_weights": "digits", "file": path.name,
-                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
+                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12], "shipped": False,
                    "scene_digit_acc": pretrain.read_report(path)["scene_digit_acc"]}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["backbone_init"] == got
+    # the shipped backbone: recorded as such, and no line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pretrain.OtherInitWarning)
+        shipped = train(dataclasses.replace(cfg, pretrain_steps=400, pretrain_size=64, pretrain_batch=64),
+                        progress=False).metrics["backbone_init"]
+    assert shipped["shipped"] is True and shipped["sha256"] in pretrain.shipped_hashes()
     assert pretrain.fingerprint(make_config("smoke", backbone_weights="none")) == {"backbone_weights": "none"}
 
 
@@ -194,11 +218,24 @@ def test_bad_settings_are_one_line_kit_errors():
         pretrain.source_bank("printed", "test")
 
 
-def test_cli_prints_accuracies_and_path(tiny, capsys):
+def test_cli_prints_accuracies_and_path(tiny, capsys, monkeypatch, tmp_path):
     cache, path = tiny
-    assert cli.main(["pretrain", "--preset", "smoke", "--cache", str(cache), "--quiet"]) == 0
+    tiny_sets = [a for k, v in TINY_SETS.items() for a in ("--set", f"{k}={v}")]
+    assert cli.main(["pretrain", "--preset", "smoke", "--cache", str(cache), "--quiet", *tiny_sets]) == 0
     out = capsys.readouterr().out
     assert "(cached)" in out and str(path) in out and "scene digits" in out and "%" in out
+    assert cli.main(["pretrain", "--preset", "smoke", "--quiet"]) == 0
+    assert "(shipped with the kit)" in capsys.readouterr().out
+    # --rebuild trains again where a file ships, and says whether this machine made the same bytes
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for f in (path, pretrain.report_path(path)):
+        (shipped / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(pretrain, "SHIPPED_DIR", shipped)
+    rebuilt = tmp_path / "rebuilt"
+    assert cli.main(["pretrain", "--preset", "smoke", "--cache", str(rebuilt), "--rebuild", "--quiet", *tiny_sets]) == 0
+    out = capsys.readouterr().out
+    assert "(trained now)" in out and "rebuilt it bit for bit" in out and (rebuilt / path.name).is_file()
     assert cli.main(["pretrain", "--preset", "smoke", "--set", "pretrain_source=ink"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: pretrain_source") and "\n" not in err
