@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import runs
 from .config import make_config
-from .constants import ALL_LABELED
+from .constants import ALL_LABELED, RESULTS_DIR
 from .errors import KitError
 from .runs import grid_run_name as run_name
 from .splits import parse_labeled
@@ -435,10 +435,13 @@ def summarise(table: pd.DataFrame, metric: str = "miou", baseline: str = "cpcl")
     return s.round(2)
 
 
-def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou") -> pd.DataFrame:
+def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou", noise_table=None) -> pd.DataFrame:
     """Each variant minus ``baseline`` on the same seed and fraction, in points of ``metric``: one
-    column per seed, the mean, the sd of the per-seed differences, and "beyond the spread" (|mean| >
-    sd, with at least two seeds). Seeds where either run is missing are left out of that row."""
+    column per seed, the mean, the sd of the per-seed differences, and the ``verdict`` of
+    ``noise.compare_seeds`` against ``noise_table`` (a ``noise.NoiseTable``: ahead / behind / within
+    the noise; "not judged" without one). Seeds where either run is missing are left out of that row."""
+    from .noise import compare_seeds
+
     t = table.assign(v=100 * table[metric].astype(float))
     base = t[t["variant"] == baseline].set_index(["labeled", "seed"])["v"]
     rows = []
@@ -448,16 +451,17 @@ def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou") ->
             continue
         v = np.array(list(d.values()))
         sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+        verdict = compare_seeds(variant, baseline, v, noise_table, seeds=d).label or "not judged"
         rows.append({"variant": variant, "labeled": labeled, **{f"seed {k}": x for k, x in sorted(d.items())},
-                     "mean": float(v.mean()), "sd": sd, "beyond the spread": bool(len(v) > 1 and abs(v.mean()) > sd)})
+                     "mean": float(v.mean()), "sd": sd, "verdict": verdict})
     cols = ["variant", "labeled"]
     if not rows:
-        return pd.DataFrame(columns=cols + ["mean", "sd", "beyond the spread"])
+        return pd.DataFrame(columns=cols + ["mean", "sd", "verdict"])
     return pd.DataFrame(rows).set_index(cols).round(2)
 
 
 # The committed grid of benchmarks/ablation.py: one row per run (.csv) and where it comes from (.json).
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS = RESULTS_DIR
 
 
 def committed_grid(preset: str = "benchmark", folder=RESULTS, name: str | None = None) -> tuple[pd.DataFrame, dict] | None:

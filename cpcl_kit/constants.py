@@ -5,6 +5,9 @@ This module imports nothing from the kit, so anything may import it.
 
 from pathlib import Path
 
+# The committed benchmark results (benchmarks/*.py write them; notebooks and tables read them).
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
 # The kit's cache of files it makes once (pretrained digit backbones; see data/README.md).
 CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
 

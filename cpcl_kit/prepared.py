@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import runs
-from .constants import ALL_LABELED
+from .constants import ALL_LABELED, RESULTS_DIR
 from .errors import KitError
 
 PRESET = "benchmark"
@@ -176,7 +176,7 @@ def two_net_runs(seed: int = 0, grid_folder=None, preset: str | None = None) -> 
 # ------------------------------------------------------------------------------------------------
 # the committed benchmark: what the notebooks show when no set is prepared here
 
-COMMITTED = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"ssl_gain-{PRESET}.json"
+COMMITTED = RESULTS_DIR / f"ssl_gain-{PRESET}.json"
 
 
 def committed(path=COMMITTED) -> dict | None:
@@ -213,9 +213,11 @@ def provenance(summary: dict) -> str:
             + (f", grid wall time {wall / 60:.0f} min on 2 CPU cores" if wall else ""))
 
 
-def paired_table(summary: dict) -> pd.DataFrame:
-    """The paired differences of a summary (mIoU points per seed, mean), and whether the mean
-    exceeds the seeds' spread (|mean| > sd of the per-seed differences)."""
+def paired_table(summary: dict, noise_table=None) -> pd.DataFrame:
+    """The paired differences of a summary (mIoU points per seed, mean, sd) and each one's verdict
+    against ``noise_table`` (``noise.compare_seeds``; "not judged" without a table)."""
+    from .noise import compare_seeds
+
     p = summary.get("paired")
     if not p:
         return pd.DataFrame()
@@ -223,7 +225,20 @@ def paired_table(summary: dict) -> pd.DataFrame:
     for key in ("cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"):
         v = np.array(p[key]["per_seed"], dtype=float)
         sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+        a, b = key.split("_minus_")
         rows.append({"difference": key.replace("_minus_", " − "),
                      **{f"seed {s}": x for s, x in zip(p["seeds"], v)}, "mean": float(v.mean()), "sd": sd,
-                     "beyond the spread": bool(len(v) > 1 and abs(v.mean()) > sd)})
+                     "verdict": compare_seeds(a, b, v, noise_table, p["seeds"]).label or "not judged"})
     return pd.DataFrame(rows).set_index("difference").round(2)
+
+
+def verdicts(summary: dict, noise_table=None) -> list[str]:
+    """The sentences of ``noise.compare_seeds`` for CPCL and CPS against supervised, and CPCL against
+    CPS, over the summary's paired seeds."""
+    from .noise import compare_seeds
+
+    p = summary.get("paired")
+    if not p:
+        return []
+    return [compare_seeds(*key.split("_minus_"), p[key]["per_seed"], noise_table, p["seeds"]).text
+            for key in ("cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps")]

@@ -96,6 +96,25 @@ def code_version() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def machine() -> str:
+    """The CPU a result was measured on, in one line: model, the vector extensions that change
+    float results (AVX2, AVX-512, AMX), and the core count."""
+    import os
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(ext) or 'no AVX2'}; {os.cpu_count()} cores)"
+
+
 # ------------------------------------------------------------------------------------------------
 # writing
 

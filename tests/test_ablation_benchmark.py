@@ -118,10 +118,25 @@ def test_paired_differences_by_hand():
     p = ablate.paired(t, "cpcl")
     assert p.loc[("cps", "1/16"), ["seed 0", "seed 1", "seed 2"]].tolist() == [3.0, 0.0, 3.0]
     assert p.loc[("cps", "1/16"), "mean"] == 2.0 and p.loc[("cps", "1/16"), "sd"] == round(3 ** 0.5, 2)
-    assert bool(p.loc[("cps", "1/16"), "beyond the spread"])  # 2.0 > 1.73
-    assert p.loc[("x", "1/16"), "seed 0"] == -10.0 and not p.loc[("x", "1/16"), "beyond the spread"]  # one seed
+    assert p.loc[("cps", "1/16"), "verdict"] == "not judged"  # no noise table given
+    floor = _noise_table(floor=1.5)  # the float order moved the pair by at most 1.5 points
+    p = ablate.paired(t, "cpcl", noise_table=floor)
+    assert p.loc[("cps", "1/16"), "verdict"] == "within the noise"  # one seed of 0.0: not every seed ahead
+    t.loc[4, "miou"] = 0.54  # seed 1 now +2
+    assert ablate.paired(t, "cpcl", noise_table=floor).loc[("cps", "1/16"), "verdict"] == "ahead"  # 3, 2, 3 > 0; 2.67 > 1.5
+    assert ablate.paired(t, "cpcl", noise_table=_noise_table(floor=3.0)).loc[("cps", "1/16"), "verdict"] == "within the noise"
+    assert p.loc[("x", "1/16"), "seed 0"] == -10.0 and p.loc[("x", "1/16"), "verdict"] == "behind"  # -10 < -1.5
     assert ablate.paired(t[t["variant"] == "cpcl"], "cpcl").empty
     assert ablate.committed_grid("smoke", Path("/nonexistent")) is None
+
+
+def _noise_table(floor: float):
+    """A noise table whose every pair moved by exactly ``floor`` points between the float orders."""
+    from cpcl_kit.noise import NoiseTable
+
+    rows = [{"method": m, "seed": s, "threads": t, "miou": 0.5 + (floor / 100 if (m == "cpcl" and t == 2) else 0)}
+            for m in ("supervised", "cps", "cpcl") for s in (0, 1, 2) for t in (1, 2)]
+    return NoiseTable(pd.DataFrame(rows), {"preset": "x"})
 
 
 def test_wall_seconds_count_overlapping_calls_once(monkeypatch):

@@ -1,12 +1,13 @@
 """The prepared run set: one command trains it into its folder; the notebooks find it there."""
 
-
 import json
 
+import pandas as pd
 import pytest
 import torch
 
 from cpcl_kit import cli, prepared, runs
+from cpcl_kit.noise import NoiseTable
 
 SMALL = ["--set", "iterations=3", "--set", "n_train_scenes=16", "--set", "n_val_scenes=4",
          "--set", "sup_only_iters=1", "--set", "rampup_iters=0", "--set", "checkpoint_every=2"]
@@ -126,8 +127,16 @@ def test_committed_summary_tables_and_provenance(tmp_path):
     assert table.loc["supervised", "seconds per run"] == 310
     paired = prepared.paired_table(SUMMARY)
     assert paired.loc["cpcl − supervised", "mean"] == pytest.approx(26 / 3, abs=0.01)
-    assert paired.loc["cpcl − supervised", "beyond the spread"]          # 8.67 > sd 3.2
-    assert not paired.loc["cps − supervised", "beyond the spread"]       # 0.17 < sd 1.0
+    assert set(paired["verdict"]) == {"not judged"}  # no noise table given
+    rows = [{"method": m, "seed": s, "threads": t, "miou": 0.5 + (0.04 if (m == "cpcl" and t == 2) else 0)}
+            for m in ("supervised", "cps", "cpcl") for s in (0, 1, 2) for t in (1, 2)]
+    table = NoiseTable(pd.DataFrame(rows), {"preset": "benchmark"})  # every pair with cpcl moved 4 points
+    paired = prepared.paired_table(SUMMARY, table)
+    assert paired.loc["cpcl − supervised", "verdict"] == "ahead"             # 10, 5, 11: all > 0, mean 8.67 > 4
+    assert paired.loc["cps − supervised", "verdict"] == "within the noise"   # signs differ
+    text = prepared.verdicts(SUMMARY, table)
+    assert text[0].startswith("CPCL − supervised: +8.7 points on the mean of 3 seeds (+10.0 (seed 0), +5.0 (seed 1)")
+    assert "ahead on every seed" in text[0] and "4.0 points" in text[0] and "seeds disagree in sign" in text[1]
     line = prepared.provenance(SUMMARY)
     assert "commit abc1234" in line and "--jobs 2" in line and "60 min" in line and "seeds 0, 1, 2" in line
     assert prepared.committed(tmp_path / "missing.json") is None

@@ -1,0 +1,112 @@
+"""The noise floor of a preset: supervised, CPS and CPCL on several seeds, each in two float orders.
+
+    .venv/bin/python benchmarks/noise.py                      # benchmark preset, seeds 0-2, 1 and 2 threads
+    .venv/bin/python benchmarks/noise.py --runs DIR --jobs 2  # resumable; DIR/threads1, DIR/threads2
+    .venv/bin/python benchmarks/noise.py --collect-only       # the table of the runs finished so far
+
+The float order is set by the torch thread count: the 1-thread runs train ``--jobs`` at a time, the
+2-thread runs one per two cores. ``DIR/threads1`` may be the folder of ``benchmarks/ssl_gain.py``
+(the same runs: preset, seeds and settings equal), so that grid is not trained twice. Writes
+``benchmarks/results/noise-<preset>.json`` and ``.md`` with every run, the commit, the command, the
+wall seconds and the CPU; ``cpcl_kit.noise`` reads it for every verdict the kit prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+
+from cpcl_kit import ablate, noise, prepared  # noqa: E402
+from cpcl_kit.config import parse_sets  # noqa: E402
+from cpcl_kit.runs import code_version, machine, write_json, write_text  # noqa: E402
+
+WALL = "noise_wall.json"  # in the runs folder: wall seconds of the calls that trained runs
+
+
+def train(runs: Path, preset: str, seeds: list[int], threads: list[int], jobs: int, progress: bool,
+          overrides: dict | None = None) -> float:
+    """Train the missing runs; returns this call's wall seconds."""
+    t0 = time.perf_counter()
+    grid = {"variants": list(noise.METHODS), "fractions": [prepared.LABELED], "seeds": seeds}
+    cores = os.cpu_count() or 1
+    for t in threads:
+        ablate.run_grid(grid, runs / f"threads{t}", preset=preset, overrides=overrides,
+                        jobs=jobs if t == 1 else max(1, cores // t), threads=t, progress=progress,
+                        log=print if progress else None)
+    return time.perf_counter() - t0
+
+
+def rows(runs: Path, threads: list[int], seeds: list[int]) -> list[dict]:
+    out = []
+    for t in threads:
+        table = ablate.collect(runs / f"threads{t}")
+        table = table[table["variant"].isin(noise.METHODS) & (table["labeled"] == prepared.LABELED)
+                      & table["seed"].isin(seeds)]
+        out += [{"method": r.variant, "seed": int(r.seed), "threads": t, "miou": round(float(r.miou), 5),
+                 "digit_miou": round(float(r.digit_miou), 5), "seconds": round(float(r.seconds), 1),
+                 "backbone": r.backbone, "commit": r.commit} for r in table.itertuples()]
+    return out
+
+
+def markdown(table: noise.NoiseTable) -> str:
+    return "\n\n".join([
+        f"# Noise floor ({table.preset} preset)", table.provenance(),
+        "mIoU per method over every seed and float order:", table.summary().to_markdown(),
+        "Paired differences (points) per seed and thread count, their range and the float-order floor "
+        "(the most the thread count alone moved the difference on one seed):",
+        table.pair_table().to_markdown()]) + "\n"
+
+
+def main(argv=None) -> noise.NoiseTable:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="benchmark")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", default="1,2", help="torch thread counts, one float order each")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="settings changed from the preset (the table then holds for those settings only)")
+    p.add_argument("--runs", type=Path, help="run folder (default ~/.cache/cpcl-kit/noise/<preset>)")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--jobs", type=int, default=2, help="1-thread runs trained at once")
+    p.add_argument("--collect-only", action="store_true", help="summarise the finished runs, train nothing")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    runs = args.runs or prepared.cache_root() / "noise" / args.preset
+    wall_file = runs / WALL
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {"seconds": 0.0, "calls": []}
+    if not args.collect_only:
+        before = len(rows(runs, threads, seeds))
+        seconds = train(runs, args.preset, seeds, threads, args.jobs, not args.quiet, parse_sets(args.sets))
+        if len(rows(runs, threads, seeds)) > before:
+            wall["seconds"] += seconds
+            wall["calls"].append({"seconds": round(seconds, 1), "commit": code_version()["commit"]})
+            write_json(wall_file, wall)
+    found = rows(runs, threads, seeds)
+    command = "python benchmarks/noise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    commits = sorted({r["commit"].removesuffix("+dirty") for r in found})
+    # commit: the code that wrote this table; trained_by: the commits whose code trained its runs
+    data = {"preset": args.preset, "commit": code_version()["commit"] or "unknown", "trained_by": commits,
+            "command": command, "wall_seconds": round(wall["seconds"], 1) or None,
+            "sets": args.sets, "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
+            "runs_expected": len(seeds) * len(threads) * len(noise.METHODS), "runs": found}
+    path = noise.table_path(args.preset, args.results)
+    write_json(path, data)
+    table = noise.read_table(path)
+    write_text(path.with_suffix(".md"), markdown(table))
+    print(markdown(table))
+    return table
+
+
+if __name__ == "__main__":
+    main()

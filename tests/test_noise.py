@@ -1,0 +1,97 @@
+"""The noise table and the verdicts computed from it (cpcl_kit/noise.py, benchmarks/noise.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cpcl_kit import noise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# mIoU (0..1) per (method, seed, threads), chosen so that every figure below can be checked by hand.
+MIOU = {("supervised", 0): (0.70, 0.71), ("supervised", 1): (0.68, 0.66), ("supervised", 2): (0.72, 0.72),
+        ("cps", 0): (0.75, 0.76), ("cps", 1): (0.74, 0.73), ("cps", 2): (0.77, 0.78),
+        ("cpcl", 0): (0.76, 0.73), ("cpcl", 1): (0.73, 0.74), ("cpcl", 2): (0.79, 0.77)}
+
+
+def make_table(miou=MIOU) -> noise.NoiseTable:
+    rows = [{"method": m, "seed": s, "threads": t, "miou": v[t - 1]} for (m, s), v in miou.items() for t in (1, 2)]
+    return noise.NoiseTable(pd.DataFrame(rows), {"preset": "benchmark", "commit": "abc1234", "cpu": "some CPU",
+                                                 "command": "python benchmarks/noise.py"})
+
+
+def test_differences_moves_and_floors_by_hand():
+    t = make_table()
+    d = t.differences("cpcl", "supervised")
+    # seed 0: 76-70=6, 73-71=2; seed 1: 73-68=5, 74-66=8; seed 2: 79-72=7, 77-72=5
+    assert np.allclose(d.to_numpy(), [[6, 2], [5, 8], [7, 5]])
+    assert np.allclose(t.float_moves("cpcl", "supervised"), [4, 3, 2])
+    assert t.floor("cpcl", "supervised") == pytest.approx(4)
+    assert t.floor("supervised") == pytest.approx(2)  # seed 1: 68 vs 66
+    assert sorted(t.draws("cpcl", "supervised")) == pytest.approx([2, 5, 5, 6, 7, 8])
+    # a pair the table does not hold: the largest floor of its pairs (cpcl-cps: 4, 2, 3 -> 4; cps-sup: 0,0,1)
+    assert t.floor("union_only", "cpcl") == pytest.approx(4)
+    pairs = t.pair_table()
+    assert pairs.loc["CPCL − supervised", "min"] == 2 and pairs.loc["CPCL − supervised", "max"] == 8
+    summary = t.summary()
+    assert summary.loc["supervised", "runs"] == 6 and summary.loc["supervised", "mean (%)"] == pytest.approx(69.83, abs=0.01)
+    assert "abc1234" in t.provenance() and "some CPU" in t.provenance() and "1 and 2 torch threads" in t.provenance()
+
+
+def test_one_run_verdicts():
+    t = make_table()
+    v = noise.compare_runs("cpcl", 0.76, "supervised", 0.70, t)
+    assert (v.label, v.floor) == (noise.AHEAD, pytest.approx(4)) and v.difference == pytest.approx(6)
+    assert v.text.startswith("CPCL 76.0 % against supervised 70.0 %: CPCL is ahead by 6.0 points, more than the 4.0")
+    assert "ranged from +2.0 to +8.0 points, CPCL ahead in 6 of them" in v.text
+    v = noise.compare_runs("cpcl", 0.72, "supervised", 0.70, t)
+    assert v.label == noise.WITHIN and "cannot decide" in v.text
+    assert noise.compare_runs("supervised", 0.60, "cpcl", 0.70, t).label == noise.BEHIND
+    v = noise.compare_runs("cpcl", 0.72, "supervised", 0.70, None)
+    assert v.label is None and "not judged" in v.text and "+2.0 points" in v.text
+
+
+def test_verdicts_over_seeds():
+    t = make_table()
+    assert noise.compare_seeds("cpcl", "supervised", [6, 5, 7], t).label == noise.AHEAD  # all > 0, 6 > 4
+    assert noise.compare_seeds("cpcl", "supervised", [3, 3, 3.5], t).label == noise.WITHIN  # mean 3.2 < 4
+    v = noise.compare_seeds("cpcl", "cps", [5, -1, 9], t)
+    assert v.label == noise.WITHIN and "disagree in sign" in v.text
+    assert noise.compare_seeds("cps", "cpcl", [-5, -6, -7], t, seeds=[3, 4, 5]).label == noise.BEHIND
+    assert "(seed 3)" in noise.compare_seeds("cps", "cpcl", [-5, -6, -7], t, seeds=[3, 4, 5]).text
+
+
+def test_a_preset_of_the_same_recipe_shares_the_table(tmp_path):
+    path = noise.table_path("benchmark", tmp_path)
+    t = make_table()
+    path.write_text(json.dumps({**t.meta, "runs": t.runs.to_dict("records")}))
+    assert noise.for_preset("benchmark", tmp_path).floor("cpcl", "supervised") == pytest.approx(4)
+    # demo trains the benchmark recipe: every setting but the bookkeeping ones is equal
+    assert noise.for_preset("demo", tmp_path) is not None
+    assert noise.for_preset("smoke", tmp_path) is None and noise.for_preset("nope", tmp_path) is None
+
+
+def test_noise_benchmark_writes_every_run_with_its_provenance(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_noise", ROOT / "benchmarks" / "noise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    small = ["--set", "iterations=2", "--set", "n_train_scenes=16", "--set", "n_val_scenes=4",
+             "--set", "sup_only_iters=1", "--set", "rampup_iters=0", "--set", "log_every=1"]
+    args = ["--preset", "smoke", "--seeds", "0,1", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
+            "--jobs", "1", "--quiet", *small]
+    table = mod.main(args)
+    data = json.loads((tmp_path / "noise-smoke.json").read_text())
+    assert len(data["runs"]) == data["runs_expected"] == 2 * 2 * 3
+    assert {(r["method"], r["seed"], r["threads"]) for r in data["runs"]} == \
+        {(m, s, t) for m in noise.METHODS for s in (0, 1) for t in (1, 2)}
+    assert data["command"].startswith("python benchmarks/noise.py --preset smoke") and data["cpu"] and data["commit"]
+    assert data["sets"] == small[1::2] and data["wall_seconds"] > 0
+    assert (tmp_path / "noise-smoke.md").read_text().startswith("# Noise floor (smoke preset)")
+    assert table.floor("cpcl", "supervised") >= 0
+    # a second call trains nothing and keeps the wall time
+    assert mod.main(args).runs.equals(table.runs)
+    assert json.loads((tmp_path / "noise-smoke.json").read_text())["wall_seconds"] == data["wall_seconds"]
