@@ -460,6 +460,22 @@ def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou", no
     return pd.DataFrame(rows).set_index(cols).round(2)
 
 
+def verdicts(table: pd.DataFrame, baseline: str = "cpcl", noise_table=None, metric: str = "miou") -> list[str]:
+    """``noise.compare_seeds``'s sentence for each variant minus ``baseline`` (paired by seed, per
+    fraction): what a grid says, computed from its runs and the preset's noise table."""
+    from .noise import compare_seeds
+
+    p = paired(table, baseline, metric)
+    seeds = [c for c in p.columns if c.startswith("seed ")]
+    out = []
+    for (variant, labeled), row in p.iterrows():
+        done = [c for c in seeds if pd.notna(row[c])]
+        text = compare_seeds(variant, baseline, row[done].to_numpy(float), noise_table,
+                             [int(c.split()[1]) for c in done]).text
+        out.append(f"{labeled}: {text}")
+    return out
+
+
 # The committed grid of benchmarks/ablation.py: one row per run (.csv) and where it comes from (.json).
 RESULTS = RESULTS_DIR
 

@@ -123,7 +123,6 @@ def _code(nb) -> str:
 
 # What a notebook makes for the later ones in the same output folder, by the calls that make or reuse it.
 MADE_FOR_LATER = {
-    "the pretrained backbone": ("nets_for(", "run_or_load(", "shared_run(", "run_grid("),
     "the shared CPCL run": ("shared_run(",),
     "a notebook run folder": ("notebook_run_dir(",),
 }
@@ -157,7 +156,6 @@ def test_demo_ready_starts_what_may_start():
     from cpcl_kit.notebooks import demo_ready
 
     names = [nb.name[:2] for nb in NOTEBOOKS]
-    assert demo_ready(names, []) == ["01", "02"]
-    assert demo_ready(names[2:], []) == ["03", "04", "07"]  # 02 done: the three runs that need only the backbone
+    assert demo_ready(names, []) == ["01", "02", "03", "04", "07"]  # the backbone ships: nothing to wait for
     assert demo_ready(["05", "06", "08"], ["03"]) == ["05", "08"]  # 06 compares with 03's run
     assert demo_ready(["05", "06"], ["04"]) == []
