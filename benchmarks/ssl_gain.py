@@ -1,7 +1,6 @@
 """Does CPCL help? Supervised vs CPS vs CPCL (and full supervision) on digit scenes, 1/16 labeled.
 
     .venv/bin/python benchmarks/ssl_gain.py --jobs 2                 # benchmark preset, seeds 0, 1, 2
-    .venv/bin/python benchmarks/ssl_gain.py --preset demo --jobs 2   # the demo preset's targets
     .venv/bin/python benchmarks/ssl_gain.py --collect-only           # the table of the runs finished so far
 
 The runs are the prepared run set (``cpcl_kit.prepared``: supervised, CPS and CPCL at 1/16 and
@@ -27,18 +26,17 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit import prepared  # noqa: E402
+from cpcl_kit import noise, prepared  # noqa: E402
 from cpcl_kit.ablate import collect  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
 from cpcl_kit.runs import code_version, write_json, write_text  # noqa: E402
 
 NAMES = [name for name, _, _ in prepared.MEMBERS]
-# The issue's targets per preset (issue 13). "every seed": the paired difference on each seed.
+# The targets per preset. "every seed": the paired difference on each seed. The paper's own gain at
+# VOC 1/16 with ResNet-50 is in cpcl_kit.published.
 TARGETS = {
-    "demo": {"supervised_digit_miou_min": 0.40, "cpcl_minus_supervised_every_seed_min": 5.0,
-             "cpcl_run_seconds_max": 240.0},
-    "benchmark": {"cpcl_minus_supervised_mean_min": 8.0, "full_miou_min": 0.75,
-                  "grid_wall_seconds_max": 4500.0},
+    "benchmark": {"cpcl_minus_supervised_every_seed_min": 5.0, "cpcl_minus_supervised_mean_min": 8.0,
+                  "full_miou_min": 0.75},
 }
 WALL = "ssl_gain_wall.json"  # in the runs folder: wall seconds of the calls that trained runs
 
@@ -121,18 +119,12 @@ def check_targets(summary: dict, preset: str) -> dict:
     gain = paired.get("cpcl_minus_supervised")
     for key, goal in goals.items():
         value = None
-        if key == "supervised_digit_miou_min" and "supervised" in summary:
-            value = summary["supervised"]["digit_mean"]
-        elif key == "cpcl_minus_supervised_every_seed_min" and gain:
+        if key == "cpcl_minus_supervised_every_seed_min" and gain:
             value = min(gain["per_seed"])
-        elif key == "cpcl_run_seconds_max" and "cpcl" in summary:
-            value = max(summary["cpcl"]["seconds"])
         elif key == "cpcl_minus_supervised_mean_min" and gain:
             value = gain["mean"]
         elif key == "full_miou_min" and "full" in summary:
             value = summary["full"]["mean"]
-        elif key == "grid_wall_seconds_max" and summary.get("grid_wall_seconds"):
-            value = round(summary["grid_wall_seconds"], 1)
         if value is not None:
             met = value <= goal if key.endswith("_max") else value >= goal
             out[key] = {"goal": goal, "value": value, "met": bool(met)}
@@ -157,11 +149,10 @@ def markdown(summary: dict) -> str:
                          + (f", intersection accuracy {mean['acc_inter']:.1f} %, union accuracy "
                             f"{mean['acc_union']:.1f} %" if "acc_inter" in mean else ""))
     if "paired" in summary:
-        p = summary["paired"]
-        lines.append(f"\nPaired by seed ({', '.join(map(str, p['seeds']))}), mIoU points:")
-        for key in ("cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"):
-            lines.append(f"- {key.replace('_minus_', ' − ')}: "
-                         f"{', '.join(f'{v:+.1f}' for v in p[key]['per_seed'])} (mean {p[key]['mean']:+.1f})")
+        table = noise.for_preset(summary["preset"])
+        lines.append(f"\nPaired by seed, with verdicts against the "
+                     + (f"[noise table](noise-{table.preset}.md):" if table else "noise table (none measured yet):"))
+        lines += [f"- {text}" for text in prepared.verdicts(summary, table)]
     if summary.get("grid_wall_seconds"):
         lines.append(f"\nGrid wall time: {summary['grid_wall_seconds'] / 60:.1f} min")
     if summary.get("targets"):

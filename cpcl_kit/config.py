@@ -124,22 +124,23 @@ DEVIATIONS = {
     "unlabeled_batch_size": "4 unlabeled images per stream instead of 8: the unsupervised step is "
                             "the cost of a two-net run on a CPU",
     "optimizer": "Adam lr 1e-3 with linear warm-up instead of SGD lr 0.005: kept from the presets that "
-                 "trained from random init (in a 400-step prototype SGD 0.01-0.03 came within 2 points)",
-    "sup_only_iters": "a supervised-only start (a third in demo and smoke, a quarter in benchmark), "
+                 "trained from random init, where a short SGD prototype did no better",
+    "sup_only_iters": "a supervised-only start (a quarter in demo and benchmark, a third in smoke), "
                       "then a linear ramp of lambda (rampup_iters): the teachers' pseudo labels are "
                       "mostly wrong on the digits until the nets have learnt from the labeled scenes",
     "colour_aug": "label-preserving colour augmentation (channel permutation, inversion)",
     "flip": "no flips: a mirrored digit is not a digit",
     "scales": "scale jitter {0.75, 1.0, 1.25} instead of {0.5..2.0} on 64x64 scenes",
     "cutmix_boxes": "no CutMix on the unlabeled scenes (cutmix_boxes=0 instead of 3 boxes): a scene's one "
-                    "digit is named by its whole shape and the boxes hand the student fragments of it; on "
-                    "the benchmark's tuning seeds CPCL without it was -0.1 and +5.5 points against CPCL with "
-                    "it, on the reported seeds +5.3 on the mean (benchmarks/README.md, grid c)",
+                    "digit is named by its whole shape and the boxes hand the student fragments of it; "
+                    "chosen on tuning seeds (notebook 07's no_cutmix variants show the comparison)",
     "student_aug": "the student sees the unlabeled scene rotated, scaled and shifted (student_aug=affine, "
                    "perturb.py; the teachers' logits are warped alike) instead of only CutMix, which is "
-                   "off here: a perturbation that keeps the digit whole (not in the paper; with it and "
-                   "eval-mode teachers CPCL is 5.6 points ahead of supervised on the benchmark's "
-                   "reported seeds, on the mean)",
+                   "off here: a perturbation that keeps the digit whole (not in the paper; chosen on "
+                   "tuning seeds, the affine variants of notebook 07)",
+    "teacher_bn": "the teachers predict the unlabeled scenes with BatchNorm's running statistics "
+                  "(teacher_bn=eval) instead of those of their own 4-scene batch, which are too noisy "
+                  "for good pseudo labels (chosen on tuning seeds; variant teacher_eval)",
     "crop_pad": "a scene scaled below the crop size is padded at a random position (torchvision "
                 "RandomCrop), not centred as in the official loader: kept so the CPU presets' numbers "
                 "stay those already published",

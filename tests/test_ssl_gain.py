@@ -35,7 +35,7 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path, capsys):
     want = round(100 * (summary["cpcl"]["miou"][0] - summary["supervised"]["miou"][0]), 2)
     assert abs(paired["cpcl_minus_supervised"]["per_seed"][0] - want) < 0.02
     assert set(paired) == {"seeds", "cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"}
-    assert summary["targets"] == {}  # the smoke preset has none; demo and benchmark do
+    assert summary["targets"] == {}  # the smoke preset has none; benchmark has
     assert summary["grid_wall_seconds"] > 0 and summary["commit"] and "ssl_gain.py" in summary["command"]
     assert len(summary["cpcl"]["miou_net2"]) == 1
     assert len(summary["full"]["per_class_iou"][0]) == 11 and summary["class_names"][0] == "background"
@@ -67,10 +67,8 @@ def test_targets_are_checked_against_the_issue_goals():
                "full": {"mean": 0.74},
                "paired": {"cpcl_minus_supervised": {"per_seed": [6.0, 4.9, 7.0], "mean": 5.97}},
                "grid_wall_seconds": 4400.0}
-    demo = mod.check_targets(summary, "demo")
-    assert demo["supervised_digit_miou_min"]["met"] and not demo["cpcl_run_seconds_max"]["met"]
-    assert demo["cpcl_minus_supervised_every_seed_min"] == {"goal": 5.0, "value": 4.9, "met": False}
     bench = mod.check_targets(summary, "benchmark")
+    assert bench["cpcl_minus_supervised_every_seed_min"] == {"goal": 5.0, "value": 4.9, "met": False}
     assert not bench["cpcl_minus_supervised_mean_min"]["met"] and not bench["full_miou_min"]["met"]
-    assert bench["grid_wall_seconds_max"]["met"]
-    assert set(bench) == set(mod.TARGETS["benchmark"]) and set(demo) == set(mod.TARGETS["demo"])
+    assert set(bench) == set(mod.TARGETS["benchmark"])
+    assert mod.check_targets(summary, "demo") == {}  # the demo's claim is checked on the noise table

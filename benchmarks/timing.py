@@ -1,0 +1,78 @@
+"""How long the README's two commands take on a fresh clone, install included.
+
+    .venv/bin/python benchmarks/timing.py                    # make demo, then make test
+    .venv/bin/python benchmarks/timing.py --only demo
+
+Clones the committed HEAD into a fresh temporary folder for each command (nothing of this checkout's
+.venv, out/ or caches comes along; pip's own download cache does), runs the command there as a user
+would, install included, and writes
+``benchmarks/results/timing.json`` and ``.md``: the seconds of each command, its exit code, the commit,
+the CPU and the goals (make demo at most 15 minutes, make test at most 10, on a 2-core machine).
+A command that fails is recorded with its exit code and the tail of its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from cpcl_kit.runs import machine, write_json, write_text  # noqa: E402
+
+COMMANDS = {"demo": "make demo", "test": "make test"}
+GOALS = {"demo": 15 * 60, "test": 10 * 60}
+
+
+def time_command(command: str, cwd: Path, log: Path) -> dict:
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        rc = subprocess.run(command, shell=True, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode
+    seconds = round(time.perf_counter() - t0, 1)
+    tail = log.read_text(errors="replace").splitlines()[-5:]
+    return {"command": command, "seconds": seconds, "returncode": rc, "tail": tail}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=sorted(COMMANDS), action="append", help="time only this command (repeatable)")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    path = args.results / "timing.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    for key in args.only or list(COMMANDS):
+        with tempfile.TemporaryDirectory(prefix="cpcl-kit-clone-") as tmp:
+            clone = Path(tmp) / "cpcl-kit"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+            print(f"{COMMANDS[key]} in {clone} ...", flush=True)
+            row = time_command(COMMANDS[key], clone, Path(tmp) / f"{key}.log")
+        row.update(goal_seconds=GOALS[key], met=row["returncode"] == 0 and row["seconds"] <= GOALS[key])
+        data[key] = row
+        print(f"  {row['seconds']:.0f} s, exit {row['returncode']}", flush=True)
+    data.update(commit=commit, cpu=machine(),
+                command="python benchmarks/timing.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    write_json(path, data)
+    lines = [f"# The two commands on a fresh clone (commit {commit})", "", f"{data['cpu']}; `{data['command']}`", "",
+             "| command | seconds | minutes | goal (min) | exit |", "|---|---|---|---|---|"]
+    for key in COMMANDS:
+        if key in data:
+            r = data[key]
+            lines.append(f"| `{r['command']}` | {r['seconds']:.0f} | {r['seconds'] / 60:.1f} | "
+                         f"{r['goal_seconds'] / 60:.0f} | {r['returncode']} |")
+    write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return data
+
+
+if __name__ == "__main__":
+    main()
