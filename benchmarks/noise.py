@@ -72,6 +72,21 @@ def rows(runs: Path, threads: list[int], seeds: list[int]) -> list[dict]:
     return out
 
 
+def merged_rows(path: Path, preset: str) -> list[dict]:
+    """The runs of another machine's noise table, each labelled with that machine's float order."""
+    from cpcl_kit.errors import KitError
+
+    try:
+        other = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise KitError(f"--merge {path}: cannot read a noise table there ({e})") from None
+    if other.get("preset") != preset:
+        raise KitError(f"--merge {path}: a table of the {other.get('preset')} preset, not {preset}")
+    cpu = other.get("cpu", "another machine").split(" (")[0]
+    return [{**r, "order": f"{cpu}, {r['threads']} thread" + ("s" if r["threads"] != 1 else ""),
+             "torch": other.get("torch")} for r in other["runs"]]
+
+
 def markdown(table: noise.NoiseTable) -> str:
     targets = pd.DataFrame(check_targets(table)).T
     return "\n\n".join([
@@ -93,6 +108,9 @@ def main(argv=None) -> noise.NoiseTable:
     p.add_argument("--runs", type=Path, help="run folder (default ~/.cache/cpcl-kit/noise/<preset>)")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--jobs", type=int, default=2, help="1-thread runs trained at once")
+    p.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
+                   help="a noise table of the same preset measured on another machine: its runs join "
+                        "this table as float orders of their own (labelled with that machine's CPU)")
     p.add_argument("--collect-only", action="store_true", help="summarise the finished runs, train nothing")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -109,12 +127,14 @@ def main(argv=None) -> noise.NoiseTable:
             wall["calls"].append({"seconds": round(seconds, 1), "commit": code_version()["commit"]})
             write_json(wall_file, wall)
     found = rows(runs, threads, seeds)
+    for other in args.merge:
+        found += merged_rows(other, args.preset)
     command = "python benchmarks/noise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     commits = sorted({r["commit"].removesuffix("+dirty") for r in found})
     # commit: the code that wrote this table; trained_by: the commits whose code trained its runs
     data = {"preset": args.preset, "commit": code_version()["commit"] or "unknown", "trained_by": commits,
             "command": command, "wall_seconds": round(wall["seconds"], 1) or None,
-            "sets": args.sets, "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
+            "sets": args.sets, "merged": [str(m) for m in args.merge], "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
             "runs_expected": len(seeds) * len(threads) * len(noise.METHODS), "runs": found}
     path = noise.table_path(args.preset, args.results)
     write_json(path, data)

@@ -45,26 +45,33 @@ def table_path(preset: str, folder=RESULTS_DIR) -> Path:
 @dataclass(frozen=True)
 class NoiseTable:
     """A measured noise table. ``runs``: one row per run, columns method, seed, threads, miou (0..1),
-    digit_miou, seconds. ``meta``: preset, commit, command, seconds, cpu, torch, backbone."""
+    and optionally ``order`` (the float order: a thread count, on another machine its CPU too;
+    default "<threads> thread(s)"), digit_miou, seconds. ``meta``: preset, commit, command, seconds,
+    cpu, torch."""
 
     runs: pd.DataFrame
     meta: dict
+
+    def __post_init__(self):
+        threads = self.runs["threads"].map(lambda t: f"{t} thread" + ("s" if t != 1 else ""))
+        given = self.runs["order"] if "order" in self.runs.columns else pd.Series(None, index=self.runs.index)
+        object.__setattr__(self, "runs", self.runs.assign(order=given.where(given.notna(), threads)))
 
     @property
     def preset(self) -> str:
         return self.meta["preset"]
 
     def miou(self, method: str) -> pd.DataFrame:
-        """mIoU in % of ``method``: rows seeds, columns thread counts."""
+        """mIoU in % of ``method``: rows seeds, columns float orders."""
         r = self.runs[self.runs["method"] == method]
-        return (100 * r.pivot_table(index="seed", columns="threads", values="miou")).sort_index()
+        return (100 * r.pivot_table(index="seed", columns="order", values="miou")).sort_index()
 
     def differences(self, a: str, b: str) -> pd.DataFrame:
-        """``a`` − ``b`` in mIoU points, paired by seed and thread count: rows seeds, columns threads."""
+        """``a`` − ``b`` in mIoU points, paired by seed and float order: rows seeds, columns orders."""
         return (self.miou(a) - self.miou(b)).dropna(how="all")
 
     def float_moves(self, a: str, b: str | None = None) -> pd.Series:
-        """Per seed: how far ``a`` (or ``a`` − ``b``) moved between the float orders, in points."""
+        """Per seed: how far ``a`` (or ``a`` − ``b``) moved across the float orders, in points."""
         t = self.miou(a) if b is None else self.differences(a, b)
         return (t.max(axis=1) - t.min(axis=1)).dropna()
 
@@ -79,15 +86,16 @@ class NoiseTable:
 
     def draws(self, a: str, b: str) -> np.ndarray:
         """Every (seed, float order) value of ``a`` − ``b``, in points."""
-        return self.differences(a, b).to_numpy().ravel()
+        d = self.differences(a, b).to_numpy().ravel()
+        return d[~np.isnan(d)]
 
     def provenance(self) -> str:
         m = self.meta
+        orders = list(dict.fromkeys(self.runs["order"]))
         return (f"noise table of the {m['preset']} preset: {len(self.runs)} runs "
                 f"({', '.join(sorted(set(self.runs['method'])))} on seeds "
-                f"{', '.join(map(str, sorted(set(self.runs['seed']))))}, each with "
-                f"{' and '.join(map(str, sorted(set(self.runs['threads']))))} torch threads), commit "
-                f"{m['commit']}, {m['cpu']}: `{m['command']}`")
+                f"{', '.join(map(str, sorted(set(self.runs['seed']))))}, in {len(orders)} float orders: "
+                f"{'; '.join(orders)}), commit {m['commit']}, {m['cpu']}: `{m['command']}`")
 
     def summary(self) -> pd.DataFrame:
         """Per method: mean, sd, min and max mIoU (%) over every draw, and the largest float-order move."""
@@ -106,7 +114,7 @@ class NoiseTable:
         for a, b in pairs:
             d = self.differences(a, b)
             row = {"difference": f"{LABELS[a]} − {LABELS[b]}"}
-            row.update({f"seed {s}, {t} thr": d.loc[s, t] for s in d.index for t in d.columns})
+            row.update({f"seed {s}, {o}": d.loc[s, o] for s in d.index for o in d.columns})
             row.update({"min": np.nanmin(d.to_numpy()), "max": np.nanmax(d.to_numpy()),
                         "float-order floor": self.floor(a, b)})
             rows.append(row)
@@ -188,8 +196,8 @@ def compare_runs(a: str, miou_a: float, b: str, miou_b: float, table: NoiseTable
                 f"points that the float order alone moves this difference on this preset.")
     if len(draws):
         signs = (draws > 0).sum()
-        text += (f" Over {len(draws)} runs of this preset ({len(table.float_moves(a, b))} seeds × 2 float "
-                 f"orders) the difference ranged from {_pts(draws.min())} to {_pts(draws.max())} points, "
+        text += (f" Over {len(draws)} runs of this preset ({len(table.float_moves(a, b))} seeds × "
+                 f"{table.runs['order'].nunique()} float orders) the difference ranged from {_pts(draws.min())} to {_pts(draws.max())} points, "
                  f"{LABELS.get(a, a)} ahead in {signs} of them.")
     return Verdict(a, b, diff, floor, label, text)
 
