@@ -87,15 +87,22 @@ def merged_rows(path: Path, preset: str) -> list[dict]:
              "torch": other.get("torch")} for r in other["runs"]]
 
 
+def _md(df: pd.DataFrame) -> str:
+    try:
+        return df.to_markdown()
+    except ImportError:  # tabulate missing (a machine without the kit's install): plain text
+        return "```\n" + df.to_string() + "\n```"
+
+
 def markdown(table: noise.NoiseTable) -> str:
     targets = pd.DataFrame(check_targets(table)).T
     return "\n\n".join([
         f"# Noise floor ({table.preset} preset)", table.provenance(),
-        "mIoU per method over every seed and float order:", table.summary().to_markdown(),
+        "mIoU per method over every seed and float order:", _md(table.summary()),
         "Paired differences (points) per seed and thread count, their range and the float-order floor "
         "(the most the thread count alone moved the difference on one seed):",
-        table.pair_table().to_markdown(),
-        "Targets:", targets.to_markdown() if len(targets) else "none checkable"]) + "\n"
+        _md(table.pair_table()),
+        "Targets:", _md(targets) if len(targets) else "none checkable"]) + "\n"
 
 
 def main(argv=None) -> noise.NoiseTable:

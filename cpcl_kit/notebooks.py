@@ -177,7 +177,7 @@ def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None, job
     if preset in prepared.SHOWN_FOR:
         found = prepared.find(prepared.PRESET)
         print(f"Notebooks 04-08 showed the prepared run set in {prepared.default_dir()}" if found else
-              f"The live runs show the mechanics; {prepared.how_to_make()}")
+              f"Notebooks 04-08 showed the live runs; {prepared.how_to_make()}")
     return rows
 
 
