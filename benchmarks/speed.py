@@ -50,7 +50,7 @@ from cpcl_kit.loaders import Batch  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE, METHODS  # noqa: E402
 from cpcl_kit.methods import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
 from cpcl_kit.runs import write_json  # noqa: E402
-from cpcl_kit.train import Trainer, pick_device  # noqa: E402
+from cpcl_kit.train import Trainer, batch_to, pick_device  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -191,10 +191,7 @@ def random_batch(cfg, device: torch.device, seed: int = 0) -> Batch:
     imgs = [torch.randn(b, 3, s, s, generator=g) for _ in range(3)]
     y = torch.randint(0, c, (b, s, s), generator=g)
     y[:, :2] = IGNORE  # a few ignored pixels, as padded crops have
-    batch = Batch(x_l=imgs[0], y_l=y, u0=imgs[1], u1=imgs[2]).to(device)
-    if cfg.channels_last:
-        batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last)
-    return batch
+    return batch_to(Batch(x_l=imgs[0], y_l=y, u0=imgs[1], u1=imgs[2]), device, cfg.channels_last)
 
 
 def images_per_step(cfg) -> int:
