@@ -46,7 +46,7 @@ LOG_LIMIT = 15 * 2**20  # the log is cut to its last 15 MiB (files that come bac
 SIZES = {
     "gpu": dict(device="cuda", backbone="resnet50_v1c", crop=512, batch=8, head=256, os=16, steps=8, warmup=3,
                 pairs=8, var_steps=5, var_warmup=2, compile_backend="inductor", image=(500, 375),
-                train_images=48, val_images=6, labeled=12, iterations=160, voc_workers=4, torchrun_iters=6,
+                train_images=48, val_images=6, labeled=12, iterations=120, voc_workers=4, torchrun_iters=6,
                 suite=["-n", "8", "--dist", "loadfile", "-m", "not browser"]),
     "cpu": dict(device="cpu", backbone="resnet18", crop=32, batch=2, head=8, os=16, steps=2, warmup=1,
                 pairs=2, var_steps=1, var_warmup=1, compile_backend="eager", image=(80, 60),
@@ -55,9 +55,9 @@ SIZES = {
 }
 # Stage time limits, seconds (GPU machine); each is also cut to what the budget has left. The speed
 # runs leave SPEED_RESERVE seconds of the budget to the stages after them.
-LIMITS = {"env": 30, "speed_main": 110, "speed_channels_last": 60, "speed_fp32": 60, "speed_compile": 90,
-          "sync_tests": 60, "sync_paper": 60, "voc": 150, "torchrun": 60, "suite": 240}
-SPEED_RESERVE = 200
+LIMITS = {"env": 30, "speed_main": 110, "speed_channels_last": 60, "speed_fp32": 60, "speed_compile": 60,
+          "sync_tests": 90, "sync_paper": 60, "voc": 150, "torchrun": 60, "suite": 240}
+SPEED_RESERVE = 190
 CPU_LIMITS = {**{k: 300 for k in LIMITS}, "speed_compile": 120, "suite": 300}
 
 
@@ -228,8 +228,8 @@ def stage_speed(c: Check) -> dict:
 
 
 def stage_sync(c: Check) -> dict:
-    tests = c.run("sync/tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_cuda.py"],
-                  "sync_tests")
+    tests = c.run("sync/tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_cuda.py",
+                                 *([] if c.cpu else ["-k", "on_cuda or cuda_pieces"])], "sync_tests")
     tests["ok"] = tests["rc"] == 0
     paper = c.run("sync/paper", c.child("sync"), "sync_paper")
     paper = {**paper, **c.result("sync")}

@@ -70,8 +70,9 @@ def test_cutmix_mask_on_a_device_equals_the_cpu_one():
 
 
 def tiny_config(method="cpcl", device="cpu", **over):
-    """A small paper-layout run (v1c stem, CutMix with 3 boxes, OS16) that trains in a second."""
-    base = dict(method=method, dataset="voc", backbone="resnet50_v1c", backbone_weights="none", crop=64,
+    """A small run of the voc preset's recipe (CutMix with 3 boxes, OS16, SGD) that steps in a second;
+    benchmarks/gpu_check.py checks the paper-size step."""
+    base = dict(method=method, dataset="voc", backbone="resnet18", backbone_weights="none", crop=64,
                 batch_size=2, unlabeled_batch_size=2, head_channels=16, output_stride=16, device=device,
                 num_workers=0)
     return make_config("voc", **{**base, **over})
