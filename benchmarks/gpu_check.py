@@ -71,7 +71,7 @@ class Check:
         self.t0 = time.monotonic()
         self.deadline = self.t0 + budget
         self.log_path = out / "gpu-check.log"
-        self.log = open(self.log_path, "a", buffering=1)
+        self.log = open(self.log_path, "w", buffering=1)
         self.size = SIZES["cpu" if cpu else "gpu"]
         self.limits = CPU_LIMITS if cpu else LIMITS
         self.stages: dict[str, dict] = {}
