@@ -12,7 +12,7 @@ TEST_WORKERS ?= 2
 # make demo runs this many notebooks at once (one torch thread each), as their runs allow.
 DEMO_JOBS ?= 2
 
-.PHONY: setup test demo prepared lab bench clean
+.PHONY: setup test demo prepared lab bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/ssl_gain.py --jobs 2
 	$(PY) benchmarks/ablation.py --jobs 2
+
+# One prepared check of the CUDA path (benchmarks/gpu_check.py), with the machine's own Python and
+# PyTorch, nothing installed: everything goes to GPU_OUT. GPU_CHECK_ARGS=--cpu-smoke runs it tiny on a CPU.
+GPU_OUT ?= gpu-check-out
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                     # defaults for the device found (CPU or CUDA)
     python benchmarks/speed.py --backbone resnet50 --crop 512 --batch 8 --head-channels 256
+    python benchmarks/speed.py --methods cpcl --sections training --compile   # one method, compiled nets
 
 Prints a markdown table and writes ``benchmarks/results/speed-<device>.json``. Every figure is the
 median of ``--steps`` (or ``--pairs`` / ``--pl-repeats``) individually timed repeats after
@@ -50,13 +51,15 @@ from cpcl_kit.loaders import Batch  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE, METHODS  # noqa: E402
 from cpcl_kit.methods import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
 from cpcl_kit.runs import write_json  # noqa: E402
-from cpcl_kit.train import Trainer, pick_device  # noqa: E402
+from cpcl_kit.train import Trainer, batch_to, pick_device  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 GOAL_OVERHEAD = 1.05      # CPCL step / bare step, at most
 GOAL_PSEUDO_CPU = 5.0     # pseudo-label block speed-up over the host-side recipe, at least (CPU)
 GOAL_AMP = 1.8            # AMP / fp32 images per second, at least (CUDA, ResNet-50 at 512x512)
+
+SECTIONS = ("training", "overhead", "pseudo", "amp")
 
 DEFAULTS = {
     # One CPU thread by default: on a shared machine, OpenMP threads spin-waiting for busy cores made
@@ -91,6 +94,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-amp", dest="amp", action="store_false",
                    help="train in fp32 on CUDA (default: autocast, as the training loop)")
     p.add_argument("--channels-last", action="store_true", help="as the config switch")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods of the training table")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated measurements to run: " + ", ".join(SECTIONS))
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the nets the step calls, compiled during the warm-up steps "
+                        "(backend: inductor unless named, e.g. eager for a quick check of the path)")
+    p.add_argument("--tf32", choices=("default", "on", "off"), default="default",
+                   help="CUDA fp32 convolutions and matmuls in TF32 (on), in full fp32 (off), or torch's "
+                        "defaults; the JSON records which ran")
     p.add_argument("--pl-batch", type=int, default=8, help="pseudo-label block: batch")
     p.add_argument("--pl-classes", type=int, default=21, help="pseudo-label block: classes")
     p.add_argument("--pl-size", type=int, default=128, help="pseudo-label block: square side")
@@ -101,7 +113,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed-<device>.json)")
     p.add_argument("--child-method", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    bad = [m for m in args.methods if m not in METHODS] + [x for x in args.sections if x not in SECTIONS]
+    if bad or not args.methods:
+        p.error(f"--methods/--sections: unknown {', '.join(bad) or 'empty list'} "
+                f"(methods: {', '.join(METHODS)}; sections: {', '.join(SECTIONS)})")
+    set_tf32(args.tf32)
     return fill_defaults(args, pick_device(args.device))
+
+
+def set_tf32(mode: str) -> dict:
+    """Set (``on``/``off``) or keep (``default``) TF32 for CUDA fp32 convolutions and matmuls; returns
+    the settings in force. torch's defaults are TF32 convolutions and full-fp32 matmuls, so an "fp32"
+    figure with the defaults is partly TF32."""
+    if mode != "default":
+        torch.backends.cudnn.allow_tf32 = mode == "on"
+        torch.backends.cuda.matmul.allow_tf32 = mode == "on"
+    return tf32_state()
+
+
+def tf32_state() -> dict:
+    return {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32),
+            "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
 
 
 def fill_defaults(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
@@ -191,10 +225,7 @@ def random_batch(cfg, device: torch.device, seed: int = 0) -> Batch:
     imgs = [torch.randn(b, 3, s, s, generator=g) for _ in range(3)]
     y = torch.randint(0, c, (b, s, s), generator=g)
     y[:, :2] = IGNORE  # a few ignored pixels, as padded crops have
-    batch = Batch(x_l=imgs[0], y_l=y, u0=imgs[1], u1=imgs[2]).to(device)
-    if cfg.channels_last:
-        batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last)
-    return batch
+    return batch_to(Batch(x_l=imgs[0], y_l=y, u0=imgs[1], u1=imgs[2]), device, cfg.channels_last)
 
 
 def images_per_step(cfg) -> int:
@@ -220,16 +251,23 @@ def measure_training(method: str, args, device: torch.device, amp: bool | None =
     else:
         base = _rss_mib()
     trainer = new_trainer(cfg, device)
+    if getattr(args, "compile", False):
+        trainer.models = [torch.compile(m, backend=args.compile) for m in trainer.models]
     batch = random_batch(cfg, device)
     step_fn = METHOD_STEPS[method]
     lam = cfg.unsup_weight  # > 0: the full semi-supervised step
     its = itertools.count()
+    t_warm = time.perf_counter()
     for _ in range(args.warmup):
         trainer.step(step_fn, batch, next(its), lam)
+    t0 = time.perf_counter()
     times = [timed(lambda: trainer.step(step_fn, batch, next(its), lam), device) for _ in range(args.steps)]
     med = _median(times, "wall")
     n_img = images_per_step(cfg)
+    warm_s = t0 - t_warm
     res = {"method": method, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
+           "channels_last": cfg.channels_last, "compiled": getattr(args, "compile", None) or False,
+           "warmup_s": warm_s,
            "images_per_step": n_img, "median_s": med, "images_per_s": n_img / med,
            "cpu_median_s": _median(times, "cpu"), "times_s": [t[0] for t in times],
            "cpu_times_s": [t[1] for t in times]}
@@ -259,6 +297,9 @@ def measure_training_isolated(method: str, args) -> dict:
         cmd.append("--no-amp")
     if args.channels_last:
         cmd.append("--channels-last")
+    if args.compile:
+        cmd += ["--compile", args.compile]
+    cmd += ["--tf32", args.tf32]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child for {method} failed:\n{proc.stderr[-3000:]}")
@@ -453,26 +494,39 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
         # uncommitted changes to tracked files: the measured code is then not exactly ``commit``
         "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        # TF32 settings the fp32 figures ran with (CUDA; ignored on the CPU)
+        "tf32": tf32_state(), "compiled": args.compile or False,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k != "child_method"},
     }
+    sections = set(args.sections)
     training = []
-    for method in METHODS:
+    for method in args.methods if "training" in sections else ():
         progress(f"training step: {method} ...")
         training.append({"method": method, **(measure_training_isolated(method, args) if args.isolate
                                                else _guarded(measure_training, method, args, device))})
     res["training"] = training
 
-    progress("CPCL overhead (bare vs CPCL steps) ...")
-    res["overhead"] = _guarded(measure_overhead, args, device)
+    skipped = {"skipped": "not in --sections"}
+    res["overhead"] = skipped
+    if "overhead" in sections:
+        progress("CPCL overhead (bare vs CPCL steps) ...")
+        res["overhead"] = _guarded(measure_overhead, args, device)
 
-    progress("pseudo-label block ...")
-    res["pseudo_labels"] = measure_pseudo_labels(device, args.pl_batch, args.pl_classes, args.pl_size,
-                                                 args.pl_repeats)
+    res["pseudo_labels"] = skipped
+    if "pseudo" in sections:
+        progress("pseudo-label block ...")
+        res["pseudo_labels"] = measure_pseudo_labels(device, args.pl_batch, args.pl_classes, args.pl_size,
+                                                     args.pl_repeats)
 
-    if device.type == "cuda":
+    if "amp" not in sections:
+        res["amp"] = skipped
+    elif device.type == "cuda":
         progress("CPCL step in fp32 (AMP comparison) ...")
-        amp_run = next(t for t in training if t["method"] == "cpcl")
+        amp_run = next((t for t in training if t["method"] == "cpcl"), None)
+        if amp_run is None:  # the table did not measure CPCL: measure it as the table would have
+            amp_run = _guarded(measure_training, "cpcl", args, device)
         if not args.amp:  # the table ran in fp32: measure the autocast step now
             fp32, amp_run = amp_run, _guarded(measure_training, "cpcl", args, device, amp=True)
         else:
@@ -487,11 +541,13 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
         res["amp"] = {"skipped": "AMP is CUDA-only in the training loop (autocast is off on the CPU)"}
 
     pl_default = (args.pl_batch, args.pl_classes, args.pl_size) == (8, 21, 128)
-    paper_size = args.backbone == "resnet50" and args.crop == 512
-    goals = {"cpcl_overhead_ratio": _goal(res["overhead"].get("ratio"), GOAL_OVERHEAD, "max",
-                                          res["overhead"].get("error", ""))}
+    paper_size = args.backbone in ("resnet50", "resnet50_v1c") and args.crop == 512
+    goals = {}
+    if "overhead" in sections:
+        goals["cpcl_overhead_ratio"] = _goal(res["overhead"].get("ratio"), GOAL_OVERHEAD, "max",
+                                             res["overhead"].get("error", ""))
     pl = res["pseudo_labels"]
-    if device.type == "cpu":
+    if device.type == "cpu" and "pseudo" in sections:
         goals["pseudo_label_speedup_cpu"] = _goal(
             pl["speedup_vs_sklearn"], GOAL_PSEUDO_CPU, "min",
             "vs the official recipe with sklearn confusion_matrix"
@@ -517,17 +573,22 @@ def markdown(res: dict) -> str:
              "| measurement | s / step | CPU s / step | images / step | images / s | peak memory (MiB) |",
              "|---|---:|---:|---:|---:|---:|"]
     amp = res["amp"]
-    cpcl_row = next(t for t in res["training"] if t["method"] == "cpcl")
+    cpcl_row = next((t for t in res["training"] if t["method"] == "cpcl"), None)
     rows = res["training"] + [r for r in (amp.get("fp32"), amp.get("amp")) if r and r != cpcl_row]
     for t in rows:
         if "error" in t:
             lines.append(f"| train {t['method']} | failed: {t['error']} | | | | |")
             continue
-        lines.append(f"| train {t['method']} ({t['amp']}) | {t['median_s']:.4f} | {t['cpu_median_s']:.4f} | "
+        flags = "".join(f", {k}" for k in ("channels_last", "compiled") if t.get(k))
+        lines.append(f"| train {t['method']} ({t['amp']}{flags}) | {t['median_s']:.4f} | {t['cpu_median_s']:.4f} | "
                      f"{t['images_per_step']} | {t['images_per_s']:.1f} | {t['peak_mem_mib']:.0f} |")
     mem_kind = next((t["mem_kind"] for t in rows if "mem_kind" in t), "?")
     o, p = res["overhead"], res["pseudo_labels"]
-    clock = p["clock"]
+    clock = p.get("clock", o.get("clock", "wall"))
+    tf = res.get("tf32")
+    if tf:
+        lines += ["", f"CUDA fp32 math: TF32 convolutions {'on' if tf['cudnn_conv'] else 'off'}, TF32 matmuls "
+                      f"{'on' if tf['matmul'] else 'off'}."]
     lines += ["", f"Memory: {mem_kind}. Ratios below use {'process CPU' if clock == 'cpu' else 'wall'} "
               f"time{' (wall-clock ratio in brackets)' if clock == 'cpu' else ''}.", "",
               "| comparison | value | detail |", "|---|---:|---|"]
@@ -535,21 +596,26 @@ def markdown(res: dict) -> str:
     def alt(block, key, fmt):
         return f" ({fmt.format(block['wall'][key])})" if clock == "cpu" else ""
 
-    if "error" in o:
+    if "skipped" in o:
+        lines.append(f"| CPCL overhead | skipped | {o['skipped']} |")
+    elif "error" in o:
         lines.append(f"| CPCL overhead (CPCL / bare step) | failed | {o['error']} |")
     else:
         c = o[o["clock"]]
         lines.append(f"| CPCL overhead (CPCL / bare step) | {o['ratio']:.3f}{alt(o, 'ratio', '{:.3f}')} | "
                      f"{c['cpcl_median_s']:.4f} s vs {c['bare_median_s']:.4f} s, medians of {o['pairs']} "
                      f"interleaved pairs |")
-    shape = "x".join(str(s) for s in p["shape"])
-    c = p[clock]
-    lines.append(f"| pseudo-label block speed-up vs host sklearn | {p['speedup_vs_sklearn']:.2f}x"
-                 f"{alt(p, 'speedup_vs_sklearn', '{:.2f}x')} | [{shape}]: kit {c['kit_median_s'] * 1e3:.2f} ms, "
-                 f"host sklearn {c['host_sklearn_median_s'] * 1e3:.2f} ms |")
-    lines.append(f"| pseudo-label block speed-up vs host np.bincount | {p['speedup_vs_bincount']:.2f}x"
-                 f"{alt(p, 'speedup_vs_bincount', '{:.2f}x')} | host bincount "
-                 f"{c['host_bincount_median_s'] * 1e3:.2f} ms; outputs match: {all(p['outputs_match'].values())} |")
+    if "skipped" in p:
+        lines.append(f"| pseudo-label block | skipped | {p['skipped']} |")
+    else:
+        shape = "x".join(str(s) for s in p["shape"])
+        c = p[clock]
+        lines.append(f"| pseudo-label block speed-up vs host sklearn | {p['speedup_vs_sklearn']:.2f}x"
+                     f"{alt(p, 'speedup_vs_sklearn', '{:.2f}x')} | [{shape}]: kit {c['kit_median_s'] * 1e3:.2f} ms, "
+                     f"host sklearn {c['host_sklearn_median_s'] * 1e3:.2f} ms |")
+        lines.append(f"| pseudo-label block speed-up vs host np.bincount | {p['speedup_vs_bincount']:.2f}x"
+                     f"{alt(p, 'speedup_vs_bincount', '{:.2f}x')} | host bincount "
+                     f"{c['host_bincount_median_s'] * 1e3:.2f} ms; outputs match: {all(p['outputs_match'].values())} |")
     if "speedup" in amp:
         lines.append(f"| AMP / fp32 images/s (cpcl) | {amp['speedup']:.2f}x | {amp['amp']['amp']} autocast |")
     else:

@@ -31,7 +31,10 @@ def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> 
         "optimizers": [o.state_dict() for o in opts],
         "scaler": scaler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Training draws nothing from the CUDA generators (CutMix boxes and warps come from seeded
+        # CPU generators; the nets have no dropout), so their state is not part of an exact resume.
+        # The key stays, empty, for the file layout that older kit versions read and write.
+        "rng_cuda": [],
         "history": history,
     }
 
@@ -79,8 +82,8 @@ def restore(state: dict, nets, opts, scaler) -> tuple[int, list[dict]]:
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise KitError(f"checkpoint: optimizer or RNG state does not fit this run "
                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    # A checkpoint from an older version may hold one CUDA RNG state per GPU of the machine that
+    # wrote it; it is not restored (see make_state), so a machine with fewer GPUs resumes it too.
     return int(state["iteration"]), list(state["history"])
 
 

@@ -143,14 +143,19 @@ def cutmix_box_masks(
     n_boxes: int = 3,
     area: tuple[float, float] = (0.25, 0.5),
     generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Random CutMix box masks, float32 [n, 1, H, W] of exact 0/1 on the CPU (1 = take image b).
+    """Random CutMix box masks, float32 [n, 1, H, W] of exact 0/1 on ``device`` (default the CPU;
+    1 = take image b).
 
     Per sample and box: area proportion a ~ U(area); height proportion exp(U(0,1)·ln a) and width
     proportion a / height proportion, both scaled by sqrt(1/n_boxes); box size round(prop·(H, W));
     top-left round((dims - box)·U(0,1)) so every box lies inside. Starting from zeros, each box
     flips (XORs) its region, so overlaps cancel. All randomness comes from ``generator`` (a CPU
     ``torch.Generator``; the global RNG when None), so a seeded generator reproduces the masks.
+    The draws and box corners are computed on the CPU (a few numbers); the mask itself is built on
+    ``device`` from the corners, so only those numbers travel, asynchronously, and the mask is the
+    same on every device (integer comparisons).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise KitError(f"n: expected an int >= 0, got {n!r}")
@@ -175,9 +180,12 @@ def cutmix_box_masks(
     top_left = torch.round((dims - box) * draws[2:].permute(1, 2, 0))  # [n, b, 2]
     start = top_left.long()
     stop = start + box.long()
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type != "cpu":
+        start, stop = start.to(device, non_blocking=True), stop.to(device, non_blocking=True)
 
-    rows = torch.arange(h)
-    cols = torch.arange(w)
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
     in_rows = (rows >= start[..., 0, None]) & (rows < stop[..., 0, None])  # [n, b, H]
     in_cols = (cols >= start[..., 1, None]) & (cols < stop[..., 1, None])  # [n, b, W]
     inside = in_rows[..., :, None] & in_cols[..., None, :]  # [n, b, H, W]

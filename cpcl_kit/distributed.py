@@ -7,6 +7,7 @@ same command runs on one device.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -29,24 +30,86 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_from_env() -> DistInfo:
-    """Join the process group torchrun describes (NCCL on GPU, gloo on CPU), once per process."""
+def env_local_rank() -> int:
+    """This process's GPU slot on its machine (torchrun's LOCAL_RANK; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL for a CUDA run, gloo for a CPU one: chosen by the run's device, since a CPU run on a
+    machine that has CUDA still needs a backend that can move CPU tensors (NCCL cannot)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_from_env(device: torch.device | None = None) -> DistInfo:
+    """Join the process group torchrun describes, once per process (backend from ``device``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        device = device if device is not None else torch.device("cpu")
+        if device.type == "cuda":  # NCCL binds each process's communicator to its current GPU
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend_for(device))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), env_local_rank())
+
+
+@contextmanager
+def process_group(device: torch.device | None = None):
+    """``with process_group(device) as info:`` joins torchrun's group for the block and leaves it
+    at the end when this block joined it (a nested block, or a caller's group, is left alone)."""
+    owned = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized())
+    info = init_from_env(device)
+    try:
+        yield info
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over processes in place (no-op on one process); returns ``t``."""
-    if dist.is_available() and dist.is_initialized():
+    if _active():
         dist.all_reduce(t)
     return t
 
 
+def first_bad_iteration(bad_it: torch.Tensor) -> int:
+    """The earliest non-finite iteration any process saw (-1: none), the same on every rank.
+
+    ``bad_it`` is this process's own (-1 when none). Every rank must decide together: a rank that
+    raised alone would leave the others waiting in the next collective until NCCL's timeout."""
+    if not _active():
+        return int(bad_it)
+    none = torch.iinfo(torch.int64).max
+    t = torch.where(bad_it >= 0, bad_it, none).to(_comm_device(), torch.int64).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return -1 if int(t) == none else int(t)
+
+
+def all_ok(ok: bool) -> bool:
+    """True on every rank when ``ok`` is True on every rank (one process: ``ok``)."""
+    if not _active():
+        return ok
+    t = torch.tensor([1 if ok else 0], dtype=torch.int64).to(_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(int(t))
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    if _active():
+        if dist.get_backend() == "nccl":  # name the GPU: NCCL would otherwise guess it from the rank
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()

@@ -38,7 +38,7 @@ def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min
         k = min_kept * target.shape[0]
         flat = prob.flatten()
         kth = flat.kthvalue(min(k, flat.numel())).values
-        threshold = torch.maximum(kth, torch.tensor(thresh, device=prob.device))
+        threshold = kth.clamp(min=thresh)  # max(kth, thresh) without a host-to-device copy of thresh
         keep = valid & ((prob <= threshold) | (n_valid <= k))
     return F.cross_entropy(logits, torch.where(keep, target, IGNORE), weight=weight, ignore_index=IGNORE)
 
@@ -51,9 +51,19 @@ class StepOut:
     mixed_truth: torch.Tensor | None = None     # true masks of the mixed image (analysis only)
 
 
+_CLASS_WEIGHTS: dict = {}  # device -> the Cityscapes weights there, copied once per process
+
+
+def _cityscapes_weights(device: torch.device) -> torch.Tensor:
+    w = _CLASS_WEIGHTS.get(device)
+    if w is None:
+        w = _CLASS_WEIGHTS[device] = torch.tensor(CITYSCAPES_WEIGHTS).to(device, non_blocking=True)
+    return w
+
+
 def sup_loss(cfg: Config, logits, target):
     if cfg.sup_loss == "ohem":
-        w = torch.tensor(CITYSCAPES_WEIGHTS, device=logits.device) if cfg.num_classes == 19 else None
+        w = _cityscapes_weights(logits.device) if cfg.num_classes == 19 else None
         return ohem_ce(logits, target, weight=w)
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
 
@@ -97,7 +107,7 @@ def _cutmix(batch, gen, boxes: int):
     if boxes == 0:
         return None, batch.u0, batch.u0_mask
     b, _, h, w = batch.u0.shape
-    mask = cutmix_box_masks(b, (h, w), n_boxes=boxes, generator=gen).to(batch.u0.device)
+    mask = cutmix_box_masks(b, (h, w), n_boxes=boxes, generator=gen, device=batch.u0.device)
     truth = mix(batch.u0_mask, batch.u1_mask, mask) if batch.u0_mask is not None else None
     return mask, mix(batch.u0, batch.u1, mask), truth
 
@@ -110,13 +120,19 @@ def _student_view(cfg: Config, gen, u_mix, teachers, truth):
     mixed logits warped alike, so each pseudo label names the pixel the student sees; ``void`` marks
     the pixels warped in from outside the scene, which get no pseudo label."""
     if cfg.student_aug == "none":
-        return u_mix, teachers, truth, None
-    theta = random_affine(u_mix.shape[0], generator=gen).to(u_mix.device)  # drawn on the CPU generator
+        return _layout(cfg, u_mix), teachers, truth, None
+    # Drawn on the CPU generator; six numbers per image go to the device without a host wait.
+    theta = random_affine(u_mix.shape[0], generator=gen).to(u_mix.device, non_blocking=True)
     off = outside(theta, u_mix.shape[-2:], u_mix.device)
     # Border padding gives every pixel a teacher argmax; those outside are voided in the targets.
     teachers = [warp(t, theta, padding="border") for t in teachers]
     truth = warp_labels(truth, theta, off) if truth is not None else None
-    return warp(u_mix, theta), teachers, truth, off
+    return _layout(cfg, warp(u_mix, theta)), teachers, truth, off
+
+
+def _layout(cfg: Config, x: torch.Tensor) -> torch.Tensor:
+    """The student's image in the nets' memory layout (channels_last when they are)."""
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
 def _void_outlines(labels, band: int, *targets):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from tqdm.auto import tqdm
 from . import checkpoint, runs
 from .config import Config, check_ready_to_train
 from .data import build_data
-from .distributed import DistInfo, all_reduce_sum, barrier, init_from_env
+from .distributed import (DistInfo, all_ok, all_reduce_sum, barrier, env_local_rank, first_bad_iteration,
+                          process_group)
 from .errors import KitError
 from .evaluate import evaluate
 from .loaders import semi_supervised_batches, supervised_batches
@@ -52,21 +54,44 @@ def nets_for(cfg: Config) -> list:
 # devices, optimizers, schedule
 
 
+# What device="auto" means when set (e.g. "cpu"): the test suite pins it, so that the CPU presets'
+# exact-resume tests stay on the CPU on a machine with a GPU (CUDA kernels are not bit-reproducible).
+AUTO_DEVICE_ENV = "CPCL_KIT_DEVICE"
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The torch device for a ``device`` setting. ``auto``: $CPCL_KIT_DEVICE when set, else CUDA when
+    present, else CPU. A bare ``cuda`` is this process's GPU, ``cuda:{local_rank}``, so torchrun's
+    processes each take their own."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        name = os.environ.get(AUTO_DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise KitError(f"device: '{name}' asked for, but no CUDA device is available")
-    return torch.device(name)
+    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    if device.index >= torch.cuda.device_count():
+        raise KitError(f"device: '{device}' asked for, but this machine has {torch.cuda.device_count()} "
+                       f"CUDA device(s)")
+    return device
+
+
+def _bf16_native() -> bool:
+    """Whether the current GPU computes bf16 in hardware (Ampere and later). Emulated bf16 counts as
+    supported for ``is_bf16_supported()`` by default, and would be slower than fp16 there."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch whose is_bf16_supported has no such keyword counts native support only
+        return torch.cuda.is_bf16_supported()
 
 
 def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 on a GPU that supports it, else fp16, and fp32 (None) on
-    CPU; ``bf16``/``fp16`` force one (bf16 autocast also runs on CPU); ``off`` is fp32."""
+    """Autocast dtype: ``auto`` is bf16 on a GPU that computes it natively, else fp16, and fp32
+    (None) on CPU; ``bf16``/``fp16`` force one (bf16 autocast also runs on CPU); ``off`` is fp32."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _bf16_native() else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise KitError("amp: fp16 autocast needs a CUDA device; use amp=bf16 or amp=off on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -179,8 +204,7 @@ class Trainer:
 # the loop
 
 
-def _setup_device(cfg: Config, info: DistInfo) -> torch.device:
-    device = pick_device(cfg.device, info.local_rank)
+def _setup_device(cfg: Config, device: torch.device) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
@@ -209,6 +233,18 @@ def _batches(cfg: Config, data, start: int, device: torch.device, info: DistInfo
         return supervised_batches(data.labeled, cfg.batch_size, cfg.iterations, cfg.seed, **shard)
     return semi_supervised_batches(data.labeled, data.unlabeled, cfg.batch_size, cfg.unlabeled_batch_size,
                                    cfg.iterations, cfg.seed, pairs=cfg.cutmix_boxes > 0, **shard)
+
+
+def batch_to(batch, device: torch.device, channels_last: bool = False):
+    """``batch`` on ``device`` (asynchronous copies); with ``channels_last`` every image tensor the
+    nets see (labeled and both unlabeled batches) in that layout, as the nets are."""
+    batch = batch.to(device)
+    if channels_last:
+        for name in ("x_l", "u0", "u1"):
+            t = getattr(batch, name)
+            if t is not None:
+                setattr(batch, name, t.contiguous(memory_format=torch.channels_last))
+    return batch
 
 
 class _Log:
@@ -265,17 +301,16 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
     with tqdm(total=cfg.iterations, initial=start, disable=not (progress and info.main), desc=cfg.method,
               dynamic_ncols=True) as bar:
         for it, batch in enumerate(batches, start=start):
-            batch = batch.to(device)
-            if cfg.channels_last:
-                batch.x_l = batch.x_l.contiguous(memory_format=torch.channels_last)
+            batch = batch_to(batch, device, cfg.channels_last)
             out_step = trainer.step(step_fn, batch, it, all_reduce=reduce)
             # Remember the first non-finite iteration on the device: no host sync inside the step.
             bad_it = torch.where((bad_it < 0) & ~torch.isfinite(out_step.loss.detach()), it, bad_it)
             log.add(out_step)
             done = it + 1
             if log.due(done):
-                if int(bad_it) >= 0:  # the one host sync, at the logging interval
-                    _diverged(out, int(bad_it), last_saved, history)
+                bad = first_bad_iteration(bad_it)  # the one host sync, at the logging interval
+                if bad >= 0:
+                    _diverged(out, bad, last_saved, history)
                 row = log.row(done, out_step)
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
                                 **({"agree": f"{row['agreement']:.2f}"} if "agreement" in row else {}))
@@ -299,12 +334,10 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     evaluation (metrics empty). Under torchrun every process trains on its shard of each batch;
     rank 0 alone writes files."""
     check_ready_to_train(cfg)  # e.g. a paper preset without its pretrained backbone: refused here
-    info = init_from_env()
-    out = runs.prepare(out_dir) if (out_dir is not None and info.main) else None
-    with runs.lock(out) if out is not None else nullcontext():
-        if out is not None:
-            runs.check_same_run(out, cfg)
-        device = _setup_device(cfg, info)
+    device = pick_device(cfg.device, env_local_rank())
+    with process_group(device) as info, ExitStack() as held:
+        out = _take_folder(held, info, out_dir, cfg, wait=False) if out_dir is not None else None
+        _setup_device(cfg, device)
         data = data or build_data(cfg)
         trainer = Trainer.create(cfg, device)
         init = fingerprint(cfg)
@@ -317,7 +350,8 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         batches = _batches(cfg, data, start, device, info)
         seconds, paused = _loop(trainer, batches, start, history, out, info, progress, stop_at)
         hist = pd.DataFrame(history)
-        if paused:
+        if paused:  # the next train() of every rank must find rank 0's checkpoint written
+            barrier()
             return RunResult(cfg, trainer.nets, hist, {}, out)
         metrics = {}
         if info.main:  # the others wait: evaluation needs no sharding at these sizes
@@ -330,6 +364,25 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
                 runs.write_json(out / runs.METRICS, metrics)
         barrier()
         return RunResult(cfg, trainer.nets, hist, metrics, out)
+
+
+def _take_folder(held: ExitStack, info: DistInfo, run_dir, cfg: Config, wait: bool) -> Path | None:
+    """Rank 0 prepares ``run_dir``, takes its lock (held until ``held`` closes) and checks that it
+    holds this run or none; returns the folder there, None on the other ranks. Every rank learns
+    whether that worked, so a refused folder stops all of them (none waits in DDP set-up for a
+    rank 0 that raised). Only rank 0 locks: a rank waiting for rank 0's lock while rank 0 waits for
+    it in a collective would hang both."""
+    out, error = None, None
+    if info.main:
+        try:
+            out = runs.prepare(run_dir)
+            held.enter_context(runs.lock(out, wait=wait))
+            runs.check_same_run(out, cfg)
+        except KitError as e:
+            error = e
+    if not all_ok(error is None):
+        raise error or KitError(f"rank 0 could not use the run folder {run_dir} (its error says why)")
+    return out
 
 
 def _eval_models(nets, branch: str):
@@ -401,9 +454,12 @@ def run_or_load(cfg: Config, run_dir, progress: bool = True, data=None, stages: 
     ``wait=True`` waits for it (and then usually finds its run finished).
     """
     run_dir = Path(run_dir)
-    runs.prepare(run_dir)
-    with runs.lock(run_dir, wait=wait):
-        runs.check_same_run(run_dir, cfg)
+    with process_group(pick_device(cfg.device, env_local_rank())) as info, ExitStack() as held:
+        # Rank 0 holds the lock; the others read the folder rank 0 checked, before any of them writes
+        # to it (rank 0 writes only after DDP set-up, which waits for every rank).
+        _take_folder(held, info, run_dir, cfg, wait=wait)
+        if not info.main:
+            runs.check_same_run(run_dir, cfg)
         if runs.is_finished(run_dir):
             return runs.load_run(run_dir, cfg, nets=nets)
         if not stages:
@@ -417,7 +473,7 @@ def run_or_load(cfg: Config, run_dir, progress: bool = True, data=None, stages: 
             last = stop == cfg.iterations
             result = train(cfg, out_dir=run_dir, resume=done is not None, progress=progress, data=data,
                            stop_at=None if last else stop)
-            if not last:
+            if not last and info.main:
                 runs.save_snapshot(run_dir, cfg, stop, result.nets)
             done = stop
         if result is None:  # a checkpoint at the last iteration but no metrics: evaluate by resuming

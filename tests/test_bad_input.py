@@ -349,6 +349,7 @@ def test_fresh_interpreter(tmp_path):
 
 
 def test_notebook_parameter_of_wrong_type_is_named(tmp_path):
+    pytest.importorskip("papermill", reason="running a notebook needs papermill (the test extras)")
     from cpcl_kit.notebooks import NOTEBOOK_DIR, run_notebook
 
     nb = NOTEBOOK_DIR / "02_deeplabv3plus.ipynb"

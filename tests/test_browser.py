@@ -313,6 +313,8 @@ def lab(tmp_path_factory):
     """One JupyterLab for the module, serving a temporary copy of notebooks/ plus the stand-in."""
     global _T0
     _T0 = time.perf_counter()
+    for module in ("playwright", "jupyterlab"):  # the test extras; without them nothing to drive
+        pytest.importorskip(module, reason=f"the browser test needs {module} (pip install -e '.[test]')")
     reason = _ensure_chromium()
     if reason:
         print(reason, flush=True)

@@ -5,8 +5,10 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -34,7 +36,7 @@ def _worker(rank, world, port, out, result_dir):
                Path(result_dir) / f"rank{rank}.pt")
     import torch.distributed as dist
 
-    dist.destroy_process_group()
+    assert not dist.is_initialized(), "train leaves the process group it joined"
 
 
 def test_two_gloo_processes_agree_and_write_one_set_of_outputs(tmp_path):
@@ -60,3 +62,80 @@ def test_torchrun_cli_runs_and_rank0_writes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "metrics.json").exists()
     assert proc.stdout.count("results in") == 1  # only rank 0 reports
+
+
+def _spawn(fn, args, nprocs=2, timeout=240):
+    """Start ``nprocs`` processes of ``fn(rank, *args)``; fail (not hang) if they outlive ``timeout``."""
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the {nprocs} processes hung (still running after {timeout} s)")
+
+
+def _env(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def _run_or_load_worker(rank, world, port, out, result_dir):
+    _env(rank, world, port)
+    from cpcl_kit.train import run_or_load
+
+    cfg = make_config("smoke", method="supervised", iterations=4, log_every=1, checkpoint_every=2, device="cpu")
+    res = run_or_load(cfg, out, progress=False, stages=(2,))
+    again = run_or_load(cfg, out, progress=False)  # finished: loaded on every rank, no training
+    Path(result_dir, f"rank{rank}.txt").write_text(f"{len(res.history)} {again.metrics.get('iterations')}")
+
+
+def test_run_or_load_under_two_processes_locks_on_rank0_only(tmp_path):
+    """Every rank used to take the folder lock: rank 1 waited for rank 0's lock while rank 0 waited
+    for rank 1 in DDP set-up. Stages pause and resume on both ranks (rank 0 writes, then both read)."""
+    out, results = tmp_path / "run", tmp_path / "results"
+    results.mkdir()
+    _spawn(_run_or_load_worker, (2, _free_port(), str(out), str(results)))
+    assert (out / "metrics.json").exists()
+    assert [(results / f"rank{r}.txt").read_text() for r in (0, 1)] == ["4 4", "4 4"]
+
+
+def _diverging_worker(rank, world, port, out, result_dir):
+    _env(rank, world, port)
+    from cpcl_kit import methods
+    from cpcl_kit.train import TrainingDiverged, train
+
+    plain = methods.METHOD_STEPS["supervised"]
+
+    def step(nets, batch, cfg, lam, gen, all_reduce=None):
+        out_ = plain(nets, batch, cfg, lam, gen, all_reduce)
+        if rank == 1 and len(calls) == 1:  # rank 1 alone sees a non-finite loss, at iteration 2
+            out_.loss = out_.loss * float("nan")
+        calls.append(1)
+        return out_
+
+    calls = []
+    methods.METHOD_STEPS["supervised"] = step
+    cfg = make_config("smoke", method="supervised", iterations=6, log_every=3, checkpoint_every=6, device="cpu")
+    try:
+        train(cfg, out_dir=out, progress=False)
+        result = "finished"
+    except TrainingDiverged as e:
+        result = str(e)
+    Path(result_dir, f"rank{rank}.txt").write_text(result)
+
+
+def test_a_loss_one_rank_sees_non_finite_stops_every_rank(tmp_path):
+    out, results = tmp_path / "run", tmp_path / "results"
+    results.mkdir()
+    _spawn(_diverging_worker, (2, _free_port(), str(out), str(results)))
+    texts = [(results / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert all("NaN or infinite at iteration 2" in t for t in texts), texts
+
+
+def test_backend_follows_the_device_not_the_machine():
+    from cpcl_kit.distributed import backend_for
+
+    assert backend_for(torch.device("cpu")) == "gloo"
+    assert backend_for(torch.device("cuda", 1)) == "nccl"

@@ -1,0 +1,599 @@
+"""One prepared check of the CUDA path on a GPU machine: ``make gpu-check GPU_OUT=<folder>``.
+
+    PYTHONPATH=. python3 benchmarks/gpu_check.py --out <folder>               # the GPU machine
+    PYTHONPATH=. python3 benchmarks/gpu_check.py --out <folder> --cpu-smoke   # every stage, tiny, on CPU
+
+Runs with the machine's own PyTorch and nothing installed. Every stage is a child process with its
+own time limit, so a crash, a hang or an out-of-memory in one stage leaves the others running; the
+whole check keeps to ``--budget`` seconds (the test suite runs beside the GPU stages that follow the
+speed benchmark, so the timings are taken on a quiet machine). Stages, most valuable first:
+
+  env       nvidia-smi, torch / CUDA / cuDNN versions, GPU, native bf16, TF32 defaults
+  speed     benchmarks/speed.py at the paper size (resnet50_v1c, OS16, 512 px, 8+8+8, head 256):
+            bf16 AMP with TF32 on (main JSON), channels_last, full fp32 (TF32 off), torch.compile
+  sync      supervised / CPS / CPCL Trainer.steps under torch.cuda.set_sync_debug_mode("error"):
+            tests/test_cuda.py (small) and the voc preset's step at the paper size
+  voc       the voc preset on a generated VOC-layout tree of full-size JPEGs and PNG masks:
+            trained by the CLI, killed after its half-way checkpoint, resumed with --resume;
+            the loss must fall and the resumed run must finish at the last iteration
+  torchrun  torchrun --nproc_per_node 1 -m cpcl_kit train on the GPU
+  suite     the test suite (pytest -n 8), browser tests deselected
+
+Everything goes to the one output folder: gpu-check.json (commit, command, versions, seconds, pass or
+fail and key figures per stage, the goals), gpu-check.log (every child's output), the speed JSONs
+(speed-<gpu>.json is the one for benchmarks/results/) and the voc run's history. Scratch files live
+in a temporary folder that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+LOG_LIMIT = 15 * 2**20  # the log is cut to its last 15 MiB (files that come back are at most 16 MiB)
+
+# Sizes of the real check and of the CPU smoke (every stage end to end in a few minutes on a CPU).
+SIZES = {
+    "gpu": dict(device="cuda", backbone="resnet50_v1c", crop=512, batch=8, head=256, os=16, steps=8, warmup=3,
+                pairs=8, var_steps=5, var_warmup=2, compile_backend="inductor", image=(500, 375),
+                train_images=48, val_images=6, labeled=12, iterations=120, voc_workers=4, torchrun_iters=6,
+                suite=["-n", "8", "--dist", "loadfile", "-m", "not browser"]),
+    "cpu": dict(device="cpu", backbone="resnet18", crop=32, batch=2, head=8, os=16, steps=2, warmup=1,
+                pairs=2, var_steps=1, var_warmup=1, compile_backend="eager", image=(80, 60),
+                train_images=12, val_images=2, labeled=4, iterations=8, voc_workers=0, torchrun_iters=2,
+                suite=["tests/test_notebooks.py"]),
+}
+# Stage time limits, seconds (GPU machine); each is also cut to what the budget has left. The speed
+# runs leave SPEED_RESERVE seconds of the budget to the stages after them.
+LIMITS = {"env": 30, "speed_main": 110, "speed_channels_last": 60, "speed_fp32": 60, "speed_compile": 60,
+          "sync_tests": 90, "sync_paper": 60, "voc": 150, "torchrun": 60, "suite": 240}
+SPEED_RESERVE = 190
+CPU_LIMITS = {**{k: 300 for k in LIMITS}, "speed_compile": 120, "suite": 300}
+
+
+# ------------------------------------------------------------------------------------------------
+# running children
+
+
+class Check:
+    def __init__(self, out: Path, work: Path, budget: float, cpu: bool):
+        self.out, self.work, self.cpu = out, work, cpu
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + budget
+        self.log_path = out / "gpu-check.log"
+        self.log = open(self.log_path, "w", buffering=1)
+        self.size = SIZES["cpu" if cpu else "gpu"]
+        self.limits = CPU_LIMITS if cpu else LIMITS
+        self.stages: dict[str, dict] = {}
+        self.env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep),
+                        PYTHONUNBUFFERED="1")
+        if cpu:
+            self.env["CUDA_VISIBLE_DEVICES"] = ""  # the smoke never touches a GPU, even where one is
+
+    def say(self, text: str) -> None:
+        line = f"[gpu-check {time.monotonic() - self.t0:6.1f} s] {text}"
+        print(line, flush=True)
+        self.log.write(line + "\n")
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def limit(self, name: str, reserve: float = 0.0) -> float:
+        """Stage ``name``'s time limit, cut so that ``reserve`` seconds of the budget stay for later."""
+        return min(self.limits[name], self.left() - reserve)
+
+    def start(self, name: str, cmd: list[str], log=None, env=None) -> subprocess.Popen | None:
+        self.say(f"{name}: $ {' '.join(cmd)}")
+        try:
+            return subprocess.Popen(cmd, cwd=ROOT, stdout=log or self.log, stderr=subprocess.STDOUT,
+                                    env=env or self.env, start_new_session=True)
+        except OSError as e:
+            self.say(f"{name}: could not start: {e}")
+            return None
+
+    def finish(self, name: str, proc: subprocess.Popen | None, limit: float, t_start: float) -> dict:
+        """Wait for ``proc`` up to ``limit`` seconds from ``t_start``; kill its process group after."""
+        if proc is None:
+            return {"rc": None, "timed_out": False, "seconds": 0.0}
+        timed_out = False
+        try:
+            proc.wait(timeout=max(0.1, limit - (time.monotonic() - t_start)))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill(proc)
+        rc = proc.returncode
+        sec = round(time.monotonic() - t_start, 1)
+        self.say(f"{name}: {'TIMED OUT after' if timed_out else f'exit {rc} after'} {sec} s")
+        return {"rc": rc, "timed_out": timed_out, "seconds": sec}
+
+    def run(self, name: str, cmd: list[str], limit_name: str | None = None, env=None, reserve: float = 0.0,
+            limit: float | None = None) -> dict:
+        limit = min(self.limit(limit_name or name, reserve), limit if limit is not None else float("inf"))
+        if limit < 5:
+            self.say(f"{name}: skipped, the budget is spent")
+            return {"rc": None, "timed_out": False, "seconds": 0.0, "skipped": "budget spent"}
+        t = time.monotonic()
+        return self.finish(name, self.start(name, cmd, env=env), limit, t)
+
+    def child(self, stage: str, *args: str) -> list[str]:
+        """This script as a child running one in-process stage (its result JSON lands in work/)."""
+        return [PY, str(Path(__file__).resolve()), "--child", stage, "--work", str(self.work),
+                *(["--cpu-smoke"] if self.cpu else []), *args]
+
+    def result(self, stage: str) -> dict:
+        path = self.work / f"{stage}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages (parent side)
+
+
+def stage_env(c: Check) -> dict:
+    r = c.run("env", c.child("env"))
+    info = c.result("env")
+    return {**r, "ok": r["rc"] == 0 and bool(info), **info}
+
+
+def _speed_cmd(c: Check, out: Path, *extra: str, steps=None, warmup=None) -> list[str]:
+    s = c.size
+    return [PY, "benchmarks/speed.py", "--device", s["device"], "--backbone", s["backbone"], "--crop", str(s["crop"]),
+            "--batch", str(s["batch"]), "--head-channels", str(s["head"]), "--output-stride", str(s["os"]),
+            "--steps", str(steps or s["steps"]), "--warmup", str(warmup or s["warmup"]), "--pairs", str(s["pairs"]),
+            "--no-isolate", "--out", str(out), *extra]
+
+
+def _speed_figures(res: dict) -> dict:
+    """The key numbers of one speed.py JSON: images/s and peak memory per method, the ratios."""
+    fig = {t["method"]: ({"error": t["error"]} if "error" in t else
+                         {"amp": t["amp"], "images_per_s": round(t["images_per_s"], 2),
+                          "s_per_step": round(t["median_s"], 4), "peak_mem_mib": round(t["peak_mem_mib"]),
+                          "warmup_s": round(t.get("warmup_s", 0), 1)})
+           for t in res.get("training", [])}
+    amp = res.get("amp", {})
+    if "speedup" in amp:
+        fig["amp_speedup_cpcl"] = round(amp["speedup"], 3)
+        fig["cpcl_fp32_images_per_s"] = round(amp["fp32"]["images_per_s"], 2)
+    if "ratio" in res.get("overhead", {}):
+        fig["cpcl_overhead_ratio"] = round(res["overhead"]["ratio"], 4)
+    fig["tf32"] = res.get("tf32")
+    return fig
+
+
+def stage_speed(c: Check) -> dict:
+    s = c.size
+    runs = {  # name: (extra args, steps, warm-up, limit)
+        "main": (["--tf32", "on"], None, None, "speed_main"),
+        "channels_last": (["--tf32", "on", "--channels-last", "--sections", "training,amp"],
+                          s["var_steps"], s["var_warmup"], "speed_channels_last"),
+        "fp32": (["--tf32", "off", "--no-amp", "--sections", "training"], s["var_steps"], s["var_warmup"],
+                 "speed_fp32"),
+        "compile": (["--tf32", "on", "--methods", "cpcl", "--sections", "training", "--compile",
+                     s["compile_backend"]], s["var_steps"], s["var_warmup"] + 1, "speed_compile"),
+    }
+    out, variants, main_file = {}, {}, None
+    for name, (extra, steps, warmup, limit) in runs.items():
+        path = c.work / f"speed-{name}.json"
+        r = c.run(f"speed/{name}", _speed_cmd(c, path, *extra, steps=steps, warmup=warmup), limit,
+                  reserve=0 if c.cpu else SPEED_RESERVE)
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            res = None
+        r["ok"] = r["rc"] == 0 and res is not None
+        if res is not None:
+            r["figures"] = _speed_figures(res)
+            variants[name] = res
+            if name == "main":
+                main_file = c.out / f"speed-{res['device']}.json"
+                shutil.copyfile(path, main_file)
+                r["file"] = main_file.name
+                r["copy_to"] = f"benchmarks/results/speed-{res['device']}.json"
+        out[name] = r
+    if variants:
+        _write_json(c.out / "speed-variants.json", variants)
+    ok = out["main"]["ok"] and all(v["ok"] or v.get("skipped") for k, v in out.items() if k != "compile")
+    return {"ok": ok, "seconds": round(sum(v["seconds"] for v in out.values()), 1), "runs": out,
+            "note": "compile is informative: its failure or time-out does not fail the stage"}
+
+
+def stage_sync(c: Check) -> dict:
+    tests = c.run("sync/tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_cuda.py",
+                                 *([] if c.cpu else ["-k", "on_cuda or cuda_pieces"])], "sync_tests")
+    tests["ok"] = tests["rc"] == 0
+    paper = c.run("sync/paper", c.child("sync"), "sync_paper")
+    paper = {**paper, **c.result("sync")}
+    paper["ok"] = paper["rc"] == 0 and paper.get("ok", False)
+    return {"ok": tests["ok"] and paper["ok"], "seconds": round(tests["seconds"] + paper["seconds"], 1),
+            "tests": tests, "paper_size": paper}
+
+
+def stage_voc(c: Check) -> dict:
+    s = c.size
+    t = time.monotonic()
+    limit = c.limit("voc")
+    if limit < 20:
+        return {"ok": False, "skipped": "budget spent", "seconds": 0.0}
+    data = c.work / "voc-data"
+    made = c.run("voc/data", c.child("voc-data", "--data", str(data)), "voc", limit=60)
+    if made["rc"] != 0:
+        return {"ok": False, "seconds": made["seconds"], "error": "the synthetic VOC tree was not made"}
+    run_dir = c.work / "voc-run"
+    n = s["iterations"]
+    cmd = [PY, "-m", "cpcl_kit", "train", "--preset", "voc", "--data-root", str(data), "--labeled", str(s["labeled"]),
+           "--quiet", "--out", str(run_dir), "--set", f"iterations={n}", "--set", f"checkpoint_every={n // 2}",
+           "--set", f"log_every={max(1, n // 16)}", "--set", "backbone_weights=none",
+           "--set", f"device={s['device']}", "--set", f"num_workers={s['voc_workers']}"]
+    if c.cpu:
+        cmd += ["--set", "backbone=resnet18", "--set", f"crop={s['crop'] * 2}", "--set", f"head_channels={s['head']}",
+                "--set", "batch_size=2", "--set", "unlabeled_batch_size=2", "--set", f"eval_crop={s['crop'] * 2}"]
+    # First run: killed as soon as its half-way checkpoint exists (an interrupted job).
+    t1 = time.monotonic()
+    proc = c.start("voc/first-half", cmd)
+    killed_at = None
+    ckpt = run_dir / "checkpoint.pt"
+    while proc is not None and proc.poll() is None and time.monotonic() - t < limit:
+        if ckpt.exists():
+            _kill(proc)
+            killed_at = round(time.monotonic() - t1, 1)
+            c.say(f"voc/first-half: killed after {killed_at} s, once checkpoint.pt was written")
+            break
+        time.sleep(0.2)
+    first = c.finish("voc/first-half", proc, max(1.0, limit - (time.monotonic() - t)), t1)
+    second = (c.run("voc/resume", cmd + ["--resume"], "voc", limit=limit - (time.monotonic() - t))
+              if killed_at is not None else {"skipped": "not killed"})
+    checked = c.run("voc/check", c.child("voc-check", "--run", str(run_dir), "--iterations", str(n)), "voc",
+                    limit=30)
+    res = c.result("voc-check")
+    hist = run_dir / "history.csv"
+    if hist.exists():
+        shutil.copyfile(hist, c.out / "voc-history.csv")
+    ok = killed_at is not None and second.get("rc") == 0 and checked["rc"] == 0 and res.get("ok", False)
+    return {"ok": ok, "seconds": round(time.monotonic() - t, 1), "iterations": n, "killed_after_s": killed_at,
+            "first": first, "resume": second, **res}
+
+
+def stage_torchrun(c: Check) -> dict:
+    s = c.size
+    out = c.work / "torchrun-run"
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(_free_port()),
+           "-m", "cpcl_kit", "train", "--method", "cpcl", "--preset", "smoke", "--quiet", "--out", str(out),
+           "--set", f"iterations={s['torchrun_iters']}", "--set", "backbone_weights=none",
+           "--set", f"device={'cuda' if not c.cpu else 'cpu'}"]
+    r = c.run("torchrun", cmd)
+    try:
+        m = json.loads((out / "metrics.json").read_text())
+        r["metrics"] = {k: m.get(k) for k in ("iterations", "miou", "world_size", "seconds")}
+    except (OSError, ValueError):
+        m = None
+    r["ok"] = r["rc"] == 0 and m is not None and m.get("iterations") == s["torchrun_iters"]
+    return r
+
+
+def start_suite(c: Check):
+    log = open(c.work / "suite.log", "w")
+    env = dict(c.env, OMP_NUM_THREADS="1")
+    cmd = [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *c.size["suite"]]
+    if c.cpu:  # the GPU machine's Python has no Jupyter tools: the smoke hides this venv's
+        env["PYTHONPATH"] = f"{_module_blocker(c.work)}{os.pathsep}{env['PYTHONPATH']}"
+    # its limit counts from its start, cut to the budget left then (it runs beside the GPU stages)
+    return c.start("suite", cmd, log=log, env=env), time.monotonic(), log, max(30.0, min(c.limits["suite"], c.left()))
+
+
+def finish_suite(c: Check, started) -> dict:
+    proc, t, log, suite_limit = started
+    r = c.finish("suite", proc, suite_limit, t) if proc else {"rc": None, "seconds": 0.0, "timed_out": False}
+    log.close()
+    text = (c.work / "suite.log").read_text(errors="replace")
+    c.log.write("----- suite output -----\n" + text + "----- end of suite output -----\n")
+    tail = [ln for ln in text.strip().splitlines() if ln.strip()][-1:] or [""]
+    # seconds: from its start until collected (it may finish earlier; pytest's own time is in summary)
+    r.update(ok=r["rc"] == 0, summary=tail[0].strip("= "))
+    return r
+
+
+def _module_blocker(work: Path) -> Path:
+    """A sitecustomize that makes the Jupyter tools unimportable, as on the GPU machine."""
+    d = work / "no-jupyter"
+    d.mkdir(exist_ok=True)
+    names = ["papermill", "nbformat", "nbconvert", "nbclient", "ipykernel", "ipywidgets", "jupyterlab", "jupyter"]
+    (d / "sitecustomize.py").write_text("import sys\nfor _n in %r:\n    sys.modules[_n] = None\n" % names)
+    return d
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def goals(stages: dict) -> dict:
+    main = stages.get("speed", {}).get("runs", {}).get("main", {}).get("figures", {})
+    amp, over = main.get("amp_speedup_cpcl"), main.get("cpcl_overhead_ratio")
+    sync = stages.get("sync", {})
+    return {"bf16_amp_vs_fp32_cpcl": {"value": amp, "goal": ">= 1.8", "met": None if amp is None else amp >= 1.8,
+                                      "note": "fp32 with TF32 convolutions and matmuls (torch's default convs)"},
+            "cpcl_step_vs_bare_step": {"value": over, "goal": "<= 1.05", "met": None if over is None else over <= 1.05},
+            "no_host_sync_in_step": {"value": sync.get("ok"), "met": sync.get("ok")}}
+
+
+def main_check(args) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    c = Check(out, work, args.budget, args.cpu_smoke)
+    summary = {"command": " ".join([Path(PY).name, *sys.argv]), "commit": _git("rev-parse", "HEAD"),
+               "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+               "mode": "cpu-smoke" if c.cpu else "gpu", "budget_s": args.budget, "stages": c.stages}
+    summary_path = out / "gpu-check.json"
+
+    def record(name, fn):
+        c.say(f"== {name} ==")
+        t = time.monotonic()
+        try:
+            c.stages[name] = fn(c)
+        except Exception as e:  # a bug in this script's own stage code must not end the check
+            c.stages[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        c.stages[name].setdefault("seconds", round(time.monotonic() - t, 1))
+        c.say(f"{name}: {'PASS' if c.stages[name].get('ok') else 'FAIL'}")
+        summary["seconds"] = round(time.monotonic() - c.t0, 1)
+        _write_json(summary_path, summary)  # kept current: a check cut short still leaves its results
+
+    suite = None
+    try:
+        record("env", stage_env)
+        record("speed", stage_speed)
+        if not c.cpu:  # CPU-bound: beside the GPU stages, once the timings are taken
+            suite = start_suite(c)
+        record("sync", stage_sync)
+        record("voc", stage_voc)
+        record("torchrun", stage_torchrun)
+        if c.cpu:  # a CPU has no cores to spare for it beside the other stages
+            suite = start_suite(c)
+        record("suite", lambda c_: finish_suite(c_, suite))
+        suite = None
+    finally:
+        if suite is not None and suite[0] is not None:
+            _kill(suite[0])
+        summary["goals"] = goals(c.stages)
+        summary["passed"] = [k for k, v in c.stages.items() if v.get("ok")]
+        summary["failed"] = [k for k, v in c.stages.items() if not v.get("ok")]
+        summary["seconds"] = round(time.monotonic() - c.t0, 1)
+        _write_json(summary_path, summary)
+        c.say(f"done in {summary['seconds']} s: passed {', '.join(summary['passed']) or '-'}; "
+              f"failed {', '.join(summary['failed']) or '-'}; results in {out}")
+        c.log.close()
+        _cap_log(c.log_path)
+        if not args.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0 if not summary["failed"] else 1
+
+
+def _cap_log(path: Path) -> None:
+    if path.stat().st_size > LOG_LIMIT:
+        data = path.read_bytes()[-LOG_LIMIT:]
+        path.write_bytes(b"[... log cut to its last 15 MiB ...]\n" + data)
+
+
+# ------------------------------------------------------------------------------------------------
+# child stages (in-process, torch imported here only)
+
+
+def child_env(work: Path, cpu: bool) -> dict:
+    import platform
+
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "cuda_available": torch.cuda.is_available(),
+            "cpu_count": os.cpu_count(),
+            "tf32_defaults": {"cudnn_conv": torch.backends.cudnn.allow_tf32,
+                              "matmul": torch.backends.cuda.matmul.allow_tf32}}
+    for mod in ("torchvision", "numpy", "pandas", "pytest", "xdist", "sklearn", "tensorboard", "papermill"):
+        try:
+            info[f"{mod}_version"] = getattr(__import__(mod), "__version__", "?")
+        except Exception:
+            info[f"{mod}_version"] = None
+    if torch.cuda.is_available():
+        from cpcl_kit.train import _bf16_native
+
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), capability=f"{p.major}.{p.minor}",
+                    gpu_memory_gib=round(p.total_memory / 2**30, 1), bf16_native=_bf16_native())
+    try:
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
+        info["nvidia_smi"] = smi.stdout.strip().splitlines()
+        print(smi.stdout)
+    except (OSError, subprocess.SubprocessError) as e:
+        info["nvidia_smi"] = f"not available: {e}"
+    print(json.dumps({k: v for k, v in info.items() if k != "nvidia_smi"}, indent=1))
+    return info
+
+
+def child_sync(work: Path, cpu: bool) -> dict:
+    """The voc preset's step at the paper size (or tiny on CPU), three steps after one warm-up, each
+    method, under sync debug mode "error" on CUDA (any host synchronisation raises)."""
+    import torch
+
+    from cpcl_kit.config import make_config
+    from cpcl_kit.loaders import Batch
+    from cpcl_kit.methods import METHOD_STEPS
+    from cpcl_kit.train import Trainer, batch_to
+
+    s = SIZES["cpu" if cpu else "gpu"]
+    device = torch.device("cpu" if cpu else "cuda", None if cpu else 0)
+    res = {"ok": True, "device": str(device), "sync_debug_mode": None if cpu else "error"}
+    for method in ("supervised", "cps", "cpcl"):
+        cfg = make_config("voc", method=method, backbone=s["backbone"], backbone_weights="none", crop=s["crop"],
+                          batch_size=s["batch"], unlabeled_batch_size=s["batch"], head_channels=s["head"],
+                          device=str(device))
+        g = torch.Generator().manual_seed(0)
+        x = [torch.randn(cfg.batch_size, 3, cfg.crop, cfg.crop, generator=g) for _ in range(3)]
+        y = torch.randint(0, cfg.num_classes, (cfg.batch_size, cfg.crop, cfg.crop), generator=g)
+        trainer = Trainer.create(cfg, device)
+        batch = batch_to(Batch(x[0], y, x[1], None, x[2], None), device)
+        try:
+            trainer.step(METHOD_STEPS[method], batch, 0, lam=1.0)
+            if not cpu:
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+            for it in range(1, 4):
+                out = trainer.step(METHOD_STEPS[method], batch, it, lam=1.0)
+            if not cpu:
+                torch.cuda.set_sync_debug_mode(0)
+            res[method] = {"ok": True, "loss": float(out.loss)}
+        except Exception as e:
+            if not cpu:
+                torch.cuda.set_sync_debug_mode(0)
+            res[method] = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            res["ok"] = False
+        print(method, res[method], flush=True)
+        del trainer, batch
+    return res
+
+
+def child_voc_data(work: Path, cpu: bool, root: Path) -> dict:
+    """A VOC 2012 tree (VOCdevkit/VOC2012: JPEGImages, SegmentationClass palette PNGs,
+    SegmentationClassAug index PNGs, ImageSets/Segmentation lists) of learnable synthetic scenes:
+    each object class has its own colour, objects carry VOC's void (255) outline."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    s = SIZES["cpu" if cpu else "gpu"]
+    w, h = s["image"]
+    base = root / "VOCdevkit" / "VOC2012"
+    dirs = {k: base / k for k in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (21, 3))
+    palette = [int(v) for v in rng.integers(0, 256, 256 * 3)]
+    n_train, n_val = s["train_images"], s["val_images"]
+    ids = [f"2007_{i:06d}" for i in range(n_train + n_val)]
+    for k, name in enumerate(ids):
+        img = (colours[0] + rng.normal(0, 20, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        mask = Image.new("L", (w, h), 0)
+        pic = Image.fromarray(img)
+        draw_m, draw_i = ImageDraw.Draw(mask), ImageDraw.Draw(pic)
+        for _ in range(int(rng.integers(1, 4))):
+            c = int(rng.integers(1, 21))
+            x0, y0 = int(rng.integers(0, w * 2 // 3)), int(rng.integers(0, h * 2 // 3))
+            box = (x0, y0, x0 + int(rng.integers(w // 6, w // 3)), y0 + int(rng.integers(h // 6, h // 3)))
+            shape = draw_m.ellipse if rng.random() < 0.5 else draw_m.rectangle
+            shape(box, fill=255)  # the void outline, then the object inside it
+            shape((box[0] + 2, box[1] + 2, box[2] - 2, box[3] - 2), fill=c)
+            (draw_i.ellipse if shape == draw_m.ellipse else draw_i.rectangle)(box, fill=tuple(int(v) for v in colours[c]))
+        pic.save(dirs["JPEGImages"] / f"{name}.jpg", quality=90)
+        mask.save(dirs["SegmentationClassAug"] / f"{name}.png")
+        pal = mask.convert("P")
+        pal.putpalette(palette)
+        pal.save(dirs["SegmentationClass"] / f"{name}.png")
+    sets = dirs["ImageSets/Segmentation"]
+    (sets / "train.txt").write_text("\n".join(ids[:n_train // 2]) + "\n")
+    (sets / "trainaug.txt").write_text("\n".join(ids[:n_train]) + "\n")
+    (sets / "val.txt").write_text("\n".join(ids[n_train:]) + "\n")
+    print(f"VOC tree: {n_train} train, {n_val} val images of {w}x{h} in {base}")
+    return {"ok": True, "train": n_train, "val": n_val, "size": [w, h]}
+
+
+def child_voc_check(work: Path, cpu: bool, run: Path, iterations: int) -> dict:
+    import pandas as pd
+
+    res: dict = {"ok": False}
+    try:
+        m = json.loads((run / "metrics.json").read_text())
+        hist = pd.read_csv(run / "history.csv")
+    except (OSError, ValueError) as e:
+        res["error"] = f"no finished run: {e}"
+        return res
+    its = list(hist["iteration"])
+    loss = hist["loss"].tolist()
+    k = max(1, len(loss) // 4)
+    first, last = sum(loss[:k]) / k, sum(loss[-k:]) / k
+    res.update(finished_iteration=m.get("iterations"), last_logged=its[-1] if its else None,
+               history_rows=len(its), history_increasing=its == sorted(set(its)),
+               loss_first=round(first, 4), loss_last=round(last, 4), loss_fell=last < first,
+               miou=m.get("miou"), seconds=m.get("seconds"))
+    res["ok"] = (res["finished_iteration"] == iterations and res["last_logged"] == iterations
+                 and res["history_increasing"] and res["loss_fell"])
+    print(json.dumps(res))
+    return res
+
+
+def main_child(args) -> int:
+    work = Path(args.work)
+    if args.child == "env":
+        res = child_env(work, args.cpu_smoke)
+    elif args.child == "sync":
+        res = child_sync(work, args.cpu_smoke)
+    elif args.child == "voc-data":
+        res = child_voc_data(work, args.cpu_smoke, Path(args.data))
+    else:
+        res = child_voc_check(work, args.cpu_smoke, Path(args.run), args.iterations)
+    _write_json(work / f"{args.child}.json", res)
+    return 0 if res.get("ok", True) else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="the one folder every result goes to")
+    p.add_argument("--budget", type=float, help="seconds for the whole check (default 420; CPU smoke 1800)")
+    p.add_argument("--cpu-smoke", action="store_true", help="every stage at tiny sizes on the CPU")
+    p.add_argument("--keep-work", action="store_true", help="keep the scratch folder (data, run folders)")
+    p.add_argument("--child", choices=("env", "sync", "voc-data", "voc-check"), help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
+    p.add_argument("--iterations", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return main_child(args)
+    if args.budget is None:
+        args.budget = 1800.0 if args.cpu_smoke else 420.0
+    if not args.out:
+        p.error("--out: required (the folder for gpu-check.json, gpu-check.log and the speed JSONs)")
+    return main_check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
