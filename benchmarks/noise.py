@@ -48,10 +48,10 @@ def check_targets(table: noise.NoiseTable) -> dict:
 
 
 def train(runs: Path, preset: str, seeds: list[int], threads: list[int], jobs: int, progress: bool,
-          overrides: dict | None = None) -> float:
+          overrides: dict | None = None, methods=noise.METHODS) -> float:
     """Train the missing runs; returns this call's wall seconds."""
     t0 = time.perf_counter()
-    grid = {"variants": list(noise.METHODS), "fractions": [prepared.LABELED], "seeds": seeds}
+    grid = {"variants": list(methods), "fractions": [prepared.LABELED], "seeds": seeds}
     cores = os.cpu_count() or 1
     for t in threads:
         ablate.run_grid(grid, runs / f"threads{t}", preset=preset, overrides=overrides,
@@ -110,6 +110,7 @@ def main(argv=None) -> noise.NoiseTable:
     p.add_argument("--preset", default="benchmark")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", default="1,2", help="torch thread counts, one float order each")
+    p.add_argument("--methods", default=",".join(noise.METHODS), help="of supervised, cps, cpcl")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="settings changed from the preset (the table then holds for those settings only)")
     p.add_argument("--runs", type=Path, help="run folder (default ~/.cache/cpcl-kit/noise/<preset>)")
@@ -128,7 +129,8 @@ def main(argv=None) -> noise.NoiseTable:
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else {"seconds": 0.0, "calls": []}
     if not args.collect_only:
         before = len(rows(runs, threads, seeds))
-        seconds = train(runs, args.preset, seeds, threads, args.jobs, not args.quiet, parse_sets(args.sets))
+        seconds = train(runs, args.preset, seeds, threads, args.jobs, not args.quiet, parse_sets(args.sets),
+                        [m for m in args.methods.split(",") if m])
         if len(rows(runs, threads, seeds)) > before:
             wall["seconds"] += seconds
             wall["calls"].append({"seconds": round(seconds, 1), "commit": code_version()["commit"]})
@@ -142,7 +144,7 @@ def main(argv=None) -> noise.NoiseTable:
     data = {"preset": args.preset, "commit": code_version()["commit"] or "unknown", "trained_by": commits,
             "command": command, "wall_seconds": round(wall["seconds"], 1) or None,
             "sets": args.sets, "merged": [str(m) for m in args.merge], "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
-            "runs_expected": len(seeds) * len(threads) * len(noise.METHODS), "runs": found}
+            "runs_expected": len(seeds) * len(threads) * len(args.methods.split(",")), "runs": found}
     path = noise.table_path(args.preset, args.results)
     write_json(path, data)
     table = noise.read_table(path)
