@@ -110,8 +110,8 @@ class NoiseTable:
 
     def pair_table(self, pairs=(("cpcl", "supervised"), ("cps", "supervised"), ("cpcl", "cps"))) -> pd.DataFrame:
         """Per pair: the difference in every (seed, threads) draw, its range and its float-order floor."""
-        rows = []
-        for a, b in pairs:
+        rows, have = [], set(self.runs["method"])
+        for a, b in [(a, b) for a, b in pairs if {a, b} <= have]:
             d = self.differences(a, b)
             row = {"difference": f"{LABELS[a]} − {LABELS[b]}"}
             row.update({f"seed {s}, {o}": d.loc[s, o] for s in d.index for o in d.columns})

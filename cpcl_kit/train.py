@@ -167,7 +167,13 @@ class Trainer:
         """DistributedDataParallel copies of the nets for the step (the raw nets stay for checkpoints
         and evaluation). Each net is called several times per step (labeled, teachers, student)
         before one backward; that is fine for DDP without find_unused_parameters, since every
-        parameter is used once in the graph that backward walks."""
+        parameter is used once in the graph that backward walks.
+
+        ``broadcast_buffers=False``: by default DDP copies rank 0's BatchNorm statistics into every
+        rank in place at each of those calls, and a later call then overwrites statistics that an
+        earlier call's graph saved for backward (torch 2.11 stops with "modified by an inplace
+        operation" on rank 1). Each rank keeps its own running statistics instead (SyncBatchNorm,
+        ``sync_bn=true``, shares the batch statistics themselves); rank 0's are the ones saved."""
         if not info.enabled:
             return
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -175,7 +181,7 @@ class Trainer:
         if self.cfg.sync_bn:
             self.nets[:] = [nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in self.nets]
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self.models = [DDP(n, device_ids=ids) for n in self.nets]
+        self.models = [DDP(n, device_ids=ids, broadcast_buffers=False) for n in self.nets]
 
     def step(self, step_fn, batch, it: int, lam: float | None = None, all_reduce=None) -> StepOut:
         """Iteration ``it``: set the lr (and λ, unless given), run ``step_fn`` under autocast,
