@@ -404,9 +404,50 @@ def main_check(args) -> int:
               f"failed {', '.join(summary['failed']) or '-'}; results in {out}")
         c.log.close()
         _cap_log(c.log_path)
+        render(summary_path)
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     return 0 if not summary["failed"] else 1
+
+
+def markdown(summary: dict, variants: dict | None = None) -> str:
+    """The check as markdown: each stage's result and seconds, the goals, and (from the speed runs'
+    JSON, ``speed-variants.json``) images/s and peak memory of every method and setting timed."""
+    env = summary.get("stages", {}).get("env", {})
+    lines = [f"# GPU check ({env.get('gpu', 'no GPU')}, torch {env.get('torch')}, CUDA {env.get('cuda')})", "",
+             f"`{summary.get('command')}`, commit {summary.get('commit')}, {summary.get('seconds')} s in all."
+             + (f" {summary['commit_note']}." if summary.get("commit_note") else ""), "",
+             "| stage | result | seconds |", "|---|---|---|"]
+    for name, st in summary.get("stages", {}).items():
+        result = "pass" if st.get("ok") else "FAIL"
+        detail = st.get("summary") or st.get("error") or ""
+        lines.append(f"| {name} | {result}{' (' + detail + ')' if detail else ''} | {st.get('seconds')} |")
+    lines += ["", "| goal | value | target | met |", "|---|---|---|---|"]
+    for name, g in summary.get("goals", {}).items():
+        note = f" ({g['note']})" if g.get("note") else ""
+        lines.append(f"| {name} | {g.get('value')}{note} | {g.get('goal', '')} | {g.get('met')} |")
+    if variants:
+        lines += ["", "Training throughput at the paper size (median of the timed steps; peak memory is "
+                  "torch.cuda.max_memory_allocated in one process, cuDNN's autotuning included):", "",
+                  "| run | method | precision | TF32 | channels_last | images/s | peak MiB |", "|---|---|---|---|---|---|---|"]
+        for name, res in ((k, v) for k, v in variants.items() if isinstance(v, dict)):
+            tf32 = res.get("tf32", {})
+            for r in res.get("training", []):
+                lines.append(f"| {name} | {r['method']} | {r['amp']} | "
+                             f"{'on' if tf32.get('cudnn_conv') else 'off'} | {r.get('channels_last')} | "
+                             f"{r['images_per_s']:.1f} | {r.get('peak_mem_mib', 0):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(path: Path) -> Path:
+    """Write ``<name>.md`` beside a gpu-check JSON (with ``speed-variants.json`` or
+    ``<name>-variants.json`` beside it, when there)."""
+    summary = json.loads(Path(path).read_text())
+    candidates = [Path(path).with_name(Path(path).stem + "-variants.json"), Path(path).with_name("speed-variants.json")]
+    found = next((c for c in candidates if c.exists()), None)
+    md = Path(path).with_suffix(".md")
+    md.write_text(markdown(summary, json.loads(found.read_text()) if found else None))
+    return md
 
 
 def _cap_log(path: Path) -> None:
@@ -578,6 +619,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="the one folder every result goes to")
     p.add_argument("--budget", type=float, help="seconds for the whole check (default 420; CPU smoke 1800)")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only write the markdown of a finished check's JSON")
     p.add_argument("--cpu-smoke", action="store_true", help="every stage at tiny sizes on the CPU")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder (data, run folders)")
     p.add_argument("--child", choices=("env", "sync", "voc-data", "voc-check"), help=argparse.SUPPRESS)
@@ -588,6 +630,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         return main_child(args)
+    if args.render:
+        print(render(args.render))
+        return 0
     if args.budget is None:
         args.budget = 1800.0 if args.cpu_smoke else 420.0
     if not args.out:
