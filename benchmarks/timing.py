@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=sorted(COMMANDS), action="append", help="time only this command (repeatable)")
     p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--keep-out", type=Path, help="copy make demo's out/ folder here (the executed notebooks)")
     args = p.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
@@ -56,6 +58,8 @@ def main(argv=None) -> dict:
             subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
             print(f"{COMMANDS[key]} in {clone} ...", flush=True)
             row = time_command(COMMANDS[key], clone, Path(tmp) / f"{key}.log")
+            if args.keep_out and (clone / "out").is_dir():
+                shutil.copytree(clone / "out", args.keep_out / key, dirs_exist_ok=True)
         row.update(goal_seconds=GOALS[key], met=row["returncode"] == 0 and row["seconds"] <= GOALS[key])
         data[key] = row
         print(f"  {row['seconds']:.0f} s, exit {row['returncode']}", flush=True)
