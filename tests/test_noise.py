@@ -106,3 +106,24 @@ def test_noise_benchmark_writes_every_run_with_its_provenance(tmp_path, monkeypa
     with pytest.raises(KitError, match="--merge .*a table of the smoke preset, not benchmark"):
         mod.main(["--preset", "benchmark", "--collect-only", "--runs", str(tmp_path / "runs"), "--results",
                   str(tmp_path), "--merge", str(other)])
+
+
+def test_eval_noise_evaluates_each_run_on_other_validation_draws(tmp_path):
+    from cpcl_kit import ablate
+
+    runs = tmp_path / "runs"
+    small = {"iterations": 2, "n_train_scenes": 16, "n_val_scenes": 4, "sup_only_iters": 1, "rampup_iters": 0}
+    ablate.run_grid({"variants": ["supervised", "cpcl"], "fractions": ["1/16"], "seeds": [0]}, runs,
+                    preset="smoke", overrides=small, progress=False, log=None)
+    spec = importlib.util.spec_from_file_location("bench_eval_noise", ROOT / "benchmarks" / "eval_noise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--runs", str(runs), "--sizes", "3,5", "--draws", "2", "--results", str(tmp_path)])
+    data = json.loads((tmp_path / "eval_noise-smoke.json").read_text())
+    assert len(data["runs"]) == 2 * 2 * 2  # methods x sizes x draws
+    assert {(r["scenes"], r["draw"]) for r in data["runs"]} == {(n, d) for n in (3, 5) for d in (0, 1)}
+    # the draws are other scenes: the same net scores differently on them (or the sd is 0 by chance only
+    # if every draw gives the same mIoU, which two different 5-scene sets of a barely trained net do not)
+    sd = {r["scenes"]: r["sd of CPCL − supervised"] for r in data["summary"]}
+    assert set(sd) == {3, 5} and all(v >= 0 for v in sd.values())
+    assert data["commit"] and data["cpu"] and data["command"].startswith("python benchmarks/eval_noise.py")
