@@ -23,9 +23,17 @@ import torch  # noqa: E402
 
 from cpcl_kit import ablate, runs  # noqa: E402
 from cpcl_kit.digits import DigitScenes  # noqa: E402
+from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.evaluate import evaluate  # noqa: E402
 from cpcl_kit.runs import code_version, machine, write_json, write_text  # noqa: E402
 from cpcl_kit.transforms import val_transform  # noqa: E402
+
+
+def _md(df: pd.DataFrame) -> str:
+    try:
+        return df.to_markdown()
+    except ImportError:  # tabulate missing (a machine without the kit's install): plain text
+        return "```\n" + df.to_string() + "\n```"
 
 
 def val_set(cfg, n: int, draw: int):
@@ -54,6 +62,8 @@ def main(argv=None) -> pd.DataFrame:
                 res = evaluate(net, val_set(run.config, n, draw), run.config.num_classes, progress=False)
                 rows.append({"method": r.variant, "seed": int(r.seed), "scenes": n, "draw": draw, "miou": res["miou"]})
     df = pd.DataFrame(rows)
+    if set(df.get("method", [])) != {"supervised", "cpcl"}:
+        raise KitError(f"--runs {args.runs}: expected finished supervised and CPCL runs at 1/16 there")
     wide = df.pivot_table(index=["scenes", "draw", "seed"], columns="method", values="miou")
     diff = (100 * (wide["cpcl"] - wide["supervised"])).rename("diff").reset_index()
     summary = pd.concat([
@@ -73,7 +83,7 @@ def main(argv=None) -> pd.DataFrame:
         f"Each finished run's net 1 on {args.draws} validation sets per size, drawn with seeds no run "
         "evaluates on. The sd over those draws (points, averaged over the runs' seeds) is what the "
         "validation sample alone adds; compare it with the float-order floor of the noise table.",
-        summary.to_markdown()]) + "\n")
+        _md(summary)]) + "\n")
     print(summary.to_string())
     return summary
 

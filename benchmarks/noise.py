@@ -28,7 +28,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from cpcl_kit import ablate, noise, prepared  # noqa: E402
-from cpcl_kit.config import parse_sets  # noqa: E402
+from cpcl_kit.config import make_config, parse_sets  # noqa: E402
+from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.runs import code_version, machine, write_json, write_text  # noqa: E402
 
 WALL = "noise_wall.json"
@@ -66,16 +67,16 @@ def rows(runs: Path, threads: list[int], seeds: list[int]) -> list[dict]:
         table = ablate.collect(runs / f"threads{t}")
         table = table[table["variant"].isin(noise.METHODS) & (table["labeled"] == prepared.LABELED)
                       & table["seed"].isin(seeds)]
-        out += [{"method": r.variant, "seed": int(r.seed), "threads": t, "miou": round(float(r.miou), 5),
+        out += [{"method": r.variant, "seed": int(r.seed), "threads": t, "order": noise.order_label(t),
+                 "miou": round(float(r.miou), 5),
                  "digit_miou": round(float(r.digit_miou), 5), "seconds": round(float(r.seconds), 1),
                  "backbone": r.backbone, "commit": r.commit} for r in table.itertuples()]
     return out
 
 
-def merged_rows(path: Path, preset: str) -> list[dict]:
-    """The runs of another machine's noise table, each labelled with that machine's float order."""
-    from cpcl_kit.errors import KitError
-
+def merged_rows(path: Path, preset: str, backbones: set[str]) -> list[dict]:
+    """The runs of another machine's noise table, each labelled with that machine's float order
+    (kept where the table is itself merged). Its runs must start from the same backbone as ours."""
     try:
         other = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -83,7 +84,12 @@ def merged_rows(path: Path, preset: str) -> list[dict]:
     if other.get("preset") != preset:
         raise KitError(f"--merge {path}: a table of the {other.get('preset')} preset, not {preset}")
     cpu = other.get("cpu", "another machine").split(" (")[0]
-    return [{**r, "order": f"{cpu}, {r['threads']} thread" + ("s" if r["threads"] != 1 else ""),
+    theirs = {r.get("backbone") for r in other["runs"]}
+    if theirs != backbones:
+        raise KitError(f"--merge {path}: its runs start from backbone {', '.join(map(str, theirs))}, these "
+                       f"from {', '.join(sorted(backbones))}; a noise table pairs runs of one init only")
+    # its own orders are thread counts on its CPU; orders it merged from elsewhere name their CPU already
+    return [{**r, "order": r["order"] if ", " in r.get("order", "") else noise.order_label(r["threads"], cpu),
              "torch": other.get("torch")} for r in other["runs"]]
 
 
@@ -136,14 +142,17 @@ def main(argv=None) -> noise.NoiseTable:
             wall["calls"].append({"seconds": round(seconds, 1), "commit": code_version()["commit"]})
             write_json(wall_file, wall)
     found = rows(runs, threads, seeds)
+    if not found:  # before anything is written: a committed table is never replaced by an empty one
+        raise KitError(f"--runs {runs}: no finished run of {args.methods} for seeds {args.seeds} there "
+                       f"(folders threads{'/threads'.join(map(str, threads))})")
     for other in args.merge:
-        found += merged_rows(other, args.preset)
+        found += merged_rows(other, args.preset, {r["backbone"] for r in found})
     command = "python benchmarks/noise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     commits = sorted({r["commit"].removesuffix("+dirty") for r in found})
     # commit: the code that wrote this table; trained_by: the commits whose code trained its runs
     data = {"preset": args.preset, "commit": code_version()["commit"] or "unknown", "trained_by": commits,
             "command": command, "wall_seconds": round(wall["seconds"], 1) or None,
-            "sets": args.sets, "merged": [str(m) for m in args.merge], "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
+            "sets": args.sets, "config": make_config(args.preset, parse_sets(args.sets)).to_dict(), "merged": [str(m) for m in args.merge], "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
             "runs_expected": len(seeds) * len(threads) * len(args.methods.split(",")), "runs": found}
     path = noise.table_path(args.preset, args.results)
     write_json(path, data)

@@ -131,7 +131,7 @@ def check_targets(summary: dict, preset: str) -> dict:
     return out
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, results: Path = HERE / "results") -> str:
     lines = ["| method | mIoU per seed (%) | mean ± sd (%) | digit-only mean (%) | seconds per run |",
              "|---|---|---|---|---|"]
     for m in NAMES:
@@ -149,7 +149,7 @@ def markdown(summary: dict) -> str:
                          + (f", intersection accuracy {mean['acc_inter']:.1f} %, union accuracy "
                             f"{mean['acc_union']:.1f} %" if "acc_inter" in mean else ""))
     if "paired" in summary:
-        table = noise.for_preset(summary["preset"])
+        table = noise.for_preset(summary["preset"], results)
         lines.append(f"\nPaired by seed, with verdicts against the "
                      + (f"[noise table](noise-{table.preset}.md):" if table else "noise table (none measured yet):"))
         lines += [f"- {text}" for text in prepared.verdicts(summary, table)]
@@ -202,7 +202,7 @@ def main(argv=None) -> dict:
     summary["wall_calls"] = wall["calls"]
     name = f"ssl_gain-{args.preset}.json"
     write_json(args.results / name, summary)
-    table_md = markdown(summary)
+    table_md = markdown(summary, args.results)
     write_text((args.results / name).with_suffix(".md"),
         f"# ssl_gain ({args.preset} preset, 1/16 labeled, seeds {args.seeds}, commit {summary['commit']})\n\n"
         f"`{summary['command']}`\n\n{table_md}\n")

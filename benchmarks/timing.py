@@ -60,19 +60,20 @@ def main(argv=None) -> dict:
             row = time_command(COMMANDS[key], clone, Path(tmp) / f"{key}.log")
             if args.keep_out and (clone / "out").is_dir():
                 shutil.copytree(clone / "out", args.keep_out / key, dirs_exist_ok=True)
-        row.update(goal_seconds=GOALS[key], met=row["returncode"] == 0 and row["seconds"] <= GOALS[key])
+        row.update(goal_seconds=GOALS[key], met=row["returncode"] == 0 and row["seconds"] <= GOALS[key],
+                   commit=commit, cpu=machine())
         data[key] = row
         print(f"  {row['seconds']:.0f} s, exit {row['returncode']}", flush=True)
     data.update(commit=commit, cpu=machine(),
                 command="python benchmarks/timing.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
     write_json(path, data)
-    lines = [f"# The two commands on a fresh clone (commit {commit})", "", f"{data['cpu']}; `{data['command']}`", "",
-             "| command | seconds | minutes | goal (min) | exit |", "|---|---|---|---|---|"]
+    lines = ["# The two commands on a fresh clone", "", f"`{data['command']}`", "",
+             "| command | seconds | minutes | goal (min) | exit | commit | CPU |", "|---|---|---|---|---|---|---|"]
     for key in COMMANDS:
         if key in data:
             r = data[key]
             lines.append(f"| `{r['command']}` | {r['seconds']:.0f} | {r['seconds'] / 60:.1f} | "
-                         f"{r['goal_seconds'] / 60:.0f} | {r['returncode']} |")
+                         f"{r['goal_seconds'] / 60:.0f} | {r['returncode']} | {r.get('commit')} | {r.get('cpu')} |")
     write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return data

@@ -435,25 +435,34 @@ def summarise(table: pd.DataFrame, metric: str = "miou", baseline: str = "cpcl")
     return s.round(2)
 
 
-def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou", noise_table=None) -> pd.DataFrame:
-    """Each variant minus ``baseline`` on the same seed and fraction, in points of ``metric``: one
-    column per seed, the mean, the sd of the per-seed differences, and the ``verdict`` of
-    ``noise.compare_seeds`` against ``noise_table`` (a ``noise.NoiseTable``: ahead / behind / within
-    the noise; "not judged" without one). Seeds where either run is missing are left out of that row."""
+def _paired_verdicts(table: pd.DataFrame, baseline: str, metric: str, noise_table) -> list:
+    """[(variant, labeled, {seed: difference in points}, noise.Verdict)] per variant and fraction,
+    unrounded. Only mIoU is judged: the noise table measures mIoU."""
     from .noise import compare_seeds
 
     t = table.assign(v=100 * table[metric].astype(float))
     base = t[t["variant"] == baseline].set_index(["labeled", "seed"])["v"]
-    rows = []
+    out = []
     for (variant, labeled), g in t[t["variant"] != baseline].groupby(["variant", "labeled"], sort=False):
         d = {int(r.seed): r.v - base[(labeled, r.seed)] for r in g.itertuples() if (labeled, r.seed) in base}
-        if not d:
-            continue
+        if d:
+            judge = noise_table if metric == "miou" else None
+            out.append((variant, labeled, d, compare_seeds(variant, baseline, list(d.values()), judge, list(d))))
+    return out
+
+
+def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou", noise_table=None) -> pd.DataFrame:
+    """Each variant minus ``baseline`` on the same seed and fraction, in points of ``metric``: one
+    column per seed, the mean, the sd of the per-seed differences, and the ``verdict`` of
+    ``noise.compare_seeds`` against ``noise_table`` (a ``noise.NoiseTable``: ahead / behind / within
+    the noise; "not judged" without one, or for another metric than mIoU). Seeds where either run is
+    missing are left out of that row."""
+    rows = []
+    for variant, labeled, d, verdict in _paired_verdicts(table, baseline, metric, noise_table):
         v = np.array(list(d.values()))
-        sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-        verdict = compare_seeds(variant, baseline, v, noise_table, seeds=d).label or "not judged"
         rows.append({"variant": variant, "labeled": labeled, **{f"seed {k}": x for k, x in sorted(d.items())},
-                     "mean": float(v.mean()), "sd": sd, "verdict": verdict})
+                     "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                     "verdict": verdict.label or "not judged"})
     cols = ["variant", "labeled"]
     if not rows:
         return pd.DataFrame(columns=cols + ["mean", "sd", "verdict"])
@@ -463,17 +472,8 @@ def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou", no
 def verdicts(table: pd.DataFrame, baseline: str = "cpcl", noise_table=None, metric: str = "miou") -> list[str]:
     """``noise.compare_seeds``'s sentence for each variant minus ``baseline`` (paired by seed, per
     fraction): what a grid says, computed from its runs and the preset's noise table."""
-    from .noise import compare_seeds
-
-    p = paired(table, baseline, metric)
-    seeds = [c for c in p.columns if c.startswith("seed ")]
-    out = []
-    for (variant, labeled), row in p.iterrows():
-        done = [c for c in seeds if pd.notna(row[c])]
-        text = compare_seeds(variant, baseline, row[done].to_numpy(float), noise_table,
-                             [int(c.split()[1]) for c in done]).text
-        out.append(f"{labeled}: {text}")
-    return out
+    return [f"{labeled}: {verdict.text}" for _, labeled, _, verdict in
+            _paired_verdicts(table, baseline, metric, noise_table)]
 
 
 # The committed grid of benchmarks/ablation.py: one row per run (.csv) and where it comes from (.json).

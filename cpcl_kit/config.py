@@ -255,8 +255,8 @@ PRESETS: dict[str, dict] = {
     "smoke": dict(_CPU, iterations=12, batch_size=4, unlabeled_batch_size=4, n_train_scenes=64,
                   n_val_scenes=16, warmup_iters=2, sup_only_iters=4, rampup_iters=4, log_every=2,
                   checkpoint_every=6, head_channels=32, output_stride=16),
-    # What make demo trains live (CPCL about 6 minutes on one core of a recent CPU): the shortest
-    # recipe whose gain over supervised holds under the measured noise; bound by make demo's time.
+    # What make demo trains live: a recipe whose gain over supervised exceeds the measured noise
+    # (benchmarks/results/noise-benchmark.md), within make demo's time.
     "demo": dict(_DIGITS),
     # The prepared run set and the benchmark grids (ssl_gain.py, ablation.py, noise.py) over seeds:
     # the demo's recipe today; unlike the demo it is not bound to make demo's time.

@@ -31,11 +31,18 @@ import numpy as np
 import pandas as pd
 
 from .constants import RESULTS_DIR
+from .errors import KitError
 
 AHEAD, BEHIND, WITHIN = "ahead", "behind", "within the noise"
 # The methods a noise table measures, and their names in sentences.
 METHODS = ("supervised", "cps", "cpcl")
 LABELS = {"supervised": "supervised", "cps": "CPS", "cpcl": "CPCL", "full": "full supervision"}
+
+
+def order_label(threads: int, cpu: str | None = None) -> str:
+    """How a table names a float order: the thread count, and the CPU where it is another machine's."""
+    label = f"{threads} thread" + ("s" if threads != 1 else "")
+    return f"{cpu}, {label}" if cpu else label
 
 
 def table_path(preset: str, folder=RESULTS_DIR) -> Path:
@@ -53,7 +60,7 @@ class NoiseTable:
     meta: dict
 
     def __post_init__(self):
-        threads = self.runs["threads"].map(lambda t: f"{t} thread" + ("s" if t != 1 else ""))
+        threads = self.runs["threads"].map(order_label)
         given = self.runs["order"] if "order" in self.runs.columns else pd.Series(None, index=self.runs.index)
         object.__setattr__(self, "runs", self.runs.assign(order=given.where(given.notna(), threads)))
 
@@ -71,17 +78,27 @@ class NoiseTable:
         return (self.miou(a) - self.miou(b)).dropna(how="all")
 
     def float_moves(self, a: str, b: str | None = None) -> pd.Series:
-        """Per seed: how far ``a`` (or ``a`` − ``b``) moved across the float orders, in points."""
+        """Per seed measured in two float orders or more: how far ``a`` (or ``a`` − ``b``) moved
+        across them, in points. A seed measured in one order says nothing of the float order."""
         t = self.miou(a) if b is None else self.differences(a, b)
-        return (t.max(axis=1) - t.min(axis=1)).dropna()
+        t = t[t.notna().sum(axis=1) >= 2]
+        return t.max(axis=1) - t.min(axis=1)
+
+    def measures(self, a: str, b: str | None = None) -> bool:
+        """Whether the table measured ``a`` (and ``b``) on some seed in two float orders."""
+        have = set(self.runs["method"])
+        return a in have and (b is None or b in have) and len(self.float_moves(a, b)) > 0
 
     def floor(self, a: str, b: str | None = None) -> float:
         """The most the float order alone moved ``a`` − ``b`` (or ``a``) on one seed, in points.
-        For a pair the table does not hold, the largest floor of any pair of its methods."""
-        have = set(self.runs["method"])
-        if a in have and (b is None or b in have):
+        For a pair the table does not measure (``measures``), a stand-in: the largest floor of the
+        pairs it does measure. KitError when it measures no pair at all."""
+        if self.measures(a, b):
             return float(self.float_moves(a, b).max())
-        pairs = [(x, y) for i, x in enumerate(METHODS) for y in METHODS[i + 1:] if {x, y} <= have]
+        pairs = [(x, y) for i, x in enumerate(METHODS) for y in METHODS[i + 1:] if self.measures(x, y)]
+        if not pairs:
+            raise KitError(f"noise table of the {self.preset} preset: no pair of methods measured in two "
+                           f"float orders on one seed; it cannot give a noise floor")
         return max(float(self.float_moves(x, y).max()) for x, y in pairs)
 
     def draws(self, a: str, b: str) -> np.ndarray:
@@ -132,16 +149,19 @@ def for_preset(preset: str, folder=RESULTS_DIR) -> NoiseTable | None:
     from .config import PRESETS, make_config
     from .runs import differing_settings
 
-    own = table_path(preset, folder)
-    if own.exists():
-        return read_table(own)
     if preset not in PRESETS:
         return None
     cfg = make_config(preset)
-    for path in sorted(Path(folder).glob("noise-*.json")):
-        other = path.stem.removeprefix("noise-")
-        if other in PRESETS and not differing_settings(make_config(other).to_dict(), cfg):
-            return read_table(path)
+    own = table_path(preset, folder)
+    for path in [own] + [p for p in sorted(Path(folder).glob("noise-*.json")) if p != own]:
+        if not path.exists():
+            continue
+        table = read_table(path)
+        # a table holds for the recipe it was measured with: not for other --set values, nor for a
+        # preset that has changed since
+        measured = table.meta.get("config")
+        if measured and not table.meta.get("sets") and not differing_settings(measured, cfg):
+            return table
     return None
 
 
@@ -183,22 +203,23 @@ def compare_runs(a: str, miou_a: float, b: str, miou_b: float, table: NoiseTable
     if table is None:
         return Verdict(a, b, diff, None, None, f"{head} ({_pts(diff)} points). No noise table was measured "
                        f"for this preset, so this difference is shown, not judged: the float order alone "
-                       f"(another CPU, another thread count) can move a run by several points.")
-    floor = table.floor(a, b)
+                       f"(another CPU, another thread count) moves a run, by an amount not measured here.")
+    floor, measured = table.floor(a, b), table.measures(a, b)
     label = _label(diff, floor)
-    draws = table.draws(a, b) if {a, b} <= set(table.runs["method"]) else np.array([])
+    bound = (f"the float order alone moves this difference by up to {floor:.1f} points on this preset"
+             if measured else f"the float order alone moved the pairs this preset's noise table measured by "
+                              f"up to {floor:.1f} points; this pair was not measured")
     if label == WITHIN:
-        text = (f"{head}: {LABELS.get(a, a)} is within the noise ({_pts(diff)} points; the float order alone "
-                f"moves this difference by up to {floor:.1f} points on this preset), so this one run cannot "
-                f"decide which is ahead.")
+        text = (f"{head}: {LABELS.get(a, a)} is within the noise ({_pts(diff)} points; {bound}), so this one "
+                f"run cannot decide which is ahead.")
     else:
-        text = (f"{head}: {LABELS.get(a, a)} is {label} by {abs(diff):.1f} points, more than the {floor:.1f} "
-                f"points that the float order alone moves this difference on this preset.")
-    if len(draws):
-        signs = (draws > 0).sum()
-        text += (f" Over {len(draws)} runs of this preset ({len(table.float_moves(a, b))} seeds × "
-                 f"{table.runs['order'].nunique()} float orders) the difference ranged from {_pts(draws.min())} to {_pts(draws.max())} points, "
-                 f"{LABELS.get(a, a)} ahead in {signs} of them.")
+        text = f"{head}: on this seed {LABELS.get(a, a)} is {label} by {abs(diff):.1f} points, beyond the noise ({bound})."
+    if measured:
+        d = table.differences(a, b)
+        draws = table.draws(a, b)
+        text += (f" Over {len(draws)} runs of this preset ({len(d)} seeds, {d.notna().sum(axis=0).gt(0).sum()} "
+                 f"float orders) the difference ranged from {_pts(draws.min())} to {_pts(draws.max())} points, "
+                 f"{LABELS.get(a, a)} ahead in {int((draws > 0).sum())} of them.")
     return Verdict(a, b, diff, floor, label, text)
 
 
@@ -208,6 +229,8 @@ def compare_seeds(a: str, b: str, diffs, table: NoiseTable | None, seeds=None) -
     within the noise."""
     d = np.asarray(diffs, dtype=float)
     seeds = list(seeds) if seeds is not None else list(range(len(d)))
+    if len(d) == 0 or len(seeds) != len(d):
+        raise KitError(f"compare_seeds: expected one difference per seed, got {len(d)} for seeds {seeds}")
     per_seed = ", ".join(f"{_pts(x)} (seed {s})" for s, x in zip(seeds, d))
     head = f"{LABELS.get(a, a)} − {LABELS.get(b, b)}: {_pts(d.mean())} points on the mean of {len(d)} seeds ({per_seed})"
     if table is None:
@@ -216,11 +239,13 @@ def compare_seeds(a: str, b: str, diffs, table: NoiseTable | None, seeds=None) -
     floor = table.floor(a, b)
     same_sign = bool((d > 0).all() or (d < 0).all())
     label = _label(float(d.mean()), floor) if same_sign else WITHIN
+    measured = "" if table.measures(a, b) else " (a stand-in: the table did not measure this pair)"
     if label == WITHIN:
-        why = ("the seeds disagree in sign" if not same_sign else
-               f"the mean is inside the {floor:.1f} points that the float order alone moves one run")
+        why = ("not every seed has the same sign" if not same_sign else
+               f"the mean is inside the {floor:.1f} points{measured} that the float order alone moves one "
+               f"run's difference")
         text = f"{head}: within the noise ({why})."
     else:
         text = (f"{head}: {LABELS.get(a, a)} is {label} on every seed, and the mean exceeds the {floor:.1f} "
-                f"points that the float order alone moves one run.")
+                f"points{measured} that the float order alone moves one run's difference.")
     return Verdict(a, b, float(d.mean()), floor, label, text)

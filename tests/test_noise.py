@@ -47,13 +47,17 @@ def test_one_run_verdicts():
     t = make_table()
     v = noise.compare_runs("cpcl", 0.76, "supervised", 0.70, t)
     assert (v.label, v.floor) == (noise.AHEAD, pytest.approx(4)) and v.difference == pytest.approx(6)
-    assert v.text.startswith("CPCL 76.0 % against supervised 70.0 %: CPCL is ahead by 6.0 points, more than the 4.0")
-    assert "ranged from +2.0 to +8.0 points, CPCL ahead in 6 of them" in v.text
+    assert v.text.startswith("CPCL 76.0 % against supervised 70.0 %: on this seed CPCL is ahead by 6.0 points, "
+                             "beyond the noise (the float order alone moves this difference by up to 4.0 points")
+    assert "Over 6 runs of this preset (3 seeds, 2 float orders) the difference ranged from +2.0 to +8.0 points, " \
+           "CPCL ahead in 6 of them" in v.text
+    stand_in = noise.compare_runs("supervised", 0.70, "random init", 0.40, t)
+    assert stand_in.label == noise.AHEAD and "this pair was not measured" in stand_in.text and "Over" not in stand_in.text
     v = noise.compare_runs("cpcl", 0.72, "supervised", 0.70, t)
     assert v.label == noise.WITHIN and "cannot decide" in v.text
     assert noise.compare_runs("supervised", 0.60, "cpcl", 0.70, t).label == noise.BEHIND
     v = noise.compare_runs("cpcl", 0.72, "supervised", 0.70, None)
-    assert v.label is None and "not judged" in v.text and "+2.0 points" in v.text
+    assert v.label is None and "not judged" in v.text and "+2.0 points" in v.text and "several" not in v.text
 
 
 def test_verdicts_over_seeds():
@@ -61,19 +65,50 @@ def test_verdicts_over_seeds():
     assert noise.compare_seeds("cpcl", "supervised", [6, 5, 7], t).label == noise.AHEAD  # all > 0, 6 > 4
     assert noise.compare_seeds("cpcl", "supervised", [3, 3, 3.5], t).label == noise.WITHIN  # mean 3.2 < 4
     v = noise.compare_seeds("cpcl", "cps", [5, -1, 9], t)
-    assert v.label == noise.WITHIN and "disagree in sign" in v.text
+    assert v.label == noise.WITHIN and "not every seed has the same sign" in v.text
+    assert noise.compare_seeds("cpcl", "cps", [5, 0, 9], t).label == noise.WITHIN  # a seed without a difference
     assert noise.compare_seeds("cps", "cpcl", [-5, -6, -7], t, seeds=[3, 4, 5]).label == noise.BEHIND
     assert "(seed 3)" in noise.compare_seeds("cps", "cpcl", [-5, -6, -7], t, seeds=[3, 4, 5]).text
 
 
-def test_a_preset_of_the_same_recipe_shares_the_table(tmp_path):
+def test_a_table_holds_for_the_recipe_it_measured(tmp_path):
+    from cpcl_kit.config import make_config
+
     path = noise.table_path("benchmark", tmp_path)
     t = make_table()
-    path.write_text(json.dumps({**t.meta, "runs": t.runs.to_dict("records")}))
+
+    def write(**meta):
+        path.write_text(json.dumps({**t.meta, **meta, "runs": t.runs.to_dict("records")}))
+
+    write(config=make_config("benchmark").to_dict(), sets=[])
     assert noise.for_preset("benchmark", tmp_path).floor("cpcl", "supervised") == pytest.approx(4)
     # demo trains the benchmark recipe: every setting but the bookkeeping ones is equal
     assert noise.for_preset("demo", tmp_path) is not None
     assert noise.for_preset("smoke", tmp_path) is None and noise.for_preset("nope", tmp_path) is None
+    # a table of other settings, or of a preset that has changed since, holds for nothing
+    write(config=make_config("benchmark", iterations=2).to_dict(), sets=["iterations=2"])
+    assert noise.for_preset("benchmark", tmp_path) is None
+    write(config=make_config("benchmark", lr=0.1).to_dict(), sets=[])
+    assert noise.for_preset("benchmark", tmp_path) is None
+    write()  # no recipe recorded
+    assert noise.for_preset("benchmark", tmp_path) is None
+
+
+def test_a_seed_in_one_float_order_says_nothing_of_the_float_order():
+    one = {k: (v[0], float("nan")) for k, v in MIOU.items()}
+    rows = [{"method": m, "seed": s, "threads": t, "miou": v[t - 1]} for (m, s), v in one.items() for t in (1, 2)
+            if t == 1]
+    t = noise.NoiseTable(pd.DataFrame(rows), {"preset": "benchmark"})
+    assert not t.measures("cpcl", "supervised")
+    with pytest.raises(KitError, match="no pair of methods measured in two float orders"):
+        t.floor("cpcl", "supervised")
+    only_sup = noise.NoiseTable(make_table().runs.query("method == 'supervised'"), {"preset": "benchmark"})
+    with pytest.raises(KitError, match="no pair"):
+        only_sup.floor("cpcl", "supervised")
+    with pytest.raises(KitError, match="one difference per seed"):
+        noise.compare_seeds("cpcl", "supervised", [], make_table())
+    with pytest.raises(KitError, match="one difference per seed"):
+        noise.compare_seeds("cpcl", "supervised", [1, 2], make_table(), seeds=[0])
 
 
 def test_noise_benchmark_writes_every_run_with_its_provenance(tmp_path, monkeypatch):

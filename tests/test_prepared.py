@@ -136,7 +136,7 @@ def test_committed_summary_tables_and_provenance(tmp_path):
     assert paired.loc["cps − supervised", "verdict"] == "within the noise"   # signs differ
     text = prepared.verdicts(SUMMARY, table)
     assert text[0].startswith("CPCL − supervised: +8.7 points on the mean of 3 seeds (+10.0 (seed 0), +5.0 (seed 1)")
-    assert "ahead on every seed" in text[0] and "4.0 points" in text[0] and "seeds disagree in sign" in text[1]
+    assert "ahead on every seed" in text[0] and "4.0 points" in text[0] and "not every seed has the same sign" in text[1]
     line = prepared.provenance(SUMMARY)
     assert "commit abc1234" in line and "--jobs 2" in line and "60 min" in line and "seeds 0, 1, 2" in line
     assert prepared.committed(tmp_path / "missing.json") is None
