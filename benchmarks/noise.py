@@ -105,8 +105,8 @@ def markdown(table: noise.NoiseTable) -> str:
     return "\n\n".join([
         f"# Noise floor ({table.preset} preset)", table.provenance(),
         "mIoU per method over every seed and float order:", _md(table.summary()),
-        "Paired differences (points) per seed and thread count, their range and the float-order floor "
-        "(the most the thread count alone moved the difference on one seed):",
+        "Paired differences (points) per seed and float order, their range and the float-order floor "
+        "(the most the float order alone moved the difference on one seed):",
         _md(table.pair_table()),
         "Targets:", _md(targets) if len(targets) else "none checkable"]) + "\n"
 
