@@ -2,6 +2,8 @@
 
 import re
 import tomllib
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +53,14 @@ def test_no_measured_number_is_typed_into_a_notebooks_prose():
         assert found == NOT_MEASURED.get(path.name, []), (
             f"{path.name} states {found} in its markdown; print a measured number from the run or the "
             f"committed results (cpcl_kit.noise verdicts) instead, or, if it is a setting, list it here")
+
+
+# The READMEs state no measured number either; the targets a benchmark aims at are goals, not results.
+GOALS = {"benchmarks/README.md": ["+5 points", "+8 points", "+3 points", "75 %"]}
+
+
+@pytest.mark.parametrize("name", ["README.md", "benchmarks/README.md", "data/README.md"])
+def test_no_measured_number_is_typed_into_a_readme(name):
+    found = MEASURED.findall((ROOT / name).read_text())
+    assert found == GOALS.get(name, []), (
+        f"{name} states {found}; link or render the results table instead of typing its numbers")
