@@ -198,7 +198,7 @@ def _run_in_order(chosen: dict[str, Path], out: Path, preset: str, jobs: int) ->
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
-    pending = sorted(chosen, key=lambda k: (k not in DEMO_FIRST, DEMO_FIRST.index(k) if k in DEMO_FIRST else k))
+    pending = [k for k in DEMO_FIRST if k in chosen] + [k for k in chosen if k not in DEMO_FIRST]
     running, rows, failed = {}, [], None
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread_kernels) as pool:
         while (pending and failed is None) or running:
