@@ -16,7 +16,7 @@ from torch.utils.data import Subset
 
 from . import runs
 from .constants import IGNORE_INDEX as IGNORE
-from .cpcl import PseudoLabels, cutmix_box_masks, mix, pseudo_supervision
+from .cpcl import PseudoLabels
 from .errors import KitError
 
 
@@ -101,32 +101,55 @@ def teacher_logits(nets, images: torch.Tensor, train_mode: bool = False) -> list
     return outs
 
 
-def pseudo_labels_on_scenes(nets, data, n: int = 4, seed: int = 0, cutmix: bool = False,
-                            union_rule: str = "disagreement", reweight: bool = True,
-                            train_mode: bool = False, augment: bool = False):
-    """Run both nets on ``n`` unlabeled scenes and build CPCL's pseudo labels from them.
+def pseudo_labels_on_scenes(nets, data, cfg, n: int = 4, seed: int = 0, augment: bool = False):
+    """Both nets' pseudo labels on ``n`` unlabeled scenes, built by the training step's own function
+    (``methods.pseudo_labels``) under ``cfg``'s recipe: CutMix boxes when ``cfg.cutmix_boxes`` > 0
+    (u1 is another ``n`` scenes), the affine student view when ``cfg.student_aug="affine"``, the
+    teachers' BatchNorm mode, union rule and weights of ``cfg``. The draws come from a generator
+    seeded by ``seed``, so the same call gives the same scenes, boxes and warps.
 
     ``data``: a ``DataBundle`` (its ``unlabeled`` set is used) or any data set of (image, mask).
-    With ``cutmix=True``, 2n scenes are drawn: u0 and u1 are mixed with seeded CutMix boxes, the
-    teachers see u0 and u1 separately and their logits are mixed, exactly as in training.
-    Returns (images [n,3,H,W] normalised, true masks [n,H,W] (255 where unknown), PseudoLabels),
-    all on the CPU. The disagreement indicator is computed over these n scenes as one batch.
-    ``augment=True`` shows the scenes with their training augmentation (digit scenes only differ).
-    """
+    Returns (the students' images [n,3,H,W] normalised, true masks [n,H,W] (255 where unknown),
+    PseudoLabels with no intersection or union label where the step gives none), all on the CPU.
+    The disagreement indicator is computed over these n scenes as one batch, as over a training
+    batch. The nets are left as they were (modes and BatchNorm statistics)."""
+    import copy
+    import dataclasses
+
+    from .loaders import Batch
+    from .methods import pseudo_labels
+
     if len(nets) != 2:
         raise KitError(f"nets: pseudo labels need the two nets of a CPS/CPCL run, got {len(nets)}")
     dataset = getattr(data, "unlabeled", data)
-    images, masks = pick_scenes(dataset, 2 * n if cutmix else n, seed, augment)
-    if cutmix:
-        u0, u1, m0, m1 = images[:n], images[n:], masks[:n], masks[n:]
-        box = cutmix_box_masks(n, tuple(u0.shape[-2:]), generator=torch.Generator().manual_seed(seed))
-        z = [mix(a, b, box) for a, b in zip(teacher_logits(nets, u0, train_mode),
-                                            teacher_logits(nets, u1, train_mode))]
-        images, masks = mix(u0, u1, box), mix(m0, m1, box)
-    else:
-        z = teacher_logits(nets, images, train_mode)
-    labels = pseudo_supervision(z[0], z[1], union_rule=union_rule, reweight=reweight)
-    return images, masks, labels
+    mixing = cfg.cutmix_boxes > 0
+    images, masks = pick_scenes(dataset, 2 * n if mixing else n, seed, augment)
+    device = _device_of(nets[0])
+    images, masks = images.to(device), masks.to(device)
+    u0, m0 = images[:n], masks[:n]
+    u1, m1 = (images[n:], masks[n:]) if mixing else (None, None)
+    batch = Batch(None, None, u0, m0, u1, m1)
+    was = [net.training for net in nets]
+    # Train-mode teachers update BatchNorm's running statistics: let copies do that.
+    teachers = [copy.deepcopy(net) for net in nets] if cfg.teacher_bn == "train" else nets
+    try:
+        for net in teachers:
+            net.train()
+        with torch.no_grad():
+            p = pseudo_labels(teachers, batch, dataclasses.replace(cfg, channels_last=False),
+                              torch.Generator().manual_seed(seed))
+    finally:
+        for net, mode in zip(nets, was):
+            net.train(mode)
+    labels = p.labels
+    if p.void is not None:
+        labels = dataclasses.replace(labels, inter=labels.inter.masked_fill(p.void, IGNORE),
+                                     union=labels.union.masked_fill(p.void, IGNORE))
+    labels = dataclasses.replace(labels, **{f.name: getattr(labels, f.name).float().cpu()
+                                            if getattr(labels, f.name).is_floating_point()
+                                            else getattr(labels, f.name).cpu()
+                                            for f in dataclasses.fields(labels)})
+    return p.image.float().cpu(), p.truth.cpu(), labels
 
 
 def predict_scenes(net, dataset, n: int = 4, seed: int = 0):

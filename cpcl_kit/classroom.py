@@ -7,6 +7,8 @@ with sliders for the scene, the training stage and the weight threshold, and a u
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from . import analysis, plots
@@ -24,7 +26,8 @@ class Classroom:
         """(images, masks, PseudoLabels) of the scenes at stage number ``stage`` under ``rule``."""
         if (stage, rule) not in self._labels:
             self._labels[stage, rule] = analysis.pseudo_labels_on_scenes(
-                self.nets_at[self.stages[stage]], self.data, n=self.n_scenes, seed=self.seed, union_rule=rule)
+                self.nets_at[self.stages[stage]], self.data, dataclasses.replace(self.cfg, union_rule=rule),
+                n=self.n_scenes, seed=self.seed)
         return self._labels[stage, rule]
 
     def render(self, scene: int = 0, stage: int = -1, threshold: float = 0.0, rule: str | None = None):

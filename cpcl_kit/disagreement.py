@@ -126,16 +126,16 @@ def per_class_gain(per_class_iou: dict[str, list], class_names, baseline: str = 
     return out.round(2)
 
 
-def on_scenes(nets, data, n_batches: int = 8, batch: int = 8, seed: int = 0, cutmix: bool = True,
-              union_rule: str = "disagreement", width: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def on_scenes(nets, data, cfg, n_batches: int = 8, batch: int = 8, seed: int = 0,
+              width: int = 2) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(``where_they_disagree``, ``disagreement_by_class``) for a two-net run on its unlabeled
-    scenes: ``n_batches`` CutMix batches of ``batch`` scenes (the indicator is computed per batch,
-    as in training; the nets in eval mode). For a CPS run the union column says what CPCL's rule
-    would have picked from the same two predictions."""
+    scenes: ``n_batches`` batches of ``batch`` scenes as ``cfg``'s training step builds them (CutMix,
+    student view, teachers: ``analysis.pseudo_labels_on_scenes``; the indicator per batch, as in
+    training). For a CPS run the union column says what CPCL's rule would have picked from the same
+    two predictions."""
     from .analysis import pseudo_labels_on_scenes
 
-    parts = [pseudo_labels_on_scenes(nets, data, n=batch, seed=seed + k, cutmix=cutmix, union_rule=union_rule)
-             for k in range(n_batches)]
+    parts = [pseudo_labels_on_scenes(nets, data, cfg, n=batch, seed=seed + k) for k in range(n_batches)]
     cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
     y1, y2, union = cat(lambda p: p[2].y1), cat(lambda p: p[2].y2), cat(lambda p: p[2].union)
     truth = cat(lambda p: p[1])
@@ -147,13 +147,10 @@ def on_scenes(nets, data, n_batches: int = 8, batch: int = 8, seed: int = 0, cut
 def compare_runs(runs_by_name: dict, data, n_batches: int = 8, batch: int = 8, seed: int = 0,
                  width: int = 2) -> tuple[dict, pd.DataFrame]:
     """``on_scenes`` for several two-net runs ({name: RunResult}) on the same unlabeled scenes:
-    ({name: region table}, one per-class table with a (run, column) header). CutMix batches for a
-    run that trained with CutMix, the scenes as they are for one that did not (``cutmix_boxes=0``):
-    the pixels its students learnt from (an affine student view moves them, it does not change them)."""
+    ({name: region table}, one per-class table with a (run, column) header). Each run's batches are
+    built by its own recipe (``run.config``): the pixels its students learnt from."""
     regions, classes = {}, {}
     for name, run in runs_by_name.items():
-        regions[name], classes[name] = on_scenes(run.nets, data, n_batches, batch, seed, width=width,
-                                                 cutmix=getattr(run.config, "cutmix_boxes", 3) > 0,
-                                                 union_rule=getattr(run.config, "union_rule", "disagreement"))
+        regions[name], classes[name] = on_scenes(run.nets, data, run.config, n_batches, batch, seed, width=width)
     cols = ["disagree (%)", "of all disagreement (%)", "union right (%)"]
     return regions, pd.concat({k: v[cols] for k, v in classes.items()}, axis=1).round(1)

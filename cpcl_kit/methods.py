@@ -152,53 +152,93 @@ def _void(void, *targets):
     return targets if void is None else tuple(t.masked_fill(void, IGNORE) for t in targets)
 
 
+@dataclass
+class Pseudo:
+    """One step's pseudo-supervision on the unlabeled batch, as the students get it.
+
+    image float [Bu,3,H,W]: what the students see (u0, CutMix-mixed with u1 and/or warped, per the
+    recipe); labels: the teachers' ``PseudoLabels`` on the same pixels; truth int64 [Bu,H,W] or None:
+    the true masks there (analysis only); void bool [Bu,H,W] or None: pixels that get no pseudo label
+    (warped in from outside the scene, or within ``pseudo_void_band`` of a teacher's outline);
+    mask float [Bu,1,H,W] or None: the CutMix mask (1: the pixel comes from u1)."""
+
+    image: torch.Tensor
+    labels: object
+    truth: torch.Tensor | None
+    void: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
+def pseudo_labels(nets, batch, cfg: Config, gen: torch.Generator, all_reduce=None) -> Pseudo:
+    """The students' view of ``batch`` and the teachers' pseudo labels on it: the one function behind
+    the CPS and CPCL steps and every notebook figure of pseudo labels (``analysis``).
+
+    Draws from ``gen`` in a fixed order (CutMix boxes, then the affine warp), so the same generator
+    state gives the same view. CPS takes only the hard labels y1, y2 (no weights); CPCL builds the
+    intersection and union labels by ``cfg.union_rule`` with the weights ``cfg.reweight`` asks for."""
+    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
+    image, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, _teachers(nets, batch, mask, cfg.teacher_bn), truth)
+    if cfg.method == "cps":
+        labels = pseudo_supervision(t1, t2, reweight=False)
+    else:
+        labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
+                                    weight_scope=cfg.weight_scope, all_reduce=all_reduce)
+    void = off
+    if cfg.pseudo_void_band:
+        band = boundary_band(labels.y1, cfg.pseudo_void_band) | boundary_band(labels.y2, cfg.pseudo_void_band)
+        void = band if void is None else void | band
+    return Pseudo(image, labels, truth, void, mask)
+
+
+def student_view(cfg: Config, batch, gen: torch.Generator):
+    """(image [Bu,3,H,W], truth [Bu,H,W] or None, void [Bu,H,W] or None, CutMix mask or None): the
+    students' view of ``batch`` alone, without teachers -- the same draws as ``pseudo_labels``."""
+    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
+    image, _, truth, off = _student_view(cfg, gen, u_mix, [], truth)
+    return image, truth, off, mask
+
+
 def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
              all_reduce=None) -> StepOut:
-    """Cross pseudo supervision: each net learns from the other's hard label on the CutMix image."""
+    """Cross pseudo supervision: each net learns from the other's hard label on the students' view."""
     net1, net2 = nets
     s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
     if lam == 0:
         return StepOut(s1 + s2, parts)
-    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
-    u_mix, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, _teachers(nets, batch, mask, cfg.teacher_bn),
-                                                truth)
-    labels = pseudo_supervision(t1, t2, reweight=False)
-    y1, y2 = _void(off, *_void_outlines(labels, cfg.pseudo_void_band, labels.y1, labels.y2))
-    u1 = weighted_ce(net1(u_mix), y2)
-    u2 = weighted_ce(net2(u_mix), y1)
+    p = pseudo_labels(nets, batch, cfg, gen)
+    y1, y2 = _void(p.void, p.labels.y1, p.labels.y2)
+    u1 = weighted_ce(net1(p.image), y2)
+    u2 = weighted_ce(net2(p.image), y1)
     parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
+    return StepOut(s1 + s2 + lam * (u1 + u2), parts, p.labels, p.truth)
 
 
 def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
               all_reduce=None) -> StepOut:
-    """CPCL (method notes §4): net 1 learns the intersection label, net 2 the union label, each
-    pixel's CE weighted by the teachers' confidence; L = CE1 + CE2 + λ(L_inter + L_union)."""
+    """CPCL: net 1 learns the intersection label, net 2 the union label, each pixel's CE weighted by
+    the teachers' confidence; L = CE1 + CE2 + λ(L_inter + L_union)."""
     net1, net2 = nets
     s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
     if lam == 0:  # supervised-only start (CPU presets): skip the teacher and student passes
         return StepOut(s1 + s2, parts)
-    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
-    u_mix, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, _teachers(nets, batch, mask, cfg.teacher_bn),
-                                                truth)
-    labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
-                                weight_scope=cfg.weight_scope, all_reduce=all_reduce)
-    # The first release (weight_scope="batch") scaled each mean CE by its mean weight; the official
-    # code since weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
+    p = pseudo_labels(nets, batch, cfg, gen, all_reduce)
+    labels = p.labels
+    # weight_scope="batch" (the first release) scales each mean CE by its mean weight; "pixel" (the
+    # official code since) weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
     how = {"per_pixel": cfg.weight_scope == "pixel"}
-    inter, union = _void(off, *_void_outlines(labels, cfg.pseudo_void_band, labels.inter, labels.union))
+    inter, union = _void(p.void, labels.inter, labels.union)
     target = {"inter": (inter, labels.w_inter, {**how, "normalise": cfg.inter_norm}),
               "union": (union, labels.w_union, how)}
 
     def loss(net, kind):
         label, weight, kw = target[kind]
-        return weighted_ce(net(u_mix), label, weight, **kw)
+        return weighted_ce(net(p.image), label, weight, **kw)
 
     u1, u2 = loss(net1, cfg.targets[0]), loss(net2, cfg.targets[1])
     parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, truth)
+    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, p.truth)
 
 
 METHOD_STEPS = {"supervised": supervised_step, "cps": cps_step, "cpcl": cpcl_step}

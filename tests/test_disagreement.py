@@ -121,10 +121,10 @@ def test_on_scenes_of_a_tiny_run_has_consistent_tables():
 
     # no void outline: every pixel of the scenes is labeled, so the tables count all of them
     cfg = make_config("smoke", {"n_train_scenes": 16, "n_val_scenes": 4, "backbone_weights": "none",
-                                "void_band": 0})
+                                "void_band": 0, "student_aug": "none"})
     torch.manual_seed(0)
     nets = build_nets(cfg)
-    regions, classes = dg.on_scenes(nets, build_data(cfg), n_batches=2, batch=2)
+    regions, classes = dg.on_scenes(nets, build_data(cfg), cfg, n_batches=2, batch=2)
     assert regions.loc["all", "pixels"] == 2 * 2 * cfg.crop ** 2
     assert classes["pixels"].sum() == regions.loc["all", "pixels"]
     # the per-class shares of the disagreement add up to all of it
@@ -132,7 +132,7 @@ def test_on_scenes_of_a_tiny_run_has_consistent_tables():
 
 
 def test_compare_runs_looks_at_the_batches_each_run_learnt_from():
-    """With CutMix: mixed scenes; without (cutmix_boxes=0, the CPU presets since issue 13): the scenes."""
+    """Each run's batches come from its own recipe: CutMix-mixed for one, the scenes for the other."""
     from types import SimpleNamespace
 
     from cpcl_kit.config import make_config
@@ -145,7 +145,7 @@ def test_compare_runs_looks_at_the_batches_each_run_learnt_from():
     runs = {"mixed": SimpleNamespace(nets=nets, config=make_config("smoke", cutmix_boxes=3)),
             "plain": SimpleNamespace(nets=nets, config=make_config("smoke", cutmix_boxes=0))}
     regions, _ = dg.compare_runs(runs, data, n_batches=2, batch=2)
-    for name, cutmix in (("mixed", True), ("plain", False)):
-        want, _ = dg.on_scenes(nets, data, n_batches=2, batch=2, cutmix=cutmix)
+    for name, run in runs.items():
+        want, _ = dg.on_scenes(nets, data, run.config, n_batches=2, batch=2)
         assert regions[name].equals(want)
     assert not regions["mixed"].equals(regions["plain"])
