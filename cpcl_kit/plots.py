@@ -52,10 +52,14 @@ def feature_maps(image: torch.Tensor, feats: dict[str, torch.Tensor], stages=("l
     axes[0].set_title("input")
     for ax, name in zip(axes[1:], stages):
         f = feats[name][0].detach().float().abs().mean(0).cpu().numpy()
-        ax.imshow(f, cmap="magma")
+        shown = ax.imshow(f, cmap="magma")
         ax.set_title(f"{name}\n{feats[name].shape[1]} ch, {f.shape[0]}x{f.shape[1]}", fontsize=9)
+        fig.colorbar(shown, ax=ax, orientation="horizontal", fraction=0.06, pad=0.04,
+                     label="mean |activation|").ax.tick_params(labelsize=7)
     for ax in axes:
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
     fig.tight_layout()
     return fig
 
@@ -141,10 +145,15 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
         fig.suptitle(title)
         return fig
     x = history["iteration"]
-    for col, name in (("loss", "total loss"), ("sup1", "supervised CE, net 1"), ("sup2", "supervised CE, net 2")):
-        if col in history:
-            a1.plot(x, history[col], marker="o" if len(x) < 30 else None, label=name)
-    a1.set(xlabel="iteration", ylabel="loss (cross-entropy, nats)", title="Total and supervised losses")
+    # A supervised run's total loss is its one CE: drawn once, not twice on top of itself.
+    one = "loss" in history and "sup1" in history and np.allclose(history["loss"], history["sup1"], equal_nan=True)
+    for col, name, ls, lw in (("loss", "total loss", "-", 2.6), ("sup1", "supervised CE, net 1", "-", 1.6),
+                              ("sup2", "supervised CE, net 2", "--", 1.6)):
+        if col in history and not (one and col == "loss"):
+            a1.plot(x, history[col], ls=ls, lw=lw, marker="o" if len(x) < 30 else None,
+                    label=name + (" (= the total loss)" if one and col == "sup1" else ""))
+    a1.set(xlabel="iteration", ylabel="loss (cross-entropy, nats)",
+           title="Supervised loss" if one else "Total and supervised losses")
     a1.legend(fontsize=9)
     unsup = [c for c in ("unsup1", "unsup2") if c in history and history[c].notna().any()]
     if unsup:
@@ -162,12 +171,13 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
             tw.set_ylim(bottom=0)
             h1, l1 = a2.get_legend_handles_labels()
             h2, l2 = tw.get_legend_handles_labels()
-            a2.legend(h1 + h2, l1 + l2, fontsize=9, loc="best")
+            # below the axes: inside, the legend would cover the λ ramp
+            a2.legend(h1 + h2, l1 + l2, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
         else:
             a2.legend(fontsize=9)
     elif "lr" in history:
         a2.plot(x, history["lr"], color="C4")
-        a2.set(xlabel="iteration", ylabel="learning rate", title="Learning rate (no unsupervised loss)")
+        a2.set(xlabel="iteration", ylabel="learning rate", title="Learning-rate schedule")
     else:
         _nothing(a2, "no unsupervised loss in this run")
     fig.suptitle(title)
@@ -189,17 +199,19 @@ def coverage_curves(history: pd.DataFrame):
     mk = "o" if len(x) < 30 else None
     for ax in (a1, a2):
         _shade_supervised_start(ax, history)
-    a1.plot(x, 100 * rows["agreement"], marker=mk, color="C0", label="intersection (nets agree)")
-    a1.axhline(100, color="C1", lw=2, label="union (every pixel)")
+    a1.axhline(100, color="C1", lw=3, label="union (every pixel)")
+    a1.plot(x, 100 * rows["agreement"], marker=mk, color="C0", lw=1.6, label="intersection (nets agree)")
     a1.set(xlabel="iteration", ylabel="unlabeled pixels with a label (%)", ylim=(0, 105),
            xlim=(0, history["iteration"].max()), title="Coverage: how many pixels get a label")
     a1.legend(fontsize=9, loc="lower right")
-    kinds = (("acc_inter", "intersection", "C0", "-"), ("acc_union", "union", "C1", "-"),
-             ("acc_y1", "net 1 alone", "C2", ":"), ("acc_y2", "net 2 alone", "C3", ":"))
+    # The union label is net 2's wherever net 2's class wins, so its curve can lie on net 2's: the
+    # single nets are drawn thinner and dashed on top, so neither line hides the other.
+    kinds = (("acc_union", "union", "C1", "-", 4.0), ("acc_inter", "intersection", "C0", "-", 2.4),
+             ("acc_y1", "net 1 alone", "C2", "--", 1.4), ("acc_y2", "net 2 alone", "C3", "--", 1.4))
     shown = False
-    for col, name, colour, ls in kinds:
+    for col, name, colour, ls, lw in kinds:
         if col in rows and rows[col].notna().any():
-            a2.plot(x, 100 * rows[col], marker=mk, color=colour, ls=ls, label=name)
+            a2.plot(x, 100 * rows[col], marker=mk, color=colour, ls=ls, lw=lw, label=name)
             shown = True
     if shown:
         a2.set(xlabel="iteration", ylabel="accuracy vs true masks (%)", ylim=(0, 105),
@@ -289,12 +301,14 @@ def weights_over_training(history: pd.DataFrame):
         _nothing(ax, "no pseudo labels in this run")
     else:
         _shade_supervised_start(ax, history)
-        for col, name, ls in (("w_inter", "ω_inter (net 1's target, all pixels)", "-"),
-                              ("w_union", "ω_union (net 2's target, all pixels)", "-"),
-                              ("w_agree", "on agreeing pixels", "--"),
-                              ("w_disagree", "on disagreeing pixels", ":")):
+        # ω_inter and ω_union share their values on agreeing pixels and can coincide: the thicker
+        # line goes first, the thinner and dashed ones on top of it.
+        for col, name, ls, lw in (("w_union", "ω_union (net 2's target, all pixels)", "-", 4.0),
+                                  ("w_inter", "ω_inter (net 1's target, all pixels)", "-", 1.8),
+                                  ("w_agree", "on agreeing pixels", "--", 1.8),
+                                  ("w_disagree", "on disagreeing pixels", ":", 2.2)):
             if col in rows:
-                ax.plot(rows["iteration"], rows[col], ls=ls, lw=2, marker="o" if len(rows) < 30 else None, label=name)
+                ax.plot(rows["iteration"], rows[col], ls=ls, lw=lw, marker="o" if len(rows) < 30 else None, label=name)
         ax.set(xlabel="iteration", ylabel="mean loss weight ω", ylim=(0, 1.02), xlim=(0, history["iteration"].max()))
         ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("Confidence weights over training")
@@ -397,15 +411,17 @@ def indicator_bars(indicator, class_names, highlight: dict | None = None,
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names) + 2), 3.8))
     x = np.arange(len(ind))
     ax.bar(x, ind, color=[pal[c] for c in x], edgecolor="0.2")
-    for c, note in (highlight or {}).items():
-        ax.bar([c], [ind[c]], color="none", edgecolor="C3", lw=3)
-        ax.annotate(note, (c, ind[c]), xytext=(0, 6), textcoords="offset points", ha="center",
-                    va="bottom", fontsize=10, color="C3", fontweight="bold")
+    # The marked classes are told apart by their outline and named in a legend: notes written over
+    # the bars collide when the two classes stand side by side.
+    for (c, note), ls in zip((highlight or {}).items(), ("-", "--", ":", "-.")):
+        ax.bar([c], [ind[c]], color="none", edgecolor="C3", lw=3, ls=ls, label=note)
+    if highlight:
+        ax.legend(fontsize=10, loc="upper right")
     ax.set_xticks(x)
     ax.set_xticklabels(class_names, rotation=45 if max(len(n) for n in class_names) > 3 else 0, ha="right"
                        if max(len(n) for n in class_names) > 3 else "center")
     ax.set(xlabel="class", ylabel="Ĩ_c (sums to 1)", title=title)
-    ax.set_ylim(0, max(ind.max() * 1.3, 1e-3))
+    ax.set_ylim(0, max(ind.max() * 1.4, 1e-3))
     fig.tight_layout()
     return fig
 
@@ -540,8 +556,8 @@ def ablation_bars(table: pd.DataFrame, metric: str = "miou", title: str | None =
                         ha="center", va="bottom", fontsize=10, fontweight="bold")
     ax.set_ylim(0, max(ax.get_ylim()[1], df[col].max()) * 1.12)
     seeds = df.groupby(["variant", "labeled"]).size().max()
-    ax.set(xlabel="", title=title or f"{col} per variant (bars: mean of {seeds} seed(s); "
-                                      f"ticks: ± 1 sd; dots: single runs)")
+    spread = "; ticks: ± 1 sd" if seeds > 1 else " (one seed: no spread to show)"
+    ax.set(xlabel="", title=title or f"{col} per variant (bars: mean of {seeds} seed(s){spread}; dots: single runs)")
     ax.tick_params(axis="x", rotation=20)
     if hue:
         ax.legend(title="labeled fraction", fontsize=9)
@@ -640,10 +656,13 @@ def class_frequencies(masks_by_split: dict, class_names) -> tuple:
     table = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(9, 3.2))
     sns.barplot(data=table, x="class", y="pixel share (%)", hue="split", ax=ax)
-    ax.set_yscale("log")  # background is ~20x any digit; a log axis keeps the digits readable
-    ax.set_yticks([1, 2, 5, 10, 20, 50, 100], labels=["1", "2", "5", "10", "20", "50", "100"])
+    ax.set_yscale("log")  # background dwarfs every digit; a log axis keeps the digits readable
+    shares = table["pixel share (%)"]
+    low = 10 ** np.floor(np.log10(shares[shares > 0].min())) if (shares > 0).any() else 1.0
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if t >= low]
+    ax.set_yticks(ticks, labels=[f"{t:g}" for t in ticks])
     ax.minorticks_off()
-    ax.set(ylim=(1, 100), title="Class pixel frequencies (log scale)")
+    ax.set(ylim=(low, 100), title="Class pixel frequencies (log scale)")
     fig.tight_layout()
     return fig, table
 
@@ -672,24 +691,110 @@ def augmentation_grid(image, mask, recipes: dict, class_names, k: int = 4):
     return fig
 
 
-def cutmix_grid(u0, u1, box, mixed, mixed_mask, class_names, rows: int = 3):
-    """u0, u1, the CutMix box mask M (1 = from u1), the mixed image and mixed mask, one scene a row."""
-    columns = {"u0": u0, "u1": u1, "box mask M": box, "mixed image": mixed, "mixed mask": mixed_mask}
+def student_view_grid(u0, view, truth, class_names, u1=None, mask=None, void=None, rows: int = 3,
+                      title: str | None = None):
+    """What the students see, one scene a row: u0 (the teachers' image), u1 and the CutMix mask M
+    when the recipe mixes (1 = from u1), the students' view and its true mask, grey where the step
+    gives no pseudo label (``void``: pixels warped in from outside the scene)."""
+    shown_truth = truth if void is None else truth.masked_fill(void, IGNORE_INDEX)
+    columns = {"u0: the teachers' image": u0}
+    if mask is not None:
+        columns.update({"u1": u1, "CutMix mask M (white: u1)": mask})
+    columns.update({"the students' view": view, "its true mask (grey: no label)": shown_truth})
     rows = min(rows, len(u0))
-    fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.3 * len(columns), 2.3 * rows + 0.6), squeeze=False)
     for col, (name, t) in enumerate(columns.items()):
         axes[0, col].set_title(name, fontsize=10)
         for r in range(rows):
             ax = axes[r, col]
-            if name == "box mask M":
+            if t.dim() == 4 and t.shape[1] == 1:
                 ax.imshow(t[r, 0], cmap="gray", vmin=0, vmax=1)
             elif t.dim() == 3:
                 ax.imshow(colourise(t[r], len(class_names)), interpolation="nearest")
             else:
-                ax.imshow(_rgb(t[r]))
+                ax.imshow(_as_image(t[r]))
             _bare(ax)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def cpcl_loop(student_view: str = "CutMix boxes", title: str = "One CPCL iteration"):
+    """The two-net loop as a diagram: the labeled batch trains both nets; on the unlabeled batch both
+    nets act as teachers (no gradient), their labels become the intersection (net 1's target) and
+    the union (net 2's target), and both nets, as students, learn them on ``student_view``."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(13, 5.6))
+    ax.set(xlim=(0, 13), ylim=(-0.5, 6.1))
+    ax.axis("off")
+    boxes = {
+        "lab": (0.2, 4.9, "labeled batch\n$x_l$, true masks $y_l$", "0.92"),
+        "sup": (4.6, 4.9, "net 1, net 2 predict $x_l$\n(with gradient)", "#d9e8f5"),
+        "ce": (9.2, 4.9, "$\\ell_{sup} = CE(p_1, y_l) + CE(p_2, y_l)$", "#d9e8f5"),
+        "unl": (0.2, 2.7, "unlabeled batch\n$u_0$ ($u_1$ too\nfor CutMix)", "0.92"),
+        "teach": (3.5, 2.7, "TEACHERS\nnet 1, net 2 predict $u_0$\n(no gradient)", "#fde9c9"),
+        "lab12": (6.5, 2.7, "labels $y_1$, $y_2$\nconfidences $c_1$, $c_2$", "#fde9c9"),
+        "inter": (9.2, 3.4, "intersection: $y_1$ where $y_1 = y_2$\nweights $\\omega_{inter}$", "#e3f1dc"),
+        "union": (9.2, 2.0, "union: every pixel, $\\tilde I$ settles\ndisagreements; weights $\\omega_{union}$", "#e3f1dc"),
+        "view": (0.2, 0.4, f"the students' view\n{student_view}", "0.92"),
+        "stud": (4.6, 0.4, "STUDENTS\nnet 1, net 2 predict the view\n(with gradient)", "#d9e8f5"),
+        "unsup": (9.2, 0.4, "net 1 learns the intersection,\nnet 2 the union: $\\lambda(\\ell_{inter} + \\ell_{union})$",
+                  "#d9e8f5"),
+    }
+    centre = {}
+    for key, (x, y, text, colour) in boxes.items():
+        w = {"ce": 3.6, "inter": 3.6, "union": 3.6, "unsup": 3.6, "unl": 2.9, "teach": 2.6, "lab12": 2.3}.get(key, 3.4)
+        h = 1.0
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.08", fc=colour, ec="0.3"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10)
+        centre[key] = (x, y, w, h)
+
+    def arrow(a, b, text="", side="right"):
+        xa, ya, wa, ha = centre[a]
+        xb, yb, wb, hb = centre[b]
+        start = (xa + wa + 0.1, ya + ha / 2) if side == "right" else (xa + wa / 2, ya - 0.1)
+        end = (xb - 0.1, yb + hb / 2) if side == "right" else (xb + wb / 2, yb + hb + 0.1)
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color="0.25", lw=1.4))
+        if text:
+            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, text, ha="center", fontsize=9,
+                    color="0.25")
+
+    arrow("lab", "sup")
+    arrow("sup", "ce")
+    arrow("unl", "teach")
+    arrow("teach", "lab12")
+    arrow("lab12", "inter")
+    arrow("lab12", "union")
+    arrow("unl", "view", "same images,\nperturbed", side="down")
+    arrow("view", "stud")
+    arrow("stud", "unsup")
+    ax.annotate("", xy=(11.0, 1.5), xytext=(11.0, 2.0),
+                arrowprops=dict(arrowstyle="-|>", color="C2", lw=1.6))
+    ax.text(11.15, 1.62, "targets", color="C2", fontsize=9)
+    ax.text(6.5, -0.25, "loss $= \\ell_{sup} + \\lambda(\\ell_{inter} + \\ell_{union})$; one optimizer step "
+            "per net", ha="center", fontsize=11, fontweight="bold")
+    ax.set_title(title, loc="left")
+    return fig
+
+
+def hidden_lines(fig) -> list[str]:
+    """Lines of ``fig`` that another line covers entirely: the same points, drawn later, solid and at
+    least as wide. A figure should have none (draw the wider line first, or dash the later one)."""
+    hidden = []
+    for ax in fig.axes:
+        lines = ax.get_lines()
+        for i, low in enumerate(lines):
+            x0, y0 = (np.asarray(v, dtype=float) for v in low.get_data())
+            for top in lines[i + 1:]:
+                x1, y1 = (np.asarray(v, dtype=float) for v in top.get_data())
+                same = x0.shape == x1.shape and np.allclose(x0, x1, equal_nan=True) and np.allclose(y0, y1, equal_nan=True)
+                if same and top.get_linestyle() == "-" and top.get_linewidth() >= low.get_linewidth() \
+                        and (top.get_alpha() is None or top.get_alpha() >= 1) and top.get_visible():
+                    hidden.append(f"{ax.get_title() or 'axes'}: {low.get_label()!r} under {top.get_label()!r}")
+                    break
+    return hidden
 
 
 def disagreement_regions(tables: dict, title: str = "Where the two nets disagree"):

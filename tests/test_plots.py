@@ -142,3 +142,38 @@ def test_ablation_figures():
 def test_save_writes_png(tmp_path):
     path = plots.save(plots.learning_curves(history()), tmp_path, "curves")
     assert path == tmp_path / "figures" / "curves.png" and path.stat().st_size > 1000
+
+
+def test_hidden_lines_finds_a_line_under_another():
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], lw=2, label="below")
+    ax.plot([0, 1], [0, 1], lw=2, label="on top")
+    assert plots.hidden_lines(fig) == ["axes: 'below' under 'on top'"]
+    ax.lines[1].set_linestyle("--")
+    assert plots.hidden_lines(fig) == []
+
+
+def test_no_line_is_hidden_when_the_curves_coincide():
+    """The worst case for each training-history figure: every curve that can coincide does (a
+    supervised run's total loss is its CE; union accuracy equals net 2's; ω_inter = ω_union = the
+    agreeing pixels' weight; agreement at 100 %). Every line stays visible."""
+    h = history()
+    h["w_union"] = h["w_agree"] = h["w_inter"] = h["w_disagree"] = 0.5
+    h["acc_union"] = h["acc_y2"] = h["acc_y1"] = h["acc_inter"] = 0.6
+    h.loc[h["agreement"].notna(), "agreement"] = 1.0
+    sup = h[["iteration", "lr", "lambda", "loss", "sup1", "seconds"]].assign(loss=h["sup1"])
+    for fig in (plots.learning_curves(h), plots.learning_curves(sup), plots.coverage_curves(h),
+                plots.weights_over_training(h)):
+        assert plots.hidden_lines(fig) == []
+
+
+def test_course_figures():
+    """The two-net loop diagram names its recipe's student view; the student-view grid shows the
+    CutMix columns only when the recipe mixes."""
+    fig = plots.cpcl_loop("affine warp")
+    assert drawn(fig) and any("affine warp" in t.get_text() for t in fig.axes[0].texts)
+    u = torch.randn(2, 3, 12, 12)
+    truth = torch.randint(0, C, (2, 12, 12))
+    plain = plots.student_view_grid(u, u, truth, NAMES, void=truth == 0)
+    mixed = plots.student_view_grid(u, u, truth, NAMES, u1=u, mask=torch.ones(2, 1, 12, 12))
+    assert drawn(plain) and drawn(mixed) and len(mixed.axes) == len(plain.axes) + 2 * 2
