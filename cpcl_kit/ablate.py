@@ -476,6 +476,53 @@ def verdicts(table: pd.DataFrame, baseline: str = "cpcl", noise_table=None, metr
             _paired_verdicts(table, baseline, metric, noise_table)]
 
 
+# What each variant changes, in a line: the tables of notebook 07 and ``lesson``.
+VARIANT_NOTES = {
+    "cpcl": "the full method: net 1 learns the intersection, net 2 the union, confidence weights",
+    "inter_only": "both nets learn the intersection (conservative only)",
+    "union_only": "both nets learn the union (progressive only)",
+    "no_reweight": "every pixel weight is 1",
+    "union_by_confidence": "disagreements go to the more confident net, not the more disputed class",
+    "cps": "cross pseudo supervision: each net learns the other's hard label, no weights",
+    "supervised": "one net, labeled images only",
+    "first_release": "the official code's first release: one confidence per teacher and batch, intersection "
+                     "loss averaged over its labeled pixels",
+    "batch_weight": "only the first release's batch-wise confidence",
+    "inter_over_labeled": "only the first release's normaliser of the intersection loss",
+    "cpcl_lambda_1.28": "CPCL with λ = 1.28, the unsupervised strength of CPS",
+    "cps_lambda_0.78": "CPS with λ = 0.78, CPCL's effective strength",
+    "teacher_eval": "the teachers predict with BatchNorm's running statistics (eval mode)",
+    "pseudo_void_band": "no pseudo label within 1 px of either teacher's outlines",
+    "no_cutmix": "no CutMix: the students learn on the teachers' own image",
+    "cps_no_cutmix": "CPS without CutMix",
+    "student_affine": "the students see the mixed scene rotated, scaled and shifted",
+    "affine_no_cutmix": "the warp without CutMix: the students see the teachers' own scene, warped",
+    "cps_affine_no_cutmix": "CPS with the warp and without CutMix",
+}
+COMMITTED_GRIDS = ("ablation-benchmark", "ablation-benchmark-b", "ablation-benchmark-c")
+
+
+def lesson(noise_table, folder=None, names=COMMITTED_GRIDS) -> pd.DataFrame:
+    """The committed grids in one student-sized table: per variant, what it changes, its grid, its
+    mIoU minus CPCL's on the same seed (mean, lowest and highest, in points) and the verdict against
+    ``noise_table``; the paper's ablations first. Empty when no grid is committed."""
+    rows = []
+    for name in names:
+        found = committed_grid(folder=folder or RESULTS, name=name)
+        if not found:
+            continue
+        for variant, labeled, d, verdict in _paired_verdicts(found[0], "cpcl", "miou", noise_table):
+            v = np.array(list(d.values()))
+            rows.append({"variant": variant, "what it changes": VARIANT_NOTES.get(variant, ""),
+                         "grid": name, "seeds": len(v), "Δ vs cpcl (mean)": v.mean(), "lowest": v.min(),
+                         "highest": v.max(), "verdict": verdict.label or "not judged"})
+    if not rows:
+        return pd.DataFrame()
+    order = {v: k for k, v in enumerate(PAPER_VARIANTS + tuple(VARIANTS))}
+    table = pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order), kind="stable")
+    return table.set_index("variant").round(1)
+
+
 # The committed grid of benchmarks/ablation.py: one row per run (.csv) and where it comes from (.json).
 RESULTS = RESULTS_DIR
 

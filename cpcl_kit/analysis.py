@@ -24,7 +24,7 @@ from .errors import KitError
 # one shared CPCL run
 
 
-def shared_run(cfg, out_dir, n_stages: int = 3, progress: bool = False, data=None):
+def shared_run(cfg, out_dir, n_stages: int = 4, progress: bool = False, data=None):
     """The run of ``cfg`` that the notebooks share, in ``runs.notebook_run_dir(out_dir, cfg)``:
     trained once (with ``n_stages`` stage snapshots for notebook 08's slider), then reused, under
     the same-run rule (``train.run_or_load``). Returns a ``runs.RunResult`` with the nets in eval mode."""
@@ -229,7 +229,7 @@ def disagreeing_pixel(labels: PseudoLabels, class_names, masks: torch.Tensor | N
         keep = torch.zeros_like(dis)
         keep[index] = True
         dis = dis & keep
-    where = dis.nonzero()
+    where = (dis & (labels.union != IGNORE)).nonzero()  # not where the step gives no label
     if len(where) == 0:
         return {}
     b, r, c = where[torch.randint(len(where), (1,), generator=torch.Generator().manual_seed(seed))].squeeze(0).tolist()
@@ -246,6 +246,7 @@ def disagreeing_pixel(labels: PseudoLabels, class_names, masks: torch.Tensor | N
     if masks is not None:
         t = int(masks[b, r, c])
         out["true class"] = class_names[t] if t != IGNORE else "unknown"
+        out["union right?"] = "unknown" if t == IGNORE else ("yes" if chosen == t else "no")
     return out
 
 
@@ -289,3 +290,29 @@ def accuracy_by_weight(weights, correct, quantiles: int = 4) -> pd.DataFrame:
         "weight range": [f"{a:.2f}–{b:.2f}" for a, b in zip(g["weight"].min(), g["weight"].max())],
         "pixels": g.size().to_numpy(),
         "accuracy (%)": (100 * g["correct"].mean()).round(1).to_numpy()})
+
+
+def class_report(net, data, n: int = 100, seed: int = 0) -> pd.DataFrame:
+    """Per class, why a net scores what it does on ``n`` validation scenes: how many labeled training
+    images contain the class, its IoU there (%; NaN when no scene shows it), and the class its pixels are most often predicted as
+    with that share (%). A class with few labeled images, or one mistaken for a similar class, shows
+    up here. Reads the labeled set once (its masks, with their training augmentation)."""
+    from .metrics import confusion_matrix
+
+    names = list(data.class_names)
+    c = len(names)
+    seen = np.zeros(c, dtype=int)
+    for i in range(len(data.labeled)):
+        present = torch.as_tensor(data.labeled[i][1]).unique()
+        seen[present[present < c].numpy()] += 1
+    _, masks, pred = predict_scenes(net, data.val, n=min(n, len(data.val)), seed=seed)
+    cm = confusion_matrix(pred, masks, c).double()
+    rows = cm.sum(1)
+    iou = torch.where(rows > 0, cm.diag() / (rows + cm.sum(0) - cm.diag()).clamp(min=1), float("nan"))
+    top = cm.argmax(1)
+    return pd.DataFrame({
+        "labeled images with it": seen,
+        "IoU (%)": (100 * iou).numpy(),
+        "its pixels predicted as": [names[k] if rows[i] > 0 else "-" for i, k in enumerate(top.tolist())],
+        "share (%)": (100 * cm.max(1).values / rows.clamp(min=1)).numpy(),
+    }, index=pd.Index(names, name="class")).round(1)

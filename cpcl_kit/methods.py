@@ -198,6 +198,16 @@ def student_view(cfg: Config, batch, gen: torch.Generator):
     return image, truth, off, mask
 
 
+def describe_student_view(cfg: Config) -> str:
+    """The students' view of ``cfg``'s recipe in words, for figures and notebooks."""
+    mixing = (f"CutMix: {cfg.cutmix_boxes} box{'es' if cfg.cutmix_boxes > 1 else ''} of u1 pasted into u0"
+              if cfg.cutmix_boxes else "no CutMix")
+    warp = "then rotated, scaled and shifted (affine)" if cfg.student_aug == "affine" else "no warp"
+    if not cfg.cutmix_boxes and cfg.student_aug == "affine":
+        return "u0 rotated, scaled and shifted (affine warp), no CutMix"
+    return f"{mixing}, {warp}"
+
+
 def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
              all_reduce=None) -> StepOut:
     """Cross pseudo supervision: each net learns from the other's hard label on the students' view."""

@@ -477,12 +477,13 @@ OVERLAY_TITLES = ["image", "true mask", "net 1 (y₁)", "net 2 (y₂)", "interse
 
 
 def prediction_overlays(images, masks, labels, index, class_names, threshold: float = 0.0,
-                        mark: tuple | None = None, title: str | None = None):
+                        mark: tuple | None = None, title: str | None = None, row_names=None):
     """Image, true mask, net 1's and net 2's labels, the intersection label (net 1's target), the
     union label (net 2's target) and their loss weights, in the class colours (grey = no label /
     ignore). ``index``: a list of scenes (one row each) or one scene (an int: a larger 2 x 4 layout,
     for projecting). ``threshold`` > 0 greys out pseudo labels whose weight is below it (CPCL itself
-    uses no threshold). ``mark=(scene, row, col)`` circles one pixel."""
+    uses no threshold). ``mark=(scene, row, col)`` circles one pixel. ``row_names``: one name per
+    row instead of "scene b"."""
     single = isinstance(index, (int, np.integer))
     idx = [int(index)] if single else [int(i) for i in index]
     c = len(class_names)
@@ -506,7 +507,8 @@ def prediction_overlays(images, masks, labels, index, class_names, threshold: fl
             if mark is not None and mark[0] == b:
                 ax.plot(mark[2], mark[1], "o", ms=11, mfc="none", mec="red", mew=2.5)
         agree = 100 * labels.agree[b].float().mean().item()
-        axes[0].set_ylabel(f"scene {b}\nnets agree on {agree:.0f} %", fontsize=10)
+        name = row_names[idx.index(b)] if row_names else f"scene {b}"
+        axes[0].set_ylabel(f"{name}\nnets agree on {agree:.0f} %", fontsize=10)
     for ax in grid.flat:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -84,9 +84,9 @@ def test_label_quality_table_from_history():
 
 def test_stage_iterations():
     cfg = make_config("smoke")
-    assert runs.stage_iterations(cfg, 3) == [4, 8, 12]
+    assert runs.stage_iterations(cfg, 3) == [1, 4, 12]  # early, pseudo labels on, last
     assert runs.stage_iterations(cfg, 1) == [12]
-    assert runs.stage_iterations(make_config("demo", iterations=240, sup_only_iters=120), 4) == [120, 160, 200, 240]
+    assert runs.stage_iterations(make_config("demo", iterations=240, sup_only_iters=120), 4) == [30, 120, 180, 240]
     with pytest.raises(KitError):
         runs.stage_iterations(cfg, 0)
 
@@ -96,7 +96,7 @@ def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_th
     run = analysis.shared_run(cfg, tmp_path, n_stages=3)
     folder = tmp_path / "runs" / "cpcl_smoke_1-16_seed0__n_train_scenes-32__n_val_scenes-4__iterations-6"
     assert run.out_dir == folder and (folder / "metrics.json").exists()
-    assert list(runs.list_stages(folder)) == [4, 5]  # the last stage is the run's checkpoint
+    assert list(runs.list_stages(folder)) == [1, 4]  # the last stage is the run's checkpoint
     assert run.history["iteration"].max() == 6
 
     import cpcl_kit.train as train_module
@@ -105,7 +105,7 @@ def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_th
     again = analysis.shared_run(cfg, tmp_path)
     assert again.metrics["miou"] == run.metrics["miou"]
     nets_at = analysis.stage_nets(again)
-    assert list(nets_at) == [4, 5, 6] and all(not n.training for nets in nets_at.values() for n in nets)
+    assert list(nets_at) == [1, 4, 6] and all(not n.training for nets in nets_at.values() for n in nets)
     other = make_config("smoke", iterations=6, n_train_scenes=32, n_val_scenes=4, reweight=False)
     assert runs.notebook_run_dir(tmp_path, other) != folder  # another run: another kit-named folder
     with pytest.raises(KitError, match=r"other settings \(reweight: folder True, now False\)"):
@@ -162,3 +162,29 @@ def test_notebook_pseudo_labels_are_the_training_steps(preset, method, one_threa
     for name, want in [("y1", step.labels.y1), ("y2", step.labels.y2), ("inter", inter), ("union", union),
                        ("w_union", step.labels.w_union)]:
         assert torch.equal(getattr(labels, name), want), name
+
+
+def test_class_report_counts_and_confusions():
+    """A 'net' that calls every digit 1 except digit 2: its report names 1 as what each class's pixels
+    become, 100 % of them, and counts the labeled images per class."""
+    from types import SimpleNamespace
+
+    names = ["background", "1", "2"]
+    masks = [torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 2], [2, 2]]), torch.tensor([[0, 0], [0, 1]])]
+    items = [(torch.zeros(3, 2, 2), m) for m in masks]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):  # class 1 everywhere
+            return torch.stack([torch.zeros(x.shape[0], 2, 2), torch.ones(x.shape[0], 2, 2),
+                                torch.zeros(x.shape[0], 2, 2)], 1)
+
+    data = SimpleNamespace(labeled=items[:2], val=items, class_names=names)
+    report = analysis.class_report(Net(), data, n=3)
+    assert report["labeled images with it"].tolist() == [2, 1, 1]
+    assert report["its pixels predicted as"].tolist() == ["1", "1", "1"]
+    assert report["share (%)"].tolist() == [100.0, 100.0, 100.0]
+    assert report.loc["1", "IoU (%)"] == round(100 * 4 / 12, 1) and report.loc["2", "IoU (%)"] == 0

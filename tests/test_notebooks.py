@@ -169,3 +169,65 @@ def test_demo_ready_starts_what_may_start():
     assert demo_ready(names, []) == ["01", "02", "03", "04", "07"]  # the backbone ships: nothing to wait for
     assert demo_ready(["05", "06", "08"], ["03"]) == ["05", "08"]  # 06 compares with 03's run
     assert demo_ready(["05", "06"], ["04"]) == []
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_is_a_lesson(nb):
+    """The course structure: what you will learn (three points) first; "what you should see" before a
+    key figure; two or three questions whose answers the student reveals (<details>); a recap; and a
+    link to a notebook that exists (the next one, where there is one)."""
+    import re
+
+    cells = json.loads(nb.read_text())["cells"]
+    prose = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    learn = prose[0].split("**What you will learn**", 1)
+    assert len(learn) == 2, f"{nb.name}: the first cell starts with **What you will learn**"
+    assert re.findall(r"^\d\. ", learn[1], re.M)[:3] == ["1. ", "2. ", "3. "], f"{nb.name}: three points to learn"
+    assert any("**What you should see:**" in p for p in prose), f"{nb.name}: no 'What you should see'"
+    (questions,) = [p for p in prose if p.startswith("## Questions")] or [""]
+    answers = questions.count("<details><summary>Answer</summary>")
+    assert 2 <= answers == questions.count("</details>") <= 3, f"{nb.name}: 2-3 questions with hidden answers"
+    assert any(p.startswith("## Recap") for p in prose), f"{nb.name}: no recap"
+    recap = next(p for p in prose if p.startswith("## Recap"))
+    links = re.findall(r"\]\((\d\d_[a-z0-9_]+\.ipynb)\)", recap)
+    assert links and all((nb.parent / link).exists() for link in links), f"{nb.name}: recap links {links}"
+    following = [n.name for n in NOTEBOOKS if n.name > nb.name]
+    if following:
+        assert following[0] in links, f"{nb.name}: the recap links the next notebook, {following[0]}"
+
+
+@needs_jupyter
+def test_no_two_saved_figures_are_the_same_image(demo_out):
+    """After the notebooks above ran in one folder: every saved figure shows something of its own."""
+    import hashlib
+
+    figures = sorted((demo_out / "figures").glob("*.png"))
+    if len(figures) < 2:
+        pytest.skip("the notebooks above did not run in this process")
+    by_hash = {}
+    for f in figures:
+        by_hash.setdefault(hashlib.sha256(f.read_bytes()).hexdigest(), []).append(f.name)
+    same = [names for names in by_hash.values() if len(names) > 1]
+    assert not same, f"identical figures: {same}"
+
+
+def test_classroom_default_is_the_best_run_at_hand(tmp_path, monkeypatch, capsys):
+    """Notebook 08 defaults to preset "best": the prepared set's CPCL run when it is here, else the
+    demo run (trained with a bar), never the smoke run."""
+    from cpcl_kit import analysis, notebooks, prepared
+    from cpcl_kit.notebooks import BEST, open_shared_run
+
+    params = "".join(next(c for c in json.loads((notebooks.NOTEBOOK_DIR / "08_classroom_demo.ipynb").read_text())
+                          ["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
+    assert f'preset = "{BEST}"' in params
+    trained = []
+
+    class Run:
+        metrics, out_dir = {"miou": 0.5}, tmp_path
+
+    monkeypatch.setattr(prepared, "find", lambda *a, **k: None)
+    monkeypatch.setattr("cpcl_kit.data.build_data", lambda cfg: None)
+    monkeypatch.setattr(analysis, "shared_run", lambda cfg, out, progress, data: trained.append((cfg, progress)) or Run())
+    cfg, run, _ = open_shared_run(BEST, tmp_path)
+    assert cfg.preset == "demo" and trained[0][0].preset == "demo" and trained[0][1] is True
+    assert "else the 'demo' run" in capsys.readouterr().out
