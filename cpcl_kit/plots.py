@@ -19,11 +19,20 @@ from .constants import IGNORE_INDEX
 sns.set_theme(context="notebook", style="whitegrid")
 
 
+class HiddenLineWarning(UserWarning):
+    """A saved figure has a line that another line covers entirely (``hidden_lines``)."""
+
+
 def save(fig, out_dir, name: str):
-    """Save ``fig`` as ``out_dir/figures/name.png`` (the demo collects these), atomically."""
+    """Save ``fig`` as ``out_dir/figures/name.png`` (the demo collects these), atomically. Warns
+    (``HiddenLineWarning``) for every line of ``fig`` that another covers entirely."""
+    import warnings
     from pathlib import Path
 
     from .runs import write_atomic
+
+    for hidden in hidden_lines(fig):
+        warnings.warn(f"{name}: {hidden}", HiddenLineWarning, stacklevel=2)
 
     return write_atomic(Path(out_dir) / "figures" / f"{name}.png",
                         lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))

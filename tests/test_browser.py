@@ -43,6 +43,7 @@ SETUP_SCRIPT = Path(__file__).resolve().parent / "browser_setup.sh"
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "out" / "browser"
 DEMO = "08_classroom_demo.ipynb"
+DEFAULT_RUN = "08_default_run.ipynb"  # notebook 08 with its default parameters
 STANDIN = "browser_standin.ipynb"
 BROKEN = "browser_broken.ipynb"
 
@@ -325,6 +326,9 @@ def lab(tmp_path_factory):
     write_standin(root / STANDIN)
     write_broken(root / BROKEN)
     if (root / DEMO).exists():
+        # the notebook's own default (the best run at hand), reading the runs make demo left in out/
+        shutil.copy(root / DEMO, root / DEFAULT_RUN)
+        inject_parameters(root / DEFAULT_RUN, {"out_dir": str(ROOT / "out")})
         # a quick classroom run: the small preset, outputs into the temp folder, widgets on
         inject_parameters(root / DEMO, {"preset": "smoke", "out_dir": str(work / "out"), "interactive": True})
     server = Lab(root, work)
@@ -599,6 +603,30 @@ def test_classroom_demo_in_lab(lab, browser, capsys):
     if not (NOTEBOOK_DIR / DEMO).exists():
         pytest.skip(f"{DEMO} not written yet")
     drive_notebook(browser, lab, DEMO, SHOTS / "08_classroom_demo.png", capsys, require_all=False)
+
+
+def _best_run_at_hand() -> str | None:
+    """What notebook 08's default shows, if it is here without training: the prepared set's CPCL run,
+    or the demo run that make demo trained into out/. None otherwise."""
+    from cpcl_kit import prepared, runs
+    from cpcl_kit.notebooks import BEST_FALLBACK, notebook_config
+
+    found = prepared.find(prepared.PRESET, 0)
+    if found:
+        return f"the prepared set ({found['cpcl']})"
+    folder = runs.notebook_run_dir(ROOT / "out", notebook_config(BEST_FALLBACK, method="cpcl", seed=0))
+    return f"the demo run ({folder})" if (folder / "metrics.json").exists() else None
+
+
+def test_classroom_default_run_in_lab(lab, browser, capsys):
+    """Notebook 08 as a lecturer opens it, default parameters: the best run at hand, never smoke. Run
+    All would train the demo run (minutes) where none is here, so this test needs make prepared or make
+    demo first; its screenshot is the lecture's first screen."""
+    at_hand = _best_run_at_hand()
+    if not at_hand:
+        pytest.skip("no prepared set and no demo run in out/: make prepared or make demo first")
+    _say(capsys, f"{DEFAULT_RUN}: showing {at_hand}")
+    drive_notebook(browser, lab, DEFAULT_RUN, SHOTS / "08_default_run.png", capsys, require_all=True)
 
 
 def test_errors_are_detected(lab, browser, capsys):

@@ -51,6 +51,9 @@ def _check_executed(nb_name: str, demo_out):
     assert not errors, f"{nb_name}: {errors[:1]}"
     figures = list((demo_out / "figures").glob(f"{nb_name[:2]}_*.png"))
     assert figures, f"{nb_name} saved no figure under out_dir/figures"
+    texts = [o.get("text", "") for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+    hidden = [t for t in texts if "HiddenLineWarning" in t]
+    assert not hidden, f"{nb_name}: a saved figure hides a line under another: {hidden[:1]}"
 
 
 @needs_jupyter

@@ -144,11 +144,13 @@ def test_save_writes_png(tmp_path):
     assert path == tmp_path / "figures" / "curves.png" and path.stat().st_size > 1000
 
 
-def test_hidden_lines_finds_a_line_under_another():
+def test_hidden_lines_finds_a_line_under_another(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1], lw=2, label="below")
     ax.plot([0, 1], [0, 1], lw=2, label="on top")
     assert plots.hidden_lines(fig) == ["axes: 'below' under 'on top'"]
+    with pytest.warns(plots.HiddenLineWarning, match="lines: axes: 'below' under 'on top'"):
+        plots.save(fig, tmp_path, "lines")
     ax.lines[1].set_linestyle("--")
     assert plots.hidden_lines(fig) == []
 
