@@ -33,7 +33,7 @@ from .runs import grid_run_name as run_name
 from .splits import parse_labeled
 from .train import run_or_load
 
-# Each variant: the config fields it sets. The four CPCL ablations follow the method notes §8.5/§10.
+# Each variant: the config fields it sets. The four CPCL ablations are the paper's (docs/method.md §3, §4).
 VARIANTS: dict[str, dict] = {
     "cpcl": {},
     "inter_only": {"targets": ("inter", "inter")},
@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict] = {
     "cps": {"method": "cps"},
     "supervised": {"method": "supervised"},
 }
-# The method, its four ablations (method notes §8.5) and the two baselines; the rest test why CPS leads.
+# The method, its four ablations (the paper's) and the two baselines; the rest test why CPS leads.
 PAPER_VARIANTS = ("cpcl", "inter_only", "union_only", "no_reweight", "union_by_confidence", "cps", "supervised")
 # The committed grid (benchmarks/ablation.py, issue 14): the baselines, the why-CPS-leads variants
 # first, then the paper's ablations.

@@ -4,7 +4,7 @@ CPU presets (``smoke``, ``demo``, ``benchmark``) train on the embedded digit sce
 that the kit pretrains on digits held out of every scene (``backbone_weights="digits"``,
 ``pretrain.py``; the stand-in for ImageNet) and deviate from the paper recipe where that is needed
 to learn at all (each deviation is listed in ``DEVIATIONS``). The paper presets (``voc``,
-``cityscapes``) follow the official code (method notes §5); what still differs is listed in
+``cityscapes``) follow the official code (docs/method.md §6); what still differs is listed in
 ``PAPER_DEVIATIONS``. Every run writes the list that applies to it (``deviations(cfg)``) into its
 ``config.json``.
 """
@@ -261,7 +261,7 @@ PRESETS: dict[str, dict] = {
     # The prepared run set and the benchmark grids (ssl_gain.py, ablation.py, noise.py) over seeds:
     # the demo's recipe today; unlike the demo it is not bound to make demo's time.
     "benchmark": dict(_DIGITS),
-    # Paper recipes (method notes §5), for a GPU: the official v1c backbone, dilation and centred
+    # Paper recipes (docs/method.md §6), for a GPU: the official v1c backbone, dilation and centred
     # crop padding. They need backbone_weights to train (check_ready_to_train). Iterations are the
     # 1/16 (VOC) and 1/8 (City) totals; change them with --set iterations=... for other partitions.
     "voc": dict(dataset="voc", backbone="resnet50_v1c", output_stride=16, dilation="official",

@@ -18,7 +18,7 @@ IGNORE_INDEX = 255
 METHODS = ("supervised", "cps", "cpcl")
 DATASETS = ("digits", "voc", "cityscapes")
 NUM_CLASSES = {"digits": 11, "voc": 21, "cityscapes": 19}
-# How the union label is chosen where the nets disagree (method notes §4): by the class-wise
+# How the union label is chosen where the nets disagree (docs/method.md §3): by the class-wise
 # disagreement indicator (the paper) or by the more confident net (an ablation).
 UNION_RULES = ("disagreement", "confidence")
 # Which pseudo label each net of a CPCL run learns from, (net 1, net 2): the paper's pair and the

@@ -3,7 +3,7 @@
 Everything here is a pure function of tensors. The per-iteration functions (``mix``,
 ``pseudo_supervision``, ``weighted_ce``) run on any device, compute in fp32 even for half-precision
 logits and never synchronise with the host (no ``.item()``, no branching on tensor values), so they
-can sit in a CUDA training loop without stalling it. See ``cpcl_method.md`` sections 2, 3 and 5.
+can sit in a CUDA training loop without stalling it. See docs/method.md §3–§5.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where the two nets disagree, and whether the union rule settles it right (issue 14, notebook 07).
 
 CPCL's two targets differ only on the pixels where the nets disagree: net 1 drops them, net 2 takes
-the label of the class the pair disputes more (method notes §4). So what CPCL adds over CPS is
+the label of the class the pair disputes more (docs/method.md §3). So what CPCL adds over CPS is
 decided there. These functions cut a batch of pseudo labels by the true mask — foreground vs
 background, digit edges vs interiors, per class — and report how much disagreement each part holds,
 which net's label the union takes there and how often that label is right; ``per_class_gain`` sets

@@ -1,6 +1,6 @@
 """Inference (whole image or sliding window) and mIoU evaluation over a data set.
 
-Follows the official evaluator (``cpcl_method.md`` section 7): single scale, no flip; with a crop
+Follows the official evaluator (docs/method.md §8): single scale, no flip; with a crop
 size, images whose long side fits are padded (centred, value 0) to crop x crop and run once;
 larger images are covered by a grid of crop x crop windows (stride ceil(crop·stride_ratio), last
 window flush with the border) whose raw logits are summed.

@@ -1,4 +1,4 @@
-"""The methods: one step function each, from a batch to the loss (method notes §2–§5).
+"""The methods: one step function each, from a batch to the loss (docs/method.md §2–§5).
 
 A step function ``step(nets, batch, cfg, lam, gen, all_reduce=None) -> StepOut`` computes one
 iteration's loss; the training loop (``train``) owns everything around it (optimizers, lr, AMP,
@@ -19,7 +19,7 @@ from .constants import IGNORE_INDEX as IGNORE
 from .cpcl import agreement, boundary_band, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
 from .perturb import outside, random_affine, warp, warp_labels
 
-# Cityscapes OHEM class weights (method notes §4), in trainId order.
+# Cityscapes OHEM class weights (docs/method.md §5), in trainId order.
 CITYSCAPES_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
                       0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
 

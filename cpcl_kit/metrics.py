@@ -1,6 +1,6 @@
 """Segmentation metrics from a confusion matrix: per-class IoU, mIoU, pixel accuracy.
 
-As in the official evaluator (``cpcl_method.md`` section 7): pixels whose ground truth is the ignore
+As in the official evaluator (docs/method.md §8): pixels whose ground truth is the ignore
 label or outside [0, C) are skipped; IoU_c = TP / (TP + FP + FN); mIoU is the nan-mean over classes.
 """
 

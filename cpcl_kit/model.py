@@ -1,4 +1,4 @@
-"""DeepLabv3+ over a ResNet, laid out as in the official CPCL code (method notes §1.2).
+"""DeepLabv3+ over a ResNet, laid out as in the official CPCL code (docs/method.md §1).
 
 Backbones: torchvision's ResNet-18/34/50/101 (7x7 stem), and ``resnet50_v1c`` / ``resnet101_v1c``,
 the deep-stem ResNet of CPS/TorchSemiSeg's furnace that the official code trains from

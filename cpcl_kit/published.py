@@ -8,7 +8,7 @@ no readable copy here).
 * CPCL: Fan et al., IEEE TIP 2023 (arXiv 2211.16701), the result tables that the official
   repository (github.com/leofansq/CPCL) shows as images: ``img/pascalvoc.png`` (VOC 2012 val,
   blended 10,582-image train set, DeepLabv3+) and ``img/cityscapes.png`` (Cityscapes val). Copied
-  into the method notes §8 from those images.
+  from those images.
 * CPS: Chen et al., "Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision", CVPR 2021
   (arXiv 2106.01226), Tables 1 (VOC) and 2 (Cityscapes), the "CPS w/ CutMix" column. The CPS
   repository's README (charlesCXK/TorchSemiSeg) has no results table and the stored copies of the
