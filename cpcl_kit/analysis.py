@@ -229,7 +229,10 @@ def disagreeing_pixel(labels: PseudoLabels, class_names, masks: torch.Tensor | N
         keep = torch.zeros_like(dis)
         keep[index] = True
         dis = dis & keep
-    where = (dis & (labels.union != IGNORE)).nonzero()  # not where the step gives no label
+    dis = dis & (labels.union != IGNORE)  # not where the step gives no label
+    if masks is not None and (dis & (masks != IGNORE)).any():
+        dis = dis & (masks != IGNORE)  # where the truth is known, when there is such a pixel
+    where = dis.nonzero()
     if len(where) == 0:
         return {}
     b, r, c = where[torch.randint(len(where), (1,), generator=torch.Generator().manual_seed(seed))].squeeze(0).tolist()
