@@ -73,9 +73,9 @@ class NoBoard:
 
 
 class Board(NoBoard):
-    """A ``SummaryWriter`` on the run folder. ``start``: the iteration the run (re)starts from;
-    TensorBoard drops the events an earlier attempt logged from there on (``purge_step``), so a
-    resumed run continues the same curves."""
+    """A ``SummaryWriter`` on the run folder. ``start``: the iteration the run (re)starts from (its
+    checkpoint's); TensorBoard drops what an earlier attempt logged after it (``purge_step``,
+    events at steps >= start + 1), so a resumed run continues the same curves, each step once."""
 
     enabled = True
 
@@ -83,7 +83,7 @@ class Board(NoBoard):
         from torch.utils.tensorboard import SummaryWriter
 
         self.cfg, self.class_names = cfg, list(class_names)
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start)
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start + 1)
 
     def row(self, row: dict) -> None:
         """One history row (``train._Log.row``) at its iteration."""
