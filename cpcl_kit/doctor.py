@@ -29,7 +29,7 @@ from .synthetic import PeakMemory, images_per_step, synthetic_batch, sync, time_
 from .train import Trainer, _bf16_native, _setup_device, amp_dtype, pick_device
 
 SEARCH_CAP = 8           # the batch search stops at this multiple of the preset's batch
-SEARCH_SECONDS = 30.0    # ... and after this many seconds (the batches it found so far are kept)
+SEARCH_SECONDS = 20.0    # ... and after this many seconds (the batches it found so far are kept)
 LINEAR_RULE = ("linear scaling rule: lr x batch / preset batch (Goyal et al. 2017); a rule for SGD, "
                "a rougher guide for Adam; the preset's lr was chosen for its own batch")
 

@@ -262,7 +262,7 @@ class _Log:
 
     def __init__(self, cfg: Config, history: list[dict], seconds_before: float):
         self.cfg, self.history, self.sums = cfg, history, {}
-        self.t0, self.before = time.perf_counter(), seconds_before
+        self.t0, self.before, self.watching = time.perf_counter(), seconds_before, 0.0
 
     def add(self, out: StepOut) -> None:
         for k, v in {"loss": out.loss.detach(), **out.parts}.items():
@@ -285,7 +285,9 @@ class _Log:
         return row
 
     def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.t0
+        """Training seconds so far; the evaluations and TensorBoard images on the way (``watching``)
+        are not counted, so that runs with and without them compare."""
+        return self.before + time.perf_counter() - self.t0 - self.watching
 
 
 def _save(trainer: Trainer, out: Path | None, done: int, last_good: int, history: list,
@@ -354,6 +356,7 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
                 board.row(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
                                 **({"agree": f"{row['agreement']:.2f}"} if "agreement" in row else {}))
+            t_watch = time.perf_counter()
             if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done < cfg.iterations:
                 if info.main:  # the last iteration is the run's own evaluation, after the loop
                     val = _evaluate_during(trainer, data, done, curve, out, board, progress)
@@ -363,6 +366,7 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
             if board.images_due(done):
                 with torch.random.fork_rng(devices=[]):
                     board.pseudo_labels(done, trainer.nets, data)
+            log.watching += time.perf_counter() - t_watch
             if logged and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
                 _save(trainer, out, done, last_saved, history, curve)
                 last_saved = done
