@@ -217,24 +217,17 @@ def diagnose(cfg: Config, steps: int = 3, warmup: int = 2, search: bool = True,
               "backbone_weights": weights_status(cfg)}
     tcfg = _timing_config(cfg)
     _setup_device(tcfg, device)
-    with PeakMemory(device) as mem:
-        trainer = Trainer.create(tcfg, device)
-        batch = synthetic_batch(tcfg, device)
-        with tqdm(total=warmup + steps, desc=f"doctor: {cfg.method} steps", disable=not progress,
-                  leave=False) as bar:
-            timing = time_steps(trainer, METHOD_STEPS[cfg.method], batch, steps, warmup, on_step=bar.update)
-        del batch
+    trainer = Trainer.create(tcfg, device)
     report["steps"] = {
         "method": cfg.method, "backbone": cfg.backbone, "crop": cfg.crop, "batch_size": cfg.batch_size,
         "unlabeled_batch_size": 0 if cfg.method == "supervised" else cfg.unlabeled_batch_size,
         "images_per_step": images_per_step(tcfg), "warmup": warmup, "timed": steps,
-        "seconds_per_step": timing["median_s"], "images_per_s": timing["images_per_s"],
-        "times_s": timing["times_s"], "warmup_s": timing["warmup_s"],
-        "peak_mem_mib": mem.mib, "mem_kind": mem.kind, "amp": report["environment"]["amp"],
+        "amp": report["environment"]["amp"],
         "note": "synthetic batches of the preset's shape, random-init nets, full λ"}
+    report["steps"].update(_timed_steps(trainer, tcfg, steps, warmup, progress))
+    _free(trainer, device)  # here, once an out-of-memory traceback is gone
     batch_run = cfg.batch_size
     if device.type == "cuda" and search:
-        _free(trainer, device)
         report["batch_search"] = largest_batch(trainer, tcfg, seconds=search_seconds, progress=progress)
         batch_run = report["batch_search"]["largest"] or cfg.batch_size
     else:
@@ -244,6 +237,23 @@ def diagnose(cfg: Config, steps: int = 3, warmup: int = 2, search: bool = True,
     report["lr"] = scaled_lr(cfg, batch_run)
     report["seconds"] = round(time.monotonic() - t0, 1)
     return report
+
+
+def _timed_steps(trainer: Trainer, cfg: Config, steps: int, warmup: int, progress: bool) -> dict:
+    """Seconds per step, images/s and peak memory of ``steps`` timed steps at the preset's batch (the
+    nets' and optimizer's memory included); an ``error`` instead where that batch does not fit."""
+    try:
+        with PeakMemory(trainer.device) as mem:
+            batch = synthetic_batch(cfg, trainer.device)
+            with tqdm(total=warmup + steps, desc=f"doctor: {cfg.method} steps", disable=not progress,
+                      leave=False) as bar:
+                timing = time_steps(trainer, METHOD_STEPS[cfg.method], batch, steps, warmup, on_step=bar.update)
+            del batch
+    except torch.cuda.OutOfMemoryError as e:
+        return {"error": f"out of memory at the preset's batch ({str(e).splitlines()[0][:200]})"}
+    return {"seconds_per_step": timing["median_s"], "images_per_s": timing["images_per_s"],
+            "times_s": timing["times_s"], "warmup_s": timing["warmup_s"],
+            "peak_mem_mib": mem.mib, "peak_total_mib": mem.total_mib, "mem_kind": mem.kind}
 
 
 def _free_device(device: torch.device) -> None:
@@ -271,10 +281,14 @@ def table(report: dict) -> str:
     step = (f"{st['method']} at batch {st['batch_size']}"
             + (f"+{st['unlabeled_batch_size']}+{st['unlabeled_batch_size']}" if st["unlabeled_batch_size"] else "")
             + f", crop {st['crop']}, {st['backbone']}, {st['amp']}")
-    rows += [("timed step", f"{step}: median of {st['timed']} after {st['warmup']} warm-up"),
-             ("seconds per step", f"{st['seconds_per_step']:.3f}"),
-             ("images per second", f"{st['images_per_s']:.1f}"),
-             ("peak memory (MiB)", f"{st['peak_mem_mib']:.0f} ({st['mem_kind']})")]
+    rows.append(("timed step", f"{step}: median of {st['timed']} after {st['warmup']} warm-up"))
+    if "error" in st:
+        rows.append(("images per second", st["error"]))
+    else:
+        rows += [("seconds per step", f"{st['seconds_per_step']:.3f}"),
+                 ("images per second", f"{st['images_per_s']:.1f}"),
+                 ("peak memory (MiB)", f"{st['peak_mem_mib']:.0f} added by the steps, {st['peak_total_mib']:.0f} "
+                                       f"in all ({st['mem_kind']})")]
     bs = report["batch_search"]
     if "skipped" in bs:
         rows.append(("largest batch", f"not searched ({bs['skipped']})"))

@@ -82,11 +82,11 @@ def reset_peak_rss() -> bool:
 
 class PeakMemory:
     """``with PeakMemory(device) as mem: ...``; then ``mem.mib`` is the peak memory the block added
-    (CUDA: max_memory_allocated above what was allocated at the start; CPU: peak RSS growth) and
-    ``mem.kind`` says which."""
+    (CUDA: max_memory_allocated above what was allocated at the start; CPU: peak RSS growth),
+    ``mem.total_mib`` the peak itself (what was there before included) and ``mem.kind`` says which."""
 
     def __init__(self, device: torch.device):
-        self.device, self.mib, self.kind = device, None, None
+        self.device, self.mib, self.total_mib, self.kind = device, None, None, None
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -102,9 +102,11 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+            self.total_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.mib = self.total_mib - self.base / 2**20
         else:
-            self.mib = peak_rss_mib() - self.base
+            self.total_mib = peak_rss_mib()
+            self.mib = self.total_mib - self.base
 
 
 def time_steps(trainer, step_fn, batch, steps: int, warmup: int, lam: float | None = None,

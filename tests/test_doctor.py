@@ -122,3 +122,13 @@ def test_bad_arguments_are_one_line_and_exit_2(args, names, capsys):
     assert main(["doctor", "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and names in err, err
+
+
+def test_a_preset_batch_that_does_not_fit_is_reported_not_raised(monkeypatch):
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(doctor, "time_steps", oom)
+    r = doctor.diagnose(make_config("smoke"), steps=1, warmup=0, progress=False)
+    assert r["steps"]["error"].startswith("out of memory at the preset's batch (CUDA out of memory.")
+    assert "out of memory at the preset's batch" in doctor.table(r)
