@@ -11,13 +11,19 @@ speed benchmark, so the timings are taken on a quiet machine). Stages, most valu
   env       nvidia-smi, torch / CUDA / cuDNN versions, GPU, native bf16, TF32 defaults
   speed     benchmarks/speed.py at the paper size (resnet50_v1c, OS16, 512 px, 8+8+8, head 256):
             bf16 AMP with TF32 on (main JSON), channels_last, full fp32 (TF32 off), torch.compile
+  doctor    python -m cpcl_kit doctor --preset voc: timed steps on synthetic batches and the
+            largest batch that fits (before the suite starts: its search fills the GPU's memory)
   sync      supervised / CPS / CPCL Trainer.steps under torch.cuda.set_sync_debug_mode("error"):
             tests/test_cuda.py (small) and the voc preset's step at the paper size
   voc       the voc preset on a generated VOC-layout tree of full-size JPEGs and PNG masks:
             trained by the CLI, killed after its half-way checkpoint, resumed with --resume;
-            the loss must fall and the resumed run must finish at the last iteration
+            the loss must fall and the resumed run must finish at the last iteration; it evaluates
+            every quarter (eval_every: the curve must hold each quarter once) and, where the
+            tensorboard package is installed (never installed here), writes TensorBoard events
+            whose steps must be unique across the kill and the resume
   torchrun  torchrun --nproc_per_node 1 -m cpcl_kit train on the GPU
-  suite     the test suite (pytest -n 8), browser tests deselected
+  suite     the test suite (pytest -n 8), browser tests deselected; the failing tests are listed
+            by name in the JSON and the markdown
 
 Everything goes to the one output folder: gpu-check.json (commit, command, versions, seconds, pass or
 fail and key figures per stage, the goals), gpu-check.log (every child's output), the speed JSONs
@@ -56,8 +62,8 @@ SIZES = {
 # Stage time limits, seconds (GPU machine); each is also cut to what the budget has left. The speed
 # runs leave SPEED_RESERVE seconds of the budget to the stages after them.
 LIMITS = {"env": 30, "speed_main": 110, "speed_channels_last": 60, "speed_fp32": 60, "speed_compile": 60,
-          "sync_tests": 90, "sync_paper": 60, "voc": 150, "torchrun": 60, "suite": 240}
-SPEED_RESERVE = 190
+          "doctor": 100, "sync_tests": 90, "sync_paper": 60, "voc": 150, "torchrun": 60, "suite": 240}
+SPEED_RESERVE = 250
 CPU_LIMITS = {**{k: 300 for k in LIMITS}, "speed_compile": 120, "suite": 300}
 
 
@@ -227,6 +233,34 @@ def stage_speed(c: Check) -> dict:
             "note": "compile is informative: its failure or time-out does not fail the stage"}
 
 
+def stage_doctor(c: Check) -> dict:
+    s = c.size
+    path = c.out / "doctor-voc.json"
+    cmd = [PY, "-m", "cpcl_kit", "doctor", "--preset", "voc", "--quiet", "--out", str(path),
+           "--set", f"device={s['device']}"]
+    if c.cpu:
+        cmd += ["--steps", "1", "--warmup", "1", "--set", f"backbone={s['backbone']}", "--set", f"crop={s['crop']}",
+                "--set", f"batch_size={s['batch']}", "--set", f"unlabeled_batch_size={s['batch']}",
+                "--set", f"head_channels={s['head']}"]
+    r = c.run("doctor", cmd)
+    try:
+        rep = json.loads(path.read_text())
+    except (OSError, ValueError):
+        rep = None
+    r["ok"] = r["rc"] == 0 and rep is not None and rep.get("steps", {}).get("images_per_s", 0) > 0
+    if rep is not None:
+        st, bs, lr = rep["steps"], rep.get("batch_search", {}), rep.get("lr", {})
+        r["file"] = path.name
+        r["figures"] = {"images_per_s": round(st["images_per_s"], 2), "peak_mem_mib": round(st["peak_mem_mib"]),
+                        "largest_batch": bs.get("largest"), "largest_exact": bs.get("exact"),
+                        "search_s": bs.get("seconds"), "lr_for_largest": lr.get("lr"),
+                        "data": rep["data"]["status"], "backbone_weights": rep["backbone_weights"]["status"]}
+        largest = bs.get("largest", "not searched")
+        r["summary"] = (f"{st['method']} {st['batch_size']}+{st['unlabeled_batch_size']}+{st['unlabeled_batch_size']} "
+                        f"at {st['crop']} px: {st['images_per_s']:.1f} images/s; largest batch {largest}")
+    return r
+
+
 def stage_sync(c: Check) -> dict:
     tests = c.run("sync/tests", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_cuda.py",
                                  *([] if c.cpu else ["-k", "on_cuda or cuda_pieces"])], "sync_tests")
@@ -253,6 +287,7 @@ def stage_voc(c: Check) -> dict:
     cmd = [PY, "-m", "cpcl_kit", "train", "--preset", "voc", "--data-root", str(data), "--labeled", str(s["labeled"]),
            "--quiet", "--out", str(run_dir), "--set", f"iterations={n}", "--set", f"checkpoint_every={n // 2}",
            "--set", f"log_every={max(1, n // 16)}", "--set", "backbone_weights=none",
+           "--set", f"eval_every={n // 4}", "--set", f"tb_image_every={n // 2}",
            "--set", f"device={s['device']}", "--set", f"num_workers={s['voc_workers']}"]
     if c.cpu:
         cmd += ["--set", "backbone=resnet18", "--set", f"crop={s['crop'] * 2}", "--set", f"head_channels={s['head']}",
@@ -275,9 +310,9 @@ def stage_voc(c: Check) -> dict:
     checked = c.run("voc/check", c.child("voc-check", "--run", str(run_dir), "--iterations", str(n)), "voc",
                     limit=30)
     res = c.result("voc-check")
-    hist = run_dir / "history.csv"
-    if hist.exists():
-        shutil.copyfile(hist, c.out / "voc-history.csv")
+    for name in ("history.csv", "val_curve.csv"):
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, c.out / f"voc-{name}")
     ok = killed_at is not None and second.get("rc") == 0 and checked["rc"] == 0 and res.get("ok", False)
     return {"ok": ok, "seconds": round(time.monotonic() - t, 1), "iterations": n, "killed_after_s": killed_at,
             "first": first, "resume": second, **res}
@@ -303,7 +338,7 @@ def stage_torchrun(c: Check) -> dict:
 def start_suite(c: Check):
     log = open(c.work / "suite.log", "w")
     env = dict(c.env, OMP_NUM_THREADS="1")
-    cmd = [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *c.size["suite"]]
+    cmd = [PY, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *c.size["suite"]]
     if c.cpu:  # the GPU machine's Python has no Jupyter tools: the smoke hides this venv's
         env["PYTHONPATH"] = f"{_module_blocker(c.work)}{os.pathsep}{env['PYTHONPATH']}"
     # its limit counts from its start, cut to the budget left then (it runs beside the GPU stages)
@@ -318,8 +353,24 @@ def finish_suite(c: Check, started) -> dict:
     c.log.write("----- suite output -----\n" + text + "----- end of suite output -----\n")
     tail = [ln for ln in text.strip().splitlines() if ln.strip()][-1:] or [""]
     # seconds: from its start until collected (it may finish earlier; pytest's own time is in summary)
-    r.update(ok=r["rc"] == 0, summary=tail[0].strip("= "))
+    r.update(ok=r["rc"] == 0, summary=tail[0].strip("= "), failures=suite_failures(text))
     return r
+
+
+MAX_FAILURES = 40  # listed by name; the log holds every one
+
+
+def suite_failures(text: str) -> list[dict]:
+    """The FAILED and ERROR lines of pytest's short summary (``-rfE``): test id, kind and the first
+    line of the reason, at most ``MAX_FAILURES``."""
+    out = []
+    for line in text.splitlines():
+        kind = next((k for k in ("FAILED", "ERROR") if line.startswith(k + " ")), None)
+        if kind is None:
+            continue
+        test, _, reason = line[len(kind) + 1:].partition(" - ")
+        out.append({"test": test.strip(), "kind": kind.lower(), "reason": reason.strip()[:300]})
+    return out[:MAX_FAILURES]
 
 
 def _module_blocker(work: Path) -> Path:
@@ -383,6 +434,7 @@ def main_check(args) -> int:
     try:
         record("env", stage_env)
         record("speed", stage_speed)
+        record("doctor", stage_doctor)  # its batch search fills the GPU: before the suite's CUDA tests
         if not c.cpu:  # CPU-bound: beside the GPU stages, once the timings are taken
             suite = start_suite(c)
         record("sync", stage_sync)
@@ -422,6 +474,11 @@ def markdown(summary: dict, variants: dict | None = None) -> str:
         result = "pass" if st.get("ok") else "FAIL"
         detail = st.get("summary") or st.get("error") or ""
         lines.append(f"| {name} | {result}{' (' + detail + ')' if detail else ''} | {st.get('seconds')} |")
+    failures = summary.get("stages", {}).get("suite", {}).get("failures") or []
+    if failures:
+        lines += ["", f"Suite failures ({len(failures)} listed; gpu-check.log holds the tracebacks):", "",
+                  "| test | kind | reason |", "|---|---|---|"]
+        lines += [f"| `{f['test']}` | {f['kind']} | {f['reason'].replace('|', '/')} |" for f in failures]
     lines += ["", "| goal | value | target | met |", "|---|---|---|---|"]
     for name, g in summary.get("goals", {}).items():
         note = f" ({g['note']})" if g.get("note") else ""
@@ -595,10 +652,35 @@ def child_voc_check(work: Path, cpu: bool, run: Path, iterations: int) -> dict:
                history_rows=len(its), history_increasing=its == sorted(set(its)),
                loss_first=round(first, 4), loss_last=round(last, 4), loss_fell=last < first,
                miou=m.get("miou"), seconds=m.get("seconds"))
+    curve = [r.get("iteration") for r in m.get("val_curve") or []]
+    want = [iterations * k // 4 for k in range(1, 5)]
+    res.update(val_curve_iterations=curve, val_curve_ok=curve == want, best_on_val=m.get("best_on_val"))
+    res["tensorboard"] = _tensorboard_check(run, curve)
     res["ok"] = (res["finished_iteration"] == iterations and res["last_logged"] == iterations
-                 and res["history_increasing"] and res["loss_fell"])
+                 and res["history_increasing"] and res["loss_fell"] and res["val_curve_ok"]
+                 and res["tensorboard"].get("ok", True))
     print(json.dumps(res))
     return res
+
+
+def _tensorboard_check(run: Path, curve: list) -> dict:
+    """The run's TensorBoard events: every scalar tag's steps unique and increasing across the kill
+    and the resume, the validation mIoU at the curve's iterations, at least one pseudo-label image.
+    Skipped (not failed) where the tensorboard package is not installed: nothing is installed here."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return {"skipped": "the tensorboard package is not installed (the run wrote no events)"}
+    files = sorted(p.name for p in run.glob("events.out.tfevents*"))
+    ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    steps = {t: [e.step for e in ea.Scalars(t)] for t in tags.get("scalars", [])}
+    bad = [t for t, v in steps.items() if v != sorted(set(v))]
+    images = len(ea.Images("pseudo_labels")) if "pseudo_labels" in tags.get("images", []) else 0
+    val = steps.get("val/miou", [])
+    return {"ok": bool(files) and not bad and val == curve and images > 0, "event_files": len(files),
+            "scalar_tags": len(steps), "tags_with_repeated_steps": bad, "val_steps": val, "images": images}
 
 
 def main_child(args) -> int:
@@ -618,7 +700,7 @@ def main_child(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="the one folder every result goes to")
-    p.add_argument("--budget", type=float, help="seconds for the whole check (default 420; CPU smoke 1800)")
+    p.add_argument("--budget", type=float, help="seconds for the whole check (default 450; CPU smoke 1800)")
     p.add_argument("--render", type=Path, metavar="JSON", help="only write the markdown of a finished check's JSON")
     p.add_argument("--cpu-smoke", action="store_true", help="every stage at tiny sizes on the CPU")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder (data, run folders)")
@@ -634,7 +716,7 @@ def main(argv=None) -> int:
         print(render(args.render))
         return 0
     if args.budget is None:
-        args.budget = 1800.0 if args.cpu_smoke else 420.0
+        args.budget = 1800.0 if args.cpu_smoke else 450.0
     if not args.out:
         p.error("--out: required (the folder for gpu-check.json, gpu-check.log and the speed JSONs)")
     return main_check(args)

@@ -16,7 +16,7 @@ here (and recorded in the JSON), never asserted in the tests:
 
 Memory: on CUDA the peak ``torch.cuda.max_memory_allocated`` of each method (nets, gradients,
 optimizer state, activations). On the CPU the growth of the process's peak resident set size
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from before the nets are built to the end of the
+(VmHWM, i.e. ``ru_maxrss``; ``cpcl_kit.synthetic.peak_rss_mib``) from before the nets are built to the end of the
 timed steps; each method is measured in a fresh interpreter (``--isolate``, the CPU default) so that
 one method's high-water mark does not hide the next one's. RSS counts every allocation of the
 process (allocator caches included), so it is coarser than the CUDA figure.
@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ from cpcl_kit.loaders import Batch  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE, METHODS  # noqa: E402
 from cpcl_kit.methods import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
 from cpcl_kit.runs import write_json  # noqa: E402
+from cpcl_kit.synthetic import (images_per_step, peak_rss_mib, synthetic_batch, sync, time_steps,  # noqa: E402,F401
+                                timed)
 from cpcl_kit.train import Trainer, batch_to, pick_device  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -162,18 +163,7 @@ def device_slug(device: torch.device) -> str:
 # timing helpers
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> tuple[float, float]:
-    """(wall, process CPU) seconds of one call of ``fn``, synchronised on CUDA."""
-    _sync(device)
-    w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    _sync(device)
-    return time.perf_counter() - w0, time.process_time() - c0
+_sync, timed = sync, timed  # the kit's (synthetic.py): wall and CPU seconds, synchronised on CUDA
 
 
 def ratio_clock(device: torch.device) -> str:
@@ -187,9 +177,8 @@ def _median(timings, clock: str) -> float:
 
 
 def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    """Peak resident set size of this process so far, MiB."""
+    return peak_rss_mib()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,18 +208,9 @@ def bench_config(args, method: str, device: torch.device, amp: bool | None = Non
 
 
 def random_batch(cfg, device: torch.device, seed: int = 0) -> Batch:
-    """Random images and labels of the config's sizes (labeled x_l/y_l, unlabeled u0/u1)."""
-    g = torch.Generator().manual_seed(seed)
-    b, s, c = cfg.batch_size, cfg.crop, cfg.num_classes
-    imgs = [torch.randn(b, 3, s, s, generator=g) for _ in range(3)]
-    y = torch.randint(0, c, (b, s, s), generator=g)
-    y[:, :2] = IGNORE  # a few ignored pixels, as padded crops have
-    return batch_to(Batch(x_l=imgs[0], y_l=y, u0=imgs[1], u1=imgs[2]), device, cfg.channels_last)
-
-
-def images_per_step(cfg) -> int:
-    """Images one iteration processes: the labeled batch, plus u0 and u1 for the semi-supervised ones."""
-    return cfg.batch_size + (0 if cfg.method == "supervised" else 2 * cfg.unlabeled_batch_size)
+    """Random images and labels of the config's sizes (labeled x_l/y_l, unlabeled u0/u1): the kit's
+    ``synthetic.synthetic_batch``, which ``doctor`` times too."""
+    return synthetic_batch(cfg, device, seed)
 
 
 def new_trainer(cfg, device: torch.device) -> Trainer:
@@ -254,23 +234,12 @@ def measure_training(method: str, args, device: torch.device, amp: bool | None =
     if getattr(args, "compile", False):
         trainer.models = [torch.compile(m, backend=args.compile) for m in trainer.models]
     batch = random_batch(cfg, device)
-    step_fn = METHOD_STEPS[method]
-    lam = cfg.unsup_weight  # > 0: the full semi-supervised step
-    its = itertools.count()
-    t_warm = time.perf_counter()
-    for _ in range(args.warmup):
-        trainer.step(step_fn, batch, next(its), lam)
-    t0 = time.perf_counter()
-    times = [timed(lambda: trainer.step(step_fn, batch, next(its), lam), device) for _ in range(args.steps)]
-    med = _median(times, "wall")
-    n_img = images_per_step(cfg)
-    warm_s = t0 - t_warm
+    # the full semi-supervised step (lambda = unsup_weight > 0), as doctor times it
+    timing = time_steps(trainer, METHOD_STEPS[method], batch, args.steps, args.warmup)
     res = {"method": method, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
            "channels_last": cfg.channels_last, "compiled": getattr(args, "compile", None) or False,
-           "warmup_s": warm_s,
-           "images_per_step": n_img, "median_s": med, "images_per_s": n_img / med,
-           "cpu_median_s": _median(times, "cpu"), "times_s": [t[0] for t in times],
-           "cpu_times_s": [t[1] for t in times]}
+           **{k: timing[k] for k in ("warmup_s", "images_per_step", "median_s", "images_per_s",
+                                      "cpu_median_s", "times_s", "cpu_times_s")}}
     if device.type == "cuda":
         res["peak_mem_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         res["mem_kind"] = "torch.cuda.max_memory_allocated"

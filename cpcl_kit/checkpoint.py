@@ -20,9 +20,12 @@ _LAYOUT = {"config": dict, "iteration": int, "nets": list, "optimizers": list, "
            "rng_cpu": torch.Tensor, "rng_cuda": list, "history": list}
 
 
-def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> dict:
+def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict],
+               val_curve: list[dict] | None = None) -> dict:
     """Everything an exact resume needs, as tensors and plain values only (so ``load`` can read it
-    with ``weights_only=True``). ``runs.save_checkpoint`` writes it atomically."""
+    with ``weights_only=True``). ``runs.save_checkpoint`` writes it atomically. ``val_curve``: the
+    evaluations made during training so far (``eval_every``), so a resumed run keeps them; a file
+    without the key (older kits) holds none."""
     return {
         "format": FORMAT,
         "config": cfg.to_dict(),
@@ -36,6 +39,7 @@ def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict]) -> 
         # The key stays, empty, for the file layout that older kit versions read and write.
         "rng_cuda": [],
         "history": history,
+        "val_curve": list(val_curve or []),
     }
 
 

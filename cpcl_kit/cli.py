@@ -1,4 +1,4 @@
-"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo,pretrain,prepare} ...``.
+"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo,pretrain,prepare,doctor} ...``.
 
 Every user mistake ends as one line on stderr and exit code 2.
 """
@@ -148,6 +148,24 @@ def cmd_prepare(args) -> None:
     print(f"notebooks 04-08 now show these runs (folder {folder})")
 
 
+def cmd_doctor(args) -> None:
+    cfg = _config(args, method=args.method)  # settings first: a typo fails before torch loads
+    out = Path(args.out or f"doctor-{cfg.preset}.json")
+    if not out.parent.is_dir():
+        raise KitError(f"--out: folder {out.parent} does not exist")
+    from .doctor import diagnose, table
+    from .runs import write_json
+
+    report = diagnose(cfg, steps=args.steps, warmup=args.warmup, search=not args.no_search,
+                      progress=not args.quiet)
+    print(table(report))
+    try:
+        write_json(out, report)
+    except OSError as e:
+        raise KitError(f"--out: cannot write {out} ({e.strerror or e})") from None
+    print(f"report written to {out}")
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -222,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("doctor", help="check this machine for a preset: device, data, weights, speed, "
+                                      "largest batch (CUDA), scaled lr")
+    p.add_argument("--method", choices=METHODS, help="default: the preset's (cpcl)")
+    _common(p)
+    p.add_argument("--out", help="the JSON report (default: doctor-<preset>.json here)")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    p.add_argument("--no-search", action="store_true", help="CUDA: skip the largest-batch search")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -94,6 +94,10 @@ class Config:
     sync_bn: bool = False
     log_every: int = 10
     checkpoint_every: int = 200
+    # Watching a run; none of these changes what it computes (runs.BOOKKEEPING).
+    eval_every: int = 0                # evaluate the validation set every N iterations (0: only at the end)
+    tensorboard: bool = True           # TensorBoard event files in the run folder, when tensorboard is installed
+    tb_image_every: int = 1000         # ... with the teachers' pseudo labels on fixed scenes every N (0: none)
     preset: str = "voc"
 
     @property
@@ -239,6 +243,7 @@ _CPU = dict(
     digits_per_scene=(1, 1), digit_px=(40, 56), void_band=1,
     scales=(0.75, 1.0, 1.25), flip=False, colour_aug=True,
     optimizer="adam", lr=1e-3, weight_decay=1e-4, device="auto", checkpoint_every=100,
+    tb_image_every=300,
 )
 
 # The digit-scene recipe: 2,400 iterations on 2,000 scenes (125 labeled at 1/16), a quarter of them
@@ -248,13 +253,16 @@ _CPU = dict(
 # 1,000 validation scenes keep the evaluation's own sampling noise small beside the training's.
 _DIGITS = dict(_CPU, iterations=2400, batch_size=8, unlabeled_batch_size=4, n_train_scenes=2000,
                n_val_scenes=1000, warmup_iters=100, sup_only_iters=600, rampup_iters=200, log_every=20,
-               cutmix_boxes=0, student_aug="affine", teacher_bn="eval")
+               cutmix_boxes=0, student_aug="affine", teacher_bn="eval",
+               # a validation curve of 4 points (the last is the run's own evaluation at the end):
+               # few enough evaluations of the 1,000 validation scenes to keep make demo's time
+               eval_every=600)
 
 PRESETS: dict[str, dict] = {
     # Every CPU preset starts from the same shipped digit backbone (pretrain.SHIPPED_DIR), smoke too.
     "smoke": dict(_CPU, iterations=12, batch_size=4, unlabeled_batch_size=4, n_train_scenes=64,
                   n_val_scenes=16, warmup_iters=2, sup_only_iters=4, rampup_iters=4, log_every=2,
-                  checkpoint_every=6, head_channels=32, output_stride=16),
+                  checkpoint_every=6, head_channels=32, output_stride=16, eval_every=0, tb_image_every=6),
     # What make demo trains live: a recipe whose gain over supervised exceeds the measured noise
     # (benchmarks/results/noise-benchmark.md), within make demo's time.
     "demo": dict(_DIGITS),
@@ -267,12 +275,14 @@ PRESETS: dict[str, dict] = {
     "voc": dict(dataset="voc", backbone="resnet50_v1c", output_stride=16, dilation="official",
                 head_channels=256, crop=512, crop_pad="centre", batch_size=8, unlabeled_batch_size=8,
                 iterations=39680, optimizer="sgd", lr=0.005, unsup_weight=1.0, sup_loss="ce",
-                eval_crop=512, num_workers=4, log_every=50, checkpoint_every=2000),
+                eval_crop=512, num_workers=4, log_every=50, checkpoint_every=2000,
+                eval_every=4960, tb_image_every=2000),  # a validation curve of 8 points
     "cityscapes": dict(dataset="cityscapes", backbone="resnet50_v1c", output_stride=16,
                        dilation="official", head_channels=256, crop=800, crop_pad="centre",
                        batch_size=16, unlabeled_batch_size=16, iterations=22194, optimizer="sgd",
                        lr=0.01, unsup_weight=5.0, sup_loss="ohem", eval_crop=800, num_workers=4,
-                       log_every=50, checkpoint_every=2000, labeled="1/8"),
+                       log_every=50, checkpoint_every=2000, labeled="1/8",
+                       eval_every=2775, tb_image_every=2000),  # 8 points, the last at the end
 }
 
 
@@ -371,6 +381,9 @@ def validate(cfg: Config) -> Config:
         raise KitError(f"iterations: expected a positive number, got {cfg.iterations}")
     if cfg.lr <= 0:
         raise KitError(f"lr: expected a positive number, got {cfg.lr}")
+    for key in ("eval_every", "tb_image_every"):
+        if getattr(cfg, key) < 0:
+            raise KitError(f"{key}: expected 0 (off) or a number of iterations, got {getattr(cfg, key)}")
     # backbone pretraining (used when backbone_weights="digits")
     if cfg.backbone_weights == "digits" and cfg.dataset != "digits":
         raise KitError(f"backbone_weights: 'digits' is pretrained for the digit scenes, not for dataset "

@@ -179,6 +179,7 @@ def evaluate(
     device=None,
     progress: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    leave: bool = True,
 ) -> dict:
     """mIoU of a model (or an ensemble, see ``predict_logits``) over a data set.
 
@@ -187,7 +188,8 @@ def evaluate(
     first model's parameters (the models must already be there). Returns a dict with ``miou``
     (float), ``per_class_iou`` (list of C floats, NaN for classes absent from target and
     prediction), ``pixel_acc`` (float) and ``confusion`` (LongTensor [C, C] on the CPU, rows =
-    target, cols = prediction).
+    target, cols = prediction). ``leave=False`` clears the progress bar when done (an evaluation
+    inside a training run's own bar).
     """
     model_list = _as_models(models)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -201,7 +203,7 @@ def evaluate(
     except TypeError:
         total = None
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-    with tqdm(total=total, desc="evaluate", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc="evaluate", unit="img", disable=not progress, leave=leave) as bar:
         for images, masks in _batches(dataset, batch_size):
             images = images.to(device=device, dtype=torch.float32)
             masks = masks.to(device)

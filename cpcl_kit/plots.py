@@ -194,6 +194,58 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     return fig
 
 
+def _val_curve_table(run) -> pd.DataFrame:
+    """The validation curve of ``run`` (a ``RunResult``, a run folder, a DataFrame or a list of rows
+    with ``iteration`` and ``miou``), sorted by iteration; a finished run's last evaluation included."""
+    import json
+    from pathlib import Path
+
+    from . import runs
+
+    if isinstance(run, (str, Path)):
+        folder = Path(run)
+        metrics = json.loads((folder / runs.METRICS).read_text()) if runs.is_finished(folder) else {}
+        rows = metrics.get("val_curve") or runs.read_val_curve(folder).to_dict("records")
+        if not rows and "miou" in metrics:
+            rows = [{"iteration": metrics.get("iterations"), "miou": metrics["miou"]}]
+    elif isinstance(run, runs.RunResult):
+        rows = run.metrics.get("val_curve") or (runs.read_val_curve(run.out_dir).to_dict("records")
+                                                if run.out_dir is not None else [])
+        if not rows and "miou" in run.metrics:
+            rows = [{"iteration": run.config.iterations, "miou": run.metrics["miou"]}]
+    else:
+        rows = run.to_dict("records") if isinstance(run, pd.DataFrame) else list(run or [])
+    table = pd.DataFrame(rows, columns=None if rows else ["iteration", "miou"])
+    return table.dropna(subset=["miou"]).sort_values("iteration").reset_index(drop=True)
+
+
+def eval_curve(run, title: str = "Validation mIoU during training"):
+    """Validation mIoU (× 100) over the iterations of one run (``eval_every``; see
+    ``_val_curve_table`` for what ``run`` may be). The last point is what the kit reports; the best
+    point is marked as what it is, a choice made on the validation set itself, so its height
+    flatters the run (no held-out set is left to confirm it)."""
+    table = _val_curve_table(run)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    if table.empty:
+        _nothing(ax, "no validation evaluation in this run")
+        ax.set_title(title)
+        return fig
+    x, y = table["iteration"], 100 * table["miou"]
+    ax.plot(x, y, marker="o", color="C0", label="validation mIoU")
+    last = table.iloc[-1]
+    ax.plot([last["iteration"]], [100 * last["miou"]], "s", ms=10, color="C1",
+            label=f"last iteration (reported): {100 * last['miou']:.1f}")
+    if len(table) > 1:
+        best = table.loc[table["miou"].idxmax()]
+        ax.plot([best["iteration"]], [100 * best["miou"]], "*", ms=15, color="C3",
+                label=f"best, chosen on the validation set: {100 * best['miou']:.1f} "
+                      f"(iteration {int(best['iteration'])})")
+    ax.set(xlabel="iteration", ylabel="mIoU on the validation set (%)", title=title)
+    ax.legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def coverage_curves(history: pd.DataFrame):
     """Over training: the share of unlabeled pixels that carry an intersection label (where the nets
     agree) vs a union label (all of them), and each label kind's accuracy against the true masks."""
@@ -479,6 +531,25 @@ def _overlay_panels(images, masks, labels, b: int, c: int, threshold: float) -> 
     maps = [colourise(m, c) for m in (masks[b], labels.y1[b], labels.y2[b], inter, union)]
     return [(_as_image(images[b]), False), *[(m, False) for m in maps],
             (w_inter_shown, True), (w_union.numpy(), True)]
+
+
+def pseudo_label_panels(images, masks, labels, num_classes: int, gap: int = 2) -> np.ndarray:
+    """``prediction_overlays``' eight panels of every scene as one RGB array (float in [0, 1],
+    [n·H + gaps, 8·W + gaps, 3]; one row per scene, columns in ``OVERLAY_TITLES`` order, the weights
+    in viridis with grey where there is no intersection label), for TensorBoard: an array, not a
+    Figure, so logging needs no figure rendering."""
+    cmap = plt.get_cmap("viridis").with_extremes(bad=IGNORE_GREY)
+    rows = []
+    for b in range(len(images)):
+        tiles = []
+        for panel, is_weight in _overlay_panels(images, masks, labels, b, num_classes, 0.0):
+            tile = cmap(np.ma.masked_invalid(np.ma.clip(panel, 0, 1)))[..., :3] if is_weight else panel
+            tiles.append(np.asarray(tile, dtype=np.float32))
+        h = tiles[0].shape[0]
+        sep = np.ones((h, gap, 3), dtype=np.float32)
+        rows.append(np.concatenate([x for t in tiles for x in (t, sep)][:-1], axis=1))
+    sep = np.ones((gap, rows[0].shape[1], 3), dtype=np.float32)
+    return np.clip(np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0), 0, 1)
 
 
 OVERLAY_TITLES = ["image", "true mask", "net 1 (y₁)", "net 2 (y₂)", "intersection → net 1",

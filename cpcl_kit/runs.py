@@ -6,6 +6,8 @@ One folder holds one training run::
     history.csv          one row per logged iteration
     checkpoint.pt        nets, optimizers, RNG states (``checkpoint``'s format), for exact resume
     metrics.json         the evaluation, written last: its presence means "finished"
+    val_curve.csv        validation mIoU during training (``eval_every``), one row per evaluation
+    events.out.tfevents.*  TensorBoard's event files (``tensorboard``; ``tensorboard --logdir runs/``)
     diverged.json        only when the loss became NaN or infinite
     stages/iter_N.pt     stage snapshots: the nets' weights at chosen iterations (notebook 08)
     .lock                held by the process that trains here
@@ -54,6 +56,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.json"
+VAL_CURVE = "val_curve.csv"
 DIVERGED, LOCK, STAGES = "diverged.json", ".lock", "stages"
 
 # Config fields that do not make a different run, and why. Every other field does.
@@ -64,6 +67,13 @@ BOOKKEEPING = {
     "checkpoint_every": "how often the checkpoint is written; resume is exact from any of them",
     "cudnn_benchmark": "cuDNN's choice of kernel; the same arithmetic",
     "preset": "the name the settings started from; the settings themselves are compared",
+    # Watching a run: evaluation and TensorBoard run in eval mode without drawing from the training
+    # RNGs, so the weights are bit for bit those of the same run without them (tests/test_watch.py).
+    # A finished run asked for again with other values is loaded as it is; a resumed one goes on
+    # with the new values from where it stopped.
+    "eval_every": "how often the validation set is evaluated during training",
+    "tensorboard": "whether TensorBoard event files are written",
+    "tb_image_every": "how often TensorBoard gets an image of the pseudo labels",
 }
 
 # Config fields added after runs were made, with the value that reproduces those earlier runs (each a
@@ -195,9 +205,10 @@ def write_config(run_dir, cfg: Config) -> Path:
     return write_json(Path(run_dir) / CONFIG, {**cfg.to_dict(), "deviations_from_paper": deviations(cfg)})
 
 
-def save_checkpoint(path, cfg: Config, iteration: int, nets, opts, scaler, history: list[dict]) -> Path:
-    """Both nets, optimizers, scaler, iteration, RNG states and history, atomically."""
-    return save_torch(path, checkpoint.make_state(cfg, iteration, nets, opts, scaler, history))
+def save_checkpoint(path, cfg: Config, iteration: int, nets, opts, scaler, history: list[dict],
+                    val_curve: list[dict] | None = None) -> Path:
+    """Both nets, optimizers, scaler, iteration, RNG states, history and validation curve, atomically."""
+    return save_torch(path, checkpoint.make_state(cfg, iteration, nets, opts, scaler, history, val_curve))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,6 +249,24 @@ def check_same_run(run_dir, cfg: Config, saved: dict | None = None) -> None:
         more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
         raise KitError(f"{run_dir} holds a run with other settings ({shown}{more}); use another folder "
                        f"for these settings, or delete that one")
+
+
+def best_on_val(curve: list[dict]) -> dict | None:
+    """The validation curve's highest mIoU and its iteration (the earliest on a tie), labelled as
+    what it is: a choice made on the validation set, so it is no unbiased estimate of that choice;
+    the kit reports the last iteration. None for an empty curve."""
+    if not curve:
+        return None
+    best = max(curve, key=lambda r: (r["miou"], -r["iteration"]))
+    return {"miou": best["miou"], "iteration": int(best["iteration"]),
+            "note": "chosen on the validation set; the kit reports the last iteration"}
+
+
+def read_val_curve(run_dir) -> pd.DataFrame:
+    """A run folder's validation curve (``val_curve.csv``): iteration, miou, ...; empty when the run
+    evaluated only at its end."""
+    path = Path(run_dir) / VAL_CURVE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["iteration", "miou"])
 
 
 def is_finished(run_dir) -> bool:

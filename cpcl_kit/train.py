@@ -1,8 +1,9 @@
 """One training loop for every method; a method is a step function (``methods``).
 
 ``train`` runs the loop: it builds the nets and their optimizers (``Trainer``), resumes a
-checkpoint exactly, steps through the batches with the lr schedule and λ ramp, logs, checkpoints
-and evaluates. ``run_or_load`` adds the run-folder policy that notebooks and grids use: lock the
+checkpoint exactly, steps through the batches with the lr schedule and λ ramp, logs (history.csv,
+and TensorBoard through ``tblog``), checkpoints and evaluates (every ``eval_every`` iterations into
+a validation curve, and at the end). ``run_or_load`` adds the run-folder policy that notebooks and grids use: lock the
 folder, reuse a finished run with the same settings, resume an interrupted one, keep stage
 snapshots on the way. The folder itself (files, the same-run rule, the lock) is ``runs``'.
 """
@@ -13,7 +14,7 @@ import dataclasses
 import math
 import os
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .methods import METHOD_STEPS, StepOut, label_stats
 from .model import build_nets
 from .pretrain import fingerprint, resolve_backbone_weights, warn_if_other_init
 from .runs import RunResult
+from .tblog import NoBoard, open_board
 
 # The code a process trains with is the code it imported: its commit is read now, not when a run ends,
 # so a commit made while a long grid trains is not credited with the runs that grid finishes.
@@ -222,14 +224,16 @@ def _setup_device(cfg: Config, device: torch.device) -> torch.device:
     return device
 
 
-def _resume(trainer: Trainer, out_dir) -> tuple[int, list[dict]]:
-    """(iteration, history) of the checkpoint in ``out_dir``, restored into ``trainer``."""
+def _resume(trainer: Trainer, out_dir) -> tuple[int, list[dict], list[dict]]:
+    """(iteration, history, validation curve) of the checkpoint in ``out_dir``, restored into ``trainer``."""
     path = Path(out_dir) / runs.CHECKPOINT if out_dir is not None else None
     if path is None or not path.exists():
         raise KitError(f"--resume: no checkpoint to resume in {path}")
     state = checkpoint.load(path)
     runs.check_same_run(out_dir, trainer.cfg, saved=state["config"])
-    return checkpoint.restore(state, trainer.nets, trainer.opts, trainer.scaler)
+    start, history = checkpoint.restore(state, trainer.nets, trainer.opts, trainer.scaler)
+    curve = state.get("val_curve")
+    return start, history, [dict(r) for r in curve] if isinstance(curve, list) else []
 
 
 def _batches(cfg: Config, data, start: int, device: torch.device, info: DistInfo):
@@ -258,7 +262,7 @@ class _Log:
 
     def __init__(self, cfg: Config, history: list[dict], seconds_before: float):
         self.cfg, self.history, self.sums = cfg, history, {}
-        self.t0, self.before = time.perf_counter(), seconds_before
+        self.t0, self.before, self.watching = time.perf_counter(), seconds_before, 0.0
 
     def add(self, out: StepOut) -> None:
         for k, v in {"loss": out.loss.detach(), **out.parts}.items():
@@ -281,24 +285,54 @@ class _Log:
         return row
 
     def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.t0
+        """Training seconds so far; the evaluations and TensorBoard images on the way (``watching``)
+        are not counted, so that runs with and without them compare."""
+        return self.before + time.perf_counter() - self.t0 - self.watching
 
 
-def _save(trainer: Trainer, out: Path | None, done: int, last_good: int, history: list) -> None:
+def _save(trainer: Trainer, out: Path | None, done: int, last_good: int, history: list,
+          curve: list | None = None) -> None:
     # One huge step after a finite loss can still leave inf weights: never save those.
     if not trainer.weights_finite():
         _diverged(out, done - 1, last_good, history)
     if out is not None:
         t = trainer
-        runs.save_checkpoint(out / runs.CHECKPOINT, t.cfg, done, t.nets, t.opts, t.scaler, history)
+        runs.save_checkpoint(out / runs.CHECKPOINT, t.cfg, done, t.nets, t.opts, t.scaler, history, curve)
         runs.write_csv(out / runs.HISTORY, pd.DataFrame(history))
 
 
+def _curve_row(iteration: int, m: dict) -> dict:
+    return {"iteration": int(iteration), **{k: m[k] for k in ("miou", "digit_miou", "pixel_acc") if k in m}}
+
+
+def _evaluate_during(trainer: Trainer, data, done: int, curve: list, out: Path | None, board,
+                     progress: bool) -> dict:
+    """Evaluate the reported branch (``eval_branch``) on the validation set at iteration ``done``;
+    append it to ``curve`` (and val_curve.csv, TensorBoard). It leaves training as it was: the nets
+    are put back in their own train/eval modes (``evaluate``), eval mode updates no BatchNorm
+    statistic, and the RNG is forked, so the weights that follow are bit for bit those without it."""
+    cfg = trainer.cfg
+    with torch.random.fork_rng(devices=[]):
+        m = _branch_metrics(cfg, _eval_models(trainer.nets, cfg.eval_branch), data, progress, leave=False)
+    row = _curve_row(done, m)
+    curve.append(row)
+    if out is not None:
+        runs.write_csv(out / runs.VAL_CURVE, pd.DataFrame(curve))
+    board.validation(done, row)
+    return row
+
+
 def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None, info: DistInfo,
-          progress: bool, stop_at: int | None) -> tuple[float, bool]:
+          progress: bool, stop_at: int | None, data=None, curve: list | None = None,
+          board: NoBoard | None = None) -> tuple[float, bool]:
     """Train from iteration ``start``; returns the training seconds (a resumed run's included) and
-    whether it paused at ``stop_at``."""
+    whether it paused at ``stop_at``. Every ``eval_every`` iterations rank 0 evaluates the
+    validation set into ``curve`` (before a checkpoint of the same iteration, which keeps it) while
+    the other ranks wait; ``board`` gets the history rows, the evaluations and the pseudo-label
+    images (rank 0 only)."""
     cfg, device = trainer.cfg, trainer.device
+    curve = [] if curve is None else curve
+    board = board or NoBoard()
     step_fn = METHOD_STEPS[cfg.method]
     reduce = all_reduce_sum if info.enabled else None
     log = _Log(cfg, history, history[-1]["seconds"] if history else 0.0)
@@ -313,19 +347,32 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
             bad_it = torch.where((bad_it < 0) & ~torch.isfinite(out_step.loss.detach()), it, bad_it)
             log.add(out_step)
             done = it + 1
-            if log.due(done):
+            logged = log.due(done)
+            if logged:
                 bad = first_bad_iteration(bad_it)  # the one host sync, at the logging interval
                 if bad >= 0:
                     _diverged(out, bad, last_saved, history)
                 row = log.row(done, out_step)
+                board.row(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
                                 **({"agree": f"{row['agreement']:.2f}"} if "agreement" in row else {}))
-                if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                    _save(trainer, out, done, last_saved, history)
-                    last_saved = done
+            t_watch = time.perf_counter()
+            if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done < cfg.iterations:
+                if info.main:  # the last iteration is the run's own evaluation, after the loop
+                    val = _evaluate_during(trainer, data, done, curve, out, board, progress)
+                    if progress:
+                        bar.write(f"iteration {done}: validation mIoU {100 * val['miou']:.2f}")
+                barrier()
+            if board.images_due(done):
+                with torch.random.fork_rng(devices=[]):
+                    board.pseudo_labels(done, trainer.nets, data)
+            log.watching += time.perf_counter() - t_watch
+            if logged and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+                _save(trainer, out, done, last_saved, history, curve)
+                last_saved = done
             bar.update(1)
             if stop_at is not None and done >= stop_at:
-                _save(trainer, out, done, last_saved, history)
+                _save(trainer, out, done, last_saved, history, curve)
                 return log.seconds(), True
     return log.seconds(), False
 
@@ -338,7 +385,9 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     iteration i depend on (seed, i) only). A folder that holds a run with other settings is refused
     (``runs.check_same_run``). ``stop_at=k`` pauses after iteration k with a checkpoint and no
     evaluation (metrics empty). Under torchrun every process trains on its shard of each batch;
-    rank 0 alone writes files."""
+    rank 0 alone writes files. With ``eval_every`` the metrics also hold ``val_curve`` (the
+    evaluations during training, ending with this one) and ``best_on_val``; the top-level numbers
+    stay the last iteration's."""
     check_ready_to_train(cfg)  # e.g. a paper preset without its pretrained backbone: refused here
     device = pick_device(cfg.device, env_local_rank())
     with process_group(device) as info, ExitStack() as held:
@@ -349,12 +398,19 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         init = fingerprint(cfg)
         if info.main:
             warn_if_other_init(init)
-        start, history = _resume(trainer, out_dir) if resume else (0, [])
+        start, history, curve = _resume(trainer, out_dir) if resume else (0, [], [])
         trainer.wrap_ddp(info)
         if out is not None:
             runs.write_config(out, cfg)
+            # the curve as the checkpoint has it: an evaluation made after it by a killed attempt goes
+            if curve:
+                runs.write_csv(out / runs.VAL_CURVE, pd.DataFrame(curve))
+            else:
+                (out / runs.VAL_CURVE).unlink(missing_ok=True)
+        board = held.enter_context(closing(open_board(cfg, out, start, data.class_names, info.main)))
         batches = _batches(cfg, data, start, device, info)
-        seconds, paused = _loop(trainer, batches, start, history, out, info, progress, stop_at)
+        seconds, paused = _loop(trainer, batches, start, history, out, info, progress, stop_at, data, curve,
+                                board)
         hist = pd.DataFrame(history)
         if paused:  # the next train() of every rank must find rank 0's checkpoint written
             barrier()
@@ -365,8 +421,14 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
                            preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
                            backbone_init=init, code=CODE_VERSION)
+            board.validation(cfg.iterations, metrics)
+            if cfg.eval_every > 0 or curve:  # the curve ends with the run's own evaluation
+                curve = [r for r in curve if r["iteration"] < cfg.iterations] + [_curve_row(cfg.iterations, metrics)]
+                metrics.update(val_curve=curve, best_on_val=runs.best_on_val(curve))
             if out is not None:
                 runs.write_csv(out / runs.HISTORY, hist)
+                if curve:
+                    runs.write_csv(out / runs.VAL_CURVE, pd.DataFrame(curve))
                 runs.write_json(out / runs.METRICS, metrics)
         barrier()
         return RunResult(cfg, trainer.nets, hist, metrics, out)
@@ -415,9 +477,9 @@ def evaluate_run(cfg: Config, nets, data, progress: bool = True) -> dict:
     return m
 
 
-def _branch_metrics(cfg: Config, models, data, progress: bool) -> dict:
+def _branch_metrics(cfg: Config, models, data, progress: bool, leave: bool = True) -> dict:
     res = evaluate(models, data.val, cfg.num_classes, crop=cfg.eval_crop, stride_ratio=cfg.eval_stride,
-                   progress=progress)
+                   progress=progress, leave=leave)
     per_class = [None if math.isnan(v) else v for v in res["per_class_iou"]]
     m = {"miou": res["miou"], "per_class_iou": per_class, "pixel_acc": res["pixel_acc"]}
     if cfg.dataset == "digits":

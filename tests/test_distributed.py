@@ -1,6 +1,7 @@
 """Two gloo processes on loopback train like one run: shared indicator, identical parameters,
 one set of outputs (rank 0). The same code path torchrun takes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from cpcl_kit import tblog
 from cpcl_kit.config import make_config
 
 
@@ -28,7 +30,7 @@ def _worker(rank, world, port, out, result_dir):
     from cpcl_kit.train import train
 
     cfg = make_config("smoke", iterations=4, sup_only_iters=0, rampup_iters=0, log_every=1,
-                      checkpoint_every=2, device="cpu")
+                      checkpoint_every=2, device="cpu", eval_every=2, tb_image_every=2)
     res = train(cfg, out_dir=out, progress=False)
     last = res.history.iloc[-1]
     torch.save({"indicator": torch.tensor([last[f"ind_{c}"] for c in range(11)]),
@@ -49,7 +51,12 @@ def test_two_gloo_processes_agree_and_write_one_set_of_outputs(tmp_path):
     assert abs(float(r0["indicator"].sum()) - 1) < 1e-3
     for p, q in zip(r0["params"], r1["params"]):
         assert torch.equal(p, q)
-    assert sorted(x.name for x in out.iterdir()) == [".lock", "checkpoint.pt", "config.json", "history.csv", "metrics.json"]
+    # rank 0 alone evaluates during training and writes TensorBoard's one event file (when installed)
+    events = [x.name for x in out.iterdir() if x.name.startswith("events.out.tfevents")]
+    assert len(events) == (1 if tblog.available() else 0)
+    assert sorted(x.name for x in out.iterdir() if x.name not in events) == \
+        [".lock", "checkpoint.pt", "config.json", "history.csv", "metrics.json", "val_curve.csv"]
+    assert [r["iteration"] for r in json.loads((out / "metrics.json").read_text())["val_curve"]] == [2, 4]
 
 
 def test_torchrun_cli_runs_and_rank0_writes(tmp_path):

@@ -36,3 +36,25 @@ def test_goals_read_the_main_speed_figures():
     g = gpu_check.goals(stages)
     assert g["bf16_amp_vs_fp32_cpcl"]["met"] and not g["cpcl_step_vs_bare_step"]["met"]
     assert g["no_host_sync_in_step"]["met"] and gpu_check.goals({})["no_host_sync_in_step"]["met"] is None
+
+
+def test_the_suite_stage_names_its_failing_tests_in_json_and_markdown(tmp_path):
+    log = "\n".join([
+        "....F.E", "=========================== short test summary info ============================",
+        "SKIPPED [1] tests/test_cuda.py:99: needs a CUDA device",
+        "FAILED tests/test_train.py::test_resume[cpcl] - AssertionError: assert 1 == 2",
+        "ERROR tests/test_runs.py::test_lock - OSError: [Errno 28] No space left | on device",
+        "1 failed, 5 passed, 1 error in 3.00s"])
+    failures = gpu_check.suite_failures(log)
+    assert failures == [
+        {"test": "tests/test_train.py::test_resume[cpcl]", "kind": "failed", "reason": "AssertionError: assert 1 == 2"},
+        {"test": "tests/test_runs.py::test_lock", "kind": "error",
+         "reason": "OSError: [Errno 28] No space left | on device"}]
+    summary = {"stages": {"suite": {"ok": False, "summary": "1 failed, 5 passed, 1 error in 3.00s",
+                                    "failures": failures, "seconds": 9.0}}}
+    path = tmp_path / "gpu-check.json"
+    path.write_text(json.dumps(summary))
+    md = gpu_check.render(path).read_text()
+    assert "| `tests/test_train.py::test_resume[cpcl]` | failed | AssertionError: assert 1 == 2 |" in md
+    assert "No space left / on device" in md  # a | in a reason cannot break the table
+    assert gpu_check.suite_failures("5 passed in 1.00s") == []
