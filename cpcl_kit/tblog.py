@@ -5,10 +5,10 @@ logged is what the run records anyway, at the same points: each history row (los
 pseudo-label agreement, weights and per-class statistics), each validation mIoU, and every
 ``tb_image_every`` iterations one image of the teachers' pseudo labels on fixed unlabeled scenes.
 
-Logging never changes training: the scenes are fetched under a forked RNG, both nets predict them
-in eval mode (BatchNorm's running statistics, none updated), and nothing draws from the generators
-training uses. So the pseudo labels shown are those of eval-mode teachers, also where the run's
-teachers use batch statistics (``teacher_bn="train"``). The ``tensorboard`` package is imported only
+Logging never changes training: the pseudo labels are built by the training step's own function
+under the run's recipe (``analysis.pseudo_labels_on_scenes``), from its own seeded generator, on copies
+of the nets where the teachers would update BatchNorm's statistics, and nothing draws from the
+generators training uses. The ``tensorboard`` package is imported only
 when a run opens a board; without it ``open_board`` gives a board that writes nothing.
 """
 
@@ -112,8 +112,7 @@ class Board(NoBoard):
         from .plots import pseudo_label_panels
 
         n = min(SCENES, len(data.unlabeled))
-        images, masks, labels = pseudo_labels_on_scenes(
-            nets, data, n=n, seed=0, union_rule=self.cfg.union_rule, reweight=self.cfg.reweight)
+        images, masks, labels = pseudo_labels_on_scenes(nets, data, self.cfg, n=n, seed=0)
         grid = pseudo_label_panels(images, masks, labels, self.cfg.num_classes)
         self.writer.add_image("pseudo_labels", grid, iteration, dataformats="HWC")
         self.writer.flush()

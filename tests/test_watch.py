@@ -111,7 +111,7 @@ def test_the_pseudo_label_image_is_the_kits_panels_of_fixed_scenes(two_runs):
     assert [i.step for i in images] == [6, 12]
     got = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB"), dtype=float)
     # the final nets are the nets of iteration 12
-    x, m, labels = pseudo_labels_on_scenes(on.nets, build_data(on.config), n=tblog.SCENES, seed=0)
+    x, m, labels = pseudo_labels_on_scenes(on.nets, build_data(on.config), on.config, n=tblog.SCENES, seed=0)
     want = plots.pseudo_label_panels(x, m, labels, on.config.num_classes) * 255
     assert got.shape == want.shape and np.abs(got - want).max() <= 1.0
 
