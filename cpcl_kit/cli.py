@@ -16,7 +16,8 @@ from .errors import KitError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="smoke", help="smoke, demo, benchmark, voc, cityscapes")
+    p.add_argument("--preset", help="smoke, demo, benchmark, voc, cityscapes (default: the dataset's own: "
+                                    "voc for --dataset voc, cityscapes for --dataset cityscapes, else smoke)")
     p.add_argument("--dataset", help="digits, voc, cityscapes (default: the preset's)")
     p.add_argument("--data-root", help="folder of a real data set (VOC or Cityscapes)")
     p.add_argument("--labeled", help="labeled part: a fraction 1/N or a count")
@@ -37,7 +38,18 @@ def _config(args, **extra):
         if value is not None:
             over[key] = value
     over.update({k: v for k, v in extra.items() if v is not None})
-    return make_config(args.preset, over)
+    return make_config(args.preset or default_preset(over.get("dataset")), over)
+
+
+# The preset a command uses when --preset is not given: the paper recipe of a real data set, the
+# quick smoke run on the digit scenes.
+DATASET_PRESETS = {"digits": "smoke", "voc": "voc", "cityscapes": "cityscapes"}
+
+
+def default_preset(dataset: str | None) -> str:
+    """The preset for ``dataset`` (from --dataset or --set dataset=...) when --preset is not given;
+    an unknown dataset gets smoke here and is refused, by name, when the config is checked."""
+    return DATASET_PRESETS.get(dataset or "digits", "smoke")
 
 
 def _print_metrics(m: dict) -> None:

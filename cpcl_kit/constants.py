@@ -11,6 +11,13 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 # The kit's cache of files it makes once (pretrained digit backbones; see data/README.md).
 CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
 
+# The ResNets the kit builds (model.py): torchvision's, the official deep-stem v1c ones, and
+# ResNet-18 at a quarter and half of its width (the CPU presets).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c",
+             "resnet18_w16", "resnet18_w32")
+# Output strides the DeepLabv3+ head supports (ASPP rates 6/12/18 at 16, 12/24/36 at 8).
+OUTPUT_STRIDES = (16, 8)
+
 # Label value of pixels without a label: VOC's object borders, unlabeled images, CutMix truth
 # where unknown. Losses and metrics skip it.
 IGNORE_INDEX = 255

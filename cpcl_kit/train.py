@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, runs
-from .config import Config, check_ready_to_train
+from .config import Config, check_ready_to_train, check_weights_file
 from .data import build_data
 from .distributed import (DistInfo, all_ok, all_reduce_sum, barrier, env_local_rank, first_bad_iteration,
                           process_group)
@@ -340,6 +340,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     evaluation (metrics empty). Under torchrun every process trains on its shard of each batch;
     rank 0 alone writes files."""
     check_ready_to_train(cfg)  # e.g. a paper preset without its pretrained backbone: refused here
+    check_weights_file(cfg)
     device = pick_device(cfg.device, env_local_rank())
     with process_group(device) as info, ExitStack() as held:
         out = _take_folder(held, info, out_dir, cfg, wait=False) if out_dir is not None else None
