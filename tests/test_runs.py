@@ -124,7 +124,7 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         f.write(b'{"half')
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(KitError, match=r"m\.json: cannot write \(No space left on device\); the previous file is kept"):
         runs.write_atomic(path, dies)
     assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["m.json"]
     mask = os.umask(0o022)
