@@ -124,8 +124,8 @@ def cmd_pretrain(args) -> None:
 
     spec = pretrain.spec_for(cfg)
     shipped = pretrain.shipped_path(spec)
-    path = Path(args.cache) if args.cache else pretrain.DEFAULT_CACHE_DIR
-    ready = shipped is not None or (path / pretrain.weights_name(spec)).is_file()
+    path = Path(args.cache) if args.cache else pretrain.default_cache_dir()
+    ready = shipped is not None or pretrain.intact(path / pretrain.weights_name(spec))
     weights = pretrain.weights_path(spec, args.cache, progress=not args.quiet, rebuild=args.rebuild)
     r = pretrain.read_report(weights)
     origin = "shipped with the kit" if weights == shipped else "cached" if ready and not args.rebuild else "trained now"
@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="smoke, demo, benchmark (its pretrain_* settings)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set pretrain_source=printed --set pretrain_steps=200 (repeatable)")
-    p.add_argument("--cache", help="folder of the cached weights (default: data/cache/pretrain)")
+    p.add_argument("--cache", help="folder of the cached weights (default: pretrain/ in $CPCL_KIT_CACHE, "
+                                   "else ~/.cache/cpcl-kit)")
     p.add_argument("--rebuild", action="store_true",
                    help="train the weights again here, also where the kit ships them, and compare sha256")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,13 +3,23 @@
 This module imports nothing from the kit, so anything may import it.
 """
 
+import os
 from pathlib import Path
 
 # The committed benchmark results (benchmarks/*.py write them; notebooks and tables read them).
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
-# The kit's cache of files it makes once (pretrained digit backbones; see data/README.md).
-CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
+# The environment variable that moves the kit's cache (cache_root) elsewhere.
+CACHE_ENV = "CPCL_KIT_CACHE"
+
+
+def cache_root() -> Path:
+    """Where the kit keeps what it makes once (pretrained digit backbones, the prepared run set,
+    benchmark run folders): ``$CPCL_KIT_CACHE``, else ``$XDG_CACHE_HOME/cpcl-kit``, else
+    ``~/.cache/cpcl-kit``; read at each call, so a process may point it elsewhere (the tests do)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit"
 
 # The ResNets the kit builds (model.py): torchvision's, the official deep-stem v1c ones, and
 # ResNet-18 at a quarter and half of its width (the CPU presets).

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import runs
+from . import constants, runs
 from .constants import ALL_LABELED, RESULTS_DIR
 from .errors import KitError
 
@@ -48,8 +48,9 @@ def default_dir(preset: str = PRESET) -> Path:
 
 
 def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/cpcl-kit`` (``~/.cache/cpcl-kit``): the kit's run folders outside the tree."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit"
+    """The kit's cache folder (``constants.cache_root``: ``$CPCL_KIT_CACHE``, else
+    ``$XDG_CACHE_HOME/cpcl-kit`` or ``~/.cache/cpcl-kit``): the kit's run folders outside the tree."""
+    return constants.cache_root()
 
 
 def grids(seeds) -> list[dict]:

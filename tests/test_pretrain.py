@@ -132,6 +132,42 @@ def test_cache_file_report_and_reuse(tiny, monkeypatch):
     assert len(list(cache.glob("*.pt"))) == 1 and not list(cache.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "empty report"])
+def test_a_damaged_cache_file_is_trained_again_with_one_line(damage, tiny, tmp_path, monkeypatch, capsys):
+    cache, path = tiny
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    pretrain.report_path(copy).write_text(pretrain.report_path(path).read_text())
+    if damage == "truncated weights":
+        copy.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    else:
+        pretrain.report_path(copy).write_text("")
+    assert not pretrain.intact(copy)
+    trained = []
+    state, report = torch.load(path, weights_only=True), json.loads(pretrain.report_path(path).read_text())
+    monkeypatch.setattr(pretrain, "train_backbone", lambda spec, progress: trained.append(spec) or (state, report))
+    assert pretrain.weights_path(TINY, tmp_path, progress=False) == copy and trained == [TINY]
+    assert capsys.readouterr().err.strip() == \
+        f"cpcl-kit: the cached backbone {copy} (or its report) is damaged; training it again"
+    assert pretrain.intact(copy) and copy.read_bytes() == path.read_bytes()
+    assert pretrain.weights_path(TINY, tmp_path, progress=False) == copy and len(trained) == 1  # reused now
+
+
+def test_the_cache_follows_the_environment(monkeypatch, tmp_path):
+    from cpcl_kit import constants, prepared
+
+    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "kit"))
+    assert pretrain.default_cache_dir() == tmp_path / "kit" / "pretrain" == prepared.cache_root() / "pretrain"
+    monkeypatch.delenv("CPCL_KIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert constants.cache_root() == tmp_path / "xdg" / "cpcl-kit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert pretrain.default_cache_dir() == tmp_path / "home" / ".cache" / "cpcl-kit" / "pretrain"
+    # nothing the kit caches lies in the checkout any more
+    assert not hasattr(constants, "CACHE_DIR")
+
+
 def test_same_spec_gives_bitwise_identical_weights(tiny):
     _, path = tiny
     first = torch.load(path, weights_only=True)
