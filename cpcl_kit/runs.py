@@ -31,11 +31,9 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -47,6 +45,7 @@ from . import checkpoint
 from .config import ADDED_FIELDS, PRESETS, Config, deviations, load_config_dict
 from .errors import KitError
 from .model import build_nets
+from .provenance import code_version  # noqa: F401  (runs.code_version: what metrics.json records)
 
 try:  # POSIX; elsewhere runs are not locked (see lock())
     import fcntl
@@ -65,21 +64,6 @@ BOOKKEEPING = {
     "cudnn_benchmark": "cuDNN's choice of kernel; the same arithmetic",
     "preset": "the name the settings started from; the settings themselves are compared",
 }
-
-@cache  # modules are imported once per process: the code that runs cannot change under it
-def code_version() -> dict:
-    """The kit's code that trains in this process, for a run's metrics.json: the short commit of
-    the git checkout ``cpcl_kit`` is imported from and whether its ``cpcl_kit/`` files differ from
-    it (``dirty``); both None outside a git checkout (an installed wheel)."""
-    pkg = Path(__file__).resolve().parent
-    try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=pkg, capture_output=True, text=True,  # noqa: E731
-                                        check=True, timeout=20).stdout.strip()
-        return {"commit": git("rev-parse", "--short", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
 
 def machine() -> str:
     """The CPU a result was measured on, in one line: model, the vector extensions that change

@@ -35,11 +35,6 @@ from .model import build_nets
 from .pretrain import fingerprint, resolve_backbone_weights, warn_if_other_init
 from .runs import RunResult
 
-# The code a process trains with is the code it imported: its commit is read now, not when a run ends,
-# so a commit made while a long grid trains is not credited with the runs that grid finishes.
-CODE_VERSION = runs.code_version()
-
-
 class TrainingDiverged(KitError):
     """The loss became NaN or infinite."""
 
@@ -341,6 +336,9 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     rank 0 alone writes files."""
     check_ready_to_train(cfg)  # e.g. a paper preset without its pretrained backbone: refused here
     check_weights_file(cfg)
+    # The commit of the code that trains, read (once per process) as the first run starts, not when a
+    # run ends: a commit made while a long grid trains is not credited with the runs it finishes.
+    code = runs.code_version()
     device = pick_device(cfg.device, env_local_rank())
     with process_group(device) as info, ExitStack() as held:
         out = _take_folder(held, info, out_dir, cfg, wait=False) if out_dir is not None else None
@@ -365,7 +363,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
             metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
                            preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
-                           backbone_init=init, code=CODE_VERSION)
+                           backbone_init=init, code=code)
             if out is not None:
                 runs.write_csv(out / runs.HISTORY, hist)
                 runs.write_json(out / runs.METRICS, metrics)

@@ -201,20 +201,20 @@ def test_named_value_loads_into_both_nets(tiny, monkeypatch):
 def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
     import hashlib
 
-    from cpcl_kit import runs
-    from cpcl_kit.train import CODE_VERSION, train
+    from cpcl_kit import provenance, runs
+    from cpcl_kit.train import train
 
     cache, path = tiny
     monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
     imported = runs.code_version()
-    # what git says by the time the run ends (a commit made meanwhile) is not the code that trained it
-    monkeypatch.setattr(runs, "code_version", lambda: {"commit": "later00", "dirty": False})
+    # read once per process: what git would say later (a commit made meanwhile) is not asked
+    monkeypatch.setattr(provenance.subprocess, "run", lambda *a, **k: pytest.fail("git asked again"))
     cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4,
                       **TINY_SETS)
     with pytest.warns(pretrain.OtherInitWarning, match=f"starts from {path.name}.*not from the backbone shipped") as seen:
         metrics = train(cfg, out_dir=tmp_path / "run", progress=False).metrics
     assert len([w for w in seen if w.category is pretrain.OtherInitWarning]) == 1  # one line, once
-    assert metrics["code"] == CODE_VERSION == imported and metrics["code"]["commit"]  # the commit that trained it
+    assert metrics["code"] == imported and metrics["code"]["commit"]  # the commit that trained it
     got = metrics["backbone_init"]
     assert got == {"backbone_weights": "digits", "file": path.name,
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12], "shipped": False,
