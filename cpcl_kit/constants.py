@@ -4,10 +4,24 @@ This module imports nothing from the kit, so anything may import it.
 """
 
 import os
+import sys
 from pathlib import Path
 
-# The committed benchmark results (benchmarks/*.py write them; notebooks and tables read them).
+# The committed benchmark results (benchmarks/*.py write them; notebooks and tables read them). They
+# come with the kit's git checkout, not with an installed package (see results_here).
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def results_here(folder) -> bool:
+    """Whether ``folder`` (of committed results) exists. When it is ``RESULTS_DIR`` and missing (an
+    installed package), one line on stderr says where the committed results are; the reader then
+    answers as for a result not measured (None), never a crash."""
+    if Path(folder).is_dir():
+        return True
+    if Path(folder) == RESULTS_DIR:
+        print(f"cpcl-kit: no committed benchmark results here ({RESULTS_DIR}); they come with the kit's "
+              f"git checkout (benchmarks/results/), not with an installed package", file=sys.stderr, flush=True)
+    return False
 
 # The environment variable that moves the kit's cache (cache_root) elsewhere.
 CACHE_ENV = "CPCL_KIT_CACHE"

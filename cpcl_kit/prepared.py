@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import constants, runs
-from .constants import ALL_LABELED, RESULTS_DIR
+from .constants import ALL_LABELED, RESULTS_DIR, results_here
 from .errors import KitError
 
 PRESET = "benchmark"
@@ -181,7 +181,7 @@ COMMITTED = RESULTS_DIR / f"ssl_gain-{PRESET}.json"
 def committed(path=COMMITTED) -> dict | None:
     """The committed ``benchmarks/ssl_gain.py`` summary (seeds 0, 1, 2 of this set), or None."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    return json.loads(path.read_text()) if results_here(path.parent) and path.exists() else None
 
 
 def summary_table(summary: dict) -> pd.DataFrame:
