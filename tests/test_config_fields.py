@@ -140,3 +140,9 @@ def test_set_on_the_cli_is_one_line_exit_2(name, text, tmp_path, capsys):
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
     assert _names(err.removeprefix("error: "), name), err
     assert not (out / "metrics.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_the_backbone_choices_are_the_backbones_the_model_builds():
+    from cpcl_kit import constants, model
+
+    assert constants.BACKBONES == model.BACKBONES
