@@ -549,10 +549,11 @@ def validate(cfg: Config) -> Config:
     if not lo <= hi <= cfg.scene_size:
         raise KitError(f"digit_px: expected {LIMITS['digit_px'].text}={cfg.scene_size}, got {_shown((lo, hi))}")
     if cfg.dataset == "digits":
+        where = f"preset {cfg.preset!r}" if _preset_value(cfg.preset, "dataset") == "digits" else "dataset 'digits'"
         for key in ("data_root", "labeled_list", "unlabeled_list"):
             if getattr(cfg, key):
-                raise KitError(f"{key}: the digit scenes are embedded and split by --labeled 1/N or a count; "
-                               f"{key} is for dataset voc or cityscapes")
+                raise KitError(f"{key}: {where} trains on the embedded digit scenes (split by --labeled 1/N or "
+                               f"a count); {key} is for the paper presets (voc, cityscapes)")
     # backbone pretraining (used when backbone_weights="digits")
     if cfg.backbone_weights == "digits" and cfg.dataset != "digits":
         raise KitError(f"backbone_weights: 'digits' is pretrained for the digit scenes, not for dataset "
