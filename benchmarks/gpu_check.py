@@ -390,12 +390,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _git(*args: str) -> str | None:
-    try:
-        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
+def _code() -> dict:
+    """The checkout's commit and whether any tracked file differs (``provenance.code_version``)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from cpcl_kit.provenance import code_version
+
+    return code_version(full=True, tree=True)
 
 
 def goals(stages: dict) -> dict:
@@ -413,8 +414,8 @@ def main_check(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     c = Check(out, work, args.budget, args.cpu_smoke)
-    summary = {"command": " ".join([Path(PY).name, *sys.argv]), "commit": _git("rev-parse", "HEAD"),
-               "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    summary = {"command": " ".join([Path(PY).name, *sys.argv]), "commit": _code()["commit"],
+               "worktree_dirty": bool(_code()["dirty"]),
                "mode": "cpu-smoke" if c.cpu else "gpu", "budget_s": args.budget, "stages": c.stages}
     summary_path = out / "gpu-check.json"
 

@@ -49,6 +49,7 @@ from cpcl_kit.cpcl import pseudo_supervision  # noqa: E402
 from cpcl_kit.loaders import Batch  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE, METHODS  # noqa: E402
 from cpcl_kit.methods import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
+from cpcl_kit.provenance import code_version  # noqa: E402
 from cpcl_kit.runs import write_json  # noqa: E402
 from cpcl_kit.synthetic import (images_per_step, peak_rss_mib, synthetic_batch, sync, time_steps,  # noqa: E402,F401
                                 timed)
@@ -419,14 +420,6 @@ def measure_pseudo_labels(device: torch.device, batch: int = 8, classes: int = 2
 # the whole run
 
 
-def _git(*cmd: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -459,9 +452,9 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
     res: dict = {
         "device": device_slug(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "torch": torch.__version__, "python": platform.python_version(), "commit": _git("rev-parse", "HEAD"),
+        "torch": torch.__version__, "python": platform.python_version(), "commit": code_version(full=True, tree=True)["commit"],
         # uncommitted changes to tracked files: the measured code is then not exactly ``commit``
-        "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "worktree_dirty": bool(code_version(full=True, tree=True)["dirty"]),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         # TF32 settings the fp32 figures ran with (CUDA; ignored on the CPU)

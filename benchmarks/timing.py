@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from cpcl_kit.provenance import code_version  # noqa: E402
 from cpcl_kit.runs import machine, write_json, write_text  # noqa: E402
 
 COMMANDS = {"demo": "make demo", "test": "make test"}
@@ -48,8 +49,7 @@ def main(argv=None) -> dict:
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--keep-out", type=Path, help="copy make demo's out/ folder here (the executed notebooks)")
     args = p.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = code_version()["commit"]
     path = args.results / "timing.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     for key in args.only or list(COMMANDS):

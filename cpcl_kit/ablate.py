@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import runs
 from .config import make_config
-from .constants import ALL_LABELED, RESULTS_DIR
+from .constants import ALL_LABELED, RESULTS_DIR, results_here
 from .errors import KitError
 from .runs import grid_run_name as run_name
 from .splits import parse_labeled
@@ -532,7 +532,7 @@ def committed_grid(preset: str = "benchmark", folder=RESULTS, name: str | None =
     results named ``name``, ``--name`` there), or None."""
     name = name or f"ablation-{preset}"
     csv, meta = Path(folder) / f"{name}.csv", Path(folder) / f"{name}.json"
-    if not (csv.exists() and meta.exists()):
+    if not (results_here(folder) and csv.exists() and meta.exists()):
         return None
     return pd.read_csv(csv, dtype={"labeled": str, "commit": str, "backbone": str}), json.loads(meta.read_text())
 

@@ -4,24 +4,18 @@
 scenes at each stage (computed once per stage and union rule, by the training step's own function);
 ``show`` draws the overlay figure with sliders for the scene, the training iteration and the weight
 threshold, a union-rule menu, and the labels of one disputed pixel; ``compare`` puts two stages side
-by side. Figures use larger fonts, for a projector.
+by side. Figures use larger fonts (``plots.for_projector``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
 from . import analysis, plots
 from .constants import UNION_RULES
-
-# Font sizes that stay readable on a projected screen.
-PROJECTOR = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "figure.titlesize": 15,
-             "legend.fontsize": 12}
-
 
 class Classroom:
     def __init__(self, cfg, run, data, n_scenes: int = 6, seed: int = 0):
@@ -53,12 +47,11 @@ class Classroom:
         stage = stage % len(self.stages)
         images, masks, labels = self.labels_at(stage, rule)
         pick = self.pixel(scene, stage, rule) if mark else {}
-        with plt.rc_context(PROJECTOR):
-            return plots.prediction_overlays(
-                images, masks, labels, scene, self.data.class_names, threshold=threshold,
-                mark=(pick["scene"], pick["row"], pick["col"]) if pick else None,
-                title=f"iteration {self.stages[stage]} of {self.cfg.iterations} · union rule: {rule} · "
-                      f"ω threshold {threshold:.2f}")
+        return plots.for_projector(plots.prediction_overlays(
+            images, masks, labels, scene, self.data.class_names, threshold=threshold,
+            mark=(pick["scene"], pick["row"], pick["col"]) if pick else None,
+            title=f"iteration {self.stages[stage]} of {self.cfg.iterations} · union rule: {rule} · "
+                  f"ω threshold {threshold:.2f}"))
 
     def compare(self, scene: int = 0, stages: tuple = (0, -1), threshold: float = 0.0, rule: str | None = None):
         """One scene at two (or more) stages, one row each: what training changed."""
@@ -70,17 +63,17 @@ class Classroom:
         fields = {f.name: torch.cat([take(getattr(p[2], f.name)) for p in parts]) if f.name != "indicator"
                   else parts[0][2].indicator for f in dataclasses.fields(PseudoLabels)}
         names = [f"iteration {self.stages[s % len(self.stages)]}" for s in stages]
-        with plt.rc_context(PROJECTOR):
-            return plots.prediction_overlays(
-                torch.cat([take(p[0]) for p in parts]), torch.cat([take(p[1]) for p in parts]),
-                PseudoLabels(**fields), list(range(len(stages))), self.data.class_names, threshold=threshold,
-                row_names=names, title=f"Scene {scene}: {' vs '.join(names)}")
+        return plots.for_projector(plots.prediction_overlays(
+            torch.cat([take(p[0]) for p in parts]), torch.cat([take(p[1]) for p in parts]),
+            PseudoLabels(**fields), list(range(len(stages))), self.data.class_names, threshold=threshold,
+            row_names=names, title=f"Scene {scene}: {' vs '.join(names)}"))
 
     def show(self, interactive: bool = True) -> None:
         """Sliders (scene, training iteration, ω threshold) and the union-rule menu over the figure and
         the disputed pixel's table; with ``interactive=False`` (headless runs) the figure at the
         controls' start values."""
         import ipywidgets as widgets
+        import matplotlib.pyplot as plt
         from IPython.display import display
 
         def draw(scene, stage, threshold, rule):

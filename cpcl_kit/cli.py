@@ -16,7 +16,8 @@ from .errors import KitError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="smoke", help="smoke, demo, benchmark, voc, cityscapes")
+    p.add_argument("--preset", help="smoke, demo, benchmark, voc, cityscapes (default: the dataset's own: "
+                                    "voc for --dataset voc, cityscapes for --dataset cityscapes, else smoke)")
     p.add_argument("--dataset", help="digits, voc, cityscapes (default: the preset's)")
     p.add_argument("--data-root", help="folder of a real data set (VOC or Cityscapes)")
     p.add_argument("--labeled", help="labeled part: a fraction 1/N or a count")
@@ -37,7 +38,18 @@ def _config(args, **extra):
         if value is not None:
             over[key] = value
     over.update({k: v for k, v in extra.items() if v is not None})
-    return make_config(args.preset, over)
+    return make_config(args.preset or default_preset(over.get("dataset")), over)
+
+
+# The preset a command uses when --preset is not given: the paper recipe of a real data set, the
+# quick smoke run on the digit scenes.
+DATASET_PRESETS = {"digits": "smoke", "voc": "voc", "cityscapes": "cityscapes"}
+
+
+def default_preset(dataset: str | None) -> str:
+    """The preset for ``dataset`` (from --dataset or --set dataset=...) when --preset is not given;
+    an unknown dataset gets smoke here and is refused, by name, when the config is checked."""
+    return DATASET_PRESETS.get(dataset or "digits", "smoke")
 
 
 def _print_metrics(m: dict) -> None:
@@ -80,10 +92,7 @@ def cmd_evaluate(args) -> None:
     m.update(method=cfg.method, checkpoint=str(args.checkpoint))
     _print_metrics(m)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    try:
-        write_json(out / "eval_metrics.json", m)
-    except OSError as e:
-        raise KitError(f"--out: cannot write to {out} ({e.strerror})") from None
+    write_json(out / "eval_metrics.json", m)  # a failed write is one KitError naming the file
     print(f"metrics written to {out / 'eval_metrics.json'}")
 
 
@@ -115,8 +124,8 @@ def cmd_pretrain(args) -> None:
 
     spec = pretrain.spec_for(cfg)
     shipped = pretrain.shipped_path(spec)
-    path = Path(args.cache) if args.cache else pretrain.DEFAULT_CACHE_DIR
-    ready = shipped is not None or (path / pretrain.weights_name(spec)).is_file()
+    path = Path(args.cache) if args.cache else pretrain.default_cache_dir()
+    ready = shipped is not None or pretrain.intact(path / pretrain.weights_name(spec))
     weights = pretrain.weights_path(spec, args.cache, progress=not args.quiet, rebuild=args.rebuild)
     r = pretrain.read_report(weights)
     origin = "shipped with the kit" if weights == shipped else "cached" if ready and not args.rebuild else "trained now"
@@ -226,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="smoke, demo, benchmark (its pretrain_* settings)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set pretrain_source=printed --set pretrain_steps=200 (repeatable)")
-    p.add_argument("--cache", help="folder of the cached weights (default: data/cache/pretrain)")
+    p.add_argument("--cache", help="folder of the cached weights (default: pretrain/ in $CPCL_KIT_CACHE, "
+                                   "else ~/.cache/cpcl-kit)")
     p.add_argument("--rebuild", action="store_true",
                    help="train the weights again here, also where the kit ships them, and compare sha256")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

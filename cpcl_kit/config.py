@@ -12,31 +12,39 @@ to learn at all (each deviation is listed in ``DEVIATIONS``). The paper presets 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import re
 import typing
 import warnings
 from dataclasses import dataclass, fields
+from fractions import Fraction
+from pathlib import Path
 
-from .constants import (CROP_PADS, DATASETS, DILATIONS, LOSS_NORMALISERS, METHODS, NUM_CLASSES, PAPER_PRESETS,
-                        PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS, TEACHER_BN, UNION_RULES, WEIGHT_SCOPES)
+from .constants import (ALL_LABELED, BACKBONES, CROP_PADS, DATASETS, DILATIONS, LOSS_NORMALISERS, METHODS,
+                        NUM_CLASSES, OUTPUT_STRIDES, PAPER_PRESETS, PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS,
+                        TEACHER_BN, UNION_RULES, WEIGHT_SCOPES)
 from .errors import KitError
 
 
 @dataclass
 class Config:
+    """Every setting of a run. ``Config()`` is the paper's VOC recipe (the ``voc`` preset, 1/16
+    labeled); every other preset overrides fields of it (``PRESETS``). Types and limits are checked
+    by ``validate`` (``make_config`` and ``load_config_dict`` call it)."""
+
     # what to run
     method: str = "cpcl"
-    dataset: str = "digits"
+    dataset: str = "voc"
     data_root: str | None = None
     labeled: str = "1/16"              # fraction "1/N" or a count "92"
     labeled_list: str | None = None    # split files (CPS format) instead of `labeled`
     unlabeled_list: str | None = None
     seed: int = 0
     # model
-    # The defaults of fields added later (dilation, crop_pad) are the behaviour from before they
-    # existed: a config.json saved then loads (load_config_dict) into the same network and data.
-    backbone: str = "resnet50"         # model.BACKBONES; the paper presets use resnet50_v1c
+    backbone: str = "resnet50_v1c"     # constants.BACKBONES: the official deep-stem ResNet-50
     output_stride: int = 16
-    dilation: str = "torchvision"      # "official": CPCL's 2,4,8 in layer4 (DILATIONS)
+    dilation: str = "official"         # CPCL's 2,4,8 in layer4; "torchvision": its convention (DILATIONS)
     head_channels: int = 256
     backbone_weights: str | None = None  # a file, "imagenet", "none" (random on purpose) or None (not given)
     # backbone pretraining behind backbone_weights="digits" (pretrain.py; cached by these settings)
@@ -46,19 +54,19 @@ class Config:
     pretrain_batch: int = 64
     # data and augmentation
     crop: int = 512
-    crop_pad: str = "random"           # "centre": small crops padded centred, as the official loader
-    scales: tuple = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
+    crop_pad: str = "centre"           # small crops padded centred, as the official loader; or "random"
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
     flip: bool = True
     colour_aug: bool = False
     batch_size: int = 8                # labeled images per step
     unlabeled_batch_size: int = 8      # images in each of u0 and u1
-    num_workers: int = 0
+    num_workers: int = 4
     # digit scenes (dataset="digits" only)
     n_train_scenes: int = 2000
     n_val_scenes: int = 300
     scene_size: int = 64
-    digits_per_scene: tuple = (2, 3)   # (min, max)
-    digit_px: tuple = (32, 44)         # (min, max) digit height in px
+    digits_per_scene: tuple[int, int] = (2, 3)   # (min, max)
+    digit_px: tuple[int, int] = (32, 44)         # (min, max) digit height in px
     void_band: int = 0                 # px of void (255) on each side of every outline, as VOC's masks
     # optimisation
     iterations: int = 39680
@@ -76,14 +84,14 @@ class Config:
     reweight: bool = True              # False: every pixel weight 1 (ablation)
     weight_scope: str = "pixel"        # "batch": the first release's one confidence per batch (WEIGHT_SCOPES)
     inter_norm: str = "all"            # "labeled": intersection loss averaged over labeled pixels (first release)
-    targets: tuple = ("inter", "union")  # labels for (net 1, net 2)
+    targets: tuple[str, str] = ("inter", "union")  # labels for (net 1, net 2)
     teacher_bn: str = "train"          # "eval": teachers predict with BatchNorm's running statistics
     pseudo_void_band: int = 0          # px without pseudo label on each side of either teacher's outlines (0: official)
     cutmix_boxes: int = 3              # CutMix boxes per unlabeled image (official 3; 0: no mixing, the student sees u0)
     student_aug: str = "none"          # "affine": the student sees the mixed image warped (STUDENT_AUGS)
     sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     # evaluation
-    eval_crop: int | None = None       # None: whole image; else sliding window of this size
+    eval_crop: int | None = 512        # sliding window of this size; None: the whole image at once
     eval_stride: float = 2 / 3
     eval_branch: str = "1"             # "1", "2" or "ensemble"
     # devices and bookkeeping
@@ -92,12 +100,12 @@ class Config:
     channels_last: bool = False
     cudnn_benchmark: bool = True
     sync_bn: bool = False
-    log_every: int = 10
-    checkpoint_every: int = 200
+    log_every: int = 50
+    checkpoint_every: int = 2000
     # Watching a run; none of these changes what it computes (runs.BOOKKEEPING).
-    eval_every: int = 0                # evaluate the validation set every N iterations (0: only at the end)
+    eval_every: int = 4960             # evaluate the validation set every N iterations (0: only at the end)
     tensorboard: bool = True           # TensorBoard event files in the run folder, when tensorboard is installed
-    tb_image_every: int = 1000         # ... with the teachers' pseudo labels on fixed scenes every N (0: none)
+    tb_image_every: int = 2000         # ... with the teachers' pseudo labels on fixed scenes every N (0: none)
     preset: str = "voc"
 
     @property
@@ -243,7 +251,7 @@ _CPU = dict(
     digits_per_scene=(1, 1), digit_px=(40, 56), void_band=1,
     scales=(0.75, 1.0, 1.25), flip=False, colour_aug=True,
     optimizer="adam", lr=1e-3, weight_decay=1e-4, device="auto", checkpoint_every=100,
-    tb_image_every=300,
+    eval_crop=None, num_workers=0, log_every=10, tb_image_every=300,
 )
 
 # The digit-scene recipe: 2,400 iterations on 2,000 scenes (125 labeled at 1/16), a quarter of them
@@ -272,11 +280,10 @@ PRESETS: dict[str, dict] = {
     # Paper recipes (docs/method.md §6), for a GPU: the official v1c backbone, dilation and centred
     # crop padding. They need backbone_weights to train (check_ready_to_train). Iterations are the
     # 1/16 (VOC) and 1/8 (City) totals; change them with --set iterations=... for other partitions.
-    "voc": dict(dataset="voc", backbone="resnet50_v1c", output_stride=16, dilation="official",
-                head_channels=256, crop=512, crop_pad="centre", batch_size=8, unlabeled_batch_size=8,
-                iterations=39680, optimizer="sgd", lr=0.005, unsup_weight=1.0, sup_loss="ce",
-                eval_crop=512, num_workers=4, log_every=50, checkpoint_every=2000,
-                eval_every=4960, tb_image_every=2000),  # a validation curve of 8 points
+    # voc is the Config defaults themselves (resnet50_v1c, official dilation, centred padding, crop
+    # 512, batch 8+8+8, SGD lr 0.005, lambda 1, CE, 39,680 iterations, sliding-window eval at 512,
+    # a validation curve of 8 points).
+    "voc": {},
     "cityscapes": dict(dataset="cityscapes", backbone="resnet50_v1c", output_stride=16,
                        dilation="official", head_channels=256, crop=800, crop_pad="centre",
                        batch_size=16, unlabeled_batch_size=16, iterations=22194, optimizer="sgd",
@@ -296,105 +303,277 @@ def _field_types() -> dict[str, typing.Any]:
 _NONE_IS_A_VALUE = ("backbone_weights",)
 
 
+def _unwrap(kind) -> tuple[typing.Any, bool]:
+    """(the type inside ``X | None``, whether None is allowed) of an annotation."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return kind, False
+
+
+def _parts(kind) -> tuple | None:
+    """The element types of a ``tuple[...]`` annotation (``(X, ...)`` for any length), else None."""
+    return typing.get_args(kind) if typing.get_origin(kind) is tuple else None
+
+
+_WORDS = {int: "an integer", float: "a finite number", str: "a text", bool: "true or false"}
+_PLURAL = {int: "integers", float: "numbers", str: "names", bool: "true/false values"}
+
+
+def describe(kind) -> str:
+    """What a value of annotation ``kind`` looks like, in words (for error messages)."""
+    base, optional = _unwrap(kind)
+    parts = _parts(base)
+    if parts is None:
+        text = _WORDS.get(base, getattr(base, "__name__", str(base)))
+    elif len(parts) == 2 and parts[1] is Ellipsis:
+        text = f"{_PLURAL[parts[0]]} separated by commas"
+    else:
+        text = f"{len(parts)} {_PLURAL[parts[0]]} separated by commas"
+    return text + (" or none" if optional else "")
+
+
+def _parse_scalar(text: str, base):
+    if base is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    if base is int:
+        return int(text)
+    if base is float:
+        if "/" in text:
+            a, b = text.split("/")
+            return float(a) / float(b)
+        return float(text)
+    return text
+
+
 def _parse(key: str, text: str, kind) -> typing.Any:
-    """Parse ``text`` as the type of field ``key``."""
-    origin_args = typing.get_args(kind)
-    optional = type(None) in origin_args
-    base = next((a for a in origin_args if a is not type(None)), kind)
+    """Parse ``text`` (from ``--set`` or a notebook parameter) as the type of field ``key``."""
+    base, optional = _unwrap(kind)
     if optional and key in _NONE_IS_A_VALUE and text.lower() == "none":
         return "none"
-    if optional and text.lower() in ("none", "null", ""):
+    if optional and text.strip().lower() in ("none", "null", ""):
         return None
+    parts = _parts(base)
     try:
-        if base is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            return int(text)
-        if base is float:
-            if "/" in text:
-                a, b = text.split("/")
-                return float(a) / float(b)
-            return float(text)
-        if base is tuple:
-            parts = [p.strip() for p in text.strip("()[]").split(",") if p.strip()]
-            return tuple(_num_or_str(p) for p in parts)
-        return text
-    except ValueError:
-        raise KitError(f"{key}: expected a value of type {getattr(base, '__name__', base)}, got {text!r}") from None
+        if parts is None:
+            return _parse_scalar(text.strip(), base)
+        items = [p.strip() for p in text.strip().strip("()[]").split(",") if p.strip()]
+        return tuple(_parse_scalar(p, parts[0]) for p in items)
+    except (ValueError, ZeroDivisionError):
+        if parts is None:
+            raise KitError(f"{key}: expected a value of type {base.__name__}, got {text!r}") from None
+        raise KitError(f"{key}: expected {describe(kind)}, got {text!r}") from None
 
 
-def _num_or_str(p: str):
-    for cast in (int, float):
-        try:
-            return cast(p)
-        except ValueError:
-            pass
-    return p
+def _is(value, base) -> bool:
+    """Whether ``value`` is a value of the scalar type ``base`` (an int is a float; no bool is a
+    number; a float must be finite)."""
+    if base is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if base is int:
+        return isinstance(value, numbers.Integral)
+    if base is float:
+        return isinstance(value, numbers.Real) and math.isfinite(value)
+    return isinstance(value, base)
 
 
 def _check_value(key: str, value, kind) -> None:
-    args = typing.get_args(kind)
-    base = next((a for a in args if a is not type(None)), kind)
-    if value is None and type(None) in args:
+    """Raise a KitError naming ``key`` unless ``value`` has the field's declared type."""
+    base, optional = _unwrap(kind)
+    if value is None and optional:
         return
-    ok = isinstance(value, base) or (base is float and isinstance(value, int) and not isinstance(value, bool))
-    if base is int and isinstance(value, bool):
+    parts = _parts(base)
+    if parts is None:
+        ok = _is(value, base)
+    elif not isinstance(value, (tuple, list)):
         ok = False
-    if base is tuple and isinstance(value, list):
-        ok = True
+    elif len(parts) == 2 and parts[1] is Ellipsis:
+        ok = all(_is(v, parts[0]) for v in value)  # empty: e.g. scales=() rescales nothing
+    else:
+        ok = len(value) == len(parts) and all(_is(v, t) for v, t in zip(value, parts))
     if not ok:
-        raise KitError(f"{key}: expected {getattr(base, '__name__', base)}, got {value!r} ({type(value).__name__})")
+        raise KitError(f"{key}: expected {describe(kind)}, got {value!r} ({type(value).__name__})")
 
 
-# The valid values of the fields that take one of a few names.
+def _plain_type(value, kind):
+    """``value`` as the plain Python type of its field: lists become tuples, numpy numbers Python
+    numbers (an int given for a float field stays an int: run folder names show it as given)."""
+    base, _ = _unwrap(kind)
+    if value is None:
+        return None
+    parts = _parts(base)
+    if parts is not None:
+        return tuple(_plain_type(v, parts[0]) for v in value)
+    if base is int or (base is float and not isinstance(value, (int, float))):
+        return base(value)
+    return value
+
+
+class Limit(typing.NamedTuple):
+    """What a number accepts beyond its type: ``lo <= value`` (``lo < value`` with ``open_lo``) and
+    ``value <= hi``; None: no bound. ``text``: the "expected ..." words, when the bare bounds do not
+    say why. A tuple field's limit holds for each of its numbers."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    text: str | None = None
+
+    def holds(self, v) -> bool:
+        return ((self.lo is None or (v > self.lo if self.open_lo else v >= self.lo))
+                and (self.hi is None or v <= self.hi))
+
+    def expected(self) -> str:
+        if self.text:
+            return self.text
+        if self.lo is not None and self.hi is not None:
+            return f"a number in {'(' if self.open_lo else '['}{self.lo}, {self.hi}]"
+        if self.lo == 0 and self.open_lo:
+            return "a positive number"
+        if self.lo is not None:
+            return f"{'more than' if self.open_lo else 'at least'} {self.lo}"
+        return f"at most {self.hi}"
+
+
+_BN = "BatchNorm in train mode needs 2 images"
+# The limits of the numeric fields, checked by ``validate`` (their types come from the annotations).
+LIMITS: dict[str, Limit] = {
+    "seed": Limit(0, text="an integer >= 0"),
+    "head_channels": Limit(1),
+    "pretrain_steps": Limit(0, open_lo=True),
+    "pretrain_size": Limit(16, text="at least 16 px"),
+    "pretrain_batch": Limit(2, text="at least 2 (BatchNorm)"),
+    "crop": Limit(1),  # and at least MIN_CROP_STRIDES x output_stride (validate)
+    "scales": Limit(0, open_lo=True, text="positive scale factors, e.g. 0.5,1,2"),
+    "batch_size": Limit(2, text=f"at least 2 ({_BN})"),
+    "unlabeled_batch_size": Limit(2, text=f"at least 2 ({_BN})"),
+    "num_workers": Limit(0, text="0 (load in this process) or a number of loader processes"),
+    "n_train_scenes": Limit(1),
+    "n_val_scenes": Limit(1),
+    "scene_size": Limit(8, text="at least 8 px"),
+    "digits_per_scene": Limit(0, text="(min, max) digits per scene, 0 <= min <= max"),
+    "digit_px": Limit(8, text="(min, max) digit height in px, 8 <= min <= max <= scene_size"),
+    "void_band": Limit(0, 4, text="0 to 4 px"),
+    "iterations": Limit(0, open_lo=True),
+    "lr": Limit(0, open_lo=True),
+    "momentum": Limit(0, 1, text="a number in [0, 1)"),  # 1 itself: excluded in validate
+    "weight_decay": Limit(0),
+    "warmup_iters": Limit(0),
+    "poly_power": Limit(0),
+    "unsup_weight": Limit(0),
+    "sup_only_iters": Limit(0),
+    "rampup_iters": Limit(0),
+    "pseudo_void_band": Limit(0, text="0 (none) or a band width in px"),
+    "cutmix_boxes": Limit(0, text="0 (no mixing) or a number of boxes"),
+    "eval_crop": Limit(1),  # and at least MIN_CROP_STRIDES x output_stride (validate)
+    "eval_stride": Limit(0, 1, open_lo=True, text="a share of the window in (0, 1]"),
+    "log_every": Limit(1),
+    "checkpoint_every": Limit(1),
+    "eval_every": Limit(0, text="0 (off) or a number of iterations"),
+    "tb_image_every": Limit(0, text="0 (off) or a number of iterations"),
+}
+
+# A crop (and an evaluation window) must span at least this many output strides: layer4 then sees
+# at least 2x2 positions. Below, its map is one position per image, every ASPP branch sees the same
+# single feature, and a run trains without error to a near-constant prediction.
+MIN_CROP_STRIDES = 2
+
+# The valid values of the fields that take one of a few names (or numbers).
 CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"), "union_rule": UNION_RULES,
            "sup_loss": ("ce", "ohem"), "eval_branch": ("1", "2", "ensemble"),
            "amp": ("auto", "bf16", "fp16", "off"), "dilation": DILATIONS, "crop_pad": CROP_PADS,
            "pretrain_source": PRETRAIN_SOURCES, "weight_scope": WEIGHT_SCOPES, "inter_norm": LOSS_NORMALISERS,
-           "teacher_bn": TEACHER_BN, "student_aug": STUDENT_AUGS,
-           "targets": TARGET_PAIRS}
+           "teacher_bn": TEACHER_BN, "student_aug": STUDENT_AUGS, "backbone": BACKBONES,
+           "output_stride": OUTPUT_STRIDES, "targets": TARGET_PAIRS}
+
+# device: "auto", "cpu", "cuda" (this process's GPU) or "cuda:N".
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def parse_labeled(spec: str | int | float) -> int | float:
+    """'1/16' -> 0.0625, '0.125' -> 0.125 (fractions in (0, 1)), '92' -> 92 (an image count)."""
+    if isinstance(spec, bool):
+        raise KitError(f"labeled: expected a fraction like '1/16' or a count like '92', got {spec!r}")
+    if isinstance(spec, int):
+        value: int | float = spec
+    elif isinstance(spec, float):
+        value = spec
+    else:
+        s = str(spec).strip()
+        try:
+            if re.fullmatch(r"\d+", s):
+                value = int(s)
+            elif re.fullmatch(r"\d+\s*/\s*\d+", s):
+                value = float(Fraction(s.replace(" ", "")))
+            else:
+                value = float(s)
+        except (ValueError, ZeroDivisionError):
+            raise KitError(f"labeled: expected a fraction like '1/16' or a count like '92', got {spec!r}") from None
+    if isinstance(value, int) and value < 1:
+        raise KitError(f"labeled: expected a count >= 1, got {spec!r}")
+    if isinstance(value, float) and not 0.0 < value < 1.0:
+        raise KitError(f"labeled: expected a fraction in (0, 1) like '1/16', got {spec!r}")
+    return value
 
 
 def validate(cfg: Config) -> Config:
-    """Check choices that the types alone do not; raise KitError naming the field."""
-    for key, valid in CHOICES.items():
-        if key == "targets":
-            continue
+    """Check every field of ``cfg`` before anything loads: its declared type (finite numbers), its
+    limits (``LIMITS``), its choices (``CHOICES``) and the few rules between fields. Raises one
+    KitError naming the field and what was expected; returns ``cfg`` with lists as tuples."""
+    types = _field_types()
+    for f in fields(Config):
+        value = getattr(cfg, f.name)
+        _check_value(f.name, value, types[f.name])
+        setattr(cfg, f.name, _plain_type(value, types[f.name]))
+    for key, limit in LIMITS.items():
+        value = getattr(cfg, key)
+        if value is not None and not all(limit.holds(v) for v in (value if isinstance(value, tuple) else [value])):
+            raise KitError(f"{key}: expected {limit.expected()}, got {_shown(value)}")
+    for key, valid in {**CHOICES, "preset": tuple(PRESETS)}.items():
         if getattr(cfg, key) not in valid:
-            raise KitError(f"{key}: unknown value {getattr(cfg, key)!r}, expected one of {', '.join(valid)}")
-    if tuple(cfg.targets) not in TARGET_PAIRS:
-        raise KitError(f"targets: expected {' / '.join(','.join(t) for t in TARGET_PAIRS)}, got {cfg.targets}")
-    cfg.targets, cfg.scales = tuple(cfg.targets), tuple(cfg.scales) if cfg.scales else cfg.scales
-    for key in ("batch_size", "unlabeled_batch_size"):
-        if getattr(cfg, key) < 2:
-            raise KitError(f"{key}: expected at least 2 (BatchNorm in train mode needs 2 images), "
-                           f"got {getattr(cfg, key)}")
-    if cfg.cutmix_boxes < 0:
-        raise KitError(f"cutmix_boxes: expected 0 (no mixing) or a number of boxes, got {cfg.cutmix_boxes}")
-    if cfg.pseudo_void_band < 0:
-        raise KitError(f"pseudo_void_band: expected 0 (none) or a band width in px, got {cfg.pseudo_void_band}")
-    if cfg.iterations < 1:
-        raise KitError(f"iterations: expected a positive number, got {cfg.iterations}")
-    if cfg.lr <= 0:
-        raise KitError(f"lr: expected a positive number, got {cfg.lr}")
-    for key in ("eval_every", "tb_image_every"):
-        if getattr(cfg, key) < 0:
-            raise KitError(f"{key}: expected 0 (off) or a number of iterations, got {getattr(cfg, key)}")
+            if key == "targets":
+                raise KitError(f"targets: expected {' / '.join(','.join(t) for t in TARGET_PAIRS)}, "
+                               f"got {','.join(cfg.targets)}")
+            raise KitError(f"{key}: unknown value {getattr(cfg, key)!r}, expected one of "
+                           f"{', '.join(map(str, valid))}")
+    if cfg.momentum >= 1:
+        raise KitError(f"momentum: expected {LIMITS['momentum'].expected()}, got {cfg.momentum}")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise KitError(f"device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if cfg.labeled != ALL_LABELED:
+        parse_labeled(cfg.labeled)
+    smallest = MIN_CROP_STRIDES * cfg.output_stride
+    for key in ("crop", "eval_crop"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < smallest:
+            raise KitError(f"{key}: expected at least {smallest} px ({MIN_CROP_STRIDES} x output_stride "
+                           f"{cfg.output_stride}, so that layer4 sees 2x2 positions), got {getattr(cfg, key)}")
+    lo, hi = cfg.digits_per_scene
+    if lo > hi:
+        raise KitError(f"digits_per_scene: expected {LIMITS['digits_per_scene'].text}, got {_shown((lo, hi))}")
+    lo, hi = cfg.digit_px
+    if not lo <= hi <= cfg.scene_size:
+        raise KitError(f"digit_px: expected {LIMITS['digit_px'].text}={cfg.scene_size}, got {_shown((lo, hi))}")
+    if cfg.dataset == "digits":
+        where = f"preset {cfg.preset!r}" if _preset_value(cfg.preset, "dataset") == "digits" else "dataset 'digits'"
+        for key in ("data_root", "labeled_list", "unlabeled_list"):
+            if getattr(cfg, key):
+                raise KitError(f"{key}: {where} trains on the embedded digit scenes (split by --labeled 1/N or "
+                               f"a count); {key} is for the paper presets (voc, cityscapes)")
     # backbone pretraining (used when backbone_weights="digits")
     if cfg.backbone_weights == "digits" and cfg.dataset != "digits":
         raise KitError(f"backbone_weights: 'digits' is pretrained for the digit scenes, not for dataset "
                        f"'{cfg.dataset}'; pass a weights file, 'imagenet', or 'none' (random init)")
-    if cfg.pretrain_steps < 1:
-        raise KitError(f"pretrain_steps: expected a positive number, got {cfg.pretrain_steps}")
-    if cfg.pretrain_size < 16:
-        raise KitError(f"pretrain_size: expected at least 16 px, got {cfg.pretrain_size}")
-    if cfg.pretrain_batch < 2:
-        raise KitError(f"pretrain_batch: expected at least 2 (BatchNorm), got {cfg.pretrain_batch}")
     return cfg
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def make_config(preset: str = "smoke", overrides: dict | None = None, **kw) -> Config:
@@ -445,6 +624,14 @@ def check_ready_to_train(cfg: Config) -> Config:
     return cfg
 
 
+def check_weights_file(cfg: Config) -> None:
+    """Refuse a ``backbone_weights`` file that is not there, before data or nets are built (``train``
+    calls it; a finished run's config may name a file since moved, so ``validate`` does not)."""
+    if cfg.backbone_weights not in (None, "digits", "imagenet", "none") and not Path(cfg.backbone_weights).is_file():
+        raise KitError(f"backbone_weights: file not found: {cfg.backbone_weights} (expected a weights file, "
+                       f"'imagenet', 'none' or, on the digit scenes, 'digits')")
+
+
 # Settings that make up the recipe: a paper-preset run that changes one is told so in deviations().
 _RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "crop", "crop_pad", "scales",
                   "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
@@ -474,7 +661,7 @@ def deviations(cfg: Config) -> dict[str, str]:
         out["backbone_weights"] = ("random initialisation on purpose (backbone_weights=none) instead of "
                                    "the pretrained backbone the paper fine-tunes")
     if cfg.method == "cps":
-        own = CPS_OWN_RECIPE[PRESETS[cfg.preset]["dataset"]]
+        own = CPS_OWN_RECIPE[_preset_value(cfg.preset, "dataset")]
         out["method"] = ("CPS runs with CPCL's recipe (this preset), for a like-for-like comparison; the "
                          "CPS repository's own config (charlesCXK/TorchSemiSeg " + own["source"] + ") uses "
                          + "; ".join(f"{k} {v}" for k, v in own.items() if k != "source"))
@@ -504,8 +691,26 @@ def parse_sets(items: list[str] | None) -> dict:
     return out
 
 
+# Config fields added after runs were made, with the value that reproduces those earlier runs (the
+# kit's behaviour before the field existed). A saved config.json that lacks one loads with that value
+# (``load_config_dict``), and the same-run rule counts it as holding it (``runs.differing_settings``),
+# so a new field neither changes an old run nor orphans its folder.
+ADDED_FIELDS = {
+    "dilation": "torchvision",    # torchvision's dilation convention
+    "crop_pad": "random",         # small crops padded at a random position
+    "void_band": 0,               # scenes without a void outline
+    "weight_scope": "pixel",      # the official code's current per-pixel weight
+    "inter_norm": "all",          # ... and its normaliser
+    "teacher_bn": "train",        # the official teachers
+    "pseudo_void_band": 0,        # pseudo labels on every pixel
+    "cutmix_boxes": 3,            # the official CutMix
+    "student_aug": "none",        # the student sees the mixed image itself
+}
+
+
 def load_config_dict(data: dict) -> Config:
-    """A Config from a dict written by ``Config.to_dict`` (unknown keys are ignored)."""
+    """A Config from a dict written by ``Config.to_dict`` (unknown keys are ignored; a field the
+    dict lacks takes its ``ADDED_FIELDS`` value, else its default), checked by ``validate``."""
     known = {f.name for f in fields(Config)}
-    data = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    data = {**ADDED_FIELDS, **{k: v for k, v in data.items() if k in known}}
     return validate(Config(**data))

@@ -3,13 +3,44 @@
 This module imports nothing from the kit, so anything may import it.
 """
 
+import os
+import sys
 from pathlib import Path
 
-# The committed benchmark results (benchmarks/*.py write them; notebooks and tables read them).
+# The committed benchmark results (benchmarks/*.py write them; notebooks and tables read them). They
+# come with the kit's git checkout, not with an installed package (see results_here).
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
-# The kit's cache of files it makes once (pretrained digit backbones; see data/README.md).
-CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"
+
+def results_here(folder) -> bool:
+    """Whether ``folder`` (of committed results) exists. When it is ``RESULTS_DIR`` and missing (an
+    installed package), one line on stderr says where the committed results are; the reader then
+    answers as for a result not measured (None), never a crash."""
+    if Path(folder).is_dir():
+        return True
+    if Path(folder) == RESULTS_DIR:
+        print(f"cpcl-kit: no committed benchmark results here ({RESULTS_DIR}); they come with the kit's "
+              f"git checkout (benchmarks/results/), not with an installed package", file=sys.stderr, flush=True)
+    return False
+
+# The environment variable that moves the kit's cache (cache_root) elsewhere.
+CACHE_ENV = "CPCL_KIT_CACHE"
+
+
+def cache_root() -> Path:
+    """Where the kit keeps what it makes once (pretrained digit backbones, the prepared run set,
+    benchmark run folders): ``$CPCL_KIT_CACHE``, else ``$XDG_CACHE_HOME/cpcl-kit``, else
+    ``~/.cache/cpcl-kit``; read at each call, so a process may point it elsewhere (the tests do)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit"
+
+# The ResNets the kit builds (model.py): torchvision's, the official deep-stem v1c ones, and
+# ResNet-18 at a quarter and half of its width (the CPU presets).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c",
+             "resnet18_w16", "resnet18_w32")
+# Output strides the DeepLabv3+ head supports (ASPP rates 6/12/18 at 16, 12/24/36 at 8).
+OUTPUT_STRIDES = (16, 8)
 
 # Label value of pixels without a label: VOC's object borders, unlabeled images, CutMix truth
 # where unknown. Losses and metrics skip it.

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -274,8 +275,12 @@ def _scenes_for(split: str, n: int, spec: SceneSpec, seed: int, cache_dir: str |
         try:
             with np.load(path) as z:
                 arrays = z["images"], z["masks"]
-        except (OSError, ValueError, KeyError):
-            arrays = None  # a broken cache file is regenerated, not an error
+            if arrays[0].shape[0] != n or arrays[1].shape != arrays[0].shape[:3]:
+                raise ValueError("shapes")
+        except Exception:  # noqa: BLE001 - a damaged file (truncated zip, bad CRC): made again
+            arrays = None
+            print(f"cpcl-kit: the cached scenes {path} are damaged; generating them again",
+                  file=sys.stderr, flush=True)
     if arrays is None:
         train_pool, val_pool = digit_pools()
         pool = train_pool if split == "train" else val_pool

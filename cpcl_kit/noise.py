@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import RESULTS_DIR
+from .constants import RESULTS_DIR, results_here
 from .errors import KitError
 
 AHEAD, BEHIND, WITHIN = "ahead", "behind", "within the noise"
@@ -149,7 +149,7 @@ def for_preset(preset: str, folder=RESULTS_DIR) -> NoiseTable | None:
     from .config import PRESETS, make_config
     from .runs import differing_settings
 
-    if preset not in PRESETS:
+    if preset not in PRESETS or not results_here(folder):
         return None
     cfg = make_config(preset)
     own = table_path(preset, folder)

@@ -160,6 +160,9 @@ def run_demo(out: Path, preset: str = "demo", only: list[str] | None = None, job
     kernel with one torch thread, each started once what it needs (``DEMO_NEEDS``) has finished."""
     if jobs < 1:
         raise KitError(f"--jobs: expected at least 1, got {jobs}")
+    if not notebooks():
+        raise KitError(f"demo: no tutorial notebooks in {NOTEBOOK_DIR}; they come with the kit's git checkout "
+                       f"(notebooks/), not with an installed package: run make demo there")
     out = Path(out).resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ Training-history figures take the ``history`` DataFrame of a run (``train.RunRes
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -16,7 +19,24 @@ import torch
 
 from .constants import IGNORE_INDEX
 
-sns.set_theme(context="notebook", style="whitegrid")
+
+@contextmanager
+def style():
+    """``with plots.style():`` draws in the kit's look (seaborn's whitegrid theme, notebook sizes);
+    the user's matplotlib settings are back as they were afterwards. Every figure function of this
+    module draws inside it; importing the module changes nothing."""
+    with plt.rc_context():
+        sns.set_theme(context="notebook", style="whitegrid")
+        yield
+
+
+def _styled(fn):
+    """Run a figure function inside ``style()``."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with style():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 class HiddenLineWarning(UserWarning):
@@ -38,6 +58,7 @@ def save(fig, out_dir, name: str):
                         lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
+@_styled
 def parameter_bars(table: pd.DataFrame, title: str = "Parameters per part"):
     """Bar chart of a ``summary.parameter_table``."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -50,6 +71,7 @@ def parameter_bars(table: pd.DataFrame, title: str = "Parameters per part"):
     return fig
 
 
+@_styled
 def feature_maps(image: torch.Tensor, feats: dict[str, torch.Tensor], stages=("layer1", "layer2", "layer3", "layer4", "aspp", "decoder")):
     """The input image and the channel-mean activation of each stage (one row)."""
     n = len(stages) + 1
@@ -102,6 +124,7 @@ def colourise(mask, num_classes: int) -> np.ndarray:
     return class_palette(num_classes)[np.clip(m, 0, 255)]
 
 
+@_styled
 def class_legend(fig, class_names, ignore: bool = True, y: float = 0.0):
     """A one-row legend of the class colours (and grey 'ignore') under the figure."""
     from matplotlib.patches import Patch
@@ -145,6 +168,7 @@ def _shade_supervised_start(ax, history: pd.DataFrame):
 # training curves
 
 
+@_styled
 def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     """Losses over iterations: supervised CE of each net (left), unsupervised losses and λ (right)."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -219,6 +243,7 @@ def _val_curve_table(run) -> pd.DataFrame:
     return table.dropna(subset=["miou"]).sort_values("iteration").reset_index(drop=True)
 
 
+@_styled
 def eval_curve(run, title: str = "Validation mIoU during training"):
     """Validation mIoU (× 100) over the iterations of one run (``eval_every``; see
     ``_val_curve_table`` for what ``run`` may be). The last point is what the kit reports; the best
@@ -246,6 +271,7 @@ def eval_curve(run, title: str = "Validation mIoU during training"):
     return fig
 
 
+@_styled
 def coverage_curves(history: pd.DataFrame):
     """Over training: the share of unlabeled pixels that carry an intersection label (where the nets
     agree) vs a union label (all of them), and each label kind's accuracy against the true masks."""
@@ -311,6 +337,7 @@ def _heatmap(table: pd.DataFrame, ax, cbar_label: str, vmin=None, vmax=None, cma
         ax.set_xticklabels(table.columns[::step])
 
 
+@_styled
 def coverage_heatmap(history: pd.DataFrame, class_names):
     """Per class and over training: of the pixels whose union label is class c, the share that also
     carries an intersection label (the nets agree). Grey: no pixel of that class in the union label."""
@@ -325,6 +352,7 @@ def coverage_heatmap(history: pd.DataFrame, class_names):
     return fig
 
 
+@_styled
 def indicator_over_training(history: pd.DataFrame, class_names, kind: str = "heatmap"):
     """The class-wise disagreement indicator Ĩ_c over training, as a heatmap (classes x iterations)
     or as one line per class in the class colours."""
@@ -354,6 +382,7 @@ def indicator_over_training(history: pd.DataFrame, class_names, kind: str = "hea
     return fig
 
 
+@_styled
 def weights_over_training(history: pd.DataFrame):
     """Mean loss weights over training: intersection and union targets, agreeing vs disagreeing pixels."""
     rows = _label_rows(history)
@@ -381,6 +410,7 @@ def weights_over_training(history: pd.DataFrame):
 # the weighting rule and whether it tracks correctness
 
 
+@_styled
 def weighting_surface(num_classes: int = 11, union_rule: str = "disagreement"):
     """CPCL's pixel weight as a function of the two teachers' confidences c1, c2 (max softmax, in
     [1/C, 1]). Left: agreeing pixels, ω = (c1 + c2)/2. Right: disagreeing pixels, the confidence of
@@ -409,6 +439,7 @@ def weighting_surface(num_classes: int = 11, union_rule: str = "disagreement"):
     return fig
 
 
+@_styled
 def weight_distributions(weights, correct, label: str = "union label", bins: int = 20):
     """Histogram of the loss weights on pixels whose pseudo label is correct vs wrong (each group
     normalised to 100 %); NaN entries of ``correct`` (unknown truth, or no label) are dropped."""
@@ -436,6 +467,7 @@ def weight_distributions(weights, correct, label: str = "union label", bins: int
     return fig
 
 
+@_styled
 def reliability_diagram(conf, correct, bins: int = 10, lo: float = 0.0, label: str = "net 1"):
     """Confidence vs accuracy in ``bins`` equal-width bins over [lo, 1]; the diagonal is a perfectly
     calibrated net; the lower panel counts the pixels per bin. Title: expected calibration error."""
@@ -463,6 +495,7 @@ def reliability_diagram(conf, correct, bins: int = 10, lo: float = 0.0, label: s
 # the disagreement indicator of one batch, and pseudo labels on images
 
 
+@_styled
 def indicator_bars(indicator, class_names, highlight: dict | None = None,
                    title: str = "Class-wise disagreement indicator Ĩ of this batch"):
     """Ĩ_c per class as bars in the class colours; ``highlight`` {class index: note} marks classes
@@ -487,6 +520,7 @@ def indicator_bars(indicator, class_names, highlight: dict | None = None,
     return fig
 
 
+@_styled
 def prediction_grid(images, masks, predictions: dict, class_names, title: str | None = None):
     """One row per scene: the image, its true mask and each named prediction ({name: [n,H,W]}),
     in the class colours (grey = ignore)."""
@@ -556,6 +590,7 @@ OVERLAY_TITLES = ["image", "true mask", "net 1 (y₁)", "net 2 (y₂)", "interse
                   "union → net 2", "weight ω_inter", "weight ω_union"]
 
 
+@_styled
 def prediction_overlays(images, masks, labels, index, class_names, threshold: float = 0.0,
                         mark: tuple | None = None, title: str | None = None, row_names=None):
     """Image, true mask, net 1's and net 2's labels, the intersection label (net 1's target), the
@@ -613,6 +648,7 @@ def _variant_order(names) -> list:
     return [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
 
 
+@_styled
 def ablation_bars(table: pd.DataFrame, metric: str = "miou", title: str | None = None):
     """``metric`` (× 100) per variant: bars = mean over seeds, ticks = ± 1 standard deviation, dots =
     single seeds; one colour per labeled fraction when the table holds several."""
@@ -674,6 +710,7 @@ def _per_class_long(data, class_names) -> pd.DataFrame:
                      "(class, iou[, variant]) or a wide one (classes x runs)")
 
 
+@_styled
 def per_class_iou(data, class_names=None, title: str = "Per-class IoU on the validation set"):
     """Per-class IoU (%) as grouped bars. ``data``: a run's metrics dict, a dict {name: metrics},
     a wide table (index = classes, one column per run; None/NaN = class absent), or a long table with
@@ -712,6 +749,7 @@ def _bare(ax):
     ax.set_yticks([])
 
 
+@_styled
 def scene_gallery(images, masks, class_names, k: int = 8):
     """The first ``k`` scenes (top row) over their masks (bottom row), with the class legend."""
     k = min(k, len(images))
@@ -728,6 +766,7 @@ def scene_gallery(images, masks, class_names, k: int = 8):
     return fig
 
 
+@_styled
 def class_frequencies(masks_by_split: dict, class_names) -> tuple:
     """Pixel share (%) of every class per split, as a log-scale bar chart and a DataFrame."""
     rows = []
@@ -749,6 +788,7 @@ def class_frequencies(masks_by_split: dict, class_names) -> tuple:
     return fig, table
 
 
+@_styled
 def augmentation_grid(image, mask, recipes: dict, class_names, k: int = 4):
     """For each named joint transform: the original and ``k`` random draws (image row, mask row).
     Draw j runs under ``torch.manual_seed(j)``, as the loader seeds every sample."""
@@ -773,6 +813,7 @@ def augmentation_grid(image, mask, recipes: dict, class_names, k: int = 4):
     return fig
 
 
+@_styled
 def student_view_grid(u0, view, truth, class_names, u1=None, mask=None, void=None, rows: int = 3,
                       title: str | None = None):
     """What the students see, one scene a row: u0 (the teachers' image), u1 and the CutMix mask M
@@ -802,6 +843,7 @@ def student_view_grid(u0, view, truth, class_names, u1=None, mask=None, void=Non
     return fig
 
 
+@_styled
 def cpcl_loop(student_view: str = "CutMix boxes", title: str = "One CPCL iteration"):
     """The two-net loop as a diagram: the labeled batch trains both nets; on the unlabeled batch both
     nets act as teachers (no gradient), their labels become the intersection (net 1's target) and
@@ -861,6 +903,15 @@ def cpcl_loop(student_view: str = "CutMix boxes", title: str = "One CPCL iterati
     return fig
 
 
+def for_projector(fig, scale: float = 1.25):
+    """``fig`` with every text ``scale`` times larger, for a projected screen (the classroom demo)."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_fontsize(text.get_fontsize() * scale)
+    return fig
+
+
 def hidden_lines(fig) -> list[str]:
     """Lines of ``fig`` that another line covers entirely: the same points, drawn later, solid and at
     least as wide. A figure should have none (draw the wider line first, or dash the later one)."""
@@ -879,6 +930,7 @@ def hidden_lines(fig) -> list[str]:
     return hidden
 
 
+@_styled
 def disagreement_regions(tables: dict, title: str = "Where the two nets disagree"):
     """Two panels from ``disagreement.where_they_disagree`` tables, one per method ({name: table}):
     the share of each region's pixels the nets disagree on, and how often the union label is right

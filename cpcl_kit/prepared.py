@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import runs
-from .constants import ALL_LABELED, RESULTS_DIR
+from . import constants, runs
+from .constants import ALL_LABELED, RESULTS_DIR, results_here
 from .errors import KitError
 
 PRESET = "benchmark"
@@ -48,8 +48,9 @@ def default_dir(preset: str = PRESET) -> Path:
 
 
 def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/cpcl-kit`` (``~/.cache/cpcl-kit``): the kit's run folders outside the tree."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit"
+    """The kit's cache folder (``constants.cache_root``: ``$CPCL_KIT_CACHE``, else
+    ``$XDG_CACHE_HOME/cpcl-kit`` or ``~/.cache/cpcl-kit``): the kit's run folders outside the tree."""
+    return constants.cache_root()
 
 
 def grids(seeds) -> list[dict]:
@@ -180,7 +181,7 @@ COMMITTED = RESULTS_DIR / f"ssl_gain-{PRESET}.json"
 def committed(path=COMMITTED) -> dict | None:
     """The committed ``benchmarks/ssl_gain.py`` summary (seeds 0, 1, 2 of this set), or None."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    return json.loads(path.read_text()) if results_here(path.parent) and path.exists() else None
 
 
 def summary_table(summary: dict) -> pd.DataFrame:

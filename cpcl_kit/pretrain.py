@@ -16,8 +16,9 @@ classifier is a plain torchvision ResNet (stride 32, as ImageNet training) with 
 pooled layer4 features; only the backbone is kept, in torchvision's key layout.
 
 ``weights_path(spec)`` returns the state dict file of a spec: the one shipped with the kit
-(``cpcl_kit/weights/``) when there is one, else the cached file under ``data/cache/pretrain/``, keyed
-by a hash of the spec and ``PRETRAIN_VERSION``, trained (with a progress bar) when missing. A config
+(``cpcl_kit/weights/``) when there is one, else the cached file in the kit's cache
+(``default_cache_dir``: ``~/.cache/cpcl-kit/pretrain`` or ``$CPCL_KIT_CACHE/pretrain``), keyed by a
+hash of the spec and ``PRETRAIN_VERSION``, trained (with a progress bar) when missing or damaged. A config
 asks for it with ``backbone_weights="digits"`` (``resolve_backbone_weights``).
 
 Why a file is shipped: pretraining is deterministic on one kind of CPU only. Another CPU sums floats
@@ -34,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import digits, runs
-from .constants import CACHE_DIR, PRETRAIN_SOURCES
+from .constants import PRETRAIN_SOURCES, cache_root
 from .errors import KitError
 
 # Bump when images, augmentation or training change, so stale cached weights are not reused.
@@ -54,7 +56,8 @@ PRETRAIN_VERSION = 1
 SOURCES = PRETRAIN_SOURCES  # "handwritten", "printed", "mixed"
 # The value of Config.backbone_weights that asks for this module's cached backbone.
 NAMED_WEIGHTS = "digits"
-DEFAULT_CACHE_DIR = CACHE_DIR / "pretrain"
+# The cache folder of trained backbones; None: the kit's cache (default_cache_dir), read at each call.
+DEFAULT_CACHE_DIR: Path | None = None
 # Backbones shipped with the kit, named as in the cache (``weights_name``), each with its report.
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 # Classes as in the scene masks: 0 = no digit, 1..10 = digits 0..9.
@@ -438,6 +441,24 @@ def weights_name(spec: PretrainSpec) -> str:
     return f"{spec.source}-{spec.backbone}-{spec_key(spec)}.pt"
 
 
+def default_cache_dir() -> Path:
+    """Where ``weights_path`` caches trained backbones: ``DEFAULT_CACHE_DIR`` when set, else
+    ``pretrain/`` in the kit's cache (``constants.cache_root``)."""
+    return Path(DEFAULT_CACHE_DIR) if DEFAULT_CACHE_DIR is not None else cache_root() / "pretrain"
+
+
+def intact(path: Path) -> bool:
+    """Whether a cached backbone file and its report read back whole: a state dict of tensors
+    (``weights_only=True``) and a JSON report. A kill during a write cannot leave a half file
+    (``runs.write_atomic``), but a disk error, a copy cut short or a hand edit can."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        json.loads(report_path(path).read_text())
+    except Exception:  # noqa: BLE001 - whatever a damaged file makes them raise: not intact
+        return False
+    return isinstance(state, dict) and bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
 def shipped_path(spec: PretrainSpec) -> Path | None:
     """The file of ``spec`` that ships with the kit, or None when the kit ships none for it."""
     path = SHIPPED_DIR / weights_name(spec)
@@ -449,12 +470,14 @@ def weights_path(spec: PretrainSpec, cache_dir: str | os.PathLike | None = None,
     """The backbone file of ``spec`` (a torchvision state dict, ``torch.load(weights_only=True)``
     -able): the shipped one when the kit has it (``shipped_path``), else the cached one, trained
     first when missing. ``rebuild=True`` trains ``spec`` into the cache even where a file is shipped
-    or cached (replacing the cached one). A JSON report (``report_path``) lies beside each file."""
+    or cached (replacing the cached one). A JSON report (``report_path``) lies beside each file.
+    A cached file that does not read back whole (``intact``) is trained again, with a one-line
+    notice on stderr naming it."""
     spec.check()
     if not rebuild and shipped_path(spec) is not None:
         return shipped_path(spec)
-    path = Path(cache_dir or DEFAULT_CACHE_DIR) / weights_name(spec)
-    if path.is_file() and not rebuild:
+    path = Path(cache_dir or default_cache_dir()) / weights_name(spec)
+    if path.is_file() and not rebuild and intact(path):
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -463,7 +486,10 @@ def weights_path(spec: PretrainSpec, cache_dir: str | os.PathLike | None = None,
     # Grid workers and torchrun ranks may all ask at once: one trains, the others wait for its file.
     with runs.lock(path.parent, wait=True):
         if path.is_file() and not rebuild:
-            return path
+            if intact(path):
+                return path
+            print(f"cpcl-kit: the cached backbone {path} (or its report) is damaged; training it again",
+                  file=sys.stderr, flush=True)
         state, report = train_backbone(spec, progress=progress)
         report = {**report, "spec": dataclasses.asdict(spec), "key": spec_key(spec),
                   "version": PRETRAIN_VERSION, "torch": torch.__version__}

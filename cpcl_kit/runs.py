@@ -33,11 +33,9 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -46,9 +44,10 @@ import pandas as pd
 import torch
 
 from . import checkpoint
-from .config import PRESETS, Config, deviations, load_config_dict
+from .config import ADDED_FIELDS, PRESETS, Config, deviations, load_config_dict
 from .errors import KitError
 from .model import build_nets
+from .provenance import code_version  # noqa: F401  (runs.code_version: what metrics.json records)
 
 try:  # POSIX; elsewhere runs are not locked (see lock())
     import fcntl
@@ -75,36 +74,6 @@ BOOKKEEPING = {
     "tensorboard": "whether TensorBoard event files are written",
     "tb_image_every": "how often TensorBoard gets an image of the pseudo labels",
 }
-
-# Config fields added after runs were made, with the value that reproduces those earlier runs (each a
-# switch whose default is what the kit did before it existed). A saved config that lacks one counts
-# as holding that value, so a new switch does not orphan every earlier run folder; any other missing
-# field still counts as different.
-ADDED_FIELDS = {
-    "void_band": 0,               # scenes without a void outline
-    "weight_scope": "pixel",      # the official code's current per-pixel weight
-    "inter_norm": "all",          # ... and its normaliser
-    "teacher_bn": "train",        # the official teachers
-    "pseudo_void_band": 0,        # pseudo labels on every pixel
-    "cutmix_boxes": 3,            # the official CutMix
-    "student_aug": "none",        # the student sees the mixed image itself
-}
-
-
-@cache  # modules are imported once per process: the code that runs cannot change under it
-def code_version() -> dict:
-    """The kit's code that trains in this process, for a run's metrics.json: the short commit of
-    the git checkout ``cpcl_kit`` is imported from and whether its ``cpcl_kit/`` files differ from
-    it (``dirty``); both None outside a git checkout (an installed wheel)."""
-    pkg = Path(__file__).resolve().parent
-    try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=pkg, capture_output=True, text=True,  # noqa: E731
-                                        check=True, timeout=20).stdout.strip()
-        return {"commit": git("rev-parse", "--short", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
 
 def machine() -> str:
     """The CPU a result was measured on, in one line: model, the vector extensions that change
@@ -133,22 +102,53 @@ def write_atomic(path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temp file beside ``path``, fsync it and rename it over ``path``.
 
     A kill or an error at any moment leaves the previous file (or none) and no debris; the
-    folder is fsynced too, so the rename itself survives a power cut."""
+    folder is fsynced too, so the rename itself survives a power cut. A failed write (a full disk,
+    a read-only folder) is one ``KitError`` naming ``path`` and the cause, also where the writer
+    reports it as an error of its own (``torch.save``: "enforce fail at inline_container.cc")."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
+        with os.fdopen(fd, "wb") as raw:
+            f = _Recording(raw)
+            try:
+                write(f)
+            except Exception:
+                if f.error is None:  # not a write error: the writer's own failure, as it is
+                    raise
+                raise f.error from None
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "the previous file is kept" if path.exists() else "no file was written"
+            raise KitError(f"{path}: cannot write ({e.strerror or e}); {kept}") from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class _Recording:
+    """A binary file that remembers the first OSError of its writes: ``torch.save`` and others turn
+    that error into one of their own, and the OSError (e.g. ENOSPC) says what happened."""
+
+    def __init__(self, f: BinaryIO):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 def _umask() -> int:
@@ -346,8 +346,12 @@ class lock:
         if fcntl is None:  # pragma: no cover - no flock on this platform: unlocked
             _HELD[key] = [None, 1]
             return self
-        key.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            key.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise KitError(f"{self.path}: cannot create the folder's lock file ({e.strerror or e}); "
+                           f"expected a folder this user may write to") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

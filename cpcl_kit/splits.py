@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .config import parse_labeled  # noqa: F401  (defined with the settings it checks)
 from .errors import KitError
 from .runs import write_text
 
@@ -69,32 +70,6 @@ def write_split_list(path: str | Path, ids: Sequence[str | tuple]) -> Path:
     """
     lines = ["\t".join("/" + x.lstrip("/") for x in i if x is not None) if isinstance(i, tuple) else str(i) for i in ids]
     return write_text(path, "\n".join(lines) + "\n")
-
-
-def parse_labeled(spec: str | int | float) -> int | float:
-    """'1/16' -> 0.0625, '0.125' -> 0.125 (fractions in (0, 1)), '92' -> 92 (an image count)."""
-    if isinstance(spec, bool):
-        raise KitError(f"labeled: expected a fraction like '1/16' or a count like '92', got {spec!r}")
-    if isinstance(spec, int):
-        value: int | float = spec
-    elif isinstance(spec, float):
-        value = spec
-    else:
-        s = str(spec).strip()
-        try:
-            if re.fullmatch(r"\d+", s):
-                value = int(s)
-            elif re.fullmatch(r"\d+\s*/\s*\d+", s):
-                value = float(Fraction(s.replace(" ", "")))
-            else:
-                value = float(s)
-        except (ValueError, ZeroDivisionError):
-            raise KitError(f"labeled: expected a fraction like '1/16' or a count like '92', got {spec!r}") from None
-    if isinstance(value, int) and value < 1:
-        raise KitError(f"labeled: expected a count >= 1, got {spec!r}")
-    if isinstance(value, float) and not 0.0 < value < 1.0:
-        raise KitError(f"labeled: expected a fraction in (0, 1) like '1/16', got {spec!r}")
-    return value
 
 
 def _labeled_count(n: int, labeled: int | float) -> int:

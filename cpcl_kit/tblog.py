@@ -111,7 +111,9 @@ class Board(NoBoard):
         from .analysis import pseudo_labels_on_scenes
         from .plots import pseudo_label_panels
 
-        n = min(SCENES, len(data.unlabeled))
+        n = min(SCENES, len(data.unlabeled) // (2 if self.cfg.cutmix_boxes else 1))  # CutMix draws u1 too
+        if n < 1:
+            return
         images, masks, labels = pseudo_labels_on_scenes(nets, data, self.cfg, n=n, seed=0)
         grid = pseudo_label_panels(images, masks, labels, self.cfg.num_classes)
         self.writer.add_image("pseudo_labels", grid, iteration, dataformats="HWC")

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, runs
-from .config import Config, check_ready_to_train
+from .config import Config, check_ready_to_train, check_weights_file
 from .data import build_data
 from .distributed import (DistInfo, all_ok, all_reduce_sum, barrier, env_local_rank, first_bad_iteration,
                           process_group)
@@ -36,11 +36,6 @@ from .model import build_nets
 from .pretrain import fingerprint, resolve_backbone_weights, warn_if_other_init
 from .runs import RunResult
 from .tblog import NoBoard, open_board
-
-# The code a process trains with is the code it imported: its commit is read now, not when a run ends,
-# so a commit made while a long grid trains is not credited with the runs that grid finishes.
-CODE_VERSION = runs.code_version()
-
 
 class TrainingDiverged(KitError):
     """The loss became NaN or infinite."""
@@ -389,6 +384,10 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     evaluations during training, ending with this one) and ``best_on_val``; the top-level numbers
     stay the last iteration's."""
     check_ready_to_train(cfg)  # e.g. a paper preset without its pretrained backbone: refused here
+    check_weights_file(cfg)
+    # The commit of the code that trains, read (once per process) as the first run starts, not when a
+    # run ends: a commit made while a long grid trains is not credited with the runs it finishes.
+    code = runs.code_version()
     device = pick_device(cfg.device, env_local_rank())
     with process_group(device) as info, ExitStack() as held:
         out = _take_folder(held, info, out_dir, cfg, wait=False) if out_dir is not None else None
@@ -420,7 +419,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
             metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
                            preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
-                           backbone_init=init, code=CODE_VERSION)
+                           backbone_init=init, code=code)
             board.validation(cfg.iterations, metrics)
             if cfg.eval_every > 0 or curve:  # the curve ends with the run's own evaluation
                 curve = [r for r in curve if r["iteration"] < cfg.iterations] + [_curve_row(cfg.iterations, metrics)]

@@ -12,3 +12,7 @@ os.environ["CPCL_KIT_PREPARED"] = tempfile.mkdtemp(prefix="cpcl-prepared-test-")
 # two processes agreeing) hold on the CPU only, since CUDA's interpolate/grid_sample backward and
 # NLL loss are not deterministic. The CUDA tests ask for device="cuda" by name.
 os.environ["CPCL_KIT_DEVICE"] = "cpu"
+
+# The kit's cache (constants.cache_root: trained backbones, benchmark run folders) likewise: a fresh
+# folder per test process, so no test reads or fills the user's ~/.cache/cpcl-kit.
+os.environ["CPCL_KIT_CACHE"] = tempfile.mkdtemp(prefix="cpcl-cache-test-")

@@ -173,5 +173,6 @@ def test_the_committed_grids_keep_their_cutmix_recipe_after_the_preset_dropped_i
     assert ablate.run_config("no_cutmix", "1/16", 0, "benchmark", parse_sets(recipe)).student_aug == "none"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("CPCL_KIT_PREPARED", raising=False)
+    monkeypatch.delenv("CPCL_KIT_CACHE", raising=False)  # (the tests point it elsewhere)
     assert default_runs("benchmark") == tmp_path / "cpcl-kit" / "ablation" / "benchmark"
     assert default_runs("benchmark") != prepared.default_dir("benchmark")

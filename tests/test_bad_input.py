@@ -67,7 +67,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "09b_unlabeled_batch_size_1": (["--set", "unlabeled_batch_size=1"],
                                    r"unlabeled_batch_size: expected at least 2 .*got 1"),
     "10a_unknown_backbone": (["--set", "backbone=vgg16"],
-                             r"backbone: unknown 'vgg16', expected one of resnet18, resnet34, resnet50, resnet101, "
+                             r"backbone: unknown value .vgg16., expected one of resnet18, resnet34, resnet50, resnet101, "
                              r"resnet50_v1c, resnet101_v1c, resnet18_w16, resnet18_w32$"),
     "10b_unknown_method": (["--method", "fixmatch"],
                            r"argument --method: invalid choice: 'fixmatch' \(choose from .*supervised.*cps.*cpcl"),

@@ -152,6 +152,20 @@ def test_disk_cache_roundtrip(tmp_path, monkeypatch):
     assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
 
 
+def test_a_damaged_disk_cache_is_made_again_with_one_line(tmp_path, capsys):
+    a = DigitScenes("train", n=3, spec=SMALL, seed=12, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.npz")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    digits._MEMORY_CACHE.clear()
+    b = DigitScenes("train", n=3, spec=SMALL, seed=12, cache_dir=tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert err == f"cpcl-kit: the cached scenes {path} are damaged; generating them again"
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    digits._MEMORY_CACHE.clear()
+    DigitScenes("train", n=3, spec=SMALL, seed=12, cache_dir=tmp_path)  # the new file reads back
+    assert capsys.readouterr().err == ""
+
+
 def test_bad_split_and_n():
     with pytest.raises(KitError, match="split"):
         DigitScenes("test", n=2)

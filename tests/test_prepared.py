@@ -23,6 +23,7 @@ def one_thread():
 
 def test_default_folder_is_outside_the_tree_and_overridable(monkeypatch, tmp_path):
     monkeypatch.delenv("CPCL_KIT_PREPARED", raising=False)
+    monkeypatch.delenv("CPCL_KIT_CACHE", raising=False)  # (the tests point it elsewhere)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert prepared.default_dir("benchmark") == tmp_path / "cache" / "cpcl-kit" / "prepared" / "benchmark"
     monkeypatch.setenv("CPCL_KIT_PREPARED", str(tmp_path / "mine"))

@@ -132,6 +132,42 @@ def test_cache_file_report_and_reuse(tiny, monkeypatch):
     assert len(list(cache.glob("*.pt"))) == 1 and not list(cache.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "empty report"])
+def test_a_damaged_cache_file_is_trained_again_with_one_line(damage, tiny, tmp_path, monkeypatch, capsys):
+    cache, path = tiny
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    pretrain.report_path(copy).write_text(pretrain.report_path(path).read_text())
+    if damage == "truncated weights":
+        copy.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    else:
+        pretrain.report_path(copy).write_text("")
+    assert not pretrain.intact(copy)
+    trained = []
+    state, report = torch.load(path, weights_only=True), json.loads(pretrain.report_path(path).read_text())
+    monkeypatch.setattr(pretrain, "train_backbone", lambda spec, progress: trained.append(spec) or (state, report))
+    assert pretrain.weights_path(TINY, tmp_path, progress=False) == copy and trained == [TINY]
+    assert capsys.readouterr().err.strip() == \
+        f"cpcl-kit: the cached backbone {copy} (or its report) is damaged; training it again"
+    assert pretrain.intact(copy) and copy.read_bytes() == path.read_bytes()
+    assert pretrain.weights_path(TINY, tmp_path, progress=False) == copy and len(trained) == 1  # reused now
+
+
+def test_the_cache_follows_the_environment(monkeypatch, tmp_path):
+    from cpcl_kit import constants, prepared
+
+    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "kit"))
+    assert pretrain.default_cache_dir() == tmp_path / "kit" / "pretrain" == prepared.cache_root() / "pretrain"
+    monkeypatch.delenv("CPCL_KIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert constants.cache_root() == tmp_path / "xdg" / "cpcl-kit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert pretrain.default_cache_dir() == tmp_path / "home" / ".cache" / "cpcl-kit" / "pretrain"
+    # nothing the kit caches lies in the checkout any more
+    assert not hasattr(constants, "CACHE_DIR")
+
+
 def test_same_spec_gives_bitwise_identical_weights(tiny):
     _, path = tiny
     first = torch.load(path, weights_only=True)
@@ -165,20 +201,20 @@ def test_named_value_loads_into_both_nets(tiny, monkeypatch):
 def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
     import hashlib
 
-    from cpcl_kit import runs
-    from cpcl_kit.train import CODE_VERSION, train
+    from cpcl_kit import provenance, runs
+    from cpcl_kit.train import train
 
     cache, path = tiny
     monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
     imported = runs.code_version()
-    # what git says by the time the run ends (a commit made meanwhile) is not the code that trained it
-    monkeypatch.setattr(runs, "code_version", lambda: {"commit": "later00", "dirty": False})
+    # read once per process: what git would say later (a commit made meanwhile) is not asked
+    monkeypatch.setattr(provenance.subprocess, "run", lambda *a, **k: pytest.fail("git asked again"))
     cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4,
                       **TINY_SETS)
     with pytest.warns(pretrain.OtherInitWarning, match=f"starts from {path.name}.*not from the backbone shipped") as seen:
         metrics = train(cfg, out_dir=tmp_path / "run", progress=False).metrics
     assert len([w for w in seen if w.category is pretrain.OtherInitWarning]) == 1  # one line, once
-    assert metrics["code"] == CODE_VERSION == imported and metrics["code"]["commit"]  # the commit that trained it
+    assert metrics["code"] == imported and metrics["code"]["commit"]  # the commit that trained it
     got = metrics["backbone_init"]
     assert got == {"backbone_weights": "digits", "file": path.name,
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12], "shipped": False,

@@ -173,3 +173,35 @@ def test_readme_shows_every_paper_deviation_and_the_cps_recipe():
         assert f"`{key}`" in section, key
     for needle in ("CPS+CutMix", "lr 0.01", "lr 0.02", "39,338", "44,525", "CPS_OWN_RECIPE"):
         assert needle in section, needle
+
+
+def test_config_defaults_are_the_voc_preset():
+    """``Config()`` claims preset "voc": it is that preset, field for field, and deviates from the
+    official recipe only where every paper-preset run does."""
+    assert Config() == make_config("voc") and Config().preset == "voc"
+    assert deviations(Config()) == PAPER_DEVIATIONS
+    cfg = Config()
+    assert (cfg.dataset, cfg.backbone, cfg.dilation, cfg.crop_pad, cfg.crop, cfg.eval_crop) == \
+        ("voc", "resnet50_v1c", "official", "centre", 512, 512)
+
+
+def test_a_config_saved_before_a_field_existed_loads_with_its_old_value():
+    """load_config_dict fills a field the saved dict lacks from ADDED_FIELDS, not from today's default."""
+    saved = make_config("smoke").to_dict()
+    for name, old in C.ADDED_FIELDS.items():
+        without = {k: v for k, v in saved.items() if k != name}
+        assert getattr(load_config_dict(without), name) == old
+
+
+def test_cli_preset_follows_the_dataset(tmp_path, capsys):
+    from cpcl_kit import cli
+
+    assert [cli.default_preset(d) for d in (None, "digits", "voc", "cityscapes")] == \
+        ["smoke", "smoke", "voc", "cityscapes"]
+    # a VOC tree without --preset gets the voc recipe (which then asks for its backbone file), not the
+    # smoke preset's digit backbone
+    rc = cli.main(["train", "--dataset", "voc", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"])
+    assert rc == 2 and capsys.readouterr().err.startswith("error: backbone_weights: the voc preset trains")
+    rc = cli.main(["train", "--set", "dataset=cityscapes", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert rc == 2 and "the cityscapes preset trains" in capsys.readouterr().err
+    assert "--dataset voc" in cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()

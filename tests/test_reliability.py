@@ -374,7 +374,7 @@ def test_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", dies_half_way)
-    with pytest.raises(OSError):
+    with pytest.raises(KitError, match=rf"^{path}: cannot write \(No space left on device\); the previous file is kept$"):
         save_checkpoint(path, cfg, 8, nets, opts, scaler, [])
     monkeypatch.undo()
     assert ckpt.load(path)["iteration"] == 4

@@ -1,0 +1,151 @@
+"""Every Config field refuses bad values before anything loads, with one line naming the field.
+
+The cases are generated from the dataclass: every field must have an entry in ``BAD`` (a field added
+later without one fails ``test_every_field_has_bad_values``), and each entry is thrown at the field
+through the three ways a value arrives: ``--set field=value`` on the CLI (exit 2, one stderr line),
+a notebook parameter (``notebooks.notebook_config``, the first cell of every notebook) and a saved
+config.json (``load_config_dict``), both a ``KitError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import pytest
+
+from cpcl_kit import cli
+from cpcl_kit.config import Config, load_config_dict, make_config
+from cpcl_kit.errors import KitError
+from cpcl_kit.notebooks import notebook_config
+
+NAN, INF = math.nan, math.inf
+
+# field: (Python values, --set texts), all refused on the smoke preset. A Python value of another
+# type than the field's is a type error; a text is parsed first, so the texts are what parses but
+# is out of range, or does not parse.
+BAD: dict[str, tuple[list, list[str]]] = {
+    "method": (["fixmatch", 3], ["fixmatch"]),
+    "dataset": (["coco", None], ["coco"]),
+    "data_root": ([3, "/data/VOC2012"], ["/data/VOC2012"]),  # the digit scenes take no data root
+    "labeled": (["abc", "0", "2/1", 0.5], ["abc", "0", "3/2", "-1"]),
+    "labeled_list": ([3, "/lists/l.txt"], ["/lists/l.txt"]),
+    "unlabeled_list": ([3, "/lists/u.txt"], ["/lists/u.txt"]),
+    "seed": ([-1, 1.5, "x", True], ["-1", "1.5", "x"]),
+    "backbone": (["vgg16", 18], ["vgg16"]),
+    "output_stride": ([4, 32, 16.0], ["4", "32", "x"]),
+    "dilation": (["multigrid", None], ["multigrid"]),
+    "head_channels": ([0, -8, 1.5], ["0", "-8", "wide"]),
+    "backbone_weights": ([3, True], ["/nowhere/resnet.pth"]),  # a file that is not there (train refuses)
+    "pretrain_source": (["emnist", 1], ["emnist"]),
+    "pretrain_steps": ([0, -1, NAN], ["0", "nan"]),
+    "pretrain_size": ([8, "big"], ["8", "big"]),
+    "pretrain_batch": ([1, 0], ["1", "two"]),
+    "crop": ([3, 31, 0, -64, 64.5, NAN], ["3", "31", "0", "nan"]),
+    "crop_pad": (["center", None], ["center"]),
+    "scales": (["abc", (0.5, -1.0), (0.0,), (1.0, NAN), 1.0, ("a",)], ["abc", "0.5,-1", "0", "1,inf"]),
+    "flip": (["maybe", 1, None], ["maybe", "2"]),
+    "colour_aug": (["maybe", 0], ["maybe"]),
+    "batch_size": ([1, 0, -4, 2.5], ["1", "0", "nan"]),
+    "unlabeled_batch_size": ([1, 0], ["1", "x"]),
+    "num_workers": ([-1, 0.5], ["-1", "all"]),
+    "n_train_scenes": ([0, -5, 1e9], ["0", "many"]),
+    "n_val_scenes": ([0, "x"], ["0", "-3"]),
+    "scene_size": ([4, 0, NAN], ["4", "0"]),
+    "digits_per_scene": ([(2, 1), (-1, 1), (1,), (1, 2, 3), (1.5, 2), "1"], ["2,1", "-1,1", "1", "a,b"]),
+    "digit_px": ([(4, 8), (40, 80), (50, 40), (40,)], ["4,8", "40,80", "50,40", "x"]),
+    "void_band": ([-1, 5, 1.5], ["-1", "5"]),
+    "iterations": ([0, -10, INF, 10.5], ["0", "-10", "inf", "1e3"]),
+    "optimizer": (["rmsprop", None], ["rmsprop"]),
+    "lr": ([NAN, INF, -INF, 0, -0.1, "fast", None], ["nan", "inf", "0", "-0.1", "fast", "1/0"]),
+    "momentum": ([NAN, -0.1, 1.0, 1.5], ["nan", "-0.1", "1", "2"]),
+    "weight_decay": ([NAN, -1e-4, INF], ["nan", "-1e-4", "inf"]),
+    "warmup_iters": ([-1, 2.5], ["-1", "x"]),
+    "poly_power": ([NAN, -0.9], ["nan", "-0.9"]),
+    "unsup_weight": ([NAN, INF, -1.0], ["nan", "inf", "-1"]),
+    "sup_only_iters": ([-1, NAN], ["-1", "nan"]),
+    "rampup_iters": ([-1, 0.5], ["-1", "x"]),
+    "union_rule": (["vote", 1], ["vote"]),
+    "reweight": (["maybe", None], ["maybe"]),
+    "weight_scope": (["image"], ["image"]),
+    "inter_norm": (["none"], ["none"]),
+    "targets": ([("inter",), ("union", "inter"), ("a", "b"), "inter;union", (1, 2)], ["inter", "union,inter", "a,b"]),
+    "teacher_bn": (["frozen"], ["frozen"]),
+    "pseudo_void_band": ([-1, NAN], ["-1", "x"]),
+    "cutmix_boxes": ([-1, 1.5], ["-1", "x"]),
+    "student_aug": (["elastic"], ["elastic"]),
+    "sup_loss": (["focal", None], ["focal"]),
+    "eval_crop": ([0, 3, -512, 64.5], ["0", "3", "-512", "x"]),
+    "eval_stride": ([0, -0.5, 1.5, NAN], ["0", "-0.5", "1.5", "nan"]),
+    "eval_branch": (["3", 1], ["3", "both"]),
+    "device": (["gpu", "cuda:x", 0, None], ["gpu", "cuda:", "tpu"]),
+    "amp": (["fp8", None], ["fp8"]),
+    "channels_last": (["maybe", 2], ["maybe"]),
+    "cudnn_benchmark": (["maybe"], ["maybe"]),
+    "sync_bn": (["maybe"], ["maybe"]),
+    "log_every": ([0, -1, 2.5], ["0", "x"]),
+    "checkpoint_every": ([0, NAN], ["0", "-1"]),
+    "eval_every": ([-1, 2.5, NAN], ["-1", "x"]),
+    "tensorboard": (["maybe", 2], ["maybe"]),
+    "tb_image_every": ([-5, None], ["-5", "often"]),
+    "preset": (["huge", 3], ["huge"]),
+}
+
+FIELDS = [f.name for f in dataclasses.fields(Config)]
+PY_CASES = [(name, v) for name in FIELDS for v in BAD.get(name, ([], []))[0]]
+CLI_CASES = [(name, t) for name in FIELDS for t in BAD.get(name, ([], []))[1]]
+
+
+def _names(message: str, field: str) -> bool:
+    """One line that starts with the field's name (the argument the user gave)."""
+    return "\n" not in message.strip() and re.match(rf"{field}\b", message.strip()) is not None
+
+
+def test_every_field_has_bad_values():
+    missing = [n for n in FIELDS if n not in BAD or not BAD[n][0] or not BAD[n][1]]
+    assert not missing, (f"Config fields without bad values in tests/test_config_fields.py BAD: {missing}; "
+                         f"add Python values and --set texts that each must refuse")
+    assert not set(BAD) - set(FIELDS), f"BAD names fields Config no longer has: {set(BAD) - set(FIELDS)}"
+
+
+def test_the_bad_values_are_valid_nowhere_else():
+    """The good defaults pass the same checks, so each case fails because of its bad value."""
+    for preset in ("smoke", "demo", "benchmark", "voc", "cityscapes"):
+        cfg = make_config(preset)
+        assert load_config_dict(cfg.to_dict()) == cfg
+    assert notebook_config("smoke", needs="model").preset == "smoke"
+
+
+@pytest.mark.parametrize("name, value", PY_CASES, ids=[f"{n}={v!r}" for n, v in PY_CASES])
+def test_notebook_parameter_is_refused_naming_the_field(name, value):
+    with pytest.raises(KitError) as e:
+        if name == "preset":
+            notebook_config(value, needs="model")
+        else:
+            notebook_config("smoke", needs="model", **{name: value})
+    assert _names(str(e.value), name), str(e.value)
+
+
+@pytest.mark.parametrize("name, value", PY_CASES, ids=[f"{n}={v!r}" for n, v in PY_CASES])
+def test_saved_config_value_is_refused_naming_the_field(name, value):
+    saved = {**make_config("smoke").to_dict(), name: value}
+    with pytest.raises(KitError) as e:
+        load_config_dict(saved)
+    assert _names(str(e.value), name), str(e.value)
+
+
+@pytest.mark.parametrize("name, text", CLI_CASES, ids=[f"{n}={t}" for n, t in CLI_CASES])
+def test_set_on_the_cli_is_one_line_exit_2(name, text, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--preset", "smoke", "--set", f"{name}={text}", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert _names(err.removeprefix("error: "), name), err
+    assert not (out / "metrics.json").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_the_backbone_choices_are_the_backbones_the_model_builds():
+    from cpcl_kit import constants, model
+
+    assert constants.BACKBONES == model.BACKBONES
