@@ -616,7 +616,7 @@ def prediction_overlays(images, masks, labels, index, class_names, threshold: fl
             else:
                 ax.imshow(panel, interpolation="nearest")
             if single or b == idx[0]:
-                sep = " " if single else "\n"
+                sep = "\n"  # a title of one line collides with its neighbour once enlarged
                 ax.set_title(OVERLAY_TITLES[k] + (f"{sep}(ω ≥ {threshold:.2f})" if threshold > 0 and k in (4, 5) else ""),
                              fontsize=11 if single else 10)
             if mark is not None and mark[0] == b:
