@@ -534,11 +534,11 @@ def child_env(work: Path, cpu: bool) -> dict:
         except Exception:
             info[f"{mod}_version"] = None
     if torch.cuda.is_available():
-        from cpcl_kit.train import _bf16_native
+        from cpcl_kit.train import bf16_native
 
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), capability=f"{p.major}.{p.minor}",
-                    gpu_memory_gib=round(p.total_memory / 2**30, 1), bf16_native=_bf16_native())
+                    gpu_memory_gib=round(p.total_memory / 2**30, 1), bf16_native=bf16_native())
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
         info["nvidia_smi"] = smi.stdout.strip().splitlines()

@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 
 from .constants import IGNORE_INDEX
 from .errors import KitError
-from .splits import (_check_relative, _fraction_denominator, _split_tag, make_partition, parse_labeled,
+from .splits import (check_relative, fraction_denominator, split_tag, make_partition, parse_labeled,
                      read_pair_list, read_split_list, write_split_list)
 VOC_CLASS_NAMES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -161,7 +161,7 @@ def voc_files(root: str | Path, ids: Sequence[str], split: str, require_masks: b
     kind, base = voc_layout(root)
     pairs, missing_img, missing_mask = [], [], []
     for i in ids:
-        rel = _check_relative(i, "ids")
+        rel = check_relative(i, "ids")
         if kind == "cps":
             d = base / ("train_aug" if split == "train" else "val")
             img, masks = _under(d / "image", rel + ".jpg"), [_under(d / "label", rel + ".png")]
@@ -235,7 +235,7 @@ def _choose_split(all_train, labeled, labeled_list, unlabeled_list, seed, out_di
     if labeled is None:
         return all_train(), []
     labeled = parse_labeled(labeled)
-    d = _fraction_denominator(labeled)
+    d = fraction_denominator(labeled)
     if subset_dir is not None and d is not None:
         lab_file = subset_dir / f"train_aug_labeled_1-{d}.txt"
         unl_file = subset_dir / f"train_aug_unlabeled_1-{d}.txt"
@@ -244,7 +244,7 @@ def _choose_split(all_train, labeled, labeled_list, unlabeled_list, seed, out_di
             return lab, reader(unl_file) if unl_file.is_file() else _rest(all_train(), lab)
     lab, unl = make_partition(all_train(), labeled, seed)
     if out_dir is not None:
-        tag = _split_tag(labeled)
+        tag = split_tag(labeled)
         write_split_list(Path(out_dir) / f"train_aug_labeled_{tag}.txt", lab)
         write_split_list(Path(out_dir) / f"train_aug_unlabeled_{tag}.txt", unl)
     return lab, unl
@@ -317,8 +317,8 @@ def cityscapes_files(root: str | Path, entries: Sequence[tuple[str, str | None]]
     root = Path(root)
     pairs, missing_img, missing_mask = [], [], []
     for img_rel, lbl_rel in entries:
-        img_rel = _check_relative(img_rel, "entries")
-        lbl_rel = None if lbl_rel is None else _check_relative(lbl_rel, "entries")
+        img_rel = check_relative(img_rel, "entries")
+        lbl_rel = None if lbl_rel is None else check_relative(lbl_rel, "entries")
         img_rel, lbl_rel = _canonical(root, (img_rel, lbl_rel))
         img, lbl = _under(root, img_rel), None if lbl_rel is None else _under(root, lbl_rel)
         if not img.is_file():

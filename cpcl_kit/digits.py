@@ -138,7 +138,7 @@ def pretrain_pool(seed: int = POOL_SEED, val_fraction: float = POOL_VAL_FRACTION
     return _split_pools(seed, val_fraction, pretrain_fraction)[2]
 
 
-def _upscale(img: np.ndarray, h: int, w: int) -> np.ndarray:
+def upscale(img: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resize of one [8,8] image to [h,w] (half-pixel centres, edge clamped)."""
     def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
@@ -152,7 +152,7 @@ def _upscale(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
 
 
-def _dilate(m: np.ndarray, r: int) -> np.ndarray:
+def dilate(m: np.ndarray, r: int) -> np.ndarray:
     """Binary dilation of [h,w] bool by a disc of radius r px; output grows by r on each side."""
     if r <= 0:
         return m
@@ -240,7 +240,7 @@ def make_scenes(
             # Dilation adds r px per side, so shrink the upscale to keep the final size in range.
             h = int(rng.integers(spec.digit_px[0], spec.digit_px[1] + 1))
             w = int(round(h * rng.uniform(0.75, 1.0)))
-            stroke = _dilate(_upscale(bank[k], h - 2 * r, max(w - 2 * r, 4)) > _STROKE_THRESHOLD, r)
+            stroke = dilate(upscale(bank[k], h - 2 * r, max(w - 2 * r, 4)) > _STROKE_THRESHOLD, r)
             if not stroke.any():  # a faint digit drawn small (pretraining warps): nothing to draw
                 continue
             sh, sw = stroke.shape

@@ -26,7 +26,7 @@ from .config import PAPER_PRESETS, Config
 from .errors import KitError
 from .methods import METHOD_STEPS
 from .synthetic import PeakMemory, images_per_step, synthetic_batch, sync, time_steps
-from .train import Trainer, _bf16_native, _setup_device, amp_dtype, pick_device
+from .train import Trainer, amp_dtype, bf16_native, pick_device, setup_device
 
 SEARCH_CAP = 8           # the batch search stops at this multiple of the preset's batch
 SEARCH_SECONDS = 20.0    # ... and after this many seconds (the batches it found so far are kept)
@@ -46,7 +46,7 @@ def environment(device: torch.device, cfg: Config) -> dict:
            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
            "cuda_available": torch.cuda.is_available(), "torch_threads": torch.get_num_threads(),
-           "bf16_native": _bf16_native() if cuda else None,
+           "bf16_native": bf16_native() if cuda else None,
            "amp": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
            "tensorboard": tblog.available()}
     if cuda:
@@ -100,10 +100,10 @@ def weights_status(cfg: Config) -> dict:
     if w == "none":
         return {"status": "random init", "path": None, "what": "backbone_weights=none: random init on purpose"}
     if w == "imagenet":
-        from .model import _imagenet_state_dict
+        from .model import imagenet_state_dict
 
         try:
-            _imagenet_state_dict(cfg.backbone)
+            imagenet_state_dict(cfg.backbone)
         except KitError as e:
             return {"status": "missing", "path": None, "what": str(e)}
         return {"status": "found", "path": str(Path(torch.hub.get_dir()) / "checkpoints"),
@@ -216,7 +216,7 @@ def diagnose(cfg: Config, steps: int = 3, warmup: int = 2, search: bool = True,
               "environment": environment(device, cfg), "data": data_status(cfg),
               "backbone_weights": weights_status(cfg)}
     tcfg = _timing_config(cfg)
-    _setup_device(tcfg, device)
+    setup_device(tcfg, device)
     trainer = Trainer.create(tcfg, device)
     report["steps"] = {
         "method": cfg.method, "backbone": cfg.backbone, "crop": cfg.crop, "batch_size": cfg.batch_size,

@@ -180,7 +180,7 @@ def _build_resnet(name: str, output_stride: int, dilation: str = "torchvision") 
     return net
 
 
-def _imagenet_state_dict(name: str) -> dict:
+def imagenet_state_dict(name: str) -> dict:
     """torchvision's ImageNet weights from its local cache. Never downloads: the kit reads weights
     only from local files, so a machine without the file gets one clear error saying where to put it."""
     if name in NARROW_BACKBONES:
@@ -241,7 +241,7 @@ def load_backbone_weights(backbone: nn.Module, source: str | os.PathLike, name: 
         raise KitError("backbone_weights='digits' names the kit's pretrained digit backbone: build the nets "
                        "with train.nets_for(cfg), which pretrains it on first use, or pass its file")
     if str(source) == "imagenet":
-        state = _imagenet_state_dict(name)
+        state = imagenet_state_dict(name)
     else:
         state = _read_state_dict(Path(source))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -177,7 +177,7 @@ def _glyph_bitmap(font_path: Path, char: str, thicken: int) -> np.ndarray:
     small = np.asarray(canvas.resize((w, m), Image.Resampling.BILINEAR)) > 127
     out = np.zeros((m, m), bool)
     out[:, (m - w) // 2 : (m - w) // 2 + w] = small
-    return digits._dilate(out, thicken)
+    return digits.dilate(out, thicken)
 
 
 def printed_bank(fonts: list[Path]) -> Bank:
@@ -247,8 +247,8 @@ def warp(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ys = a[:, 0, 0, None, None] * yy + a[:, 0, 1, None, None] * xx + c + ty[:, None, None]
     xs = a[:, 1, 0, None, None] * yy + a[:, 1, 1, None, None] * xx + c + tx[:, None, None]
     grid = rng.normal(0, 0.4, (n, 2, 3, 3)).astype(np.float32)
-    ys += np.stack([digits._upscale(g[0], 8, 8) for g in grid])
-    xs += np.stack([digits._upscale(g[1], 8, 8) for g in grid])
+    ys += np.stack([digits.upscale(g[0], 8, 8) for g in grid])
+    xs += np.stack([digits.upscale(g[1], 8, 8) for g in grid])
     out = _bilinear(images, ys, xs)
     # Resampling lowers peaks; keep every digit's peak above the stroke threshold so that no warp
     # leaves an empty stroke (an image that would silently become the "no digit" class).

@@ -21,7 +21,7 @@ from .errors import KitError
 from .runs import write_text
 
 
-def _check_relative(entry: str, where: str) -> str:
+def check_relative(entry: str, where: str) -> str:
     """Normalise a list entry to a root-relative posix path; refuse anything that could leave the root."""
     rel = entry.replace("\\", "/").lstrip("/")  # CPS lists write root-relative paths with a leading '/'
     if ".." in rel.split("/") or re.match(r"^[A-Za-z]:", rel) or not rel:
@@ -50,7 +50,7 @@ def read_split_list(path: str | Path) -> list[str]:
     """
     ids = [row[0] for row in _read_fields(path)]
     for i in ids:
-        _check_relative(i, str(path))
+        check_relative(i, str(path))
     return ids
 
 
@@ -58,7 +58,7 @@ def read_pair_list(path: str | Path) -> list[tuple[str, str | None]]:
     """(image, label) root-relative paths of a CPS pair list (``<img>\\t<label>``); label None if absent."""
     where = str(path)
     return [
-        (_check_relative(r[0], where), _check_relative(r[1], where) if len(r) > 1 else None)
+        (check_relative(r[0], where), check_relative(r[1], where) if len(r) > 1 else None)
         for r in _read_fields(path)
     ]
 
@@ -95,7 +95,7 @@ def make_partition(ids: Sequence, labeled: str | int | float, seed: int = 0) -> 
     return [x for x, c in zip(ids, chosen) if c], [x for x, c in zip(ids, chosen) if not c]
 
 
-def _fraction_denominator(labeled: int | float) -> int | None:
+def fraction_denominator(labeled: int | float) -> int | None:
     """16 for 1/16 (the N of CPS's ``_1-N.txt`` files); None for counts or non-unit fractions."""
     if isinstance(labeled, int):
         return None
@@ -103,6 +103,6 @@ def _fraction_denominator(labeled: int | float) -> int | None:
     return d if abs(1 / labeled - d) < 1e-6 else None
 
 
-def _split_tag(labeled: int | float) -> str:
-    d = _fraction_denominator(labeled)
+def split_tag(labeled: int | float) -> str:
+    d = fraction_denominator(labeled)
     return f"1-{d}" if d else (f"n{labeled}" if isinstance(labeled, int) else f"f{labeled:g}")

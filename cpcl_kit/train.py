@@ -73,7 +73,7 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def _bf16_native() -> bool:
+def bf16_native() -> bool:
     """Whether the current GPU computes bf16 in hardware (Ampere and later). Emulated bf16 counts as
     supported for ``is_bf16_supported()`` by default, and would be slower than fp16 there."""
     try:
@@ -88,7 +88,7 @@ def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
-        return torch.bfloat16 if _bf16_native() else torch.float16
+        return torch.bfloat16 if bf16_native() else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise KitError("amp: fp16 autocast needs a CUDA device; use amp=bf16 or amp=off on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -207,7 +207,7 @@ class Trainer:
 # the loop
 
 
-def _setup_device(cfg: Config, device: torch.device) -> torch.device:
+def setup_device(cfg: Config, device: torch.device) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
@@ -391,7 +391,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     device = pick_device(cfg.device, env_local_rank())
     with process_group(device) as info, ExitStack() as held:
         out = _take_folder(held, info, out_dir, cfg, wait=False) if out_dir is not None else None
-        _setup_device(cfg, device)
+        setup_device(cfg, device)
         data = data or build_data(cfg)
         trainer = Trainer.create(cfg, device)
         init = fingerprint(cfg)
