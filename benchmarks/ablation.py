@@ -38,10 +38,11 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit import ablate, prepared, pretrain  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
-from cpcl_kit.runs import write_csv, write_json, write_text  # noqa: E402
+from cpcl_kit.experiments import ablate, prepared  # noqa: E402
+from cpcl_kit.files import write_csv, write_json, write_text  # noqa: E402
+from cpcl_kit.nets import pretrain  # noqa: E402
 from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, the code that trains)
 
 # The committed grids' recipe, applied before --set: CutMix with the official 3 boxes, the student

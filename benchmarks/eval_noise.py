@@ -21,12 +21,14 @@ sys.path.insert(0, str(HERE.parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from cpcl_kit import ablate, runs  # noqa: E402
-from cpcl_kit.digits import DigitScenes  # noqa: E402
+from cpcl_kit.data.digits import DigitScenes  # noqa: E402
+from cpcl_kit.data.transforms import val_transform  # noqa: E402
+from cpcl_kit.engine import runs  # noqa: E402
+from cpcl_kit.engine.evaluate import evaluate  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
-from cpcl_kit.evaluate import evaluate  # noqa: E402
-from cpcl_kit.runs import code_version, machine, write_json, write_text  # noqa: E402
-from cpcl_kit.transforms import val_transform  # noqa: E402
+from cpcl_kit.experiments import ablate  # noqa: E402
+from cpcl_kit.files import machine, write_json, write_text  # noqa: E402
+from cpcl_kit.provenance import code_version  # noqa: E402
 
 
 def _md(df: pd.DataFrame) -> str:

@@ -534,11 +534,11 @@ def child_env(work: Path, cpu: bool) -> dict:
         except Exception:
             info[f"{mod}_version"] = None
     if torch.cuda.is_available():
-        from cpcl_kit.train import _bf16_native
+        from cpcl_kit.engine.train import bf16_native
 
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), capability=f"{p.major}.{p.minor}",
-                    gpu_memory_gib=round(p.total_memory / 2**30, 1), bf16_native=_bf16_native())
+                    gpu_memory_gib=round(p.total_memory / 2**30, 1), bf16_native=bf16_native())
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
         info["nvidia_smi"] = smi.stdout.strip().splitlines()
@@ -555,9 +555,9 @@ def child_sync(work: Path, cpu: bool) -> dict:
     import torch
 
     from cpcl_kit.config import make_config
-    from cpcl_kit.loaders import Batch
-    from cpcl_kit.methods import METHOD_STEPS
-    from cpcl_kit.train import Trainer, batch_to
+    from cpcl_kit.data.loaders import Batch
+    from cpcl_kit.engine.train import Trainer, batch_to
+    from cpcl_kit.method.steps import METHOD_STEPS
 
     s = SIZES["cpu" if cpu else "gpu"]
     device = torch.device("cpu" if cpu else "cuda", None if cpu else 0)

@@ -8,7 +8,7 @@ The float order is set by the torch thread count: the 1-thread runs train ``--jo
 2-thread runs one per two cores. ``DIR/threads1`` may be the folder of ``benchmarks/ssl_gain.py``
 (the same runs: preset, seeds and settings equal), so that grid is not trained twice. Writes
 ``benchmarks/results/noise-<preset>.json`` and ``.md`` with every run, the commit, the command, the
-wall seconds and the CPU; ``cpcl_kit.noise`` reads it for every verdict the kit prints.
+wall seconds and the CPU; ``cpcl_kit.experiments.noise`` reads it for every verdict the kit prints.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ sys.path.insert(0, str(HERE.parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from cpcl_kit import ablate, noise, prepared  # noqa: E402
 from cpcl_kit.config import make_config, parse_sets  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
-from cpcl_kit.runs import code_version, machine, write_json, write_text  # noqa: E402
+from cpcl_kit.experiments import ablate, noise, prepared  # noqa: E402
+from cpcl_kit.files import machine, write_json, write_text  # noqa: E402
+from cpcl_kit.provenance import code_version  # noqa: E402
 
 WALL = "noise_wall.json"
 # The claim make demo's notebooks make must hold on any machine: CPCL ahead of supervised by at least

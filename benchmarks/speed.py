@@ -16,7 +16,7 @@ here (and recorded in the JSON), never asserted in the tests:
 
 Memory: on CUDA the peak ``torch.cuda.max_memory_allocated`` of each method (nets, gradients,
 optimizer state, activations). On the CPU the growth of the process's peak resident set size
-(VmHWM, i.e. ``ru_maxrss``; ``cpcl_kit.synthetic.peak_rss_mib``) from before the nets are built to the end of the
+(VmHWM, i.e. ``ru_maxrss``; ``cpcl_kit.engine.synthetic.peak_rss_mib``) from before the nets are built to the end of the
 timed steps; each method is measured in a fresh interpreter (``--isolate``, the CPU default) so that
 one method's high-water mark does not hide the next one's. RSS counts every allocation of the
 process (allocator caches included), so it is coarser than the CUDA figure.
@@ -45,15 +45,15 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(ROOT))
 
 from cpcl_kit.config import Config, make_config  # noqa: E402
-from cpcl_kit.cpcl import pseudo_supervision  # noqa: E402
-from cpcl_kit.loaders import Batch  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE, METHODS  # noqa: E402
-from cpcl_kit.methods import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
-from cpcl_kit.provenance import code_version  # noqa: E402
-from cpcl_kit.runs import write_json  # noqa: E402
-from cpcl_kit.synthetic import (images_per_step, peak_rss_mib, synthetic_batch, sync, time_steps,  # noqa: E402,F401
+from cpcl_kit.data.loaders import Batch  # noqa: E402
+from cpcl_kit.engine.synthetic import (images_per_step, peak_rss_mib, synthetic_batch, sync, time_steps,  # noqa: E402,F401
                                 timed)
-from cpcl_kit.train import Trainer, batch_to, pick_device  # noqa: E402
+from cpcl_kit.engine.train import Trainer, batch_to, pick_device  # noqa: E402
+from cpcl_kit.files import write_json  # noqa: E402
+from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
+from cpcl_kit.method.steps import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
+from cpcl_kit.provenance import code_version  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

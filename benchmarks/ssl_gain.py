@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ssl_gain.py --jobs 2                 # benchmark preset, seeds 0, 1, 2
     .venv/bin/python benchmarks/ssl_gain.py --collect-only           # the table of the runs finished so far
 
-The runs are the prepared run set (``cpcl_kit.prepared``: supervised, CPS and CPCL at 1/16 and
+The runs are the prepared run set (``cpcl_kit.experiments.prepared``: supervised, CPS and CPCL at 1/16 and
 supervised on every scene, "full") on each seed, by default in the prepared set's folder
 (``~/.cache/cpcl-kit/prepared/<preset>``), so the benchmark's seed 0 is also what notebooks 04-08
 show; ``--runs`` elsewhere. A killed benchmark resumes where it stopped. The summary goes to
@@ -26,14 +26,15 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit import noise, prepared  # noqa: E402
-from cpcl_kit.ablate import collect  # noqa: E402
 from cpcl_kit.config import parse_sets  # noqa: E402
-from cpcl_kit.runs import code_version, write_json, write_text  # noqa: E402
+from cpcl_kit.experiments import noise, prepared  # noqa: E402
+from cpcl_kit.experiments.ablate import collect  # noqa: E402
+from cpcl_kit.files import write_json, write_text  # noqa: E402
+from cpcl_kit.provenance import code_version  # noqa: E402
 
 NAMES = [name for name, _, _ in prepared.MEMBERS]
 # The targets per preset. "every seed": the paired difference on each seed. The paper's own gain at
-# VOC 1/16 with ResNet-50 is in cpcl_kit.published.
+# VOC 1/16 with ResNet-50 is in cpcl_kit.experiments.published.
 TARGETS = {
     "benchmark": {"cpcl_minus_supervised_every_seed_min": 5.0, "cpcl_minus_supervised_mean_min": 8.0,
                   "full_miou_min": 0.75},

@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from cpcl_kit.files import machine, write_json, write_text  # noqa: E402
 from cpcl_kit.provenance import code_version  # noqa: E402
-from cpcl_kit.runs import machine, write_json, write_text  # noqa: E402
 
 COMMANDS = {"demo": "make demo", "test": "make test"}
 GOALS = {"demo": 15 * 60, "test": 10 * 60}

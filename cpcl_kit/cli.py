@@ -64,7 +64,7 @@ def _print_metrics(m: dict) -> None:
 
 def cmd_train(args) -> None:
     cfg = _config(args, method=args.method)  # settings first: a typo fails before torch loads
-    from .train import train
+    from .engine.train import train
 
     res = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     if res.metrics:  # rank 0 of a multi-process run, or a single process
@@ -73,11 +73,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .checkpoint import load_nets
+    from .engine.checkpoint import load_nets
     from .config import make_config, parse_sets
-    from .data import build_data
-    from .runs import write_json
-    from .train import evaluate_run, pick_device
+    from .data.build import build_data
+    from .files import write_json
+    from .engine.train import evaluate_run, pick_device
 
     cfg, nets = load_nets(args.checkpoint)
     over = parse_sets(args.sets)
@@ -97,7 +97,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_ablate(args) -> None:
-    from .ablate import parse_grid, run_grid
+    from .experiments.ablate import parse_grid, run_grid
     from .config import parse_sets
 
     grid = parse_grid(args.grid)
@@ -109,7 +109,7 @@ def cmd_ablate(args) -> None:
 
 def cmd_demo(args) -> None:
     from .config import make_config
-    from .notebooks import run_demo
+    from .teach.runner import run_demo
 
     make_config(args.preset)  # an unknown preset fails here, in one line, not inside every notebook
 
@@ -120,7 +120,7 @@ def cmd_pretrain(args) -> None:
     from .config import make_config, parse_sets
 
     cfg = make_config(args.preset, parse_sets(args.sets))  # settings first: a typo fails before torch
-    from . import pretrain
+    from .nets import pretrain
 
     spec = pretrain.spec_for(cfg)
     shipped = pretrain.shipped_path(spec)
@@ -145,7 +145,7 @@ def cmd_pretrain(args) -> None:
 
 def cmd_prepare(args) -> None:
     from .config import parse_sets
-    from . import prepared
+    from .experiments import prepared
 
     seeds = _seeds(args.seeds)
     folder = Path(args.out) if args.out else prepared.default_dir(args.preset)
@@ -162,8 +162,8 @@ def cmd_doctor(args) -> None:
     out = Path(args.out or f"doctor-{cfg.preset}.json")
     if not out.parent.is_dir():
         raise KitError(f"--out: folder {out.parent} does not exist")
-    from .doctor import diagnose, table
-    from .runs import write_json
+    from .engine.doctor import diagnose, table
+    from .files import write_json
 
     report = diagnose(cfg, steps=args.steps, warmup=args.warmup, search=not args.no_search,
                       progress=not args.quiet)

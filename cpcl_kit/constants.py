@@ -35,7 +35,7 @@ def cache_root() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cpcl-kit"
 
-# The ResNets the kit builds (model.py): torchvision's, the official deep-stem v1c ones, and
+# The ResNets the kit builds (nets/deeplab.py): torchvision's, the official deep-stem v1c ones, and
 # ResNet-18 at a quarter and half of its width (the CPU presets).
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c",
              "resnet18_w16", "resnet18_w32")
@@ -56,7 +56,7 @@ UNION_RULES = ("disagreement", "confidence")
 # two single-kind ablations.
 TARGET_PAIRS = (("inter", "union"), ("inter", "inter"), ("union", "union"))
 # How layer 4 (and layer 3 at output stride 8) of the ResNet is dilated: the official code's rates
-# (2, 4, 8 at OS16) or torchvision's convention (model.official_block_dilations).
+# (2, 4, 8 at OS16) or torchvision's convention (nets.deeplab.official_block_dilations).
 DILATIONS = ("official", "torchvision")
 # Where a crop smaller than the crop size sits in its padding: centred (the official loader) or random.
 CROP_PADS = ("centre", "random")

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cpcl_kit import ablate, runs
+from cpcl_kit.engine import runs
+from cpcl_kit.engine.train import RunResult
 from cpcl_kit.errors import KitError
-from cpcl_kit.train import RunResult
+from cpcl_kit.experiments import ablate
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def _fake_train(calls):
 
 def test_skip_resume_and_half_written_runs(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("cpcl_kit.train.train", _fake_train(calls))
+    monkeypatch.setattr("cpcl_kit.engine.train.train", _fake_train(calls))
     grid = {"variants": ["cpcl", "cps"], "fractions": ["1/16"], "seeds": [0, 1]}
     # cps seed 0 was interrupted after a checkpoint; cps seed 1 only got as far as its config
     for seed, files in ((0, ("config.json", "checkpoint.pt")), (1, ("config.json",))):
@@ -128,7 +129,7 @@ def test_skip_resume_and_half_written_runs(tmp_path, monkeypatch):
 
 def test_bad_variant_stops_before_training(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("cpcl_kit.train.train", _fake_train(calls))
+    monkeypatch.setattr("cpcl_kit.engine.train.train", _fake_train(calls))
     with pytest.raises(KitError, match="valid variants"):
         ablate.run_grid({"variants": ["cpcl", "nope"]}, tmp_path, log=None)
     with pytest.raises(KitError, match="unknown setting"):
@@ -140,7 +141,7 @@ def test_cli_ablate(tmp_path, monkeypatch, capsys):
     from cpcl_kit.cli import main
 
     calls = []
-    monkeypatch.setattr("cpcl_kit.train.train", _fake_train(calls))
+    monkeypatch.setattr("cpcl_kit.engine.train.train", _fake_train(calls))
     rc = main(["ablate", "--grid", "variants=supervised", "seeds=0,1", "--out", str(tmp_path), "--quiet",
                "--set", "iterations=3"])
     assert rc == 0 and len(calls) == 2
@@ -188,7 +189,7 @@ def test_a_worker_stops_when_its_grid_process_is_killed(tmp_path):
 
     script = (
         "import multiprocessing, os, time\n"
-        "from cpcl_kit import ablate\n"
+        "from cpcl_kit.experiments import ablate\n"
         "if __name__ == '__main__':\n"
         "    pool = multiprocessing.get_context('spawn').Pool(1, initializer=ablate._worker_init, initargs=(1,))\n"
         "    print(pool.apply(os.getpid), flush=True)\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cpcl_kit import ablate
 from cpcl_kit.errors import KitError
+from cpcl_kit.experiments import ablate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,7 +132,7 @@ def test_paired_differences_by_hand():
 
 def _noise_table(floor: float):
     """A noise table whose every pair moved by exactly ``floor`` points between the float orders."""
-    from cpcl_kit.noise import NoiseTable
+    from cpcl_kit.experiments.noise import NoiseTable
 
     rows = [{"method": m, "seed": s, "threads": t, "miou": 0.5 + (floor / 100 if (m == "cpcl" and t == 2) else 0)}
             for m in ("supervised", "cps", "cpcl") for s in (0, 1, 2) for t in (1, 2)]
@@ -159,8 +159,8 @@ def test_the_committed_grids_keep_their_cutmix_recipe_after_the_preset_dropped_i
     its default run folder is not the prepared set's (whose runs follow today's preset)."""
     main = in_process(monkeypatch)
     recipe, default_runs = main.__globals__["RECIPE"], main.__globals__["default_runs"]
-    from cpcl_kit import prepared
     from cpcl_kit.config import make_config, parse_sets
+    from cpcl_kit.experiments import prepared
 
     official = make_config("voc")
     cell = ablate.run_config("cpcl", "1/16", 0, "benchmark", parse_sets(recipe))

@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cpcl_kit import analysis, runs
 from cpcl_kit.config import PRESETS, make_config
-from cpcl_kit.cpcl import pseudo_supervision
+from cpcl_kit.engine import runs
 from cpcl_kit.errors import KitError
+from cpcl_kit.method import scenes
+from cpcl_kit.method.cpcl import pseudo_supervision
+from cpcl_kit.teach import analysis
 
 NAMES = ["background", "a", "b", "c"]
 
@@ -99,7 +101,7 @@ def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_th
     assert list(runs.list_stages(folder)) == [1, 4]  # the last stage is the run's checkpoint
     assert run.history["iteration"].max() == 6
 
-    import cpcl_kit.train as train_module
+    import cpcl_kit.engine.train as train_module
 
     monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     again = analysis.shared_run(cfg, tmp_path)
@@ -114,17 +116,17 @@ def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_th
     from cpcl_kit.data import build_data
 
     data = build_data(cfg)
-    images, masks, labels = analysis.pseudo_labels_on_scenes(again.nets, data, cfg, n=3, seed=0)
+    images, masks, labels = scenes.pseudo_labels_on_scenes(again.nets, data, cfg, n=3, seed=0)
     assert images.shape == (3, 3, 64, 64) and masks.shape == labels.union.shape == (3, 64, 64)
-    again_labels = analysis.pseudo_labels_on_scenes(again.nets, data, cfg, n=3, seed=0)[2]
+    again_labels = scenes.pseudo_labels_on_scenes(again.nets, data, cfg, n=3, seed=0)[2]
     assert torch.equal(labels.union, again_labels.union)  # same scenes, same labels
     assert all(not n.training for n in again.nets)  # the nets are left as they were
-    mixed = analysis.pseudo_labels_on_scenes(again.nets, data, make_config("smoke", cutmix_boxes=3), n=2, seed=0)
+    mixed = scenes.pseudo_labels_on_scenes(again.nets, data, make_config("smoke", cutmix_boxes=3), n=2, seed=0)
     assert mixed[0].shape == (2, 3, 64, 64) and mixed[2].inter.shape == (2, 64, 64)
-    imgs, truth, pred = analysis.predict_scenes(again.nets[0], data.val, n=2)
+    imgs, truth, pred = scenes.predict_scenes(again.nets[0], data.val, n=2)
     assert pred.shape == truth.shape == (2, 64, 64) and pred.dtype == torch.long
     with pytest.raises(KitError, match="two nets"):
-        analysis.pseudo_labels_on_scenes(again.nets[:1], data, cfg)
+        scenes.pseudo_labels_on_scenes(again.nets[:1], data, cfg)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -134,9 +136,9 @@ def test_notebook_pseudo_labels_are_the_training_steps(preset, method, one_threa
     same scenes with the same generator: CutMix boxes, student view, teachers' BatchNorm mode, union
     rule, weights and voided pixels alike. BatchNorm momentum 0 keeps the step's supervised forward
     passes from moving the running statistics the eval-mode teachers use."""
-    from cpcl_kit.loaders import Batch
-    from cpcl_kit.methods import METHOD_STEPS, _void
-    from cpcl_kit.model import build_nets
+    from cpcl_kit.data.loaders import Batch
+    from cpcl_kit.method.steps import METHOD_STEPS, _void
+    from cpcl_kit.nets.deeplab import build_nets
 
     small = dict(backbone="resnet18_w16", backbone_weights="none", head_channels=16, crop=32, output_stride=8,
                  dilation="torchvision", method=method, dataset="digits", eval_crop=None)
@@ -146,11 +148,11 @@ def test_notebook_pseudo_labels_are_the_training_steps(preset, method, one_threa
     for m in (m for net in nets for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         m.momentum = 0.0
     g = torch.Generator().manual_seed(5)
-    scenes = [(torch.randn(3, 32, 32, generator=g), torch.randint(0, 11, (32, 32), generator=g)) for _ in range(6)]
-    images, truth, labels = analysis.pseudo_labels_on_scenes(nets, scenes, cfg, n=2, seed=3)
+    items = [(torch.randn(3, 32, 32, generator=g), torch.randint(0, 11, (32, 32), generator=g)) for _ in range(6)]
+    images, truth, labels = scenes.pseudo_labels_on_scenes(nets, items, cfg, n=2, seed=3)
 
-    order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(3))[:4 if cfg.cutmix_boxes else 2]
-    x, y = torch.stack([scenes[i][0] for i in order]), torch.stack([scenes[i][1] for i in order])
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(3))[:4 if cfg.cutmix_boxes else 2]
+    x, y = torch.stack([items[i][0] for i in order]), torch.stack([items[i][1] for i in order])
     u1, m1 = (x[2:], y[2:]) if cfg.cutmix_boxes else (None, None)
     for net in nets:
         net.train()

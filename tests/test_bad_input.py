@@ -176,11 +176,11 @@ def _checkpoints(w: Path, root: Path) -> None:
     import torch
     import torchvision
 
-    from cpcl_kit import checkpoint as ckpt
     from cpcl_kit.config import make_config
-    from cpcl_kit.model import build_nets
-    from cpcl_kit.runs import save_checkpoint
-    from cpcl_kit.train import make_optimizer
+    from cpcl_kit.engine import checkpoint as ckpt
+    from cpcl_kit.engine.runs import save_checkpoint
+    from cpcl_kit.engine.train import make_optimizer
+    from cpcl_kit.nets.deeplab import build_nets
 
     # supervised: one net, no optimizer steps yet: a ~45 MB file instead of ~270 MB
     cfg = make_config("smoke", method="supervised", dataset="voc", data_root=str(root), crop=32,
@@ -240,7 +240,7 @@ def _argv(name: str, w: Path, root: Path, out: Path) -> list[str]:
 # Runs ``python -m cpcl_kit`` once per job, each a forked child of this already-warm interpreter.
 _FORK_RUNNER = r"""
 import json, os, runpy, sys, traceback
-import cpcl_kit.cli, cpcl_kit.train, cpcl_kit.checkpoint, cpcl_kit.datasets  # the slow imports, once
+import cpcl_kit.cli, cpcl_kit.engine.train, cpcl_kit.engine.checkpoint, cpcl_kit.data.datasets  # the slow imports, once
 jobs = json.loads(sys.stdin.read())
 running, codes = {}, {}
 def reap():
@@ -350,7 +350,7 @@ def test_fresh_interpreter(tmp_path):
 
 def test_notebook_parameter_of_wrong_type_is_named(tmp_path):
     pytest.importorskip("papermill", reason="running a notebook needs papermill (the test extras)")
-    from cpcl_kit.notebooks import NOTEBOOK_DIR, run_notebook
+    from cpcl_kit.teach.runner import NOTEBOOK_DIR, run_notebook
 
     nb = NOTEBOOK_DIR / "02_deeplabv3plus.ipynb"
     with pytest.raises(Exception) as info:

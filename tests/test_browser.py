@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from cpcl_kit.notebooks import NOTEBOOK_DIR, use_this_python_as_kernel
+from cpcl_kit.teach.runner import NOTEBOOK_DIR, use_this_python_as_kernel
 
 pytestmark = pytest.mark.browser
 
@@ -608,8 +608,9 @@ def test_classroom_demo_in_lab(lab, browser, capsys):
 def _best_run_at_hand() -> str | None:
     """What notebook 08's default shows, if it is here without training: the prepared set's CPCL run,
     or the demo run that make demo trained into out/. None otherwise."""
-    from cpcl_kit import prepared, runs
-    from cpcl_kit.notebooks import BEST_FALLBACK, notebook_config
+    from cpcl_kit.engine import runs
+    from cpcl_kit.experiments import prepared
+    from cpcl_kit.teach.notebook import BEST_FALLBACK, notebook_config
 
     found = prepared.find(prepared.PRESET, 0)
     if found:

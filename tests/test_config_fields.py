@@ -3,7 +3,7 @@
 The cases are generated from the dataclass: every field must have an entry in ``BAD`` (a field added
 later without one fails ``test_every_field_has_bad_values``), and each entry is thrown at the field
 through the three ways a value arrives: ``--set field=value`` on the CLI (exit 2, one stderr line),
-a notebook parameter (``notebooks.notebook_config``, the first cell of every notebook) and a saved
+a notebook parameter (``teach.notebook.notebook_config``, the first cell of every notebook) and a saved
 config.json (``load_config_dict``), both a ``KitError``.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from cpcl_kit import cli
 from cpcl_kit.config import Config, load_config_dict, make_config
 from cpcl_kit.errors import KitError
-from cpcl_kit.notebooks import notebook_config
+from cpcl_kit.teach.notebook import notebook_config
 
 NAN, INF = math.nan, math.inf
 
@@ -146,6 +146,7 @@ def test_set_on_the_cli_is_one_line_exit_2(name, text, tmp_path, capsys):
 
 
 def test_the_backbone_choices_are_the_backbones_the_model_builds():
-    from cpcl_kit import constants, model
+    from cpcl_kit import constants
+    from cpcl_kit.nets import deeplab
 
-    assert constants.BACKBONES == model.BACKBONES
+    assert constants.BACKBONES == deeplab.BACKBONES

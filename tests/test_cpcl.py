@@ -1,4 +1,4 @@
-"""Tests for cpcl_kit.cpcl: indicator, pseudo-labels, weights, weighted CE, CutMix masks."""
+"""Tests for cpcl_kit.method.cpcl: indicator, pseudo-labels, weights, weighted CE, CutMix masks."""
 
 import math
 
@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from cpcl_kit.cpcl import (
+from cpcl_kit.errors import KitError
+from cpcl_kit.method.cpcl import (
     PseudoLabels,
     agreement,
     boundary_band,
@@ -19,7 +20,6 @@ from cpcl_kit.cpcl import (
     pseudo_supervision,
     weighted_ce,
 )
-from cpcl_kit.errors import KitError
 
 
 def logits_from(labels, confs, num_classes):
@@ -359,7 +359,7 @@ def test_normalisers_and_scopes_by_hand():
 
 
 def test_boundary_band_by_hand_and_against_the_scenes_void_band():
-    from cpcl_kit import digits
+    from cpcl_kit.data import digits
 
     m = torch.zeros(1, 5, 6, dtype=torch.long)
     m[0, 1:3, 2:4] = 7  # a 2x2 block

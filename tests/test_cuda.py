@@ -4,13 +4,13 @@ GPU) a whole training step without a host synchronisation. The CUDA-only tests s
 import pytest
 import torch
 
-from cpcl_kit import checkpoint
 from cpcl_kit.config import make_config
-from cpcl_kit.cpcl import cutmix_box_masks
+from cpcl_kit.data.loaders import Batch
+from cpcl_kit.engine import checkpoint
+from cpcl_kit.engine.train import Trainer, amp_dtype, batch_to, pick_device
 from cpcl_kit.errors import KitError
-from cpcl_kit.loaders import Batch
-from cpcl_kit.methods import METHOD_STEPS, ohem_ce
-from cpcl_kit.train import Trainer, amp_dtype, batch_to, pick_device
+from cpcl_kit.method.cpcl import cutmix_box_masks
+from cpcl_kit.method.steps import METHOD_STEPS, ohem_ce
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -146,7 +146,7 @@ def test_cuda_pieces_match_the_cpu():
 
 @pytest.mark.parametrize("aug", ["none", "affine"])
 def test_channels_last_reaches_every_image_the_nets_see(aug):
-    from cpcl_kit.methods import _student_view
+    from cpcl_kit.method.steps import _student_view
 
     cfg = tiny_config("cpcl", channels_last=True, student_aug=aug)
     batch = random_batch(cfg, torch.device("cpu"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cpcl_kit.datasets import (
+from cpcl_kit.data.datasets import (
     CITYSCAPES_CLASS_NAMES,
     VOC_CLASS_NAMES,
     SegmentationFiles,

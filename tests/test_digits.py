@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from cpcl_kit import digits
-from cpcl_kit.digits import (DIGIT_CLASS_NAMES, DigitScenes, SceneSpec, digit_pools, load_digit_bank, make_scenes,
+from cpcl_kit.data import digits
+from cpcl_kit.data.digits import (DIGIT_CLASS_NAMES, DigitScenes, SceneSpec, digit_pools, load_digit_bank, make_scenes,
                              pretrain_pool)
 from cpcl_kit.errors import KitError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpcl_kit import disagreement as dg
+from cpcl_kit.teach import disagreement as dg
 
 I = 255  # ignore
 
@@ -117,7 +117,7 @@ def test_per_class_gain_averages_seeds_and_subtracts_the_baseline():
 def test_on_scenes_of_a_tiny_run_has_consistent_tables():
     from cpcl_kit.config import make_config
     from cpcl_kit.data import build_data
-    from cpcl_kit.model import build_nets
+    from cpcl_kit.nets.deeplab import build_nets
 
     # no void outline: every pixel of the scenes is labeled, so the tables count all of them
     cfg = make_config("smoke", {"n_train_scenes": 16, "n_val_scenes": 4, "backbone_weights": "none",
@@ -137,7 +137,7 @@ def test_compare_runs_looks_at_the_batches_each_run_learnt_from():
 
     from cpcl_kit.config import make_config
     from cpcl_kit.data import build_data
-    from cpcl_kit.model import build_nets
+    from cpcl_kit.nets.deeplab import build_nets
 
     cfg = make_config("smoke", {"n_train_scenes": 16, "n_val_scenes": 4, "backbone_weights": "none"})
     torch.manual_seed(0)

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from cpcl_kit import tblog
 from cpcl_kit.config import make_config
+from cpcl_kit.engine import tblog
 
 
 def _free_port() -> int:
@@ -27,7 +27,7 @@ def _worker(rank, world, port, out, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from cpcl_kit.train import train
+    from cpcl_kit.engine.train import train
 
     cfg = make_config("smoke", iterations=4, sup_only_iters=0, rampup_iters=0, log_every=1,
                       checkpoint_every=2, device="cpu", eval_every=2, tb_image_every=2)
@@ -90,7 +90,7 @@ def _env(rank, world, port):
 
 def _run_or_load_worker(rank, world, port, out, result_dir):
     _env(rank, world, port)
-    from cpcl_kit.train import run_or_load
+    from cpcl_kit.engine.train import run_or_load
 
     cfg = make_config("smoke", method="supervised", iterations=4, log_every=1, checkpoint_every=2, device="cpu")
     res = run_or_load(cfg, out, progress=False, stages=(2,))
@@ -110,10 +110,10 @@ def test_run_or_load_under_two_processes_locks_on_rank0_only(tmp_path):
 
 def _diverging_worker(rank, world, port, out, result_dir):
     _env(rank, world, port)
-    from cpcl_kit import methods
-    from cpcl_kit.train import TrainingDiverged, train
+    from cpcl_kit.engine.train import TrainingDiverged, train
+    from cpcl_kit.method import steps
 
-    plain = methods.METHOD_STEPS["supervised"]
+    plain = steps.METHOD_STEPS["supervised"]
 
     def step(nets, batch, cfg, lam, gen, all_reduce=None):
         out_ = plain(nets, batch, cfg, lam, gen, all_reduce)
@@ -123,7 +123,7 @@ def _diverging_worker(rank, world, port, out, result_dir):
         return out_
 
     calls = []
-    methods.METHOD_STEPS["supervised"] = step
+    steps.METHOD_STEPS["supervised"] = step
     cfg = make_config("smoke", method="supervised", iterations=6, log_every=3, checkpoint_every=6, device="cpu")
     try:
         train(cfg, out_dir=out, progress=False)
@@ -142,7 +142,7 @@ def test_a_loss_one_rank_sees_non_finite_stops_every_rank(tmp_path):
 
 
 def test_backend_follows_the_device_not_the_machine():
-    from cpcl_kit.distributed import backend_for
+    from cpcl_kit.engine.distributed import backend_for
 
     assert backend_for(torch.device("cpu")) == "gloo"
     assert backend_for(torch.device("cuda", 1)) == "nccl"

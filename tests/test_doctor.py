@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpcl_kit import doctor, pretrain
 from cpcl_kit.cli import main
 from cpcl_kit.config import make_config
+from cpcl_kit.engine import doctor
+from cpcl_kit.nets import pretrain
 
 
 def test_the_cli_reports_a_presets_step_on_synthetic_batches(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Tests for cpcl_kit.evaluate with tiny dummy models (no real network needed)."""
+"""Tests for cpcl_kit.engine.evaluate with tiny dummy models (no real network needed)."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from cpcl_kit.engine.evaluate import evaluate, predict_logits, window_starts
 from cpcl_kit.errors import KitError
-from cpcl_kit.evaluate import evaluate, predict_logits, window_starts
 
 
 class Recorder(nn.Module):

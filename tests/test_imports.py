@@ -48,13 +48,13 @@ def test_importing_every_module_starts_no_process_and_keeps_matplotlib_settings(
                           cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"cpcl_kit.plots", "cpcl_kit.train", "cpcl_kit.runs", "cpcl_kit.provenance"} <= set(res["modules"])
+    assert {"cpcl_kit.teach.plots", "cpcl_kit.engine.train", "cpcl_kit.engine.runs", "cpcl_kit.provenance"} <= set(res["modules"])
     assert res["started"] == [], f"importing the kit started processes: {res['started']}"
     assert res["changed"] == [], f"importing the kit changed matplotlib settings: {res['changed']}"
 
 
 def test_figures_draw_in_the_kits_style_and_leave_the_users_settings():
-    from cpcl_kit import plots
+    from cpcl_kit.teach import plots
 
     before = dict(matplotlib.rcParams)
     fig = plots.weighting_surface(num_classes=4)

@@ -40,7 +40,7 @@ def test_a_wheel_installed_elsewhere_trains_from_its_shipped_backbone(tmp_path):
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(target), CPCL_KIT_CACHE=str(cache), OMP_NUM_THREADS="1")
-    code = ("import cpcl_kit, sys; from cpcl_kit import noise; print(cpcl_kit.__file__); "
+    code = ("import cpcl_kit, sys; from cpcl_kit.experiments import noise; print(cpcl_kit.__file__); "
             "print(noise.for_preset('benchmark'))")
     where = _run([sys.executable, "-c", code], work, env)
     assert where.returncode == 0, where.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Tests for cpcl_kit.metrics against hand-computed values and scikit-learn."""
+"""Tests for cpcl_kit.engine.metrics against hand-computed values and scikit-learn."""
 
 import math
 
@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import jaccard_score
 
+from cpcl_kit.engine.metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
 from cpcl_kit.errors import KitError
-from cpcl_kit.metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
 
 # 3 classes, 8 pixels (class 2 appears in neither target nor prediction):
 #   target = 0 0 0 1 1 1 255 7

@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from cpcl_kit.errors import KitError
-from cpcl_kit.model import BACKBONES, DeepLabV3Plus
+from cpcl_kit.nets.deeplab import BACKBONES, DeepLabV3Plus
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -125,7 +125,7 @@ def test_imagenet_reads_torchvision_cache_and_never_downloads(monkeypatch, tmp_p
 def test_narrow_resnet18_is_resnet18_at_a_fraction_of_the_width(backbone, width):
     """Same keys as torchvision's ResNet-18, every tensor's channels scaled by width / 64; the head
     reads layer4's 8 x width channels; a conv costs (width / 64)^2 of ResNet-18's."""
-    from cpcl_kit.model import resnet
+    from cpcl_kit.nets.deeplab import resnet
 
     narrow, r18 = resnet(backbone).state_dict(), torchvision.models.resnet18().state_dict()
     assert list(narrow) == list(r18)
@@ -255,7 +255,7 @@ TODAY_SUMS = {(16, 32): ([37505.00086462685, 37507.23706032834], [7312.205248760
 @pytest.mark.parametrize("preset", ["smoke", "demo", "benchmark"])
 def test_cpu_presets_build_todays_nets(preset):
     from cpcl_kit.config import make_config
-    from cpcl_kit.model import build_nets
+    from cpcl_kit.nets.deeplab import build_nets
 
     cfg = make_config(preset, backbone_weights="none")  # the layout, not the weights
     assert cfg.dilation == "torchvision" and cfg.backbone == "resnet18_w16"
@@ -386,7 +386,7 @@ def _v1c_backbone_params(layers):
 
 
 def test_deeplab_on_v1c_same_head_and_stages():
-    from cpcl_kit.summary import parameter_table
+    from cpcl_kit.nets.summary import parameter_table
 
     torch.manual_seed(0)
     v1c = DeepLabV3Plus(21, backbone="resnet50_v1c", output_stride=16, dilation="official").eval()

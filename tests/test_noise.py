@@ -1,4 +1,4 @@
-"""The noise table and the verdicts computed from it (cpcl_kit/noise.py, benchmarks/noise.py)."""
+"""The noise table and the verdicts computed from it (cpcl_kit/experiments/noise.py, benchmarks/noise.py)."""
 
 import importlib.util
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpcl_kit import noise
 from cpcl_kit.errors import KitError
+from cpcl_kit.experiments import noise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_noise_benchmark_writes_every_run_with_its_provenance(tmp_path, monkeypa
 
 
 def test_eval_noise_evaluates_each_run_on_other_validation_draws(tmp_path):
-    from cpcl_kit import ablate
+    from cpcl_kit.experiments import ablate
 
     runs = tmp_path / "runs"
     small = {"iterations": 2, "n_train_scenes": 16, "n_val_scenes": 4, "sup_only_iters": 1, "rampup_iters": 0}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cpcl_kit.notebooks import demo_parameters, notebooks, run_notebook
+from cpcl_kit.teach.runner import demo_parameters, notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
 
@@ -61,7 +61,7 @@ def test_run_demo_in_parallel(demo_out, capsys):
     """--jobs 2: two kernels at once, each with one torch thread; rows for every notebook run; a bad
     --jobs is one line. Runs before the notebooks that need what these two make."""
     from cpcl_kit.errors import KitError
-    from cpcl_kit.notebooks import run_demo
+    from cpcl_kit.teach.runner import run_demo
 
     rows = run_demo(demo_out, preset="smoke", only=list(PARALLEL), jobs=2)
     assert sorted(r["notebook"][:2] for r in rows) == list(PARALLEL)
@@ -94,7 +94,7 @@ def test_paper_preset_rule():
     """One rule in every notebook: a paper preset runs only with its data and a GPU (or an explicit
     CPU opt-in), and otherwise says in one line what to pass; never a silent switch."""
     from cpcl_kit.errors import KitError
-    from cpcl_kit.notebooks import notebook_config
+    from cpcl_kit.teach.notebook import notebook_config
 
     with pytest.raises(KitError, match=r"preset 'voc' is the paper experiment on voc: pass data_root="):
         notebook_config("voc")
@@ -144,7 +144,7 @@ MADE_FOR_LATER = {
 def test_demo_needs_follow_the_notebooks_code():
     """make demo runs notebooks side by side (--jobs 2): whatever a notebook reuses, the first notebook
     that makes it must have finished first, so DEMO_NEEDS must say so (transitively)."""
-    from cpcl_kit.notebooks import DEMO_NEEDS
+    from cpcl_kit.teach.runner import DEMO_NEEDS
 
     code = {nb.name[:2]: _code(nb) for nb in NOTEBOOKS}
 
@@ -166,7 +166,7 @@ def test_demo_needs_follow_the_notebooks_code():
 
 
 def test_demo_ready_starts_what_may_start():
-    from cpcl_kit.notebooks import demo_ready
+    from cpcl_kit.teach.runner import demo_ready
 
     names = [nb.name[:2] for nb in NOTEBOOKS]
     assert demo_ready(names, []) == ["01", "02", "03", "04", "07"]  # the backbone ships: nothing to wait for
@@ -217,10 +217,11 @@ def test_no_two_saved_figures_are_the_same_image(demo_out):
 def test_classroom_default_is_the_best_run_at_hand(tmp_path, monkeypatch, capsys):
     """Notebook 08 defaults to preset "best": the prepared set's CPCL run when it is here, else the
     demo run (trained with a bar), never the smoke run."""
-    from cpcl_kit import analysis, notebooks, prepared
-    from cpcl_kit.notebooks import BEST, open_shared_run
+    from cpcl_kit.experiments import prepared
+    from cpcl_kit.teach import analysis, runner
+    from cpcl_kit.teach.notebook import BEST, open_shared_run
 
-    params = "".join(next(c for c in json.loads((notebooks.NOTEBOOK_DIR / "08_classroom_demo.ipynb").read_text())
+    params = "".join(next(c for c in json.loads((runner.NOTEBOOK_DIR / "08_classroom_demo.ipynb").read_text())
                           ["cells"] if "parameters" in c["metadata"].get("tags", []))["source"])
     assert f'preset = "{BEST}"' in params
     trained = []
@@ -229,7 +230,7 @@ def test_classroom_default_is_the_best_run_at_hand(tmp_path, monkeypatch, capsys
         metrics, out_dir = {"miou": 0.5}, tmp_path
 
     monkeypatch.setattr(prepared, "find", lambda *a, **k: None)
-    monkeypatch.setattr("cpcl_kit.data.build_data", lambda cfg: None)
+    monkeypatch.setattr("cpcl_kit.data.build.build_data", lambda cfg: None)
     monkeypatch.setattr(analysis, "shared_run", lambda cfg, out, progress, data: trained.append((cfg, progress)) or Run())
     cfg, run, _ = open_shared_run(BEST, tmp_path)
     assert cfg.preset == "demo" and trained[0][0].preset == "demo" and trained[0][1] is True

@@ -7,8 +7,8 @@ import torch
 
 from cpcl_kit.config import make_config
 from cpcl_kit.constants import IGNORE_INDEX
-from cpcl_kit.methods import _student_view, _void
-from cpcl_kit.perturb import AFFINE_RANGES, outside, random_affine, warp, warp_labels
+from cpcl_kit.method.perturb import AFFINE_RANGES, outside, random_affine, warp, warp_labels
+from cpcl_kit.method.steps import _student_view, _void
 
 QUARTER_TURN = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]])
 

@@ -10,8 +10,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cpcl_kit import analysis, plots  # noqa: E402
-from cpcl_kit.cpcl import pseudo_supervision  # noqa: E402
+from cpcl_kit.data import palette
+from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
+from cpcl_kit.teach import analysis, plots  # noqa: E402
 
 C = 4
 NAMES = ["background", "a", "b", "c"]
@@ -108,12 +109,12 @@ def test_overlays_and_indicator_bars():
 
 
 def test_palette_is_consistent():
-    pal = plots.class_palette(11)
+    pal = palette.class_palette(11)
     assert pal.shape == (256, 3)
-    assert np.allclose(pal[0], 0) and np.allclose(pal[255], plots.IGNORE_GREY)
+    assert np.allclose(pal[0], 0) and np.allclose(pal[255], palette.IGNORE_GREY)
     assert len({tuple(p) for p in pal[:11]}) == 11
-    assert len({tuple(p) for p in plots.class_palette(21)[:21]}) == 21
-    assert plots.colourise(torch.tensor([[0, 255]]), 11).shape == (1, 2, 3)
+    assert len({tuple(p) for p in palette.class_palette(21)[:21]}) == 21
+    assert palette.colourise(torch.tensor([[0, 255]]), 11).shape == (1, 2, 3)
 
 
 def ablation_table():

@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cpcl_kit import cli, prepared, runs
-from cpcl_kit.noise import NoiseTable
+from cpcl_kit import cli
+from cpcl_kit.engine import runs
+from cpcl_kit.experiments import prepared
+from cpcl_kit.experiments.noise import NoiseTable
 
 SMALL = ["--set", "iterations=3", "--set", "n_train_scenes=16", "--set", "n_val_scenes=4",
          "--set", "sup_only_iters=1", "--set", "rampup_iters=0", "--set", "checkpoint_every=2"]
@@ -90,7 +92,7 @@ def test_prepare_bad_seeds_is_one_line(seeds, capsys):
 
 def test_notebooks_show_the_prepared_cpcl_run_when_it_is_there(tmp_path, monkeypatch, capsys, one_thread):
     """open_shared_run: the live run without a set (saying how to make one), the set's run with it."""
-    from cpcl_kit import notebooks
+    from cpcl_kit.teach import notebook
 
     folder = tmp_path / "set"
     monkeypatch.setenv("CPCL_KIT_PREPARED", str(folder))
@@ -98,14 +100,14 @@ def test_notebooks_show_the_prepared_cpcl_run_when_it_is_there(tmp_path, monkeyp
     monkeypatch.setattr(prepared, "SHOWN_FOR", ("smoke",))
     assert cli.main(["prepare", "--preset", "smoke", "--jobs", "1", "--quiet", "--set", "iterations=4", *SMALL[2:]]) == 0
     capsys.readouterr()
-    cfg, run, data = notebooks.open_shared_run("smoke", tmp_path / "out", seed=0)
+    cfg, run, data = notebook.open_shared_run("smoke", tmp_path / "out", seed=0)
     assert run.out_dir == folder / "cpcl__1-16__seed0" and len(run.nets) == 2
     assert cfg.iterations == 4 and "prepared run set" in capsys.readouterr().out
     assert not (tmp_path / "out" / "runs").exists()  # nothing trained live
-    cfg, run, _ = notebooks.open_shared_run("smoke", tmp_path / "out", seed=0, use_prepared=False)
+    cfg, run, _ = notebook.open_shared_run("smoke", tmp_path / "out", seed=0, use_prepared=False)
     assert run.out_dir.parent == tmp_path / "out" / "runs" and cfg.iterations == 12
     (folder / "cpcl__1-16__seed0" / "metrics.json").unlink()  # an incomplete set is not shown
-    notebooks.open_shared_run("smoke", tmp_path / "out", seed=0)
+    notebook.open_shared_run("smoke", tmp_path / "out", seed=0)
     assert "make prepared" in capsys.readouterr().out
 
 

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from cpcl_kit import cli, digits, pretrain
+from cpcl_kit import cli
 from cpcl_kit.config import PRESETS, make_config
-from cpcl_kit.digits import DigitScenes, SceneSpec
+from cpcl_kit.data import digits
+from cpcl_kit.data.digits import DigitScenes, SceneSpec
+from cpcl_kit.engine.train import nets_for
 from cpcl_kit.errors import KitError
-from cpcl_kit.train import nets_for
+from cpcl_kit.nets import pretrain
 
 SCENE_POOL = np.concatenate(digits.digit_pools())
 # A tiny pretraining spec (20 steps of 16 at 32 px): the kit ships no file for it, so it trains.
@@ -35,7 +37,7 @@ def test_every_cpu_preset_starts_from_the_shipped_backbone(preset, monkeypatch):
     cfg = make_config(preset)
     assert cfg.backbone_weights == pretrain.NAMED_WEIGHTS == "digits"
     path = pretrain.resolve_backbone_weights(cfg)
-    assert Path(path).parent == pretrain.SHIPPED_DIR == Path(pretrain.__file__).parent / "weights"
+    assert Path(path).parent == pretrain.SHIPPED_DIR == Path(pretrain.__file__).parent.parent / "weights"
     report = pretrain.read_report(path)
     # the report records the whole sha256 of the file it ships beside
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == report["sha256"]
@@ -154,7 +156,8 @@ def test_a_damaged_cache_file_is_trained_again_with_one_line(damage, tiny, tmp_p
 
 
 def test_the_cache_follows_the_environment(monkeypatch, tmp_path):
-    from cpcl_kit import constants, prepared
+    from cpcl_kit import constants
+    from cpcl_kit.experiments import prepared
 
     monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "kit"))
     assert pretrain.default_cache_dir() == tmp_path / "kit" / "pretrain" == prepared.cache_root() / "pretrain"
@@ -201,8 +204,9 @@ def test_named_value_loads_into_both_nets(tiny, monkeypatch):
 def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
     import hashlib
 
-    from cpcl_kit import provenance, runs
-    from cpcl_kit.train import train
+    from cpcl_kit import provenance
+    from cpcl_kit.engine import runs
+    from cpcl_kit.engine.train import train
 
     cache, path = tiny
     monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)

@@ -70,7 +70,7 @@ def test_no_measured_number_is_typed_into_a_notebooks_prose():
         found = MEASURED.findall(prose)
         assert found == NOT_MEASURED.get(path.name, []), (
             f"{path.name} states {found} in its markdown; print a measured number from the run or the "
-            f"committed results (cpcl_kit.noise verdicts) instead, or, if it is a setting, list it here")
+            f"committed results (cpcl_kit.experiments.noise verdicts) instead, or, if it is a setting, list it here")
 
 
 # The READMEs state no measured number either; the targets a benchmark aims at are goals, not results.

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cpcl_kit import published
+from cpcl_kit.experiments import published
 
 def test_every_row_has_four_partitions_and_a_source():
     t = published.table()

@@ -77,7 +77,7 @@ def test_paper_presets_need_weights_to_train_but_not_to_look_at():
 
 
 def test_train_refuses_before_writing_anything(tmp_path):
-    from cpcl_kit.train import train
+    from cpcl_kit.engine.train import train
 
     with pytest.raises(KitError, match="^backbone_weights: the voc preset"):
         train(make_config("voc"), out_dir=tmp_path / "run", progress=False)
@@ -86,7 +86,7 @@ def test_train_refuses_before_writing_anything(tmp_path):
 
 def test_random_init_on_purpose_trains_and_is_recorded(tmp_path):
     """A paper-preset run (on digit scenes, tiny, to run here) with backbone_weights=none."""
-    from cpcl_kit.train import train
+    from cpcl_kit.engine.train import train
 
     cfg = make_config("voc", dataset="digits", backbone="resnet18", backbone_weights="none", head_channels=8,
                       crop=32, scales=(1.0,), n_train_scenes=8, n_val_scenes=2, labeled="1/2", iterations=2,

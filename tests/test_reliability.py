@@ -33,9 +33,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cpcl_kit import checkpoint as ckpt
-from cpcl_kit.runs import CHECKPOINT
 from cpcl_kit.cli import main
+from cpcl_kit.engine import checkpoint as ckpt
+from cpcl_kit.engine.runs import CHECKPOINT
 from cpcl_kit.errors import KitError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def _finish(proc, timeout: float = 400) -> tuple[int, str, str]:
 # {"id", "rc"} when the child ended.
 _WARM = r"""
 import json, os, runpy, select, sys, time, traceback
-import cpcl_kit.cli, cpcl_kit.train, cpcl_kit.checkpoint  # the slow imports, once
+import cpcl_kit.cli, cpcl_kit.engine.train, cpcl_kit.engine.checkpoint  # the slow imports, once
 
 def say(msg):
     os.write(1, (json.dumps(msg) + "\n").encode())
@@ -325,8 +325,8 @@ def test_ablation_counts_only_finished_runs_and_resumes_a_killed_one(killed, tmp
     """The grid runner counts a run only once its metrics.json exists (the loop writes it to a temp
     file and renames it, last): the killed folder, also when caught half-way through writing
     metrics.json.tmp, is left out of the table and resumed from its checkpoint."""
-    ablate = pytest.importorskip("cpcl_kit.ablate", reason="cpcl_kit/ablate.py not written yet")
-    from cpcl_kit.train import RunResult
+    ablate = pytest.importorskip("cpcl_kit.experiments.ablate", reason="cpcl_kit/experiments/ablate.py not written yet")
+    from cpcl_kit.engine.train import RunResult
 
     grid_dir = tmp_path / "grid"
     killed_dir = grid_dir / ablate.run_name("cpcl", "1/16", 0)
@@ -346,7 +346,7 @@ def test_ablation_counts_only_finished_runs_and_resumes_a_killed_one(killed, tmp
         (out / "metrics.json").write_text(json.dumps(m))
         return RunResult(cfg, [], pd.DataFrame(), m, out)
 
-    monkeypatch.setattr("cpcl_kit.train.train", fake_train)
+    monkeypatch.setattr("cpcl_kit.engine.train.train", fake_train)
     table = ablate.run_grid({"variants": ["cpcl"], "fractions": ["1/16"], "seeds": [0]}, grid_dir,
                             preset="smoke", overrides=dict(SMALL), progress=False, log=None)
     assert calls == [(killed_dir.name, True)]
@@ -357,9 +357,9 @@ def test_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeypat
     """The write-then-rename of runs.save_checkpoint, without a kill: a write that dies half-way (disk
     full, Ctrl-C) leaves the old checkpoint complete and no temp file behind."""
     from cpcl_kit.config import make_config
-    from cpcl_kit.model import build_nets
-    from cpcl_kit.runs import save_checkpoint
-    from cpcl_kit.train import make_optimizer
+    from cpcl_kit.engine.runs import save_checkpoint
+    from cpcl_kit.engine.train import make_optimizer
+    from cpcl_kit.nets.deeplab import build_nets
 
     cfg = make_config("smoke", method="supervised", head_channels=8, backbone_weights="none")
     nets = build_nets(cfg)

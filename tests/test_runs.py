@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cpcl_kit import ablate, runs
+from cpcl_kit import files
 from cpcl_kit.config import CHOICES, Config, load_config_dict, make_config
+from cpcl_kit.engine import runs
 from cpcl_kit.errors import KitError
+from cpcl_kit.experiments import ablate
 
 ROOT = Path(__file__).resolve().parents[1]
 HINTS = typing.get_type_hints(Config)
@@ -48,7 +50,7 @@ def folder(tmp_path):
     """A finished-looking run folder of the smoke preset's CPCL run."""
     base = make_config("smoke")
     runs.write_config(tmp_path, base)
-    runs.write_json(tmp_path / runs.METRICS, {"miou": 0.5})
+    files.write_json(tmp_path / runs.METRICS, {"miou": 0.5})
     return base, tmp_path
 
 
@@ -96,7 +98,7 @@ def test_kit_chosen_names():
 
 
 def test_grid_refuses_a_folder_of_other_settings_before_training(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("cpcl_kit.train.train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr("cpcl_kit.engine.train.train", lambda *a, **k: pytest.fail("trained"))
     grid = ablate.normalise_grid({"variants": ["cpcl"], "seeds": [0]})
     cell = tmp_path / ablate.run_name("cpcl", "1/16", 0)
     runs.write_config(cell, ablate.run_config("cpcl", "1/16", 0, "smoke"))  # an interrupted λ=1 run
@@ -118,18 +120,18 @@ def test_cli_train_refuses_a_folder_of_other_settings(tmp_path, capsys):
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    path = runs.write_json(tmp_path / "m.json", {"a": 1})
+    path = files.write_json(tmp_path / "m.json", {"a": 1})
 
     def dies(f):
         f.write(b'{"half')
         raise OSError(28, "No space left on device")
 
     with pytest.raises(KitError, match=r"m\.json: cannot write \(No space left on device\); the previous file is kept"):
-        runs.write_atomic(path, dies)
+        files.write_atomic(path, dies)
     assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["m.json"]
     mask = os.umask(0o022)
     try:
-        assert runs.write_text(tmp_path / "t.txt", "x").stat().st_mode & 0o777 == 0o644  # as open() would
+        assert files.write_text(tmp_path / "t.txt", "x").stat().st_mode & 0o777 == 0o644  # as open() would
     finally:
         os.umask(mask)
 
@@ -139,18 +141,18 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from cpcl_kit import runs
-    with runs.lock(sys.argv[1]):
+    from cpcl_kit import files
+    with files.lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(60)
 """)
 TRY = textwrap.dedent("""
     import sys
-    from cpcl_kit import runs
+    from cpcl_kit import files
     try:
-        with runs.lock(sys.argv[1]):
+        with files.lock(sys.argv[1]):
             print("got it")
-    except runs.RunBusy as e:
+    except files.RunBusy as e:
         print("busy:", e)
 """)
 
@@ -167,17 +169,17 @@ def test_lock_is_exclusive_reentrant_and_taken_over_from_a_killed_holder(tmp_pat
         out = subprocess.run([sys.executable, "-c", TRY, str(tmp_path)], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
         assert out.startswith("busy:") and f"pid {holder.pid}" in out and "is training there" in out
-        with pytest.raises(runs.RunBusy):
-            with runs.lock(tmp_path):
+        with pytest.raises(files.RunBusy):
+            with files.lock(tmp_path):
                 pass
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with runs.lock(tmp_path) as mine:  # the dead process's lock is simply taken over
+    with files.lock(tmp_path) as mine:  # the dead process's lock is simply taken over
         assert mine.stale["pid"] == holder.pid
-        with runs.lock(tmp_path):  # reentrant in one process
-            assert f"pid {os.getpid()}" in runs.holder(tmp_path)
-    with runs.lock(tmp_path) as again:
+        with files.lock(tmp_path):  # reentrant in one process
+            assert f"pid {os.getpid()}" in files.holder(tmp_path)
+    with files.lock(tmp_path) as again:
         assert again.stale is None  # a released lock leaves no record
 
 

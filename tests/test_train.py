@@ -9,8 +9,8 @@ import torch
 
 from cpcl_kit.config import make_config
 from cpcl_kit.data import build_data
+from cpcl_kit.engine.train import TrainingDiverged, lr_at, train, unsup_weight_at
 from cpcl_kit.errors import KitError
-from cpcl_kit.train import TrainingDiverged, lr_at, train, unsup_weight_at
 
 
 def _params(nets):
@@ -84,7 +84,7 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_last_checkpoint(tmp_path):
     info = json.loads((tmp_path / "diverged.json").read_text())
     assert info["last_good_iteration"] < info["iteration"]
     assert not (tmp_path / "metrics.json").exists()
-    from cpcl_kit.checkpoint import load
+    from cpcl_kit.engine.checkpoint import load
 
     state = load(tmp_path / "checkpoint.pt")
     assert state["iteration"] == info["last_good_iteration"]
@@ -128,7 +128,7 @@ def test_resume_refuses_another_run(tmp_path):
 def test_bf16_autocast_runs_on_cpu_and_keeps_losses_fp32():
     import torch as _t
 
-    from cpcl_kit.train import amp_dtype
+    from cpcl_kit.engine.train import amp_dtype
 
     assert amp_dtype(_t.device("cpu"), "auto") is None and amp_dtype(_t.device("cpu"), "bf16") == _t.bfloat16
     with pytest.raises(KitError, match="fp16"):
@@ -154,10 +154,10 @@ def test_teachers_in_eval_mode_use_running_statistics():
     """teacher_bn="eval": each teacher's logits are its eval-mode predictions of u0 and u1 (whatever
     they are batched with), mixed; the nets end in train mode and their BN statistics are untouched.
     "train" (official) gives other logits: batch statistics of u0 and of u1 separately."""
-    from cpcl_kit.cpcl import cutmix_box_masks, mix
-    from cpcl_kit.loaders import Batch
-    from cpcl_kit.methods import _teachers
-    from cpcl_kit.model import build_nets
+    from cpcl_kit.data.loaders import Batch
+    from cpcl_kit.method.cpcl import cutmix_box_masks, mix
+    from cpcl_kit.method.steps import _teachers
+    from cpcl_kit.nets.deeplab import build_nets
 
     torch.manual_seed(0)
     nets = build_nets(make_config("smoke", backbone_weights="none"))
@@ -187,10 +187,10 @@ def test_teachers_in_eval_mode_use_running_statistics():
 def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
     import numpy as np
 
-    from cpcl_kit import digits
     from cpcl_kit.constants import IGNORE_INDEX
-    from cpcl_kit.cpcl import pseudo_supervision
-    from cpcl_kit.methods import _void_outlines
+    from cpcl_kit.data import digits
+    from cpcl_kit.method.cpcl import pseudo_supervision
+    from cpcl_kit.method.steps import _void_outlines
 
     g = torch.Generator().manual_seed(0)
     t1, t2 = (torch.randn(2, 4, 6, 6, generator=g).repeat_interleave(2, -1).repeat_interleave(2, -2) for _ in "12")
@@ -210,8 +210,8 @@ def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
 def test_cutmix_boxes_zero_shows_the_student_u0():
     from types import SimpleNamespace
 
-    from cpcl_kit.methods import _cutmix, _teachers
-    from cpcl_kit.model import build_nets
+    from cpcl_kit.method.steps import _cutmix, _teachers
+    from cpcl_kit.nets.deeplab import build_nets
 
     truth = torch.randint(0, 3, (2, 8, 8))
     batch = SimpleNamespace(u0=torch.randn(2, 3, 8, 8), u1=None, u0_mask=truth, u1_mask=None)

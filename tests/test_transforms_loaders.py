@@ -5,9 +5,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from cpcl_kit.data.loaders import Batch, semi_supervised_batches, supervised_batches
+from cpcl_kit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, train_transform, val_transform
 from cpcl_kit.errors import KitError
-from cpcl_kit.loaders import Batch, semi_supervised_batches, supervised_batches
-from cpcl_kit.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, train_transform, val_transform
 
 
 def _pair(h=8, w=8):
@@ -148,7 +148,7 @@ def test_random_pad_is_the_original_pipeline():
     """crop_pad="random" (the default, and the CPU presets') is the pipeline from before the option."""
     from torchvision.transforms import v2
 
-    from cpcl_kit.transforms import RandomScale
+    from cpcl_kit.data.transforms import RandomScale
 
     before = v2.Compose([
         v2.RandomChannelPermutation(), v2.RandomInvert(p=0.5), v2.RandomHorizontalFlip(p=0.5),
@@ -175,8 +175,8 @@ def test_presets_choose_their_crop_padding(preset):
     from torchvision.transforms import v2
 
     from cpcl_kit.config import PAPER_PRESETS, make_config
-    from cpcl_kit.data import _train_tf
-    from cpcl_kit.transforms import CentredPadCrop
+    from cpcl_kit.data.build import _train_tf
+    from cpcl_kit.data.transforms import CentredPadCrop
 
     cfg = make_config(preset)
     last = _train_tf(cfg).pipeline.transforms[-1]
@@ -285,7 +285,7 @@ def test_loader_bad_input():
 
 
 def test_digit_scenes_through_the_loader():
-    from cpcl_kit.digits import DigitScenes, SceneSpec
+    from cpcl_kit.data.digits import DigitScenes, SceneSpec
 
     spec = SceneSpec(size=32, digits=(1, 2), digit_px=(16, 24))
     t = train_transform(24, flip=False, colour=True)

@@ -15,12 +15,15 @@ import torch
 
 matplotlib.use("Agg")
 
-from cpcl_kit import plots, runs, tblog  # noqa: E402
 from cpcl_kit.config import make_config  # noqa: E402
-from cpcl_kit.cpcl import pseudo_supervision  # noqa: E402
-from cpcl_kit.digits import DIGIT_CLASS_NAMES  # noqa: E402
+from cpcl_kit.data import palette
+from cpcl_kit.data.digits import DIGIT_CLASS_NAMES  # noqa: E402
+from cpcl_kit.engine import runs, tblog  # noqa: E402
+from cpcl_kit.engine.train import run_or_load, train  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
-from cpcl_kit.train import run_or_load, train  # noqa: E402
+from cpcl_kit.method import scenes
+from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
+from cpcl_kit.teach import plots
 
 # The GPU machine may have no tensorboard (nothing is installed there): only the tests that read
 # event files need it; without it the runs write none and the rest still holds.
@@ -101,8 +104,8 @@ def test_tensorboard_holds_the_history_and_the_evaluations(two_runs):
 
 @needs_tb
 def test_the_pseudo_label_image_is_the_kits_panels_of_fixed_scenes(two_runs):
-    from cpcl_kit.analysis import pseudo_labels_on_scenes
     from cpcl_kit.data import build_data
+    from cpcl_kit.method.scenes import pseudo_labels_on_scenes
     from PIL import Image
     import io
 
@@ -112,7 +115,7 @@ def test_the_pseudo_label_image_is_the_kits_panels_of_fixed_scenes(two_runs):
     got = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB"), dtype=float)
     # the final nets are the nets of iteration 12
     x, m, labels = pseudo_labels_on_scenes(on.nets, build_data(on.config), on.config, n=tblog.SCENES, seed=0)
-    want = plots.pseudo_label_panels(x, m, labels, on.config.num_classes) * 255
+    want = scenes.pseudo_label_panels(x, m, labels, on.config.num_classes) * 255
     assert got.shape == want.shape and np.abs(got - want).max() <= 1.0
 
 
@@ -146,13 +149,13 @@ def test_changing_only_what_is_watched_reuses_a_finished_run(two_runs, monkeypat
     """eval_every, tensorboard and tb_image_every are bookkeeping: the same run, the same folder
     name; a finished run is loaded as it is (its curve is the one it was trained with)."""
     off, off_dir = two_runs["off"]
-    monkeypatch.setattr("cpcl_kit.train.train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("cpcl_kit.engine.train.train", lambda *a, **k: pytest.fail("trained again"))
     cfg = dataclasses.replace(off.config, **WATCHED)
     assert runs.run_dir_name(cfg) == runs.run_dir_name(off.config)
     loaded = run_or_load(cfg, off_dir, progress=False, nets=False)
     assert loaded.metrics == off.metrics
     # the committed noise table of the benchmark preset still holds for it
-    from cpcl_kit import noise
+    from cpcl_kit.experiments import noise
 
     assert noise.for_preset("benchmark") is not None
     assert make_config("benchmark").eval_every > 0
@@ -187,9 +190,9 @@ def test_pseudo_label_panels_are_the_class_colours_and_weights():
     g = torch.Generator().manual_seed(0)
     labels = pseudo_supervision(torch.randn(2, 5, 8, 8, generator=g), torch.randn(2, 5, 8, 8, generator=g))
     images, masks = torch.rand(2, 3, 8, 8, generator=g), torch.randint(0, 5, (2, 8, 8), generator=g)
-    grid = plots.pseudo_label_panels(images, masks, labels, 5, gap=2)
+    grid = scenes.pseudo_label_panels(images, masks, labels, 5, gap=2)
     assert grid.shape == (2 * 8 + 2, 8 * 8 + 7 * 2, 3)
-    pal = plots.class_palette(5)
+    pal = palette.class_palette(5)
     tile = lambda row, col: grid[row * 10: row * 10 + 8, col * 10: col * 10 + 8]  # noqa: E731
     assert np.allclose(tile(1, 2), pal[labels.y1[1].numpy()])       # net 1's label
     assert np.allclose(tile(0, 4), pal[labels.inter[0].numpy()])    # the intersection, grey off it

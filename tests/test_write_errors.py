@@ -1,7 +1,7 @@
 """A write that fails (a full disk, a folder the user may not write) is one line naming the file,
 and leaves the previous file or none: never a half-written one, never temp debris.
 
-The failure is made by the file the kit writes through (``os.fdopen`` in ``runs.write_atomic``):
+The failure is made by the file the kit writes through (``os.fdopen`` in ``files.write_atomic``):
 its writes raise ENOSPC past a number of bytes, as a disk that fills up does. chmod would not do
 it where the tests run as root.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpcl_kit import cli, runs
+from cpcl_kit import cli, files
 from cpcl_kit.errors import KitError
 
 
@@ -59,9 +59,9 @@ def test_full_disk_keeps_the_previous_file_and_names_the_path(kind, tmp_path, di
     import pandas as pd
 
     path = tmp_path / {"checkpoint": "checkpoint.pt", "json": "metrics.json", "csv": "history.csv"}[kind]
-    write = {"checkpoint": lambda n: runs.save_torch(path, {"w": torch.arange(n, dtype=torch.float32)}),
-             "json": lambda n: runs.write_json(path, {"miou": list(range(n))}),
-             "csv": lambda n: runs.write_csv(path, pd.DataFrame({"loss": range(n)}))}[kind]
+    write = {"checkpoint": lambda n: files.save_torch(path, {"w": torch.arange(n, dtype=torch.float32)}),
+             "json": lambda n: files.write_json(path, {"miou": list(range(n))}),
+             "csv": lambda n: files.write_csv(path, pd.DataFrame({"loss": range(n)}))}[kind]
     write(10)
     before = path.read_bytes()
     disk_fills_after(4096)
@@ -77,17 +77,17 @@ def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
     def refused(*a, **k):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(runs.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refused)
     with pytest.raises(KitError, match=rf"^{tmp_path / 'config.json'}: cannot write \(Permission denied\); "
                                        r"no file was written$"):
-        runs.write_json(tmp_path / "config.json", {})
+        files.write_json(tmp_path / "config.json", {})
     assert _files(tmp_path) == []
 
 
 def test_not_a_write_error_stays_what_it_is(tmp_path):
     """A writer that fails for its own reasons (a bug, an object it cannot store) is not a disk error."""
     with pytest.raises(TypeError):
-        runs.write_atomic(tmp_path / "x.json", lambda f: f.write(object()))
+        files.write_atomic(tmp_path / "x.json", lambda f: f.write(object()))
     assert _files(tmp_path) == []
 
 

@@ -1,0 +1,75 @@
+"""From a Config to the three data sets a run needs: labeled, unlabeled, validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset, Subset
+
+from ..config import Config
+from ..constants import ALL_LABELED
+from ..errors import KitError
+from . import datasets as ds
+from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
+from .splits import make_partition, parse_labeled
+from .transforms import train_transform, val_transform
+
+
+@dataclass
+class DataBundle:
+    labeled: Dataset      # (image [3,crop,crop], mask [crop,crop]) with train augmentation
+    unlabeled: Dataset    # same; masks are the true ones where known (analysis only), else 255
+    val: Dataset          # (image [3,H,W], mask [H,W]) without augmentation
+    class_names: list
+
+
+def _train_tf(cfg: Config):
+    return train_transform(cfg.crop, scales=cfg.scales or None, flip=cfg.flip, colour=cfg.colour_aug,
+                           crop_pad=cfg.crop_pad)
+
+
+def scene_spec(cfg: Config) -> SceneSpec:
+    """The digit scenes of ``cfg`` (scene_size, digits_per_scene, digit_px, void_band), checked."""
+    spec = SceneSpec(size=cfg.scene_size, digits=tuple(cfg.digits_per_scene), digit_px=tuple(cfg.digit_px),
+                     void=cfg.void_band)
+    try:
+        spec.check()
+    except KitError as e:
+        raise KitError(f"scene settings (scene_size, digits_per_scene, digit_px, void_band): {e}") from None
+    return spec
+
+
+def digit_data(cfg: Config) -> DataBundle:
+    spec = scene_spec(cfg)
+    train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=_train_tf(cfg))
+    val = DigitScenes("val", n=cfg.n_val_scenes, spec=spec, seed=cfg.seed + 10_000,
+                      transform=val_transform())
+    lab, unlab = _partition(cfg, list(range(len(train))))
+    return DataBundle(Subset(train, lab), Subset(train, unlab), val, DIGIT_CLASS_NAMES)
+
+
+def _partition(cfg: Config, ids):
+    if cfg.labeled_list or cfg.unlabeled_list:
+        raise KitError("labeled_list/unlabeled_list: the digit scenes take --labeled 1/N or a count")
+    if cfg.labeled == ALL_LABELED:  # full supervision; the unlabeled stream sees the same scenes
+        return list(ids), list(ids)
+    return make_partition(ids, parse_labeled(cfg.labeled), cfg.seed)
+
+
+def file_data(cfg: Config) -> DataBundle:
+    if not cfg.data_root:
+        raise KitError(f"--data-root: required for dataset '{cfg.dataset}' (the folder holding it; "
+                       f"nothing is downloaded)")
+    splits = ds.voc_splits if cfg.dataset == "voc" else ds.cityscapes_splits
+    names = ds.VOC_CLASS_NAMES if cfg.dataset == "voc" else ds.CITYSCAPES_CLASS_NAMES
+    labeled = None if (cfg.labeled_list or cfg.unlabeled_list) else parse_labeled(cfg.labeled)
+    lab, unlab, val = splits(cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
+                             unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
+    c = cfg.num_classes
+    return DataBundle(ds.SegmentationFiles(lab, c, _train_tf(cfg)),
+                      ds.SegmentationFiles([(img, None) for img, _ in unlab], c, _train_tf(cfg)),
+                      ds.SegmentationFiles(val, c, val_transform()), names)
+
+
+def build_data(cfg: Config) -> DataBundle:
+    return digit_data(cfg) if cfg.dataset == "digits" else file_data(cfg)

@@ -1,0 +1,378 @@
+"""Real data sets on disk (PASCAL VOC 2012, Cityscapes) and their published splits.
+
+A data set here is a list of (image_path, mask_path or None) pairs read by ``SegmentationFiles``.
+Split lists (CPS/CPCL text format) and seeded partitions are ``splits``'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from ..constants import IGNORE_INDEX
+from ..errors import KitError
+from .splits import (check_relative, fraction_denominator, split_tag, make_partition, parse_labeled,
+                     read_pair_list, read_split_list, write_split_list)
+VOC_CLASS_NAMES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+]  # fmt: skip
+CITYSCAPES_CLASS_NAMES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+]  # fmt: skip
+
+Pair = tuple[Path, "Path | None"]
+_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """RGB uint8 [H,W,3]; KitError naming the file if it is missing or unreadable."""
+    if not path.is_file():
+        raise KitError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now so truncated files fail here, not later
+            return np.array(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise KitError(f"{path}: cannot read image (corrupt or truncated?): {e}") from None
+
+
+def _read_mask(path: Path, num_classes: int) -> np.ndarray:
+    """Raw label indices [H,W] from a single-channel PNG; values must be in [0, C) or 255."""
+    if not path.is_file():
+        raise KitError(f"{path}: label file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in _LABEL_MODES:
+                raise KitError(
+                    f"{path}: expected a single-channel ('L' or 'P') label image of class indices, got mode {img.mode}"
+                )
+            mask = np.array(img)  # for 'P' this is the palette index, i.e. the class id
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, KitError):
+            raise
+        raise KitError(f"{path}: cannot read label image (corrupt or truncated?): {e}") from None
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)) if mask.dtype == np.uint8 else np.unique(mask)
+    bad = present[(present >= num_classes) & (present != IGNORE_INDEX)]
+    if bad.size:
+        raise KitError(
+            f"{path}: label values {bad.tolist()[:10]} outside [0, {num_classes}) and not the ignore value {IGNORE_INDEX}"
+        )
+    return mask
+
+
+class SegmentationFiles(Dataset):
+    """Images and masks on disk; items are ``transform(Image uint8 [3,H,W], Mask int64 [H,W])``.
+
+    pairs: (image_path, mask_path or None); a None mask reads as all 255 (unlabeled images).
+    transform defaults to ``transforms.val_transform()``. Files are read lazily, so a bad file
+    raises KitError (naming it) when its item is first loaded.
+    """
+
+    def __init__(self, pairs: Sequence[tuple], num_classes: int, transform: Callable | None = None):
+        if num_classes < 1 or num_classes > IGNORE_INDEX:
+            raise KitError(f"num_classes: expected 1..{IGNORE_INDEX}, got {num_classes}")
+        if transform is None:
+            from .transforms import val_transform
+
+            transform = val_transform()
+        self.pairs = [(Path(i), None if m is None else Path(m)) for i, m in pairs]
+        self.num_classes, self.transform = num_classes, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def raw(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """Item i before the transform: (Image uint8 [3,H,W], Mask int64 [H,W])."""
+        img_path, mask_path = self.pairs[i]
+        image = _read_image(img_path)
+        if mask_path is None:
+            mask = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+        else:
+            mask = _read_mask(mask_path, self.num_classes)
+            if mask.shape != image.shape[:2]:
+                raise KitError(
+                    f"{mask_path}: label size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                    f"{img_path} size {image.shape[1]}x{image.shape[0]}"
+                )
+        return (
+            tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+            tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64))),
+        )
+
+    def __getitem__(self, i: int):
+        return self.transform(*self.raw(i))
+
+
+# ------------------------------------------------------------------------------------- layouts
+
+
+def _under(root: Path, rel: str) -> Path:
+    return root.joinpath(*rel.split("/"))
+
+
+def _missing_error(root: Path, what: str, missing: list[Path], total: int) -> KitError:
+    shown = ", ".join(str(p) for p in missing[:3])
+    return KitError(f"{root}: {len(missing)} of {total} {what} not found, e.g. {shown}")
+
+
+# --------------------------------------------------------------------------------------------- VOC
+
+
+def voc_layout(root: str | Path) -> tuple[str, Path]:
+    """('cps', root) or ('voc', <.../VOC2012>) for a VOC data root; KitError naming both layouts otherwise."""
+    root = Path(root)
+    if (root / "train_aug" / "image").is_dir() and (root / "val" / "image").is_dir():
+        return "cps", root
+    for base in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
+        if (base / "JPEGImages").is_dir() and (
+            (base / "SegmentationClassAug").is_dir() or (base / "SegmentationClass").is_dir()
+        ):
+            return "voc", base
+    state = "does not exist" if not root.exists() else "is in neither known layout"
+    raise KitError(
+        f"{root}: VOC data root {state}; expected either the CPS layout (train_aug/image/<id>.jpg, "
+        "train_aug/label/<id>.png, val/image, val/label, train_aug.txt, val.txt) or the standard "
+        "layout (VOCdevkit/VOC2012 with JPEGImages/<id>.jpg, SegmentationClassAug|SegmentationClass/<id>.png, "
+        "ImageSets/Segmentation/*.txt)"
+    )
+
+
+def voc_files(root: str | Path, ids: Sequence[str], split: str, require_masks: bool = True) -> list[Pair]:
+    """(image, mask) paths of VOC ids. split: 'train' (train_aug in the CPS layout) or 'val'.
+
+    KitError listing missing images (and missing masks if require_masks; else such masks are None).
+    """
+    if split not in ("train", "val"):
+        raise KitError(f"split: expected 'train' or 'val', got {split!r}")
+    kind, base = voc_layout(root)
+    pairs, missing_img, missing_mask = [], [], []
+    for i in ids:
+        rel = check_relative(i, "ids")
+        if kind == "cps":
+            d = base / ("train_aug" if split == "train" else "val")
+            img, masks = _under(d / "image", rel + ".jpg"), [_under(d / "label", rel + ".png")]
+        else:
+            img = _under(base / "JPEGImages", rel + ".jpg")
+            masks = [_under(base / sub, rel + ".png") for sub in ("SegmentationClassAug", "SegmentationClass")]
+        mask = next((m for m in masks if m.is_file()), None)
+        if not img.is_file():
+            missing_img.append(img)
+        if mask is None and require_masks:
+            missing_mask.append(masks[0])
+        pairs.append((img, mask))
+    if missing_img:
+        raise _missing_error(Path(root), "images listed in the split", missing_img, len(ids))
+    if missing_mask:
+        raise _missing_error(Path(root), "label masks listed in the split", missing_mask, len(ids))
+    return pairs
+
+
+def _voc_id_list(kind: str, base: Path, which: str) -> Path:
+    if kind == "cps":
+        return base / ("train_aug.txt" if which == "train" else "val.txt")
+    sets = base / "ImageSets" / "Segmentation"
+    if which == "val":
+        return sets / "val.txt"
+    # The augmented 10,582-image list when SBD labels are present, else the 1,464 VOC train list.
+    aug = sets / "trainaug.txt"
+    return aug if aug.is_file() and (base / "SegmentationClassAug").is_dir() else sets / "train.txt"
+
+
+def voc_splits(
+    root: str | Path,
+    labeled: str | int | float | None = "1/16",
+    labeled_list: str | Path | None = None,
+    unlabeled_list: str | Path | None = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(labeled_pairs, unlabeled_pairs, val_pairs) for PASCAL VOC 2012 (21 classes, 255 ignore).
+
+    Priority: explicit labeled_list (+ unlabeled_list, default = train list minus labeled ids);
+    else the CPS layout's ``subset_train_aug/train_aug_labeled_1-N.txt`` for labeled = 1/N;
+    else a seeded partition of the train list, written as ``train_aug_{labeled,unlabeled}_<tag>.txt``
+    into out_dir when given. labeled=None: the whole train list is labeled, no unlabeled pairs.
+    Unlabeled pairs carry their true mask when it exists (for analysis), else None.
+    """
+    kind, base = voc_layout(root)
+    train_ids, unl_ids = _choose_split(
+        lambda: read_split_list(_voc_id_list(kind, base, "train")),
+        labeled, labeled_list, unlabeled_list, seed, out_dir,
+        subset_dir=base / "subset_train_aug" if kind == "cps" else None,
+        reader=read_split_list,
+    )  # fmt: skip
+    val_ids = read_split_list(_voc_id_list(kind, base, "val"))
+    return (
+        voc_files(root, train_ids, "train"),
+        voc_files(root, unl_ids, "train", require_masks=False),
+        voc_files(root, val_ids, "val"),
+    )
+
+
+def _choose_split(all_train, labeled, labeled_list, unlabeled_list, seed, out_dir, subset_dir, reader):
+    """Shared VOC/Cityscapes policy deciding (labeled entries, unlabeled entries)."""
+    if unlabeled_list is not None and labeled_list is None:
+        raise KitError("unlabeled_list: given without labeled_list (expected both, or labeled_list alone)")
+    if labeled_list is not None:
+        lab = reader(labeled_list)
+        if unlabeled_list is not None:
+            return lab, reader(unlabeled_list)
+        return lab, _rest(all_train(), lab)
+    if labeled is None:
+        return all_train(), []
+    labeled = parse_labeled(labeled)
+    d = fraction_denominator(labeled)
+    if subset_dir is not None and d is not None:
+        lab_file = subset_dir / f"train_aug_labeled_1-{d}.txt"
+        unl_file = subset_dir / f"train_aug_unlabeled_1-{d}.txt"
+        if lab_file.is_file():
+            lab = reader(lab_file)
+            return lab, reader(unl_file) if unl_file.is_file() else _rest(all_train(), lab)
+    lab, unl = make_partition(all_train(), labeled, seed)
+    if out_dir is not None:
+        tag = split_tag(labeled)
+        write_split_list(Path(out_dir) / f"train_aug_labeled_{tag}.txt", lab)
+        write_split_list(Path(out_dir) / f"train_aug_unlabeled_{tag}.txt", unl)
+    return lab, unl
+
+
+def _rest(all_items: list, taken: list) -> list:
+    s = set(taken)
+    return [x for x in all_items if x not in s]
+
+
+# -------------------------------------------------------------------------------------- Cityscapes
+
+
+def cityscapes_layout(root: str | Path) -> str:
+    """'standard' (leftImg8bit/ + gtFine/) or 'cps' (images/ + segmentation/ + config_new/ lists)."""
+    root = Path(root)
+    if (root / "leftImg8bit" / "train").is_dir() and (root / "gtFine" / "train").is_dir():
+        return "standard"
+    if (root / "images" / "train").is_dir() and (root / "segmentation" / "train").is_dir():
+        return "cps"
+    state = "does not exist" if not root.exists() else "is in neither known layout"
+    raise KitError(
+        f"{root}: Cityscapes data root {state}; expected either the standard layout "
+        "(leftImg8bit/{train,val}/<city>/*_leftImg8bit.png with gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png) "
+        "or the CPS layout (images/{train,val}/*.png, segmentation/{train,val}/*_gtFine.png, config_new/{train,val}.txt)"
+    )
+
+
+def _cps_to_standard(img_rel: str, lbl_rel: str | None) -> tuple[str, str | None]:
+    """Map a CPS list entry (images/train/jena_000078_000019.png) onto the standard Cityscapes tree."""
+    parts = img_rel.split("/")
+    split, stem = parts[-2], parts[-1].rsplit(".", 1)[0]
+    city = stem.rsplit("_", 2)[0]
+    img = f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png"
+    lbl = None if lbl_rel is None else f"gtFine/{split}/{city}/{stem}_gtFine_labelTrainIds.png"
+    return img, lbl
+
+
+def _canonical(root: Path, entry: tuple[str, str | None]) -> tuple[str, str | None]:
+    """The entry as it exists on disk: CPS names are mapped to the standard tree if only that exists."""
+    img_rel, lbl_rel = entry
+    if img_rel.startswith("images/") and not _under(root, img_rel).is_file():
+        mapped = _cps_to_standard(img_rel, lbl_rel)
+        if _under(root, mapped[0]).is_file():
+            return mapped
+    return entry
+
+
+def _scan_standard(root: Path, split: str) -> list[tuple[str, str]]:
+    base = root / "leftImg8bit" / split
+    if not base.is_dir():
+        raise KitError(f"{base}: Cityscapes split folder not found (expected leftImg8bit/{split}/<city>/)")
+    out = []
+    for p in sorted(base.glob("*/*_leftImg8bit.png")):
+        stem = p.name[: -len("_leftImg8bit.png")]
+        out.append(
+            (f"leftImg8bit/{split}/{p.parent.name}/{p.name}", f"gtFine/{split}/{p.parent.name}/{stem}_gtFine_labelTrainIds.png")
+        )
+    if not out:
+        raise KitError(f"{base}: no *_leftImg8bit.png images found (expected leftImg8bit/{split}/<city>/*.png)")
+    return out
+
+
+def cityscapes_files(root: str | Path, entries: Sequence[tuple[str, str | None]], require_masks: bool = True) -> list[Pair]:
+    """Resolve root-relative (image, label) entries to paths under root.
+
+    Entries in CPS naming are mapped onto the standard tree when only that exists. KitError listing
+    missing images (and masks if require_masks; else such masks are None).
+    """
+    root = Path(root)
+    pairs, missing_img, missing_mask = [], [], []
+    for img_rel, lbl_rel in entries:
+        img_rel = check_relative(img_rel, "entries")
+        lbl_rel = None if lbl_rel is None else check_relative(lbl_rel, "entries")
+        img_rel, lbl_rel = _canonical(root, (img_rel, lbl_rel))
+        img, lbl = _under(root, img_rel), None if lbl_rel is None else _under(root, lbl_rel)
+        if not img.is_file():
+            missing_img.append(img)
+        if lbl is not None and not lbl.is_file():
+            if require_masks:
+                missing_mask.append(lbl)
+            lbl = None
+        elif lbl is None and require_masks:
+            raise KitError(f"{root}: entry {img_rel!r} has no label path (expected '<image>\\t<label>')")
+        pairs.append((img, lbl))
+    if missing_img:
+        raise _missing_error(root, "images listed in the split", missing_img, len(entries))
+    if missing_mask:
+        raise _missing_error(root, "label masks listed in the split", missing_mask, len(entries))
+    return pairs
+
+
+def cityscapes_splits(
+    root: str | Path,
+    labeled: str | int | float | None = "1/16",
+    labeled_list: str | Path | None = None,
+    unlabeled_list: str | Path | None = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(labeled_pairs, unlabeled_pairs, val_pairs) for Cityscapes (19 train ids, 255 ignore).
+
+    Lists are CPS pair lists; the train/val sets come from ``config_new/{train,val}.txt`` when present,
+    else from scanning leftImg8bit/. Same priority as ``voc_splits``, with CPS subset lists looked up in
+    ``config_new/subset_train/``.
+    """
+    root = Path(root)
+    kind = cityscapes_layout(root)
+    cfg = root / "config_new"
+
+    def listed_or_scanned(split: str) -> list[tuple[str, str | None]]:
+        lst = cfg / f"{split}.txt"
+        if lst.is_file():
+            return read(lst)
+        if kind == "cps":
+            raise KitError(f"{lst}: split list not found (the CPS Cityscapes layout needs config_new/{split}.txt)")
+        return _scan_standard(root, split)
+
+    def read(path) -> list[tuple[str, str | None]]:
+        # Canonical names, so "train minus labeled" works across CPS and standard naming.
+        return [_canonical(root, e) for e in read_pair_list(path)]
+
+    lab, unl = _choose_split(
+        lambda: listed_or_scanned("train"), labeled, labeled_list, unlabeled_list, seed, out_dir,
+        subset_dir=cfg / "subset_train", reader=read,
+    )  # fmt: skip
+    return (
+        cityscapes_files(root, lab),
+        cityscapes_files(root, unl, require_masks=False),
+        cityscapes_files(root, listed_or_scanned("val")),
+    )

@@ -1,0 +1,2 @@
+"""Running training: the loop, evaluation, checkpoints, run folders, several processes, TensorBoard,
+synthetic timing and the doctor."""

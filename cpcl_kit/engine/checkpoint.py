@@ -1,0 +1,121 @@
+"""The checkpoint file format: what a checkpoint holds, read safely (``weights_only=True``) and
+checked before use. ``runs`` decides where and when one is written (atomically)."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..config import load_config_dict
+from ..errors import KitError
+from ..nets.deeplab import build_nets
+
+FORMAT = "cpcl-kit/1"
+# What `make_state` writes, by type: `load` refuses a file without it instead of failing later.
+_LAYOUT = {"config": dict, "iteration": int, "nets": list, "optimizers": list, "scaler": dict,
+           "rng_cpu": torch.Tensor, "rng_cuda": list, "history": list}
+
+
+def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict],
+               val_curve: list[dict] | None = None) -> dict:
+    """Everything an exact resume needs, as tensors and plain values only (so ``load`` can read it
+    with ``weights_only=True``). ``runs.save_checkpoint`` writes it atomically. ``val_curve``: the
+    evaluations made during training so far (``eval_every``), so a resumed run keeps them; a file
+    without the key (older kits) holds none."""
+    return {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "iteration": iteration,
+        "nets": [n.state_dict() for n in nets],
+        "optimizers": [o.state_dict() for o in opts],
+        "scaler": scaler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        # Training draws nothing from the CUDA generators (CutMix boxes and warps come from seeded
+        # CPU generators; the nets have no dropout), so their state is not part of an exact resume.
+        # The key stays, empty, for the file layout that older kit versions read and write.
+        "rng_cuda": [],
+        "history": history,
+        "val_curve": list(val_curve or []),
+    }
+
+
+def load(path) -> dict:
+    """Read a kit checkpoint safely (``weights_only=True``); a clear KitError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"checkpoint: file not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # whatever an untrusted file makes torch.load raise is the file's fault
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise KitError(f"checkpoint: {path} holds pickled Python objects ({found.group(1)}), not only "
+                           f"tensors and plain values; refused: checkpoints are read with weights_only=True "
+                           f"and never unpickled") from None
+        detail = re.search(r"Unsupported [^\n.]+", text)
+        detail = detail.group(0) if detail else (text.strip().splitlines() or [""])[0].split(". ")[0][:160]
+        raise KitError(f"checkpoint: {path} is truncated or not a PyTorch file "
+                       f"({type(e).__name__}: {detail})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise KitError(f"checkpoint: {path} is not a cpcl-kit checkpoint (expected a file written by "
+                       f"`python -m cpcl_kit train`, format {FORMAT})")
+    bad = [k for k, kind in _LAYOUT.items() if not isinstance(state.get(k), kind)]
+    if bad:
+        raise KitError(f"checkpoint: {path} is damaged or foreign: missing or malformed {', '.join(bad)}")
+    return state
+
+
+def restore(state: dict, nets, opts, scaler) -> tuple[int, list[dict]]:
+    """Load a checkpoint's weights and optimizer states in place; returns (iteration, history)."""
+    if len(state["nets"]) != len(nets) or len(state["optimizers"]) != len(opts):
+        raise KitError(f"checkpoint holds {len(state['nets'])} nets and {len(state['optimizers'])} "
+                       f"optimizers, the run needs {len(nets)}")
+    _load_nets(nets, state["nets"])
+    try:
+        for opt, sd in zip(opts, state["optimizers"]):
+            opt.load_state_dict(sd)
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise KitError(f"checkpoint: optimizer or RNG state does not fit this run "
+                       f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+    # A checkpoint from an older version may hold one CUDA RNG state per GPU of the machine that
+    # wrote it; it is not restored (see make_state), so a machine with fewer GPUs resumes it too.
+    return int(state["iteration"]), list(state["history"])
+
+
+def load_nets(path, device="cpu"):
+    """(config, nets in eval mode) from a checkpoint, for evaluation and the notebooks."""
+    state = load(path)
+    try:
+        cfg = load_config_dict(state["config"])
+    except TypeError as e:  # a field of the wrong kind; KitErrors from validation pass through
+        raise KitError(f"checkpoint: {path} holds a malformed config ({e})") from None
+    cfg.backbone_weights = None  # the weights come from the checkpoint
+    nets = build_nets(cfg)
+    if len(state["nets"]) != len(nets):
+        raise KitError(f"checkpoint: {path} holds {len(state['nets'])} nets, method "
+                       f"{cfg.method!r} needs {len(nets)}")
+    _load_nets(nets, state["nets"], path)
+    for net in nets:
+        net.to(device).eval()
+    return cfg, nets
+
+
+def _load_nets(nets, state_dicts, path=None) -> None:
+    """Weights into nets, strictly; a KitError (not a traceback) when they do not fit."""
+    where = f" {path}" if path else ""
+    for i, (net, sd) in enumerate(zip(nets, state_dicts), start=1):
+        try:
+            net.load_state_dict(sd)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            detail = " ".join(str(e).split())[:200]
+            raise KitError(f"checkpoint{where}: weights of net {i} do not fit the model its config "
+                           f"describes ({detail})") from None

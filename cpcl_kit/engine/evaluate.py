@@ -1,0 +1,226 @@
+"""Inference (whole image or sliding window) and mIoU evaluation over a data set.
+
+Follows the official evaluator (docs/method.md §8): single scale, no flip; with a crop
+size, images whose long side fits are padded (centred, value 0) to crop x crop and run once;
+larger images are covered by a grid of crop x crop windows (stride ceil(crop·stride_ratio), last
+window flush with the border) whose raw logits are summed.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..constants import IGNORE_INDEX
+from ..errors import KitError
+from .metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
+
+__all__ = ["evaluate", "predict_logits", "window_starts"]
+
+
+def _as_models(model_or_models) -> list[nn.Module]:
+    models = (
+        list(model_or_models) if isinstance(model_or_models, (list, tuple)) else [model_or_models]
+    )
+    if not models or not all(isinstance(m, nn.Module) for m in models):
+        raise KitError("models: expected an nn.Module or a non-empty list of nn.Modules")
+    return models
+
+
+@contextmanager
+def _eval_mode(models: list[nn.Module]):
+    """Put every module in eval mode, then restore each submodule's own train/eval flag."""
+    saved = [[(m, m.training) for m in model.modules()] for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for flags in saved:
+            for m, training in flags:
+                m.training = training
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of windows of size ``crop`` covering [0, length) (length >= crop).
+
+    ceil((length - crop) / stride) + 1 windows at multiples of ``stride``, the last one moved back
+    so that it ends exactly at ``length``.
+    """
+    n = math.ceil((length - crop) / stride) + 1
+    return [min(i * stride, length - crop) for i in range(n)]
+
+
+def _centre_pad(image: torch.Tensor, height: int, width: int):
+    """Zero-pad [B, K, H, W] centred to at least (height, width); returns (padded, (top, left))."""
+    h, w = image.shape[-2:]
+    ph, pw = max(height - h, 0), max(width - w, 0)
+    top, left = ph // 2, pw // 2
+    if ph or pw:
+        image = F.pad(image, (left, pw - left, top, ph - top), value=0.0)
+    return image, (top, left)
+
+
+def _forward(models: list[nn.Module], x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """fp32 scores [B, C, h, w]: raw logits of one model, or the mean softmax of several."""
+    outs = []
+    for model in models:
+        out = model(x)
+        if not isinstance(out, torch.Tensor) or out.shape != (
+            x.shape[0],
+            num_classes,
+            *x.shape[-2:],
+        ):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise KitError(
+                f"models: expected logits of shape {(x.shape[0], num_classes, *x.shape[-2:])} "
+                f"(num_classes={num_classes}), got {got}"
+            )
+        outs.append(out.float())
+    if len(outs) == 1:
+        return outs[0]
+    return torch.stack([o.softmax(dim=1) for o in outs]).mean(dim=0)
+
+
+def predict_logits(
+    model_or_models,
+    image: torch.Tensor,
+    *,
+    crop: int | None = None,
+    stride_ratio: float = 2 / 3,
+    num_classes: int,
+) -> torch.Tensor:
+    """Class scores for a batch of images, fp32 [B, C, H, W] on the image's device.
+
+    model_or_models: one nn.Module returning logits at input size, or a list/tuple of modules
+    (ensemble: their softmax probabilities are averaged, so scores are probabilities, not logits).
+    image: normalised [B, 3, H, W]. crop=None: one whole-image forward. crop=int: section 7 sliding
+    window; overlapping windows' scores are summed (argmax of sum == argmax of mean). Models run in
+    eval mode under ``torch.inference_mode``; their train/eval flags are restored afterwards.
+    """
+    models = _as_models(model_or_models)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise KitError(f"num_classes: expected an int >= 1, got {num_classes!r}")
+    if not isinstance(image, torch.Tensor) or image.dim() != 4:
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise KitError(f"image: expected a tensor [B, 3, H, W], got {got}")
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
+        raise KitError(f"crop: expected None or an int >= 1, got {crop!r}")
+    if not isinstance(stride_ratio, (int, float)) or not 0 < stride_ratio <= 1:
+        raise KitError(f"stride_ratio: expected a number in (0, 1], got {stride_ratio!r}")
+
+    b, _, h, w = image.shape
+    with _eval_mode(models), torch.inference_mode():
+        if crop is None:
+            return _forward(models, image, num_classes)
+        if max(h, w) <= crop:
+            padded, (top, left) = _centre_pad(image, crop, crop)
+            scores = _forward(models, padded, num_classes)
+            return scores[:, :, top : top + h, left : left + w]
+
+        padded, (top, left) = _centre_pad(image, crop, crop)
+        hp, wp = padded.shape[-2:]
+        stride = math.ceil(crop * stride_ratio)
+        total = torch.zeros(b, num_classes, hp, wp, dtype=torch.float32, device=image.device)
+        for y in window_starts(hp, crop, stride):
+            for x in window_starts(wp, crop, stride):
+                window = padded[:, :, y : y + crop, x : x + crop]
+                total[:, :, y : y + crop, x : x + crop] += _forward(models, window, num_classes)
+        return total[:, :, top : top + h, left : left + w]
+
+
+def _model_device(models: list[nn.Module]) -> torch.device:
+    for p in models[0].parameters():
+        return p.device
+    for buf in models[0].buffers():
+        return buf.device
+    return torch.device("cpu")
+
+
+def _batches(dataset, batch_size: int):
+    """Yield (images [B, 3, H, W], masks [B, H, W]) of consecutive same-size items, at most
+    batch_size at a time (images of different sizes cannot be stacked)."""
+    images, masks = [], []
+    for i, item in enumerate(dataset):
+        try:
+            image, mask = item[0], item[1]
+        except (TypeError, IndexError, KeyError):
+            got = type(item).__name__
+            msg = f"dataset: expected items (image, mask), got {got} at index {i}"
+            raise KitError(msg) from None
+        image, mask = torch.as_tensor(image), torch.as_tensor(mask)
+        if image.dim() != 3 or mask.dim() != 2 or image.shape[-2:] != mask.shape:
+            raise KitError(
+                f"dataset: expected image [3, H, W] and mask [H, W] of the same H, W at index {i}, "
+                f"got {tuple(image.shape)} and {tuple(mask.shape)}"
+            )
+        if images and (image.shape != images[0].shape or len(images) == batch_size):
+            yield torch.stack(images), torch.stack(masks)
+            images, masks = [], []
+        images.append(image)
+        masks.append(mask)
+    if images:
+        yield torch.stack(images), torch.stack(masks)
+
+
+def evaluate(
+    models,
+    dataset,
+    num_classes: int,
+    *,
+    crop: int | None = None,
+    stride_ratio: float = 2 / 3,
+    batch_size: int = 4,
+    device=None,
+    progress: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+    leave: bool = True,
+) -> dict:
+    """mIoU of a model (or an ensemble, see ``predict_logits``) over a data set.
+
+    dataset: iterable of (image float [3, H, W] normalised, mask long [H, W]); consecutive items of
+    equal size are batched up to ``batch_size``. device: where images go; default = device of the
+    first model's parameters (the models must already be there). Returns a dict with ``miou``
+    (float), ``per_class_iou`` (list of C floats, NaN for classes absent from target and
+    prediction), ``pixel_acc`` (float) and ``confusion`` (LongTensor [C, C] on the CPU, rows =
+    target, cols = prediction). ``leave=False`` clears the progress bar when done (an evaluation
+    inside a training run's own bar).
+    """
+    model_list = _as_models(models)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise KitError(f"num_classes: expected an int >= 1, got {num_classes!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise KitError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    device = _model_device(model_list) if device is None else torch.device(device)
+
+    try:
+        total = len(dataset)
+    except TypeError:
+        total = None
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    with tqdm(total=total, desc="evaluate", unit="img", disable=not progress, leave=leave) as bar:
+        for images, masks in _batches(dataset, batch_size):
+            images = images.to(device=device, dtype=torch.float32)
+            masks = masks.to(device)
+            scores = predict_logits(
+                model_list if len(model_list) > 1 else model_list[0],
+                images,
+                crop=crop,
+                stride_ratio=stride_ratio,
+                num_classes=num_classes,
+            )
+            cm += confusion_matrix(scores.argmax(dim=1), masks, num_classes, ignore_index)
+            bar.update(images.shape[0])
+    cm = cm.cpu()
+    iou, miou = iou_from_confusion(cm)
+    return {
+        "miou": miou,
+        "per_class_iou": [float(v) for v in iou],
+        "pixel_acc": pixel_accuracy(cm),
+        "confusion": cm,
+    }

@@ -1,0 +1,1 @@
+"""Experiments over many runs: ablation grids, the prepared run set, published numbers, seed noise."""

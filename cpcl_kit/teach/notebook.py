@@ -1,0 +1,86 @@
+"""What a notebook's first cells call: its ``Config`` under one rule for every notebook, and the
+shared CPCL run (live or prepared) that notebooks 04-08 show."""
+
+from __future__ import annotations
+
+from ..errors import KitError
+
+def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool = False,
+                    needs: str = "run", **fields):
+    """The Config a notebook works with, under one rule for every notebook:
+
+    * a CPU preset (smoke, demo, benchmark) trains on the embedded digit scenes; ``data_root`` is
+      refused there (it belongs to the paper presets);
+    * a paper preset (voc, cityscapes) runs the paper experiment when ``data_root`` names the data
+      set and a GPU is here (or ``allow_cpu=True`` says to train on the CPU anyway); otherwise one
+      KitError line says what to pass. Never a silent switch to another preset.
+
+    ``needs``: "run" (the notebook trains or loads a run: the rule above), "model" (it only builds a
+    net: any preset, no data), "digits" (it shows the embedded scenes: CPU presets only).
+    ``fields``: config fields on top of the preset (e.g. method, labeled, seed)."""
+    from ..config import make_config
+
+    if needs not in ("run", "model", "digits"):
+        raise KitError(f"needs: expected run, model or digits, got {needs!r}")
+    cfg = make_config(preset, {**fields, **({"data_root": data_root} if data_root else {})})
+    if cfg.dataset == "digits":
+        if data_root:
+            raise KitError(f"data_root: preset {preset!r} trains on the embedded digit scenes; data_root is "
+                           f"for the paper presets (voc, cityscapes)")
+        return cfg
+    if needs == "digits":
+        raise KitError(f"preset {preset!r}: this notebook shows the embedded digit scenes; use a CPU preset "
+                       f"(smoke, demo, benchmark)")
+    if needs == "run":
+        if not data_root:
+            raise KitError(f"preset {preset!r} is the paper experiment on {cfg.dataset}: pass data_root=<the "
+                           f"{cfg.dataset} folder> (nothing is downloaded), or use a CPU preset (smoke, demo, "
+                           f"benchmark) for the embedded digit scenes")
+        import torch
+
+        if not torch.cuda.is_available() and not allow_cpu:
+            raise KitError(f"preset {preset!r} is a GPU experiment ({cfg.backbone}, {cfg.crop} px crops, "
+                           f"{cfg.iterations} iterations) and no CUDA device is here: run it on a GPU, or pass "
+                           f"allow_cpu=True to train on the CPU anyway (days)")
+    return cfg
+
+
+# Notebook 08's default: the best run at hand for a lecture, never the smoke run unless asked.
+BEST = "best"
+BEST_FALLBACK = "demo"
+
+
+def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None = None,
+                    allow_cpu: bool = False, progress: bool = True, use_prepared: bool = True):
+    """The CPCL run that notebooks 04–08 share and its data: ``(cfg, run, data)``.
+
+    ``preset="best"`` (notebook 08's default): the prepared run set's CPCL run when it is here, else
+    the ``demo`` preset's run (trained with a progress bar when it is not there yet).
+
+    With ``use_prepared`` and a CPU preset that shows it (``prepared.SHOWN_FOR``: demo, benchmark),
+    the prepared run set's CPCL run for ``seed`` when it is there (``prepared.find``): trained once
+    on the benchmark preset. Otherwise the live run of ``preset``, trained by
+    the first notebook that asks, then reused. Prints which one it is and net 1's mIoU."""
+    from ..data.build import build_data
+    from ..experiments import prepared
+    from .analysis import shared_run
+
+    if preset == BEST:
+        print(f"preset {BEST!r}: the prepared run set's CPCL run if it is here, else the {BEST_FALLBACK!r} run")
+        preset, use_prepared = BEST_FALLBACK, True
+    cfg = notebook_config(preset, data_root, allow_cpu, method="cpcl", seed=seed)
+    found = prepared.find(prepared.PRESET, seed) if use_prepared and preset in prepared.SHOWN_FOR else None
+    if found:
+        run = prepared.load({"cpcl": found["cpcl"]})["cpcl"]
+        cfg, data = run.config, build_data(run.config)
+        print(f"the prepared run set's CPCL run ({cfg.preset} preset, {cfg.iterations} iterations; "
+              f"python -m cpcl_kit prepare) in {run.out_dir}")
+    else:
+        data = build_data(cfg)
+        run = shared_run(cfg, out_dir, progress=progress, data=data)
+        print(f"CPCL run ({cfg.preset}, seed {cfg.seed}, {cfg.iterations} iterations, labeled {cfg.labeled}) in "
+              f"{run.out_dir}")
+        if use_prepared and preset in prepared.SHOWN_FOR:
+            print(prepared.how_to_make(seed=seed))
+    print(f"mIoU of net 1 on the validation scenes: {100 * run.metrics['miou']:.1f} %")
+    return cfg, run, data
