@@ -12,7 +12,6 @@ from cpcl_kit.errors import KitError
 from cpcl_kit.method.cpcl import (
     PseudoLabels,
     agreement,
-    boundary_band,
     class_disagreement,
     confusion_between,
     cutmix_box_masks,
@@ -356,27 +355,3 @@ def test_normalisers_and_scopes_by_hand():
         weighted_ce(logits, target, w, normalise="some")
     with pytest.raises(KitError, match="weight_scope"):
         pseudo_supervision(logits, logits, weight_scope="image")
-
-
-def test_boundary_band_by_hand_and_against_the_scenes_void_band():
-    from cpcl_kit.data import digits
-
-    m = torch.zeros(1, 5, 6, dtype=torch.long)
-    m[0, 1:3, 2:4] = 7  # a 2x2 block
-    ring = boundary_band(m, 1)[0]
-    assert ring.sum() == 16 and ring[0:4, 1:5].all()  # the block and its 1-px ring: a 4x4 square
-    assert not ring[4].any() and not ring[:, 0].any() and not ring[:, 5].any()
-    assert not boundary_band(m, 0).any() and boundary_band(m, 3).all()
-    assert not boundary_band(torch.full((2, 4, 4), 3), 2).any()  # one label: no outline, border included
-    # the same band as the digit scenes' void outline (an independent numpy loop), for random maps
-    g = torch.Generator().manual_seed(0)
-    for band in (1, 2):
-        y = torch.randint(0, 3, (3, 9, 11), generator=g).repeat_interleave(2, dim=1)[:, :12]
-        assert np.array_equal(boundary_band(y, band).numpy(), digits.void_band(y.numpy(), band))
-        assert boundary_band(y.to(torch.uint8), band).equal(boundary_band(y, band))
-    with pytest.raises(KitError, match="band: expected an int >= 0, got -1"):
-        boundary_band(m, -1)
-    with pytest.raises(KitError, match="labels: expected an integer label tensor"):
-        boundary_band(m.float(), 1)
-    with pytest.raises(KitError, match=r"labels: expected \[B, H, W\], got \(5, 6\)"):
-        boundary_band(m[0], 1)

@@ -8,6 +8,7 @@ from torchvision import tv_tensors
 from cpcl_kit.data import digits
 from cpcl_kit.data.digits import (DIGIT_CLASS_NAMES, DigitScenes, SceneSpec, digit_pools, load_digit_bank, make_scenes,
                              pretrain_pool)
+from cpcl_kit.data.outlines import boundary_band
 from cpcl_kit.errors import KitError
 
 SMALL = SceneSpec(size=48, digits=(1, 2), digit_px=(20, 30))
@@ -77,25 +78,12 @@ def test_stroke_knob_thickens_digits():
     assert np.mean(thick > 0) > np.mean(thin > 0)
 
 
-def test_void_band_by_hand():
-    m = np.zeros((1, 6, 6), np.uint8)
-    m[0, 2:4, 2:4] = 4
-    expected = np.zeros((1, 6, 6), bool)
-    expected[0, 1:5, 1:5] = True  # the block and the ring of background around it
-    assert np.array_equal(digits.void_band(m, 1), expected)
-    edge = np.zeros((1, 4, 4), np.uint8)
-    edge[0, :, :2] = 7  # a label touching the scene's border: only the inner outline is void
-    assert digits.void_band(edge, 1)[0].tolist() == [[False, True, True, False]] * 4
-    assert not digits.void_band(m, 0).any()
-    assert digits.void_band(m, 2).all()  # every pixel is within 2 px of the block
-
-
 def test_void_scenes_are_the_same_scenes_with_outlines_void():
     pool, _ = digit_pools()
     im0, m0 = make_scenes(8, SMALL, pool, seed=2)
     im1, m1 = make_scenes(8, dataclasses.replace(SMALL, void=1), pool, seed=2)
     assert np.array_equal(im0, im1)
-    assert np.array_equal(m1, np.where(digits.void_band(m0, 1), 255, m0))
+    assert np.array_equal(m1, np.where(boundary_band(torch.from_numpy(m0), 1).numpy(), 255, m0))
     assert 0.05 < np.mean(m1 == 255) < 0.25 and set(np.unique(m1)) - {255} <= set(range(11))
     with pytest.raises(KitError, match="void"):
         make_scenes(1, dataclasses.replace(SMALL, void=9), pool, 0)

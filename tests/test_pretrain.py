@@ -102,7 +102,7 @@ def test_render_labels_match_the_images():
 
 def test_warp_is_deterministic_and_keeps_the_range():
     src = digits.load_digit_bank()[0][:20]
-    a, b = pretrain.warp(src, np.random.default_rng(3)), pretrain.warp(src, np.random.default_rng(3))
+    a, b = pretrain.distort_digits(src, np.random.default_rng(3)), pretrain.distort_digits(src, np.random.default_rng(3))
     assert a.shape == (20, 8, 8) and a.dtype == np.float32 and np.array_equal(a, b)
     assert 0 <= a.min() and a.max() <= 16 and not np.array_equal(a, src)
 
@@ -210,7 +210,7 @@ def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
 
     cache, path = tiny
     monkeypatch.setattr(pretrain, "DEFAULT_CACHE_DIR", cache)
-    imported = runs.code_version()
+    imported = provenance.code_version()
     # read once per process: what git would say later (a commit made meanwhile) is not asked
     monkeypatch.setattr(provenance.subprocess, "run", lambda *a, **k: pytest.fail("git asked again"))
     cfg = make_config("smoke", method="supervised", iterations=2, log_every=2, n_train_scenes=32, n_val_scenes=4,

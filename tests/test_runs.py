@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cpcl_kit import provenance
+
 from cpcl_kit import files
 from cpcl_kit.config import CHOICES, Config, load_config_dict, make_config
 from cpcl_kit.engine import runs
@@ -84,7 +86,7 @@ def test_code_version_names_this_checkout():
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     changed_code = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "cpcl_kit"], cwd=ROOT,
                                   capture_output=True, text=True).stdout.strip()
-    assert runs.code_version() == {"commit": head, "dirty": bool(changed_code)}
+    assert provenance.code_version() == {"commit": head, "dirty": bool(changed_code)}
 
 
 def test_kit_chosen_names():

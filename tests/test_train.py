@@ -188,7 +188,7 @@ def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
     import numpy as np
 
     from cpcl_kit.constants import IGNORE_INDEX
-    from cpcl_kit.data import digits
+    from cpcl_kit.data.outlines import boundary_band
     from cpcl_kit.method.cpcl import pseudo_supervision
     from cpcl_kit.method.steps import _void_outlines
 
@@ -196,7 +196,7 @@ def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
     t1, t2 = (torch.randn(2, 4, 6, 6, generator=g).repeat_interleave(2, -1).repeat_interleave(2, -2) for _ in "12")
     labels = pseudo_supervision(t1, t2)
     inter, union = _void_outlines(labels, 1, labels.inter, labels.union)
-    void = digits.void_band(labels.y1.numpy(), 1) | digits.void_band(labels.y2.numpy(), 1)
+    void = (boundary_band(labels.y1, 1) | boundary_band(labels.y2, 1)).numpy()
     assert 0 < void.mean() < 1
     assert np.array_equal(union.numpy(), np.where(void, IGNORE_INDEX, labels.union.numpy()))
     assert np.array_equal(inter.numpy(), np.where(void, IGNORE_INDEX, labels.inter.numpy()))

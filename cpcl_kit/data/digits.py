@@ -30,6 +30,7 @@ from torchvision import tv_tensors
 from ..constants import IGNORE_INDEX
 from ..errors import KitError
 from ..files import write_atomic
+from .outlines import boundary_band
 
 DIGIT_CLASS_NAMES = ["background"] + [str(d) for d in range(10)]
 NUM_DIGIT_CLASSES = len(DIGIT_CLASS_NAMES)
@@ -165,21 +166,6 @@ def dilate(m: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
-def void_band(masks: np.ndarray, r: int) -> np.ndarray:
-    """bool [n,S,S]: pixels with another label within ``r`` px (a (2r+1)-px square around them) —
-    the band of width r on each side of every outline, digit/background and digit/digit alike.
-    Pixels beyond the border count as their nearest pixel (the scene's edge is not an outline)."""
-    if r <= 0:
-        return np.zeros(masks.shape, bool)
-    n, h, w = masks.shape
-    pad = np.pad(masks, ((0, 0), (r, r), (r, r)), mode="edge")
-    band = np.zeros(masks.shape, bool)
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            band |= pad[:, dy : dy + h, dx : dx + w] != masks
-    return band
-
-
 def _backgrounds(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """[n,size,size,3] float32 in [0,1]: a linear two-colour gradient plus two soft colour blobs."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
@@ -253,7 +239,8 @@ def make_scenes(
             msk[y : y + sh, x : x + sw][stroke] = labels[k] + 1
     if spec.noise > 0:
         images += rng.normal(0, spec.noise, images.shape).astype(np.float32)
-    masks[void_band(masks, spec.void)] = IGNORE_INDEX  # after all digits: outlines of the final masks
+    # after all digits: the outlines of the final masks (the image border is no outline)
+    masks[boundary_band(torch.from_numpy(masks), spec.void).numpy()] = IGNORE_INDEX
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8), masks
 
 

@@ -18,6 +18,9 @@ FORMAT = "cpcl-kit/1"
 # What `make_state` writes, by type: `load` refuses a file without it instead of failing later.
 _LAYOUT = {"config": dict, "iteration": int, "nets": list, "optimizers": list, "scaler": dict,
            "rng_cpu": torch.Tensor, "rng_cuda": list, "history": list}
+# A weights file (a stage snapshot: ``weights_state``): the nets at one iteration, nothing to resume.
+WEIGHTS_FORMAT = "cpcl-kit/weights-1"
+_WEIGHTS_LAYOUT = {"config": dict, "iteration": int, "nets": list}
 
 
 def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict],
@@ -43,8 +46,17 @@ def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict],
     }
 
 
-def load(path) -> dict:
-    """Read a kit checkpoint safely (``weights_only=True``); a clear KitError for anything else."""
+def weights_state(cfg, iteration: int, nets) -> dict:
+    """The nets' weights at ``iteration`` with their config, on the CPU, without optimizer state:
+    what a stage snapshot holds (``runs.save_snapshot`` writes it, ``load_nets`` reads it)."""
+    return {"format": WEIGHTS_FORMAT, "config": cfg.to_dict(), "iteration": int(iteration),
+            "nets": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in nets]}
+
+
+def load(path, weights: bool = False) -> dict:
+    """Read a kit checkpoint safely (``weights_only=True``); a clear KitError for anything else.
+    ``weights=True`` also accepts a weights file (``weights_state``; snapshots of older kits carry
+    no format tag)."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"checkpoint: file not found: {path}")
@@ -63,10 +75,12 @@ def load(path) -> dict:
         detail = detail.group(0) if detail else (text.strip().splitlines() or [""])[0].split(". ")[0][:160]
         raise KitError(f"checkpoint: {path} is truncated or not a PyTorch file "
                        f"({type(e).__name__}: {detail})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    formats = (FORMAT, WEIGHTS_FORMAT, None) if weights else (FORMAT,)
+    if not isinstance(state, dict) or state.get("format") not in formats:
         raise KitError(f"checkpoint: {path} is not a cpcl-kit checkpoint (expected a file written by "
                        f"`python -m cpcl_kit train`, format {FORMAT})")
-    bad = [k for k, kind in _LAYOUT.items() if not isinstance(state.get(k), kind)]
+    layout = _LAYOUT if state.get("format") == FORMAT else _WEIGHTS_LAYOUT
+    bad = [k for k, kind in layout.items() if not isinstance(state.get(k), kind)]
     if bad:
         raise KitError(f"checkpoint: {path} is damaged or foreign: missing or malformed {', '.join(bad)}")
     return state
@@ -92,13 +106,26 @@ def restore(state: dict, nets, opts, scaler) -> tuple[int, list[dict]]:
 
 
 def load_nets(path, device="cpu"):
-    """(config, nets in eval mode) from a checkpoint, for evaluation and the notebooks."""
-    state = load(path)
+    """(config, nets in eval mode) from a checkpoint or a weights file (``weights_state``), for
+    evaluation, prediction and the notebooks."""
+    state = load(path, weights=True)
+    return state_config(state, path), state_nets(state, path, device)
+
+
+def state_config(state: dict, path=None):
+    """The Config a loaded checkpoint or weights file was written with; its backbone weights are None
+    (the weights come from the file)."""
     try:
         cfg = load_config_dict(state["config"])
     except TypeError as e:  # a field of the wrong kind; KitErrors from validation pass through
         raise KitError(f"checkpoint: {path} holds a malformed config ({e})") from None
-    cfg.backbone_weights = None  # the weights come from the checkpoint
+    cfg.backbone_weights = None
+    return cfg
+
+
+def state_nets(state: dict, path=None, device="cpu") -> list:
+    """The nets of a loaded checkpoint or weights file, built from its config, in eval mode on device."""
+    cfg = state_config(state, path)
     nets = build_nets(cfg)
     if len(state["nets"]) != len(nets):
         raise KitError(f"checkpoint: {path} holds {len(state['nets'])} nets, method "
@@ -106,7 +133,7 @@ def load_nets(path, device="cpu"):
     _load_nets(nets, state["nets"], path)
     for net in nets:
         net.to(device).eval()
-    return cfg, nets
+    return nets
 
 
 def _load_nets(nets, state_dicts, path=None) -> None:

@@ -23,7 +23,6 @@ written atomically (``files.write_atomic``).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -31,13 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import ADDED_FIELDS, PRESETS, Config, deviations, load_config_dict
 from ..errors import KitError
 from ..files import save_torch, write_json
-from ..nets.deeplab import build_nets
-from ..provenance import code_version  # noqa: F401  (runs.code_version: what metrics.json records)
 from . import checkpoint
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.json"
@@ -241,23 +237,14 @@ def stage_iterations(cfg: Config, n_stages: int = 4) -> list[int]:
 
 def save_snapshot(run_dir, cfg: Config, iteration: int, nets) -> Path:
     """The nets' weights at ``iteration`` (no optimizer state) as ``run_dir/stages/iter_N.pt``."""
-    state = {"config": cfg.to_dict(), "iteration": int(iteration),
-             "nets": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in nets]}
-    return save_torch(Path(run_dir) / STAGES / f"iter_{int(iteration):06d}.pt", state)
+    return save_torch(Path(run_dir) / STAGES / f"iter_{int(iteration):06d}.pt",
+                      checkpoint.weights_state(cfg, iteration, nets))
 
 
 def load_snapshot(path, device="cpu"):
     """(iteration, nets in eval mode) from ``save_snapshot``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = load_config_dict(state["config"])
-    except (OSError, RuntimeError, KeyError, EOFError) as e:
-        raise KitError(f"stage snapshot {path}: unreadable ({type(e).__name__}: {e})") from None
-    nets = build_nets(dataclasses.replace(cfg, backbone_weights=None))  # the weights come from the file
-    for net, sd in zip(nets, state["nets"]):
-        net.load_state_dict(sd)
-        net.to(device).eval()
-    return int(state["iteration"]), nets
+    state = checkpoint.load(path, weights=True)
+    return int(state["iteration"]), checkpoint.state_nets(state, path, device)
 
 
 def list_stages(run_dir) -> dict[int, Path]:

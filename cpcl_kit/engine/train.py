@@ -31,6 +31,7 @@ from ..errors import KitError
 from ..method.steps import METHOD_STEPS, StepOut, label_stats
 from ..nets.deeplab import build_nets
 from ..nets.pretrain import fingerprint, resolve_backbone_weights, warn_if_other_init
+from ..provenance import code_version
 from . import checkpoint, runs
 from .distributed import (DistInfo, all_ok, all_reduce_sum, barrier, env_local_rank, first_bad_iteration,
                           process_group)
@@ -388,7 +389,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     check_weights_file(cfg)
     # The commit of the code that trains, read (once per process) as the first run starts, not when a
     # run ends: a commit made while a long grid trains is not credited with the runs it finishes.
-    code = runs.code_version()
+    code = code_version()
     device = pick_device(cfg.device, env_local_rank())
     with process_group(device) as info, ExitStack() as held:
         out = _take_folder(held, info, out_dir, cfg, wait=False) if out_dir is not None else None

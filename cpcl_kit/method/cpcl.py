@@ -21,7 +21,6 @@ __all__ = [
     "PseudoLabels",
     "UNION_RULES",
     "agreement",
-    "boundary_band",
     "class_disagreement",
     "confusion_between",
     "cutmix_box_masks",
@@ -334,30 +333,6 @@ def pseudo_supervision(
         w_inter=w_inter,
         w_union=w_union,
     )
-
-
-def boundary_band(labels: torch.Tensor, band: int) -> torch.Tensor:
-    """bool [B, H, W]: the pixels with another label within ``band`` px (a (2·band+1)² square).
-
-    labels: integer label maps [B, H, W] (any integer dtype, any device). The band of width
-    ``band`` on each side of every outline between two labels: the void outline VOC draws round its
-    objects (and the digit scenes with ``void_band``), here drawn on pseudo labels. Pixels beyond the
-    image border do not count, so the border is no outline. ``band=0``: no pixel.
-    """
-    if isinstance(band, bool) or not isinstance(band, int) or band < 0:
-        raise KitError(f"band: expected an int >= 0, got {band!r}")
-    _check_labels("labels", labels)
-    if labels.dim() != 3:
-        raise KitError(f"labels: expected [B, H, W], got {tuple(labels.shape)}")
-    if band == 0:
-        return torch.zeros_like(labels, dtype=torch.bool)
-    # A window holds another label than its centre exactly when its max and min differ; max pooling
-    # pads with -inf, so pixels beyond the border never take part. Label ids < 2**24 are exact in fp32.
-    x = labels.unsqueeze(1).to(torch.float32)
-    k = 2 * band + 1
-    hi = F.max_pool2d(x, k, stride=1, padding=band)
-    lo = -F.max_pool2d(-x, k, stride=1, padding=band)
-    return (hi != lo).squeeze(1)
 
 
 def weighted_ce(

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..constants import IGNORE_INDEX as IGNORE
-from .cpcl import agreement, boundary_band, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
+from ..data.outlines import boundary_band
+from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
 from .perturb import outside, random_affine, warp, warp_labels
 
 # Cityscapes OHEM class weights (docs/method.md §5), in trainId order.

@@ -226,7 +226,7 @@ def source_bank(source: str, part: str) -> Bank:
     return Bank.concat(banks)
 
 
-def warp(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def distort_digits(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random affine + elastic warp and stroke gain of 8x8 digits: float32 [n,8,8] -> [n,8,8] in 0..16.
 
     Affine: rotation ±15°, shear ±0.3, scale 0.85-1.1 per axis, shift ±0.5 px. Elastic: a 3x3 grid
@@ -290,7 +290,7 @@ def render(bank: Bank, n: int, size: int, seed, augment: bool, no_digit: bool) -
     rng = np.random.default_rng(seed)
     n_empty = int(round(n / NUM_CLASSES)) if no_digit else 0
     pick = rng.integers(len(bank), size=n - n_empty)
-    src = warp(bank.images[pick], rng) if augment else bank.images[pick]
+    src = distort_digits(bank.images[pick], rng) if augment else bank.images[pick]
     images, labels = [], []
     for c0 in range(0, n, _IMAGES_PER_CHUNK):
         chunk = list(range(c0, min(n, c0 + _IMAGES_PER_CHUNK)))
@@ -355,7 +355,7 @@ def accuracy(net: nn.Module, images: np.ndarray, labels: np.ndarray, batch: int 
     return hits / max(1, len(labels))
 
 
-def lr_at(step: int, spec: PretrainSpec) -> float:
+def cosine_lr(step: int, spec: PretrainSpec) -> float:
     """Linear warm-up over the first 5 % of steps, then a cosine decay to zero."""
     warm = max(1, spec.steps // 20)
     if step < warm:
@@ -400,7 +400,7 @@ def _train_backbone(spec: PretrainSpec, progress: bool) -> tuple[dict, dict]:
                     order = np.concatenate([order, rng.permutation(len(y))])
                 idx, order = order[: spec.batch], order[spec.batch :]
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(step, spec)
+                    g["lr"] = cosine_lr(step, spec)
                 loss = F.cross_entropy(net(to_tensor(x[idx])), torch.from_numpy(y[idx]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

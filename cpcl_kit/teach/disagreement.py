@@ -18,9 +18,10 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+
 
 from ..constants import IGNORE_INDEX
+from ..data.outlines import boundary_band
 
 BACKGROUND = 0  # class id of the background in the digit scenes and VOC (Cityscapes has none)
 REGIONS = ("all", "foreground", "background", "edge", "interior")
@@ -35,17 +36,8 @@ def edge_mask(truth: torch.Tensor, width: int = 1, ignore_index: int = IGNORE_IN
     if width < 1:
         raise ValueError(f"width: expected at least 1, got {width}")
     t = truth.long()
-    known = t != ignore_index
-    # Pad with a value no label has, so that the image border never counts as "other".
-    outside = -1
-    padded = F.pad(t, (width, width, width, width), value=outside)
-    h, w = t.shape[-2:]
-    edge = torch.zeros_like(known)
-    for dy in range(2 * width + 1):
-        for dx in range(2 * width + 1):
-            other = padded[..., dy:dy + h, dx:dx + w]
-            edge |= (other != t) & (other != outside)
-    return edge & known
+    # the ignore value counts as one more label here, so that the void band makes its neighbours edges
+    return boundary_band(t, width) & (t != ignore_index)
 
 
 def region_masks(truth: torch.Tensor, background: int | None = BACKGROUND, width: int = 1,
