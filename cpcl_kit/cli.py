@@ -18,8 +18,9 @@ from .errors import KitError
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="smoke, demo, benchmark, voc, cityscapes (default: the dataset's own: "
                                     "voc for --dataset voc, cityscapes for --dataset cityscapes, else smoke)")
-    p.add_argument("--dataset", help="digits, voc, cityscapes (default: the preset's)")
-    p.add_argument("--data-root", help="folder of a real data set (VOC or Cityscapes)")
+    p.add_argument("--dataset", help="digits, voc, cityscapes, folder (default: the preset's)")
+    p.add_argument("--data-root", help="folder of a real data set (VOC, Cityscapes, or a folder of your "
+                                       "own: images/, masks/, classes.txt)")
     p.add_argument("--labeled", help="labeled part: a fraction 1/N or a count")
     p.add_argument("--labeled-list", help="split file of labeled ids (CPS format)")
     p.add_argument("--unlabeled-list", help="split file of unlabeled ids (CPS format)")
@@ -41,9 +42,10 @@ def _config(args, **extra):
     return make_config(args.preset or default_preset(over.get("dataset")), over)
 
 
-# The preset a command uses when --preset is not given: the paper recipe of a real data set, the
-# quick smoke run on the digit scenes.
-DATASET_PRESETS = {"digits": "smoke", "voc": "voc", "cityscapes": "cityscapes"}
+# The preset a command uses when --preset is not given: the paper recipe of a paper data set, the
+# quick smoke run on the digit scenes and on a folder of one's own (a first run that shows the data
+# trains; --preset voc is the paper recipe for a GPU).
+DATASET_PRESETS = {"digits": "smoke", "voc": "voc", "cityscapes": "cityscapes", "folder": "smoke"}
 
 
 def default_preset(dataset: str | None) -> str:
@@ -272,8 +274,17 @@ def one_line(e: KitError) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning on the command line: one line, like an error (no source line under it)."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    shown = warnings.formatwarning
+    warnings.formatwarning = _warning_line
     try:
         args.func(args)
     except KitError as e:
@@ -282,4 +293,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown
     return 0

@@ -21,10 +21,11 @@ from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 
-from .constants import (ALL_LABELED, BACKBONES, CROP_PADS, DATASETS, DILATIONS, LOSS_NORMALISERS, METHODS,
-                        NUM_CLASSES, OUTPUT_STRIDES, PAPER_PRESETS, PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS,
-                        TEACHER_BN, UNION_RULES, WEIGHT_SCOPES)
+from .constants import (ALL_LABELED, BACKBONES, CROP_PADS, DATASETS, DILATIONS, FOLDER_CLASSES, LOSS_NORMALISERS,
+                        METHODS, NUM_CLASSES, OUTPUT_STRIDES, PAPER_PRESETS, PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS,
+                        TEACHER_BN, UNION_RULES, WEIGHT_SCOPES, imagenet_file)
 from .errors import KitError
+from .files import read_class_names
 
 
 @dataclass
@@ -110,6 +111,11 @@ class Config:
 
     @property
     def num_classes(self) -> int:
+        if self.dataset == "folder":  # the folder names its classes in classes.txt
+            if not self.data_root:
+                raise KitError("data_root: required for dataset 'folder' (the folder holding images/, "
+                               f"masks/ and {FOLDER_CLASSES})")
+            return len(read_class_names(Path(self.data_root) / FOLDER_CLASSES))
         return NUM_CLASSES[self.dataset]
 
     def to_dict(self) -> dict:
@@ -589,11 +595,40 @@ def make_config(preset: str = "smoke", overrides: dict | None = None, **kw) -> C
             value = _parse(key, value, types[key])
         _check_value(key, value, types[key])
         values[key] = value
+    given = set(overrides or {}) | set(kw)
+    values.update(dataset_defaults(preset, values, given))
     return validate(Config(**values))
 
 
+# The backbone a CPU preset trains on real data: the narrow digit ResNet has no ImageNet weights.
+REAL_DATA_CPU_BACKBONE = "resnet18"
+
+
+def dataset_defaults(preset: str, values: dict, given: set) -> dict:
+    """The settings that follow the data set rather than the preset, for fields the user did not give.
+
+    A CPU preset (tuned on the digit scenes) asked to train on real data (voc, cityscapes, folder)
+    keeps its recipe, but its digit backbone gives way: a ResNet-18 that starts from torchvision's
+    ImageNet weights when its local cache holds them (``constants.imagenet_file``), else from random
+    init (``backbone_weights=none``: ``check_ready_to_train`` warns, config.json records it). A folder
+    data set's labeled part is every image that has a mask (``labeled=all``): its images without masks
+    are the unlabeled ones. Returns the changed fields only."""
+    dataset = values.get("dataset", _preset_value(preset, "dataset"))
+    out: dict = {}
+    if dataset == "folder" and "labeled" not in given:
+        out["labeled"] = ALL_LABELED
+    if dataset != "digits" and _preset_value(preset, "dataset") == "digits":
+        if "backbone" not in given:
+            out["backbone"] = REAL_DATA_CPU_BACKBONE
+        if "backbone_weights" not in given:
+            file = imagenet_file(out.get("backbone", values.get("backbone")))
+            out["backbone_weights"] = "imagenet" if file is not None and file.is_file() else "none"
+    return out
+
+
 class RandomInitWarning(UserWarning):
-    """A paper-preset run trains its backbone from random initialisation, as asked (backbone_weights=none)."""
+    """A run on real data trains its backbone from random initialisation (backbone_weights=none): asked
+    for on a paper preset, or the fallback of a CPU preset when no ImageNet weights are cached."""
 
 
 def check_ready_to_train(cfg: Config) -> Config:
@@ -608,6 +643,11 @@ def check_ready_to_train(cfg: Config) -> Config:
     ``RandomInitWarning``, and recorded in the run's config.json (``deviations``). Returns ``cfg``.
     """
     if cfg.preset not in PAPER_PRESETS:
+        if cfg.backbone_weights == "none" and cfg.dataset != "digits":
+            warnings.warn(f"backbone_weights=none: the {cfg.backbone} backbone trains on {cfg.dataset} data from "
+                          f"random initialisation (ImageNet weights would help: put "
+                          f"{imagenet_file(cfg.backbone) or imagenet_file(REAL_DATA_CPU_BACKBONE)} in torchvision's cache, or pass "
+                          f"--set backbone_weights=<file>); expect much lower mIoU", RandomInitWarning, stacklevel=2)
         return cfg
     if cfg.backbone_weights is None:
         raise KitError(

@@ -47,8 +47,16 @@ OUTPUT_STRIDES = (16, 8)
 IGNORE_INDEX = 255
 
 METHODS = ("supervised", "cps", "cpcl")
-DATASETS = ("digits", "voc", "cityscapes")
+DATASETS = ("digits", "voc", "cityscapes", "folder")
+# Classes of the data sets whose count is fixed; a folder data set names its own in FOLDER_CLASSES.
 NUM_CLASSES = {"digits": 11, "voc": 21, "cityscapes": 19}
+# A folder data set (--dataset folder): images/, masks/<same stem>.png, this file of class names
+# (one per line, its line number the class id), optional val/images + val/masks.
+FOLDER_CLASSES = "classes.txt"
+# torchvision's ImageNet weight files, under the names its hub cache keeps them (never downloaded:
+# imagenet_file says where a user puts them).
+IMAGENET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
+                  "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth"}
 # How the union label is chosen where the nets disagree (docs/method.md §3): by the class-wise
 # disagreement indicator (the paper) or by the more confident net (an ablation).
 UNION_RULES = ("disagreement", "confidence")
@@ -77,3 +85,13 @@ STUDENT_AUGS = ("none", "affine")
 LOSS_NORMALISERS = ("all", "labeled")
 # labeled="all": every training scene labeled (the "full" supervised reference of ssl_gain)
 ALL_LABELED = "all"
+
+
+def imagenet_file(backbone: str) -> Path | None:
+    """Where torchvision's cache keeps the ImageNet weights of ``backbone`` (the file may be absent),
+    or None when torchvision has none for it (the v1c and narrowed ResNets)."""
+    if backbone not in IMAGENET_FILES:
+        return None
+    import torch.hub  # here, not at import: the bottom layer stays light
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[backbone]

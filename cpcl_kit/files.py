@@ -127,6 +127,30 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def read_class_names(path) -> list[str]:
+    """Class names from a text file, one per line, a name's line number (from 0) being its id; blank
+    lines at the end are ignored. KitError naming the file when it is missing, empty, has a blank
+    line among the names, repeats a name, or names more classes than the ignore value leaves room for."""
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{path}: class list not found (expected one class name per line; line 1 is class 0)")
+    try:
+        lines = path.read_text(encoding="utf-8").rstrip().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise KitError(f"{path}: cannot read the class list ({e})") from None
+    names = [line.strip() for line in lines]
+    if not names or not names[0]:
+        raise KitError(f"{path}: expected one class name per line, found none on line 1")
+    if "" in names:
+        raise KitError(f"{path}: line {names.index('') + 1} is blank (expected one class name per line)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise KitError(f"{path}: class names repeated: {', '.join(repeated)}")
+    if len(names) > 255:  # ids are stored in 8-bit masks, and 255 means "no label"
+        raise KitError(f"{path}: {len(names)} classes, expected at most 255")
+    return names
+
+
 def write_text(path, text: str) -> Path:
     return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 

@@ -56,19 +56,31 @@ def _partition(cfg: Config, ids):
     return make_partition(ids, parse_labeled(cfg.labeled), cfg.seed)
 
 
+# How each data set on disk splits into labeled, unlabeled and validation pairs, and names its classes.
+_SPLITS = {"voc": ds.voc_splits, "cityscapes": ds.cityscapes_splits, "folder": ds.folder_splits}
+
+
+def class_names(cfg: Config) -> list[str]:
+    """The names of cfg's classes, index = class id (a folder data set's from its classes.txt)."""
+    if cfg.dataset == "folder":
+        return ds.folder_class_names(cfg.data_root)
+    return {"digits": DIGIT_CLASS_NAMES, "voc": ds.VOC_CLASS_NAMES,
+            "cityscapes": ds.CITYSCAPES_CLASS_NAMES}[cfg.dataset]
+
+
 def file_data(cfg: Config) -> DataBundle:
     if not cfg.data_root:
         raise KitError(f"--data-root: required for dataset '{cfg.dataset}' (the folder holding it; "
                        f"nothing is downloaded)")
-    splits = ds.voc_splits if cfg.dataset == "voc" else ds.cityscapes_splits
-    names = ds.VOC_CLASS_NAMES if cfg.dataset == "voc" else ds.CITYSCAPES_CLASS_NAMES
-    labeled = None if (cfg.labeled_list or cfg.unlabeled_list) else parse_labeled(cfg.labeled)
-    lab, unlab, val = splits(cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
-                             unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
+    lists = cfg.labeled_list or cfg.unlabeled_list
+    # labeled=all: the whole training list labeled (a folder: every image that has a mask)
+    labeled = None if lists or cfg.labeled == ALL_LABELED else parse_labeled(cfg.labeled)
+    lab, unlab, val = _SPLITS[cfg.dataset](cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
+                                           unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
     c = cfg.num_classes
     return DataBundle(ds.SegmentationFiles(lab, c, _train_tf(cfg)),
                       ds.SegmentationFiles([(img, None) for img, _ in unlab], c, _train_tf(cfg)),
-                      ds.SegmentationFiles(val, c, val_transform()), names)
+                      ds.SegmentationFiles(val, c, val_transform()), class_names(cfg))
 
 
 def build_data(cfg: Config) -> DataBundle:

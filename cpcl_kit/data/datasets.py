@@ -1,4 +1,4 @@
-"""Real data sets on disk (PASCAL VOC 2012, Cityscapes) and their published splits.
+"""Real data sets on disk (PASCAL VOC 2012, Cityscapes, a folder of your own) and their splits.
 
 A data set here is a list of (image_path, mask_path or None) pairs read by ``SegmentationFiles``.
 Split lists (CPS/CPCL text format) and seeded partitions are ``splits``'.
@@ -15,8 +15,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ..constants import IGNORE_INDEX
+from ..constants import ALL_LABELED, FOLDER_CLASSES, IGNORE_INDEX
 from ..errors import KitError
+from ..files import read_class_names
 from .splits import (check_relative, fraction_denominator, split_tag, make_partition, parse_labeled,
                      read_pair_list, read_split_list, write_split_list)
 VOC_CLASS_NAMES = [
@@ -376,3 +377,130 @@ def cityscapes_splits(
         cityscapes_files(root, unl, require_masks=False),
         cityscapes_files(root, listed_or_scanned("val")),
     )
+
+
+# ------------------------------------------------------------------------------------------ folder
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# The seed of a folder tree's validation split when it has no val/ folder: fixed, so runs of every
+# seed are scored on the same images.
+FOLDER_VAL_SEED = 0
+# Share of the masked images held out for validation when there is no val/ folder.
+FOLDER_VAL_FRACTION = 0.2
+
+
+def folder_class_names(root: str | Path) -> list[str]:
+    """The class names of a folder data set, from ``ROOT/classes.txt`` (line number = class id)."""
+    return read_class_names(Path(root) / FOLDER_CLASSES)
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    """{stem: image path} of the jpg/png files in folder; KitError when two share a stem."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in found:
+                raise KitError(f"{p}: two images share the name {p.stem!r} ({found[p.stem].name} too); "
+                               f"a mask is found by the image's name, so each must be unique")
+            found[p.stem] = p
+    return found
+
+
+def _folder_split(images: Path, masks: Path, need_masks: bool) -> list[Pair]:
+    if not images.is_dir():
+        raise KitError(f"{images}: folder not found (a folder data set keeps its images in images/)")
+    by_stem = _images_by_stem(images)
+    if not by_stem:
+        raise KitError(f"{images}: no images (expected .jpg or .png files)")
+    mask_of = {p.stem: p for p in sorted(masks.glob("*.png"))} if masks.is_dir() else {}
+    orphans = sorted(set(mask_of) - set(by_stem))
+    if orphans:
+        raise KitError(f"{mask_of[orphans[0]]}: mask without an image (expected {images}/{orphans[0]}.jpg "
+                       f"or .png){f'; {len(orphans) - 1} more such masks' if len(orphans) > 1 else ''}")
+    pairs = [(img, mask_of.get(stem)) for stem, img in by_stem.items()]
+    if need_masks:
+        missing = [img for img, mask in pairs if mask is None]
+        if missing:
+            raise _missing_error(masks, "validation images' masks (<same name>.png)", missing, len(pairs))
+    return pairs
+
+
+def folder_pairs(root: str | Path) -> tuple[list[Pair], list[Pair]]:
+    """(train pairs, val pairs) of a folder data set; val pairs are empty when ROOT/val is absent.
+
+    Layout: ``images/*.jpg|png``, ``masks/<same stem>.png`` (one channel of class ids, 255 = no label;
+    palette PNGs are read by index), ``classes.txt``, optional ``val/images`` + ``val/masks`` (every
+    validation image needs its mask). A train image without a mask is unlabeled. KitError naming the
+    file or folder: a missing or empty images/ folder, a mask without an image, two images of one name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise KitError(f"{root}: folder data set not found (expected images/, masks/, {FOLDER_CLASSES})")
+    folder_class_names(root)
+    train = _folder_split(root / "images", root / "masks", need_masks=False)
+    val_dir = root / "val"
+    val = _folder_split(val_dir / "images", val_dir / "masks", need_masks=True) if val_dir.is_dir() else []
+    return train, val
+
+
+def folder_splits(
+    root: str | Path,
+    labeled: str | int | float | None = None,
+    labeled_list: str | Path | None = None,
+    unlabeled_list: str | Path | None = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(labeled_pairs, unlabeled_pairs, val_pairs) of a folder data set (``folder_pairs``).
+
+    Validation: ``val/`` when present, else a fixed-seed ``FOLDER_VAL_FRACTION`` of the images that
+    have masks (at least one), whatever the run's seed. Labeled part, by priority: labeled_list (+
+    unlabeled_list) given, else ``ROOT/labeled.txt`` (+ ``unlabeled.txt``) when present (CPS format:
+    one image name without extension per line), else labeled=None or "all": every remaining image
+    with a mask, else a seeded partition of those (labeled = 1/N or a count). Unlabeled: the images
+    without masks plus the masked ones left out; when there are none, the labeled images are seen
+    unlabeled too (as the digit scenes' full supervision). Unlabeled pairs keep their masks.
+    """
+    root = Path(root)
+    train, val = folder_pairs(root)
+    masked = [p for p in train if p[1] is not None]
+    if not val:
+        if len(masked) < 2:
+            raise KitError(f"{root}: {len(masked)} image(s) with masks; without a val/ folder the "
+                           f"validation images come from the masked ones, so at least 2 are needed")
+        n_val = max(1, round(FOLDER_VAL_FRACTION * len(masked)))
+        val, masked = make_partition(masked, n_val, FOLDER_VAL_SEED)
+    held = {img for img, _ in val}
+    train = [p for p in train if p[0] not in held]
+    if not masked:
+        raise KitError(f"{root / 'masks'}: no masks for the training images (expected <image name>.png)")
+    by_stem = {img.stem: (img, mask) for img, mask in train}
+    if labeled_list is None and (root / "labeled.txt").is_file():
+        labeled_list = root / "labeled.txt"
+        if unlabeled_list is None and (root / "unlabeled.txt").is_file():
+            unlabeled_list = root / "unlabeled.txt"
+    if labeled_list is not None or unlabeled_list is not None:
+        lab_ids, unl_ids = _choose_split(lambda: list(by_stem), None, labeled_list, unlabeled_list, seed,
+                                         out_dir, None, read_split_list)
+        lab = [_listed(by_stem, i, labeled_list, need_mask=True) for i in lab_ids]
+        unl = [_listed(by_stem, i, unlabeled_list or labeled_list, need_mask=False) for i in unl_ids]
+    elif labeled is None or labeled == ALL_LABELED:
+        lab, unl = masked, [p for p in train if p[1] is None]
+    else:
+        lab, rest = make_partition(masked, labeled, seed)
+        unl = rest + [p for p in train if p[1] is None]
+        if out_dir is not None:
+            tag = split_tag(parse_labeled(labeled))
+            write_split_list(Path(out_dir) / f"labeled_{tag}.txt", [img.stem for img, _ in lab])
+            write_split_list(Path(out_dir) / f"unlabeled_{tag}.txt", [img.stem for img, _ in unl])
+    return lab, unl or list(lab), val
+
+
+def _listed(by_stem: dict, name: str, listed_in, need_mask: bool) -> Pair:
+    if name not in by_stem:
+        raise KitError(f"{listed_in}: {name!r} is not a training image of the folder (expected a name "
+                       f"from images/ without extension, not one held out for validation)")
+    pair = by_stem[name]
+    if need_mask and pair[1] is None:
+        raise KitError(f"{listed_in}: {name!r} is listed as labeled but masks/{name}.png does not exist")
+    return pair

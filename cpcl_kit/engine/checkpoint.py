@@ -76,6 +76,9 @@ def load(path, weights: bool = False) -> dict:
         raise KitError(f"checkpoint: {path} is truncated or not a PyTorch file "
                        f"({type(e).__name__}: {detail})") from None
     formats = (FORMAT, WEIGHTS_FORMAT, None) if weights else (FORMAT,)
+    untagged = isinstance(state, dict) and state.get("format") is None
+    if untagged and not all(isinstance(state.get(k), kind) for k, kind in _WEIGHTS_LAYOUT.items()):
+        state = None  # neither tagged nor shaped as the kit's files: a foreign file
     if not isinstance(state, dict) or state.get("format") not in formats:
         raise KitError(f"checkpoint: {path} is not a cpcl-kit checkpoint (expected a file written by "
                        f"`python -m cpcl_kit train`, format {FORMAT})")

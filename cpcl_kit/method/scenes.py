@@ -34,18 +34,32 @@ def _item(dataset, i: int, augment: bool):
 
 def pick_scenes(dataset, n: int, seed: int = 0, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` items of ``dataset`` chosen by a seeded permutation, fetched under a fixed torch seed
-    (the same items and augmentation every time): (images [n,3,H,W], masks [n,H,W]) on the CPU.
+    (the same items and augmentation every time): (images [n,3,H,W], masks [n,H,W]) on the CPU;
+    items of different sizes are padded to the largest (no label there); a set smaller than ``n``
+    is gone round again.
     ``augment=False`` shows digit scenes without training augmentation (see ``_item``)."""
     if n < 1:
         raise KitError(f"n: expected at least 1 scene, got {n}")
-    if n > len(dataset):
-        raise KitError(f"n: asked for {n} scenes, the data set has {len(dataset)}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    if len(dataset) == 0:
+        raise KitError("dataset: no scenes to pick from (the data set is empty)")
+    # More scenes than the set holds (a small folder of one's own; CutMix takes two per scene): the
+    # seeded order goes round again, so some scenes repeat.
+    g = torch.Generator().manual_seed(seed)
+    rounds = -(-n // len(dataset))
+    order = torch.cat([torch.randperm(len(dataset), generator=g) for _ in range(rounds)])[:n].tolist()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         items = [_item(dataset, i, augment) for i in order]
-    images = torch.stack([torch.as_tensor(x).float() for x, _ in items])
-    masks = torch.stack([torch.as_tensor(m).long() for _, m in items])
+    # Real validation images differ in size: each is padded at its bottom and right to the largest,
+    # with the mean colour (0 once normalised) and no label, so the padding never counts in a score.
+    h = max(torch.as_tensor(x).shape[-2] for x, _ in items)
+    w = max(torch.as_tensor(x).shape[-1] for x, _ in items)
+    images = torch.zeros(n, 3, h, w)
+    masks = torch.full((n, h, w), IGNORE_INDEX, dtype=torch.long)
+    for k, (x, m) in enumerate(items):
+        x, m = torch.as_tensor(x).float(), torch.as_tensor(m).long()
+        images[k, :, : x.shape[-2], : x.shape[-1]] = x
+        masks[k, : m.shape[-2], : m.shape[-1]] = m
     return images, masks
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision import models
 
 from ..config import DILATIONS
+from ..constants import imagenet_file
 from ..errors import KitError
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -191,7 +192,7 @@ def imagenet_state_dict(name: str) -> dict:
             f"backbone_weights='imagenet': torchvision has no {name} weights; pass the path of the "
             f"CPS/TorchSemiSeg file {name}.pth (DATA/pytorch-weight/ of github.com/charlesCXK/TorchSemiSeg)")
     weights = _IMAGENET_WEIGHTS[name]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    cached = imagenet_file(name)
     if not cached.is_file():
         raise KitError(
             f"backbone_weights='imagenet': {name} ImageNet weights are not in torchvision's cache "

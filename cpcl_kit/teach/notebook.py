@@ -6,39 +6,43 @@ from __future__ import annotations
 from ..errors import KitError
 
 def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool = False,
-                    needs: str = "run", **fields):
+                    needs: str = "run", dataset: str | None = None, **fields):
     """The Config a notebook works with, under one rule for every notebook:
 
-    * a CPU preset (smoke, demo, benchmark) trains on the embedded digit scenes; ``data_root`` is
-      refused there (it belongs to the paper presets);
+    * a CPU preset (smoke, demo, benchmark) trains on the embedded digit scenes, or with
+      ``dataset="folder"`` and ``data_root`` on a folder of your own (images/, masks/, classes.txt),
+      on the CPU;
     * a paper preset (voc, cityscapes) runs the paper experiment when ``data_root`` names the data
       set and a GPU is here (or ``allow_cpu=True`` says to train on the CPU anyway); otherwise one
       KitError line says what to pass. Never a silent switch to another preset.
 
     ``needs``: "run" (the notebook trains or loads a run: the rule above), "model" (it only builds a
     net: any preset, no data), "digits" (it shows the embedded scenes: CPU presets only).
-    ``fields``: config fields on top of the preset (e.g. method, labeled, seed)."""
+    ``dataset``: None keeps the preset's. ``fields``: config fields on top of the preset (e.g.
+    method, labeled, seed)."""
     from ..config import make_config
+    from ..constants import PAPER_PRESETS
 
     if needs not in ("run", "model", "digits"):
         raise KitError(f"needs: expected run, model or digits, got {needs!r}")
-    cfg = make_config(preset, {**fields, **({"data_root": data_root} if data_root else {})})
+    given = {**fields, **({"data_root": data_root} if data_root else {}), **({"dataset": dataset} if dataset else {})}
+    cfg = make_config(preset, given)
     if cfg.dataset == "digits":
         if data_root:
             raise KitError(f"data_root: preset {preset!r} trains on the embedded digit scenes; data_root is "
-                           f"for the paper presets (voc, cityscapes)")
+                           f"for a paper preset (voc, cityscapes) or for dataset='folder' (your own data)")
         return cfg
     if needs == "digits":
         raise KitError(f"preset {preset!r}: this notebook shows the embedded digit scenes; use a CPU preset "
-                       f"(smoke, demo, benchmark)")
+                       f"(smoke, demo, benchmark) without dataset")
     if needs == "run":
         if not data_root:
-            raise KitError(f"preset {preset!r} is the paper experiment on {cfg.dataset}: pass data_root=<the "
-                           f"{cfg.dataset} folder> (nothing is downloaded), or use a CPU preset (smoke, demo, "
-                           f"benchmark) for the embedded digit scenes")
+            raise KitError(f"preset {preset!r} on {cfg.dataset}: pass data_root=<the {cfg.dataset} folder> "
+                           f"(nothing is downloaded), or use a CPU preset (smoke, demo, benchmark) for the "
+                           f"embedded digit scenes")
         import torch
 
-        if not torch.cuda.is_available() and not allow_cpu:
+        if cfg.preset in PAPER_PRESETS and not torch.cuda.is_available() and not allow_cpu:
             raise KitError(f"preset {preset!r} is a GPU experiment ({cfg.backbone}, {cfg.crop} px crops, "
                            f"{cfg.iterations} iterations) and no CUDA device is here: run it on a GPU, or pass "
                            f"allow_cpu=True to train on the CPU anyway (days)")
@@ -51,7 +55,8 @@ BEST_FALLBACK = "demo"
 
 
 def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None = None,
-                    allow_cpu: bool = False, progress: bool = True, use_prepared: bool = True):
+                    allow_cpu: bool = False, progress: bool = True, use_prepared: bool = True,
+                    dataset: str | None = None):
     """The CPCL run that notebooks 04–08 share and its data: ``(cfg, run, data)``.
 
     ``preset="best"`` (notebook 08's default): the prepared run set's CPCL run when it is here, else
@@ -68,8 +73,9 @@ def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None =
     if preset == BEST:
         print(f"preset {BEST!r}: the prepared run set's CPCL run if it is here, else the {BEST_FALLBACK!r} run")
         preset, use_prepared = BEST_FALLBACK, True
-    cfg = notebook_config(preset, data_root, allow_cpu, method="cpcl", seed=seed)
-    found = prepared.find(prepared.PRESET, seed) if use_prepared and preset in prepared.SHOWN_FOR else None
+    cfg = notebook_config(preset, data_root, allow_cpu, method="cpcl", seed=seed, dataset=dataset)
+    shows_prepared = use_prepared and preset in prepared.SHOWN_FOR and cfg.dataset == "digits"
+    found = prepared.find(prepared.PRESET, seed) if shows_prepared else None
     if found:
         run = prepared.load({"cpcl": found["cpcl"]})["cpcl"]
         cfg, data = run.config, build_data(run.config)
@@ -80,7 +86,7 @@ def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None =
         run = shared_run(cfg, out_dir, progress=progress, data=data)
         print(f"CPCL run ({cfg.preset}, seed {cfg.seed}, {cfg.iterations} iterations, labeled {cfg.labeled}) in "
               f"{run.out_dir}")
-        if use_prepared and preset in prepared.SHOWN_FOR:
+        if shows_prepared:
             print(prepared.how_to_make(seed=seed))
     print(f"mIoU of net 1 on the validation scenes: {100 * run.metrics['miou']:.1f} %")
     return cfg, run, data

@@ -1,0 +1,280 @@
+"""A folder of your own data (--dataset folder): its layout, splits, bad trees, every method on it,
+and the settings that follow a real data set when a CPU preset trains on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cpcl_kit import cli
+from cpcl_kit.config import PRESETS, RandomInitWarning, check_ready_to_train, make_config
+from cpcl_kit.constants import IMAGENET_FILES, METHODS, PAPER_PRESETS, imagenet_file
+from cpcl_kit.data import build_data
+from cpcl_kit.data.datasets import FOLDER_VAL_FRACTION, folder_class_names, folder_pairs, folder_splits
+from cpcl_kit.errors import KitError
+from cpcl_kit.files import read_class_names
+
+CLASSES = ["background", "square", "disc"]
+
+
+def make_tree(root: Path, n: int = 12, masked: int = 8, val: int = 0, classes=CLASSES) -> Path:
+    """n images of different sizes, a coloured square of class 1 or 2 on each; the first `masked`
+    have masks; `val` more images with masks under val/ (none: no val folder)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+
+    def one(images: Path, masks: Path | None, name: str, c: int) -> None:
+        h, w = (int(v) for v in rng.integers(70, 100, 2))
+        img = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+        m = np.zeros((h, w), np.uint8)
+        y, x = (int(v) for v in rng.integers(5, 30, 2))
+        m[y:y + 30, x:x + 30] = c
+        img[m == c] = (200, 50, 50) if c == 1 else (50, 200, 50)
+        Image.fromarray(img).save(images / f"{name}.png")
+        if masks is not None:
+            Image.fromarray(m).save(masks / f"{name}.png")
+
+    for i in range(n):
+        one(root / "images", root / "masks" if i < masked else None, f"im{i:02d}", 1 + i % 2)
+    if val:
+        (root / "val" / "images").mkdir(parents=True)
+        (root / "val" / "masks").mkdir()
+        for i in range(val):
+            one(root / "val" / "images", root / "val" / "masks", f"v{i:02d}", 1 + i % 2)
+    return root
+
+
+def stems(pairs) -> list[str]:
+    return [img.stem for img, _ in pairs]
+
+
+# ------------------------------------------------------------------------------------ layout, splits
+
+
+def test_pairs_find_masks_by_name_and_images_without_masks_are_unlabeled(tmp_path):
+    root = make_tree(tmp_path / "t", n=6, masked=4)
+    train, val = folder_pairs(root)
+    assert stems(train) == [f"im{i:02d}" for i in range(6)] and val == []
+    assert [m.name if m else None for _, m in train] == ["im00.png", "im01.png", "im02.png", "im03.png", None, None]
+    assert folder_class_names(root) == CLASSES
+
+
+def test_without_val_folder_a_fixed_share_of_masked_images_validates_whatever_the_seed(tmp_path):
+    root = make_tree(tmp_path / "t", n=14, masked=10)
+    lab0, unl0, val0 = folder_splits(root, seed=0)
+    lab3, unl3, val3 = folder_splits(root, seed=3)
+    assert stems(val0) == stems(val3) and len(val0) == round(FOLDER_VAL_FRACTION * 10)
+    masked = {f"im{i:02d}" for i in range(10)}
+    assert set(stems(lab0)) == masked - set(stems(val0))           # every remaining masked image
+    assert stems(unl0) == ["im10", "im11", "im12", "im13"]          # the images without masks
+    assert not set(stems(val0)) & (set(stems(lab0)) | set(stems(unl0)))
+
+
+def test_val_folder_is_the_validation_set(tmp_path):
+    root = make_tree(tmp_path / "t", n=6, masked=3, val=2)
+    lab, unl, val = folder_splits(root)
+    assert stems(val) == ["v00", "v01"] and stems(lab) == ["im00", "im01", "im02"]
+    assert stems(unl) == ["im03", "im04", "im05"]
+
+
+def test_fraction_partitions_the_masked_images_by_seed(tmp_path):
+    root = make_tree(tmp_path / "t", n=10, masked=10, val=2)
+    lab, unl, _ = folder_splits(root, labeled="1/2", seed=0)
+    assert len(lab) == 5 and sorted(stems(lab) + stems(unl)) == [f"im{i:02d}" for i in range(10)]
+    assert stems(folder_splits(root, labeled="1/2", seed=1)[0]) != stems(lab)
+
+
+def test_all_masked_and_nothing_unlabeled_shows_the_labeled_images_unlabeled_too(tmp_path):
+    root = make_tree(tmp_path / "t", n=4, masked=4, val=1)
+    lab, unl, _ = folder_splits(root)
+    assert stems(unl) == stems(lab) == ["im00", "im01", "im02", "im03"]
+
+
+def test_labeled_txt_in_the_root_is_the_split(tmp_path):
+    root = make_tree(tmp_path / "t", n=8, masked=6, val=1)
+    (root / "labeled.txt").write_text("im01\nim04\n")
+    lab, unl, _ = folder_splits(root)
+    assert stems(lab) == ["im01", "im04"]
+    assert stems(unl) == ["im00", "im02", "im03", "im05", "im06", "im07"]
+    (root / "unlabeled.txt").write_text("im06\n")
+    assert stems(folder_splits(root)[1]) == ["im06"]
+
+
+def test_config_counts_classes_from_classes_txt_and_data_names_them(tmp_path):
+    root = make_tree(tmp_path / "t")
+    cfg = make_config("smoke", dataset="folder", data_root=str(root))
+    assert cfg.num_classes == 3 and cfg.labeled == "all"
+    data = build_data(cfg)
+    assert data.class_names == CLASSES and len(data.val) == 2 and len(data.labeled) == 6
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "found none on line 1"), ("a\n\nb\n", "line 2 is blank"), ("a\nb\na\n", "repeated: a"),
+    ("\n".join(f"c{i}" for i in range(256)), "256 classes, expected at most 255"),
+])
+def test_class_list_problems_name_the_file(tmp_path, text, problem):
+    (tmp_path / "classes.txt").write_text(text)
+    with pytest.raises(KitError, match=problem) as e:
+        read_class_names(tmp_path / "classes.txt")
+    assert str(tmp_path / "classes.txt") in str(e.value)
+
+
+# ------------------------------------------------------------------------------------- bad trees
+
+
+def _no_classes(root):
+    (root / "classes.txt").unlink()
+
+
+def _orphan_mask(root):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "ghost.png")
+
+
+def _empty_images(root):
+    for p in (root / "images").iterdir():
+        p.unlink()
+    for p in (root / "masks").iterdir():
+        p.unlink()
+
+
+def _same_stem(root):
+    Image.open(root / "images" / "im00.png").convert("RGB").save(root / "images" / "im00.jpg")
+
+
+def _value_too_large(root):
+    m = np.array(Image.open(root / "masks" / "im00.png"))
+    m[0, 0] = 7
+    Image.fromarray(m).save(root / "masks" / "im00.png")
+
+
+def _size_mismatch(root):
+    m = np.array(Image.open(root / "masks" / "im00.png"))
+    Image.fromarray(m[:-3]).save(root / "masks" / "im00.png")
+
+
+def _val_without_mask(root):
+    (root / "val" / "masks" / "v00.png").unlink()
+
+
+def _listed_without_mask(root):
+    (root / "labeled.txt").write_text("im00\nim10\n")
+
+
+def _too_few_masks(root):
+    for p in list((root / "masks").iterdir())[1:]:
+        p.unlink()
+    (root / "val").rename(root / "not-val")
+
+
+# name: (how to break a tree with val/, what the one line on stderr must say)
+BAD_TREES = {
+    "no_classes_txt": (_no_classes, r"classes\.txt: class list not found"),
+    "mask_without_image": (_orphan_mask, r"masks/ghost\.png: mask without an image"),
+    "empty_images_folder": (_empty_images, r"images: no images \(expected \.jpg or \.png files\)"),
+    "two_images_one_name": (_same_stem, r"images/im00\.(png|jpg): two images share the name 'im00'"),
+    "value_not_a_class": (_value_too_large, r"masks/im00\.png: label values \[7\] outside \[0, 3\)"),
+    "size_mismatch": (_size_mismatch, r"masks/im00\.png: label size \d+x\d+ differs from image"),
+    "val_image_without_mask": (_val_without_mask, r"1 of 2 validation images' masks .* not found.*v00\.png"),
+    "labeled_list_names_unmasked": (_listed_without_mask, r"labeled\.txt: 'im10' is listed as labeled but"),
+    "too_few_masks": (_too_few_masks, r"1 image\(s\) with masks; without a val/ folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TREES))
+def test_bad_tree_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys, case):
+    root = make_tree(tmp_path / "t", n=12, masked=8, val=2)
+    breaks, pattern = BAD_TREES[case]
+    breaks(root)
+    code = cli.main(["train", "--dataset", "folder", "--data-root", str(root), "--method", "supervised",
+                     "--labeled", "all", "--set", "iterations=2", "--set", "backbone=resnet18_w16",
+                     "--set", "backbone_weights=none", "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert __import__("re").search(pattern, err), err
+
+
+# ------------------------------------------------------------------- every method, the defaults
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_on_a_folder_from_the_command_line(tmp_path, capsys, method):
+    root = make_tree(tmp_path / "t")
+    out = tmp_path / "run"
+    with pytest.warns(RandomInitWarning):
+        code = cli.main(["train", "--dataset", "folder", "--data-root", str(root), "--method", method,
+                         "--set", "iterations=3", "--set", "backbone=resnet18_w16", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    saved = json.loads((out / "config.json").read_text())
+    assert metrics["class_names"] == CLASSES and len(metrics["per_class_iou"]) == 3
+    assert saved["dataset"] == "folder" and saved["backbone_weights"] == "none"   # recorded, as warned
+
+
+CPU_PRESETS = [p for p in PRESETS if p not in PAPER_PRESETS]
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torchvision cache; put_imagenet() places a (fake) ResNet-18 ImageNet file in it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def put_imagenet():
+        f = imagenet_file("resnet18")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"stand-in")
+    return put_imagenet
+
+
+@pytest.mark.parametrize("dataset", ["voc", "cityscapes", "folder"])
+@pytest.mark.parametrize("preset", CPU_PRESETS)
+def test_cpu_preset_on_real_data_drops_the_digit_backbone_for_imagenet_or_random_init(tmp_path, torch_home,
+                                                                                     preset, dataset):
+    root = make_tree(tmp_path / "t")
+    cfg = make_config(preset, dataset=dataset, data_root=str(root))       # never refused
+    assert (cfg.backbone, cfg.backbone_weights) == ("resnet18", "none")
+    with pytest.warns(RandomInitWarning, match=r"resnet18-f37072fd\.pth"):
+        check_ready_to_train(cfg)
+    torch_home()
+    cfg = make_config(preset, dataset=dataset, data_root=str(root))
+    assert (cfg.backbone, cfg.backbone_weights) == ("resnet18", "imagenet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_ready_to_train(cfg)
+    given = make_config(preset, dataset=dataset, data_root=str(root), backbone="resnet34", backbone_weights="none")
+    assert (given.backbone, given.backbone_weights) == ("resnet34", "none")   # what the user set stays
+    assert make_config(preset).backbone_weights == "digits"                   # the digit scenes keep theirs
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_paper_presets_keep_their_recipe_on_a_folder(tmp_path, torch_home, preset):
+    torch_home()
+    cfg = make_config(preset, dataset="folder", data_root=str(make_tree(tmp_path / "t")))
+    paper = make_config(preset)
+    assert (cfg.backbone, cfg.backbone_weights, cfg.crop) == (paper.backbone, paper.backbone_weights, paper.crop)
+    assert cfg.labeled == "all"
+
+
+def test_the_first_command_on_real_data_is_not_refused_for_the_digit_backbone(tmp_path, capsys, torch_home):
+    """`train --method cpcl --dataset voc --data-root TREE --labeled 1/2` under a CPU preset was refused
+    for backbone_weights=digits, a default the user never set."""
+    from cpcl_kit.config import validate
+
+    cfg = make_config("smoke", dataset="voc", data_root=str(tmp_path), labeled="1/2", method="cpcl")
+    assert validate(cfg).backbone_weights == "none"
+    assert cli.default_preset("folder") == "smoke"
+
+
+def test_imagenet_file_names_are_torchvisions():
+    from torchvision import models
+
+    for name, file in IMAGENET_FILES.items():
+        weights = models.get_model_weights(name).IMAGENET1K_V1
+        assert os.path.basename(weights.url) == file
