@@ -58,7 +58,8 @@ def test_voc_palette_is_the_devkits_colour_map():
     assert tuple(pal[20]) == (0, 64, 128)  # tvmonitor
     assert tuple(pal[255]) == (224, 224, 192)  # void
     assert palette_for("voc", 21) is not None and (palette_for("voc", 21) == pal).all()
-    assert tuple(palette_for("digits", 11)[0]) == (0, 0, 0) and len({tuple(c) for c in palette_for("digits", 11)[:11]}) == 11
+    kit = palette_for("digits", 11)
+    assert kit.dtype == np.uint8 and tuple(kit[0]) == (0, 0, 0) and len({tuple(c) for c in kit[:11]}) == 11
 
 
 @pytest.mark.parametrize("branch", ["net1", "ensemble"])
@@ -114,7 +115,7 @@ def test_written_pngs_read_back_as_the_maps_and_overlays_have_the_images_size(ru
             assert im.mode == "RGB" and im.size == src.size
             blend = np.round(0.5 * np.array(src) + 0.5 * predictor.palette[label]).astype(np.uint8)
             np.testing.assert_array_equal(np.array(im), blend)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(n for w in written for n in (w[0].name, w[1].name))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for pair in written for p in pair)
     # a VOC map carries VOC's colours, and the ids stay the pixel values
     (ids, _), = write_predictions([labels[0]], [scene_files[0]], tmp_path / "voc", palette=palette_for("voc", 21))
     with Image.open(ids) as im:
@@ -148,6 +149,17 @@ def test_bad_arguments_are_one_line_kit_errors(run, tmp_path):
         cpcl_kit.predict(run.out_dir, [np.zeros((8, 8, 3), np.uint8)], device="gpu")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_maps_agree_with_the_cpus(run, scenes):
+    cpu = cpcl_kit.predict(run.out_dir, scenes[0], branch="ensemble", device="cpu", progress=False)
+    predictor = Predictor.load(run.out_dir, branch="ensemble", device="cuda")
+    gpu = predictor(scenes[0], progress=False)
+    assert predictor.device.type == "cuda"
+    assert all(p.device.type == "cuda" for net in predictor.models for p in net.parameters())
+    for a, b in zip(cpu, gpu):  # TF32 convolutions may flip a near tie, never a map
+        assert b.dtype == np.uint8 and b.shape == a.shape and (a == b).mean() > 0.99
+
+
 def test_a_supervised_run_has_net1_only(tmp_path):
     sup = run_or_load(make_config("smoke", method="supervised", **TINY), tmp_path / "sup", progress=False)
     image = np.zeros((64, 64, 3), np.uint8)
@@ -179,13 +191,14 @@ def test_cli_predicts_files_and_folders(run, scene_files, tmp_path, capsys):
         assert im.size == (50, 40)
 
 
+# argv after `predict` ({w}: the test's folder, {run}: the run folder) and what the one line says
 CLI_ERRORS = {
-    "missing checkpoint": (lambda w: ["--checkpoint", str(w / "nope.pt"), str(w / "in")], r"checkpoint: file not found: .*nope\.pt"),
-    "missing image": (lambda w: ["--checkpoint", "RUN", str(w / "in" / "gone.jpg")], r"images: .*gone\.jpg not found"),
-    "unreadable image": (lambda w: ["--checkpoint", "RUN", str(w / "in" / "broken.png")], r"broken\.png: cannot read image"),
-    "no images": (lambda w: ["--checkpoint", "RUN", str(w / "empty")], r"images: folder .*empty holds no \.jpg"),
-    "bad branch": (lambda w: ["--checkpoint", "RUN", str(w / "in"), "--branch", "both"], r"argument --branch: invalid choice: 'both'"),
-    "bad device": (lambda w: ["--checkpoint", "RUN", str(w / "in"), "--device", "gpu"], r"device: expected auto, cpu, cuda"),
+    "missing checkpoint": ("--checkpoint {w}/nope.pt {w}/in", r"checkpoint: file not found: .*nope\.pt"),
+    "missing image": ("--checkpoint {run} {w}/in/gone.jpg", r"images: .*gone\.jpg not found"),
+    "unreadable image": ("--checkpoint {run} {w}/in/broken.png", r"broken\.png: cannot read image"),
+    "no images": ("--checkpoint {run} {w}/empty", r"images: folder .*empty holds no \.jpg"),
+    "bad branch": ("--checkpoint {run} {w}/in --branch both", r"argument --branch: invalid choice: 'both'"),
+    "bad device": ("--checkpoint {run} {w}/in --device gpu", r"device: expected auto, cpu, cuda"),
 }
 
 
@@ -194,8 +207,8 @@ def test_cli_mistakes_end_in_one_line_and_exit_2(run, scenes, tmp_path, capsys, 
     write_image(tmp_path / "in" / "ok.png", scenes[0][0])
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "empty").mkdir()
-    make, pattern = CLI_ERRORS[case]
-    argv = [str(run.out_dir) if a == "RUN" else a for a in make(tmp_path)]
+    args, pattern = CLI_ERRORS[case]
+    argv = args.format(w=tmp_path, run=run.out_dir).split()
     code, out, err = _cli(["predict", *argv, "--out", str(tmp_path / "out"), "--quiet"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert re.search(pattern, err), err

@@ -163,17 +163,18 @@ class Predictor:
         images = _as_list(images)
         if not images:
             raise KitError("images: none given")
-        for i, image in enumerate(images):  # every path checked before the first (slow) forward
+        for image in images:  # every path checked before the first (slow) forward
             if isinstance(image, (str, Path)) and not Path(image).is_file():
                 raise KitError(f"{image}: image file not found")
         normalise = val_transform()  # the validation set's own normalisation, not a copy of it
         models = self.models if len(self.models) > 1 else self.models[0]
         out = []
         for i, image in enumerate(tqdm(images, desc="predict", unit="img", disable=not progress)):
-            rgb = torch.from_numpy(np.ascontiguousarray(_rgb(image, i))).permute(2, 0, 1)
+            # uint8 travels to the device (a quarter of the float bytes) and is normalised there
+            rgb = torch.from_numpy(np.ascontiguousarray(_rgb(image, i))).permute(2, 0, 1).to(self.device)
             # the transform maps (image, mask) pairs; this image has no mask, so a blank one rides along
-            x, _ = normalise(rgb, torch.zeros(rgb.shape[-2:], dtype=torch.uint8))
-            scores = evaluate.predict_logits(models, x[None].to(self.device), crop=self.crop,
+            x, _ = normalise(rgb, torch.zeros(rgb.shape[-2:], dtype=torch.uint8, device=self.device))
+            scores = evaluate.predict_logits(models, x[None], crop=self.crop,
                                              stride_ratio=self.stride_ratio, num_classes=self.config.num_classes)
             # every data set has fewer than 256 classes: uint8 ids are the label PNGs' own values
             out.append(scores[0].argmax(dim=0).to(torch.uint8).cpu().numpy())
