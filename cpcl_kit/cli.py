@@ -1,4 +1,4 @@
-"""Command line: ``python -m cpcl_kit {train,evaluate,ablate,demo,pretrain,prepare,doctor} ...``.
+"""Command line: ``python -m cpcl_kit {train,evaluate,predict,ablate,demo,pretrain,prepare,doctor} ...``.
 
 Every user mistake ends as one line on stderr and exit code 2.
 """
@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from .constants import METHODS
+from .constants import METHODS, PREDICT_BRANCHES
 from .errors import KitError
 
 
@@ -96,6 +96,20 @@ def cmd_evaluate(args) -> None:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     write_json(out / "eval_metrics.json", m)  # a failed write is one KitError naming the file
     print(f"metrics written to {out / 'eval_metrics.json'}")
+
+
+def cmd_predict(args) -> None:
+    from .engine.predict import Predictor, checkpoint_path, image_files, output_names, write_predictions
+
+    checkpoint_path(args.checkpoint)  # the cheap checks first: a typo fails before torch loads a net
+    files = image_files(args.images)
+    output_names(files)
+    predictor = Predictor.load(args.checkpoint, branch=args.branch, device=args.device)
+    labels = predictor(files, progress=not args.quiet)
+    written = write_predictions(labels, files, args.out, palette=predictor.palette)
+    window = f"{predictor.crop} px windows" if predictor.crop else "whole images"
+    print(f"{len(written)} image(s), {args.branch} of {predictor.config.method} on {predictor.device}, {window}")
+    print(f"class ids (<name>.png) and overlays (<name>_overlay.png) written to {Path(args.out)}")
 
 
 def cmd_ablate(args) -> None:
@@ -213,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict class maps of your own images with a trained run")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint.pt, or its run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files (jpg, png, ...) and folders (their .jpg/.jpeg/.png files, sorted)")
+    p.add_argument("--out", required=True,
+                   help="folder for <name>.png (class ids, a palette PNG) and <name>_overlay.png")
+    p.add_argument("--branch", choices=PREDICT_BRANCHES, default="net1",
+                   help="net1 (default, as evaluated), net2, or ensemble (mean softmax of both)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ablate", help="run an ablation grid (resumable) and collect one table")
     p.add_argument("--grid", nargs="+", required=True,

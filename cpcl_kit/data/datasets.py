@@ -38,8 +38,10 @@ _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 # ----------------------------------------------------------------------------------------- reading
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """RGB uint8 [H,W,3]; KitError naming the file if it is missing or unreadable."""
+def read_image(path) -> np.ndarray:
+    """RGB uint8 [H,W,3] of an image file (any mode PIL reads, converted); KitError naming the file
+    if it is missing or unreadable."""
+    path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: image file not found")
     try:
@@ -99,7 +101,7 @@ class SegmentationFiles(Dataset):
     def raw(self, i: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """Item i before the transform: (Image uint8 [3,H,W], Mask int64 [H,W])."""
         img_path, mask_path = self.pairs[i]
-        image = _read_image(img_path)
+        image = read_image(img_path)
         if mask_path is None:
             mask = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
         else:

@@ -1,5 +1,6 @@
 """The class colours every figure and image of the kit uses: background black, digits tab10
-(tab20 + tab20b for more classes, greys swapped out), ignore grey."""
+(tab20 + tab20b for more classes, greys swapped out), ignore grey; and PASCAL VOC's own colour map,
+for label PNGs a VOC tool reads as its own."""
 
 from __future__ import annotations
 
@@ -34,3 +35,29 @@ def colourise(mask, num_classes: int) -> np.ndarray:
     """[H, W] class ids (255 = ignore) -> [H, W, 3] RGB."""
     m = np.asarray(torch.as_tensor(mask).detach().cpu(), dtype=np.int64)
     return class_palette(num_classes)[np.clip(m, 0, 255)]
+
+
+def voc_palette() -> np.ndarray:
+    """PASCAL VOC's colour map, uint8 [256, 3] RGB: the one its label PNGs carry (1 aeroplane
+    (128, 0, 0), 15 person (192, 128, 128), 255 void (224, 224, 192)).
+
+    The devkit's bit interleaving: bits 0, 1, 2 of the class id are the top bits of red, green and
+    blue, bits 3, 4, 5 the next ones, and so on, so neighbouring ids get far-apart colours.
+    """
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, rgb = i, [0, 0, 0]
+        for bit in range(7, -1, -1):  # from the top bit of each channel down
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << bit
+            c >>= 3
+        pal[i] = rgb
+    return pal
+
+
+def palette_for(dataset: str, num_classes: int) -> np.ndarray:
+    """uint8 [256, 3] RGB colours of the class ids of ``dataset``'s label images: VOC's own colour
+    map for ``voc`` (so its tools show them as usual), else the kit's ``class_palette``."""
+    if dataset == "voc":
+        return voc_palette()
+    return np.round(class_palette(num_classes) * 255).astype(np.uint8)
