@@ -192,6 +192,18 @@ def _voc_id_list(kind: str, base: Path, which: str) -> Path:
     return aug if aug.is_file() and (base / "SegmentationClassAug").is_dir() else sets / "train.txt"
 
 
+def voc_id_list(root: str | Path, which: str) -> Path:
+    """The id list file ``voc_splits`` reads for ``which`` ('train' or 'val') under a VOC data root.
+
+    Standard layout: ImageSets/Segmentation/trainaug.txt (with SegmentationClassAug) else train.txt,
+    and val.txt; CPS layout: train_aug.txt, val.txt. The file may not exist (read_split_list says so).
+    """
+    if which not in ("train", "val"):
+        raise KitError(f"which: expected 'train' or 'val', got {which!r}")
+    kind, base = voc_layout(root)
+    return _voc_id_list(kind, base, which)
+
+
 def voc_splits(
     root: str | Path,
     labeled: str | int | float | None = "1/16",
@@ -352,27 +364,32 @@ def cityscapes_splits(
     ``config_new/subset_train/``.
     """
     root = Path(root)
-    kind = cityscapes_layout(root)
-    cfg = root / "config_new"
-
-    def listed_or_scanned(split: str) -> list[tuple[str, str | None]]:
-        lst = cfg / f"{split}.txt"
-        if lst.is_file():
-            return read(lst)
-        if kind == "cps":
-            raise KitError(f"{lst}: split list not found (the CPS Cityscapes layout needs config_new/{split}.txt)")
-        return _scan_standard(root, split)
+    cityscapes_layout(root)  # a wrong root fails first, naming both layouts
 
     def read(path) -> list[tuple[str, str | None]]:
         # Canonical names, so "train minus labeled" works across CPS and standard naming.
         return [_canonical(root, e) for e in read_pair_list(path)]
 
     lab, unl = _choose_split(
-        lambda: listed_or_scanned("train"), labeled, labeled_list, unlabeled_list, seed, out_dir,
-        subset_dir=cfg / "subset_train", reader=read,
+        lambda: cityscapes_entries(root, "train"), labeled, labeled_list, unlabeled_list, seed, out_dir,
+        subset_dir=root / "config_new" / "subset_train", reader=read,
     )  # fmt: skip
     return (
         cityscapes_files(root, lab),
         cityscapes_files(root, unl, require_masks=False),
-        cityscapes_files(root, listed_or_scanned("val")),
+        cityscapes_files(root, cityscapes_entries(root, "val")),
     )
+
+
+def cityscapes_entries(root: str | Path, split: str) -> list[tuple[str, str | None]]:
+    """Root-relative (image, label) entries of a Cityscapes split ('train' or 'val'), as
+    ``cityscapes_splits`` reads them: ``config_new/<split>.txt`` when present (names mapped onto the
+    standard tree where only that exists), else the scanned leftImg8bit/<split>/<city>/ images."""
+    root = Path(root)
+    kind = cityscapes_layout(root)
+    lst = root / "config_new" / f"{split}.txt"
+    if lst.is_file():
+        return [_canonical(root, e) for e in read_pair_list(lst)]
+    if kind == "cps":
+        raise KitError(f"{lst}: split list not found (the CPS Cityscapes layout needs config_new/{split}.txt)")
+    return _scan_standard(root, split)
