@@ -2,7 +2,7 @@
 
 ``voc_aug``: PASCAL VOC 2012 + SBD -> ``SegmentationClassAug/<id>.png`` masks and the train_aug /
 val id lists, in a folder that ``--dataset voc --data-root`` reads as it is.
-``cityscapes_train_ids``: Cityscapes ``*_gtFine_labelIds.png`` (35 labels) -> ``*_gtFine_labelTrainIds.png``
+``cityscapes_train_ids``: Cityscapes ``*_gtFine_labelIds.png`` (label ids 0..33) -> ``*_gtFine_labelTrainIds.png``
 (the 19 training classes, 255 ignored) beside them.
 ``check_data``: image counts, pixels per class, image sizes and every problem of a tree, as tables.
 
@@ -31,7 +31,7 @@ from ..files import write_atomic, write_text
 from . import datasets as ds
 from .splits import read_split_list
 
-# The image sizes of the standard VOC 2012 + SBD ("aug") splits: train_aug is VOC train ∪ SBD train ∪
+# The image counts of the standard VOC 2012 + SBD ("aug") splits: train_aug is VOC train ∪ SBD train ∪
 # SBD val minus VOC val; val is VOC val.
 VOC_AUG_TRAIN, VOC_VAL = 10_582, 1_449
 
@@ -76,8 +76,8 @@ def _bad_values(mask: np.ndarray, num_classes: int) -> list[int]:
 
 def _kept(path: Path, size: tuple[int, int], allowed: set[int]) -> bool:
     """Whether an output mask already there is whole: an 'L' PNG that decodes to the end, of ``size``
-    (width, height), with only ``allowed`` values. Anything else (a file cut by a kill from before
-    atomic writes, another program's output) is written again."""
+    (width, height), with only ``allowed`` values. Anything else (a file copied in part, another tool's
+    output) is written again."""
     if not path.is_file():
         return False
     try:
