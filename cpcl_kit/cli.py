@@ -1,4 +1,7 @@
-"""Command line: ``python -m cpcl_kit {train,evaluate,predict,ablate,demo,pretrain,prepare,doctor} ...``.
+"""Command line: ``python -m cpcl_kit {train,evaluate,predict,ablate,demo,pretrain,prepare,doctor,data} ...``.
+
+``data`` has its own commands: ``voc-aug`` (VOC 2012 + SBD masks and lists), ``cityscapes-trainids``
+(labelIds -> labelTrainIds) and ``check`` (counts, classes, sizes and problems of a data tree).
 
 Every user mistake ends as one line on stderr and exit code 2.
 """
@@ -191,6 +194,34 @@ def cmd_doctor(args) -> None:
     print(f"report written to {out}")
 
 
+def cmd_data(args) -> None:
+    from .data import prepare
+
+    progress = not args.quiet
+    if args.data_command == "voc-aug":
+        r = prepare.voc_aug(args.voc, args.sbd, args.out, progress=progress)
+        print(f"{r.root}: {r.train_aug} train_aug ids (ImageSets/Segmentation/trainaug.txt), {r.val} val ids (val.txt)")
+        print(f"SegmentationClassAug: {r.written} masks written, {r.kept} kept "
+              f"({r.from_voc} from VOC SegmentationClass, {r.from_sbd} from SBD cls)")
+        if r.standard:
+            print(f"the counts match the full VOC 2012 + SBD sets ({prepare.VOC_AUG_TRAIN:,} / {prepare.VOC_VAL:,})")
+        else:
+            print(f"warning: {r.train_aug:,} / {r.val:,} train_aug / val images, the full VOC 2012 + SBD sets give "
+                  f"{prepare.VOC_AUG_TRAIN:,} / {prepare.VOC_VAL:,} (expected for a subset only)", file=sys.stderr)
+        print(f"use it with --dataset voc --data-root {r.root}")
+    elif args.data_command == "cityscapes-trainids":
+        r = prepare.cityscapes_train_ids(args.root, progress=progress)
+        per_split = ", ".join(f"{n} {s}" for s, n in r.per_split.items())
+        print(f"{r.root}: *_gtFine_labelTrainIds.png for {per_split}: {r.written} written, {r.kept} kept")
+    else:
+        report = prepare.check_data(args.root, dataset=args.dataset, progress=progress)
+        print(prepare.check_report(report))
+        n = len(report["problems"])
+        if n:
+            raise KitError(f"{report['root']}: {n} problem(s) in the {report['dataset']} data set (listed above); "
+                           f"expected none before training")
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -288,6 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     p.add_argument("--no-search", action="store_true", help="CUDA: skip the largest-batch search")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("data", help="prepare real data (VOC + SBD, Cityscapes trainIds) and check a data tree")
+    data = p.add_subparsers(dest="data_command", required=True)
+    q = data.add_parser("voc-aug", help="VOC 2012 + SBD -> SegmentationClassAug masks and the train_aug/val "
+                                        "lists (resumable)")
+    q.add_argument("--voc", required=True, help="the VOCdevkit/VOC2012 folder")
+    q.add_argument("--sbd", required=True, help="SBD's benchmark_RELEASE folder")
+    q.add_argument("--out", required=True, help="the prepared root for --data-root (may be the VOC2012 folder)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_data)
+    q = data.add_parser("cityscapes-trainids", help="gtFine *_labelIds.png -> *_labelTrainIds.png beside them "
+                                                    "(resumable)")
+    q.add_argument("--root", required=True, help="the Cityscapes folder holding gtFine/")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_data)
+    q = data.add_parser("check", help="counts, pixels per class, image sizes and every problem of a data tree; "
+                                      "exit 2 when it has problems")
+    q.add_argument("root", help="the data root")
+    q.add_argument("--dataset", choices=("voc", "cityscapes", "folder"),
+                   help="default: guessed from the tree (JPEGImages: voc, leftImg8bit: cityscapes, images: folder)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_data)
     return parser
 
 

@@ -182,7 +182,7 @@ BAD_TREES = {
     "two_images_one_name": (_same_stem, r"images/im00\.(png|jpg): two images share the name 'im00'"),
     "value_not_a_class": (_value_too_large, r"masks/im00\.png: label values \[7\] outside \[0, 3\)"),
     "size_mismatch": (_size_mismatch, r"masks/im00\.png: label size \d+x\d+ differs from image"),
-    "val_image_without_mask": (_val_without_mask, r"1 of 2 validation images' masks .* not found.*v00\.png"),
+    "val_image_without_mask": (_val_without_mask, r"val/masks/v00\.png: validation image v00\.png has no mask"),
     "labeled_list_names_unmasked": (_listed_without_mask, r"labeled\.txt: 'im10' is listed as labeled but"),
     "too_few_masks": (_too_few_masks, r"1 image\(s\) with masks; without a val/ folder"),
 }

@@ -195,6 +195,18 @@ def _voc_id_list(kind: str, base: Path, which: str) -> Path:
     return aug if aug.is_file() and (base / "SegmentationClassAug").is_dir() else sets / "train.txt"
 
 
+def voc_id_list(root: str | Path, which: str) -> Path:
+    """The id list file ``voc_splits`` reads for ``which`` ('train' or 'val') under a VOC data root.
+
+    Standard layout: ImageSets/Segmentation/trainaug.txt (with SegmentationClassAug) else train.txt,
+    and val.txt; CPS layout: train_aug.txt, val.txt. The file may not exist (read_split_list says so).
+    """
+    if which not in ("train", "val"):
+        raise KitError(f"which: expected 'train' or 'val', got {which!r}")
+    kind, base = voc_layout(root)
+    return _voc_id_list(kind, base, which)
+
+
 def voc_splits(
     root: str | Path,
     labeled: str | int | float | None = "1/16",
@@ -355,30 +367,35 @@ def cityscapes_splits(
     ``config_new/subset_train/``.
     """
     root = Path(root)
-    kind = cityscapes_layout(root)
-    cfg = root / "config_new"
-
-    def listed_or_scanned(split: str) -> list[tuple[str, str | None]]:
-        lst = cfg / f"{split}.txt"
-        if lst.is_file():
-            return read(lst)
-        if kind == "cps":
-            raise KitError(f"{lst}: split list not found (the CPS Cityscapes layout needs config_new/{split}.txt)")
-        return _scan_standard(root, split)
+    cityscapes_layout(root)  # a wrong root fails first, naming both layouts
 
     def read(path) -> list[tuple[str, str | None]]:
         # Canonical names, so "train minus labeled" works across CPS and standard naming.
         return [_canonical(root, e) for e in read_pair_list(path)]
 
     lab, unl = _choose_split(
-        lambda: listed_or_scanned("train"), labeled, labeled_list, unlabeled_list, seed, out_dir,
-        subset_dir=cfg / "subset_train", reader=read,
+        lambda: cityscapes_entries(root, "train"), labeled, labeled_list, unlabeled_list, seed, out_dir,
+        subset_dir=root / "config_new" / "subset_train", reader=read,
     )  # fmt: skip
     return (
         cityscapes_files(root, lab),
         cityscapes_files(root, unl, require_masks=False),
-        cityscapes_files(root, listed_or_scanned("val")),
+        cityscapes_files(root, cityscapes_entries(root, "val")),
     )
+
+
+def cityscapes_entries(root: str | Path, split: str) -> list[tuple[str, str | None]]:
+    """Root-relative (image, label) entries of a Cityscapes split ('train' or 'val'), as
+    ``cityscapes_splits`` reads them: ``config_new/<split>.txt`` when present (names mapped onto the
+    standard tree where only that exists), else the scanned leftImg8bit/<split>/<city>/ images."""
+    root = Path(root)
+    kind = cityscapes_layout(root)
+    lst = root / "config_new" / f"{split}.txt"
+    if lst.is_file():
+        return [_canonical(root, e) for e in read_pair_list(lst)]
+    if kind == "cps":
+        raise KitError(f"{lst}: split list not found (the CPS Cityscapes layout needs config_new/{split}.txt)")
+    return _scan_standard(root, split)
 
 
 # ------------------------------------------------------------------------------------------ folder
@@ -396,35 +413,43 @@ def folder_class_names(root: str | Path) -> list[str]:
     return read_class_names(Path(root) / FOLDER_CLASSES)
 
 
-def _images_by_stem(folder: Path) -> dict[str, Path]:
-    """{stem: image path} of the jpg/png files in folder; KitError when two share a stem."""
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            if p.stem in found:
-                raise KitError(f"{p}: two images share the name {p.stem!r} ({found[p.stem].name} too); "
-                               f"a mask is found by the image's name, so each must be unique")
-            found[p.stem] = p
-    return found
-
-
-def _folder_split(images: Path, masks: Path, need_masks: bool) -> list[Pair]:
+def _scan_split(images: Path, masks: Path, need_masks: bool, problems: list) -> list[Pair]:
+    """(image, mask or None) of one split folder, by name; every problem appended as (path, text)."""
     if not images.is_dir():
-        raise KitError(f"{images}: folder not found (a folder data set keeps its images in images/)")
-    by_stem = _images_by_stem(images)
+        problems.append((images, "folder not found (a folder data set keeps its images in images/)"))
+        return []
+    by_stem: dict[str, Path] = {}
+    for p in sorted(images.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.stem in by_stem:
+                problems.append((p, f"two images share the name {p.stem!r} ({by_stem[p.stem].name} too); a "
+                                    f"mask is found by the image's name, so each must be unique"))
+                continue
+            by_stem[p.stem] = p
     if not by_stem:
-        raise KitError(f"{images}: no images (expected .jpg or .png files)")
+        problems.append((images, "no images (expected .jpg or .png files)"))
     mask_of = {p.stem: p for p in sorted(masks.glob("*.png"))} if masks.is_dir() else {}
-    orphans = sorted(set(mask_of) - set(by_stem))
-    if orphans:
-        raise KitError(f"{mask_of[orphans[0]]}: mask without an image (expected {images}/{orphans[0]}.jpg "
-                       f"or .png){f'; {len(orphans) - 1} more such masks' if len(orphans) > 1 else ''}")
+    for stem in sorted(set(mask_of) - set(by_stem)):
+        problems.append((mask_of[stem], f"mask without an image (expected {images}/{stem}.jpg or .png)"))
     pairs = [(img, mask_of.get(stem)) for stem, img in by_stem.items()]
     if need_masks:
-        missing = [img for img, mask in pairs if mask is None]
-        if missing:
-            raise _missing_error(masks, "validation images' masks (<same name>.png)", missing, len(pairs))
+        for img, mask in pairs:
+            if mask is None:
+                problems.append((masks / f"{img.stem}.png", f"validation image {img.name} has no mask"))
     return pairs
+
+
+def folder_scan(root: str | Path) -> tuple[list[Pair], list[Pair], list[tuple[Path, str]]]:
+    """(train pairs, val pairs, problems) of a folder data set, without stopping at the first
+    problem (``python -m cpcl_kit data check`` lists them all; ``folder_pairs`` stops). Problems are
+    (path, what is wrong): a missing or empty images/ folder, two images of one name, a mask without
+    an image, a validation image without a mask. Mask contents are read later, per file."""
+    root = Path(root)
+    problems: list[tuple[Path, str]] = []
+    train = _scan_split(root / "images", root / "masks", False, problems)
+    val_dir = root / "val"
+    val = _scan_split(val_dir / "images", val_dir / "masks", True, problems) if val_dir.is_dir() else []
+    return train, val, problems
 
 
 def folder_pairs(root: str | Path) -> tuple[list[Pair], list[Pair]]:
@@ -433,15 +458,18 @@ def folder_pairs(root: str | Path) -> tuple[list[Pair], list[Pair]]:
     Layout: ``images/*.jpg|png``, ``masks/<same stem>.png`` (one channel of class ids, 255 = no label;
     palette PNGs are read by index), ``classes.txt``, optional ``val/images`` + ``val/masks`` (every
     validation image needs its mask). A train image without a mask is unlabeled. KitError naming the
-    file or folder: a missing or empty images/ folder, a mask without an image, two images of one name.
+    file or folder of the first problem ``folder_scan`` finds.
     """
     root = Path(root)
     if not root.is_dir():
         raise KitError(f"{root}: folder data set not found (expected images/, masks/, {FOLDER_CLASSES})")
     folder_class_names(root)
-    train = _folder_split(root / "images", root / "masks", need_masks=False)
-    val_dir = root / "val"
-    val = _folder_split(val_dir / "images", val_dir / "masks", need_masks=True) if val_dir.is_dir() else []
+    train, val, problems = folder_scan(root)
+    if problems:
+        path, text = problems[0]
+        more = f"; {len(problems) - 1} more problems (python -m cpcl_kit data check {root} lists them)" \
+            if len(problems) > 1 else ""
+        raise KitError(f"{path}: {text}{more}")
     return train, val
 
 

@@ -1,0 +1,550 @@
+"""Real data made ready for the kit, and a tree checked before a run (``python -m cpcl_kit data ...``).
+
+``voc_aug``: PASCAL VOC 2012 + SBD -> ``SegmentationClassAug/<id>.png`` masks and the train_aug /
+val id lists, in a folder that ``--dataset voc --data-root`` reads as it is.
+``cityscapes_train_ids``: Cityscapes ``*_gtFine_labelIds.png`` (label ids 0..33) -> ``*_gtFine_labelTrainIds.png``
+(the 19 training classes, 255 ignored) beside them.
+``check_data``: image counts, pixels per class, image sizes and every problem of a tree, as tables.
+
+Both writers are resumable and idempotent: every file goes through ``files.write_atomic`` (a kill leaves
+the old file or the new one), and a valid output already there is kept, so running a command again
+finishes what a killed run left and otherwise writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..constants import IGNORE_INDEX
+from ..errors import KitError
+from ..files import write_atomic, write_text
+from . import datasets as ds
+from .splits import read_split_list
+
+# The image counts of the standard VOC 2012 + SBD ("aug") splits: train_aug is VOC train ∪ SBD train ∪
+# SBD val minus VOC val; val is VOC val.
+VOC_AUG_TRAIN, VOC_VAL = 10_582, 1_449
+
+# Single-channel label modes, as datasets.SegmentationFiles reads them ('P': the palette index is the class).
+LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+# ------------------------------------------------------------------------------------------ shared
+
+
+def _missing(what: str, missing: list[Path], total: int, expected: str) -> KitError:
+    shown = ", ".join(str(p) for p in missing[:3])
+    return KitError(f"{len(missing)} of {total} {what} not found, e.g. {shown} (expected {expected})")
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Class ids [H,W] of a single-channel label PNG ('P': the palette index); KitError naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here
+            if img.mode not in LABEL_MODES:
+                raise KitError(f"{path}: expected a single-channel ('L' or 'P') label image, got mode {img.mode}")
+            return np.array(img)
+    except _READ_ERRORS as e:
+        if isinstance(e, KitError):
+            raise
+        raise KitError(f"{path}: cannot read label image (corrupt or truncated?): {e}") from None
+
+
+def _present(mask: np.ndarray) -> np.ndarray:
+    """The distinct values of a label array (bincount for uint8: far faster than unique)."""
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    return np.unique(mask)
+
+
+def _bad_values(mask: np.ndarray, num_classes: int) -> list[int]:
+    present = _present(mask)
+    return present[((present >= num_classes) & (present != IGNORE_INDEX)) | (present < 0)].tolist()
+
+
+def _kept(path: Path, size: tuple[int, int], allowed: set[int]) -> bool:
+    """Whether an output mask already there is whole: an 'L' PNG that decodes to the end, of ``size``
+    (width, height), with only ``allowed`` values. Anything else (a file copied in part, another tool's
+    output) is written again."""
+    if not path.is_file():
+        return False
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "L" or img.size != size:
+                return False
+            return set(_present(np.array(img)).tolist()) <= allowed
+    except _READ_ERRORS:
+        return False
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except _READ_ERRORS as e:
+        raise KitError(f"{path}: cannot read image (corrupt or truncated?): {e}") from None
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    """uint8 [H,W] as an 'L' PNG, atomically. PIL writes no time stamp: the same array gives the same bytes."""
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    write_atomic(path, lambda f: img.save(f, format="PNG"))
+
+
+def _write_list(path: Path, ids: Sequence[str]) -> bool:
+    """One id per line; written only when the file's bytes differ (True when written)."""
+    text = "".join(f"{i}\n" for i in ids)
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return False
+    write_text(path, text)
+    return True
+
+
+# ----------------------------------------------------------------------------------- VOC + SBD
+
+
+@dataclass
+class VocAug:
+    """What ``voc_aug`` made: the prepared root and its counts."""
+
+    root: Path
+    train_aug: int      # ids in ImageSets/Segmentation/trainaug.txt
+    val: int            # ids in ImageSets/Segmentation/val.txt
+    written: int        # masks written by this call
+    kept: int           # valid masks already there, left as they were
+    from_voc: int       # masks taken from VOC's SegmentationClass (they win where both exist)
+    from_sbd: int       # masks converted from SBD's cls/<id>.mat
+
+    @property
+    def standard(self) -> bool:
+        """Whether the counts are those of the full VOC 2012 + SBD (10,582 / 1,449)."""
+        return (self.train_aug, self.val) == (VOC_AUG_TRAIN, VOC_VAL)
+
+
+def _voc_base(voc: Path) -> Path:
+    for base in (voc, voc / "VOC2012", voc / "VOCdevkit" / "VOC2012"):
+        if (base / "JPEGImages").is_dir() and (base / "SegmentationClass").is_dir():
+            return base
+    state = "folder not found" if not voc.exists() else "holds no VOC 2012 tree"
+    raise KitError(f"{voc}: VOC {state} (expected VOCdevkit/VOC2012 with JPEGImages/<id>.jpg, "
+                   f"SegmentationClass/<id>.png and ImageSets/Segmentation/train.txt, val.txt)")
+
+
+def _sbd_base(sbd: Path) -> Path:
+    for base in (sbd / "dataset", sbd):
+        if (base / "cls").is_dir():
+            return base
+    state = "folder not found" if not sbd.exists() else "holds no dataset/cls/ folder"
+    raise KitError(f"{sbd}: SBD {state} (expected benchmark_RELEASE with dataset/cls/<id>.mat, "
+                   f"dataset/train.txt and dataset/val.txt)")
+
+
+def read_sbd_mask(path: str | Path, num_classes: int = len(ds.VOC_CLASS_NAMES)) -> np.ndarray:
+    """Class ids uint8 [H,W] of an SBD ``cls/<id>.mat`` (MATLAB struct ``GTcls``, field ``Segmentation``).
+
+    KitError naming the file when it cannot be read, lacks the field, is not 2-D, or holds values
+    outside [0, num_classes) other than 255.
+    """
+    from scipy.io import loadmat  # only this command needs scipy
+    from scipy.io.matlab import MatReadError
+
+    path = Path(path)
+    try:
+        seg = np.asarray(loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation)
+    except (MatReadError, OSError, ValueError, KeyError, AttributeError, TypeError, NotImplementedError) as e:
+        raise KitError(f"{path}: cannot read SBD mask (expected a MATLAB file with the struct "
+                       f"GTcls.Segmentation): {type(e).__name__}: {e}") from None
+    if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
+        raise KitError(f"{path}: GTcls.Segmentation is {seg.dtype} of shape {seg.shape}, expected 2-D class ids")
+    bad = _bad_values(seg, num_classes)
+    if bad:
+        raise KitError(f"{path}: class ids {bad[:10]} outside [0, {num_classes}) and not {IGNORE_INDEX}")
+    return seg.astype(np.uint8)
+
+
+def _link_images(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (absolute), made atomically; a folder or link already there is kept."""
+    if link.exists():  # JPEGImages of the VOC tree itself (out = VOC2012), or the user's own copy
+        return
+    tmp = link.with_name(f".{link.name}.tmp-link")
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        os.symlink(target.resolve(), tmp, target_is_directory=True)
+        os.replace(tmp, link)  # also replaces a dangling link left where the VOC tree moved
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise KitError(f"{link}: cannot link to {target} ({e.strerror or e}); expected a folder this "
+                       f"user may write to (or copy JPEGImages there yourself)") from None
+
+
+def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = True) -> VocAug:
+    """VOC 2012 + SBD -> the "aug" training set, in ``out``, ready for ``--dataset voc --data-root out``.
+
+    voc: the VOC2012 folder (or VOCdevkit, or the folder holding VOCdevkit/); sbd: benchmark_RELEASE
+    (or its dataset/). Writes, in the standard VOC layout that ``datasets.voc_layout`` reads:
+
+    - ``out/SegmentationClassAug/<id>.png``: 'L' PNG, uint8 class ids 0..20, 255 ignore, for every
+      train_aug and val id. VOC's SegmentationClass mask (palette index = class, borders 255) where
+      there is one, else SBD's ``cls/<id>.mat`` (no borders: SBD has no ignore band).
+    - ``out/ImageSets/Segmentation/trainaug.txt``: (VOC train ∪ SBD train ∪ SBD val) minus VOC val,
+      sorted (10,582 ids for the full sets); ``val.txt``: VOC val (1,449).
+    - ``out/JPEGImages``: a symbolic link to VOC's JPEGImages (images are not copied; a folder or
+      link already there is used as it is). ``out`` may be the VOC2012 folder itself: then only
+      SegmentationClassAug/ and trainaug.txt are added beside VOC's own files.
+
+    Masks already there that decode whole, at the image's size and with valid values, are kept: a
+    second call writes nothing. KitError (one line naming the path and what was expected) for a
+    missing folder, list, image or mask source, and for an unreadable or mis-sized mask.
+    """
+    voc, sbd, out = Path(voc), Path(sbd), Path(out)
+    base, sbd_base = _voc_base(voc), _sbd_base(sbd)
+    if out.exists() and not out.is_dir():
+        raise KitError(f"{out}: is a file, expected a folder for the prepared VOC tree")
+    for nested in (out / "VOCdevkit" / "VOC2012", out / "VOC2012"):
+        # the reader looks there before out itself, and would miss the prepared masks
+        if (nested / "JPEGImages").is_dir():
+            raise KitError(f"{out}: holds a VOC tree at {nested}, which --data-root {out} would read instead; "
+                           f"expected another output folder (or {nested} itself)")
+
+    sets = base / "ImageSets" / "Segmentation"
+    voc_train, voc_val = read_split_list(sets / "train.txt"), read_split_list(sets / "val.txt")
+    sbd_train, sbd_val = read_split_list(sbd_base / "train.txt"), read_split_list(sbd_base / "val.txt")
+    val = sorted(set(voc_val))
+    train_aug = sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(val))
+
+    ids = sorted(set(train_aug) | set(val))
+    images = {i: base / "JPEGImages" / f"{i}.jpg" for i in ids}
+    sources: dict[str, Path] = {}
+    missing_img, missing_mask = [], []
+    for i in ids:
+        if not images[i].is_file():
+            missing_img.append(images[i])
+        voc_png, sbd_mat = base / "SegmentationClass" / f"{i}.png", sbd_base / "cls" / f"{i}.mat"
+        src = voc_png if voc_png.is_file() else sbd_mat if sbd_mat.is_file() else None
+        if src is None:
+            missing_mask.append(sbd_mat)
+        else:
+            sources[i] = src
+    if missing_img:
+        raise _missing("train_aug/val images", missing_img, len(ids), f"{base / 'JPEGImages'}/<id>.jpg")
+    if missing_mask:
+        raise _missing("train_aug/val masks", missing_mask, len(ids),
+                       f"{base / 'SegmentationClass'}/<id>.png or {sbd_base / 'cls'}/<id>.mat")
+
+    num_classes = len(ds.VOC_CLASS_NAMES)
+    allowed = set(range(num_classes)) | {IGNORE_INDEX}
+    masks = out / "SegmentationClassAug"
+    written = kept = 0
+    for i in tqdm(ids, desc="voc-aug masks", unit="mask", disable=not progress, leave=False):
+        dst, src = masks / f"{i}.png", sources[i]
+        size = _image_size(images[i])
+        if _kept(dst, size, allowed):
+            kept += 1
+            continue
+        if src.suffix == ".png":
+            mask = read_label_png(src)
+            bad = _bad_values(mask, num_classes)
+            if bad:
+                raise KitError(f"{src}: class ids {bad[:10]} outside [0, {num_classes}) and not {IGNORE_INDEX}")
+        else:
+            mask = read_sbd_mask(src, num_classes)
+        if mask.shape != (size[1], size[0]):
+            raise KitError(f"{src}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                           f"{images[i]} size {size[0]}x{size[1]}")
+        _write_png(dst, mask)
+        written += 1
+
+    _write_list(out / "ImageSets" / "Segmentation" / "trainaug.txt", train_aug)
+    _write_list(out / "ImageSets" / "Segmentation" / "val.txt", val)
+    _link_images(out / "JPEGImages", base / "JPEGImages")
+
+    # The reader itself confirms the tree: every listed id has its image and mask, trainaug.txt is read.
+    lab, _, val_pairs = ds.voc_splits(out, labeled=None)
+    if len(lab) != len(train_aug) or len(val_pairs) != len(val):
+        raise KitError(f"{out}: the VOC reader finds {len(lab)} train / {len(val_pairs)} val images, "
+                       f"expected {len(train_aug)} / {len(val)}")
+    from_voc = sum(s.suffix == ".png" for s in sources.values())
+    return VocAug(out, len(train_aug), len(val), written, kept, from_voc, len(sources) - from_voc)
+
+
+# ------------------------------------------------------------------------------------ Cityscapes
+
+# (labelId, name, trainId) of the 34 Cityscapes labels and the licence plate, as cityscapesScripts'
+# labels.py lists them; trainId 255 = not trained on (its -1 for the licence plate also becomes 255).
+# The 19 trained classes, in trainId order, are datasets.CITYSCAPES_CLASS_NAMES.
+CITYSCAPES_LABELS = (
+    (0, "unlabeled", 255), (1, "ego vehicle", 255), (2, "rectification border", 255),
+    (3, "out of roi", 255), (4, "static", 255), (5, "dynamic", 255), (6, "ground", 255),
+    (7, "road", 0), (8, "sidewalk", 1), (9, "parking", 255), (10, "rail track", 255),
+    (11, "building", 2), (12, "wall", 3), (13, "fence", 4), (14, "guard rail", 255),
+    (15, "bridge", 255), (16, "tunnel", 255), (17, "pole", 5), (18, "polegroup", 255),
+    (19, "traffic light", 6), (20, "traffic sign", 7), (21, "vegetation", 8), (22, "terrain", 9),
+    (23, "sky", 10), (24, "person", 11), (25, "rider", 12), (26, "car", 13), (27, "truck", 14),
+    (28, "bus", 15), (29, "caravan", 255), (30, "trailer", 255), (31, "train", 16),
+    (32, "motorcycle", 17), (33, "bicycle", 18), (-1, "license plate", 255),
+)  # fmt: skip
+
+# labelId -> trainId for every uint8 value; ids the table does not name are ignored (255).
+_TRAIN_ID_LUT = np.full(256, IGNORE_INDEX, np.uint8)
+_TRAIN_ID_LUT[[i for i, _, _ in CITYSCAPES_LABELS if i >= 0]] = [t for i, _, t in CITYSCAPES_LABELS if i >= 0]
+
+
+def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes labelIds (any integer array, e.g. uint8 [H,W]) -> trainIds uint8 of the same shape.
+
+    road 7 -> 0, ..., bicycle 33 -> 18 (``CITYSCAPES_LABELS``); every other value, -1 included, -> 255.
+    """
+    a = np.asarray(label_ids)
+    if a.dtype == np.uint8:
+        return _TRAIN_ID_LUT[a]
+    out = np.full(a.shape, IGNORE_INDEX, np.uint8)
+    inside = (a >= 0) & (a < 256)
+    out[inside] = _TRAIN_ID_LUT[a[inside].astype(np.int64)]
+    return out
+
+
+@dataclass
+class TrainIds:
+    """What ``cityscapes_train_ids`` did: files written and kept, per split (train, val, test)."""
+
+    root: Path
+    written: int
+    kept: int
+    per_split: dict = field(default_factory=dict)  # {split: number of labelIds files}
+
+
+def cityscapes_train_ids(root: str | Path, progress: bool = True) -> TrainIds:
+    """Write ``<stem>_gtFine_labelTrainIds.png`` beside every ``gtFine/{train,val,test}/<city>/<stem>_gtFine_labelIds.png``.
+
+    Output: 'L' PNG, uint8 trainIds 0..18 and 255 (``label_ids_to_train_ids``), the labelIds file's
+    size. Outputs already there that decode whole, at that size and with valid values, are kept.
+    KitError naming the folder when root has no gtFine/ or no labelIds files in it.
+    """
+    root = Path(root)
+    gt = root / "gtFine"
+    if not gt.is_dir():
+        state = "data root not found" if not root.exists() else "has no gtFine/ folder"
+        raise KitError(f"{root}: Cityscapes {state} (expected gtFine/{{train,val,test}}/<city>/*_gtFine_labelIds.png)")
+    files = {split: sorted((gt / split).glob("*/*_gtFine_labelIds.png")) for split in ("train", "val", "test")}
+    todo = [p for split in files for p in files[split]]
+    if not todo:
+        raise KitError(f"{gt}: no *_gtFine_labelIds.png files (expected gtFine/{{train,val,test}}/<city>/*_gtFine_labelIds.png)")
+    allowed = set(range(len(ds.CITYSCAPES_CLASS_NAMES))) | {IGNORE_INDEX}
+    written = kept = 0
+    for src in tqdm(todo, desc="labelTrainIds", unit="file", disable=not progress, leave=False):
+        dst = src.with_name(src.name[: -len("_labelIds.png")] + "_labelTrainIds.png")
+        if _kept(dst, _image_size(src), allowed):
+            kept += 1
+            continue
+        _write_png(dst, label_ids_to_train_ids(read_label_png(src)))
+        written += 1
+    return TrainIds(root, written, kept, {s: len(f) for s, f in files.items() if f})
+
+
+# --------------------------------------------------------------------------------------- checking
+
+# The image files of a folder data set (ROOT/images/*.{jpg,png}), for the masks-without-image check.
+
+
+
+@dataclass
+class PairCheck:
+    """What ``check_pairs`` found in one split."""
+
+    split: str
+    images: int = 0                      # pairs checked
+    labeled: int = 0                     # of them with a mask
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # [256] per label value
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    problems: list = field(default_factory=list)     # (split, file, problem)
+
+
+def check_pairs(pairs: Sequence[tuple], num_classes: int, split: str = "train", masks_required: bool = False,
+                progress: bool = True) -> PairCheck:
+    """Read every (image, mask or None) pair whole, as training would, and list what is wrong.
+
+    Problems (each names its file): image or mask missing or unreadable, a mask that is not
+    single-channel, label values >= num_classes other than 255, mask and image of different sizes,
+    and (masks_required) an image without a mask. ``pixels`` counts the label values of the masks
+    without bad values (index 255: ignored pixels); ``sizes`` counts the readable images' sizes.
+    """
+    res = PairCheck(split)
+    for img_path, mask_path in tqdm(pairs, desc=f"check {split}", unit="img", disable=not progress, leave=False):
+        res.images += 1
+        img_path = Path(img_path)
+        size = None
+        if not img_path.is_file():
+            res.problems.append((split, str(img_path), "image not found"))
+        else:
+            try:
+                with Image.open(img_path) as img:
+                    img.load()
+                    size = img.size
+                res.sizes[size] += 1
+            except _READ_ERRORS as e:
+                res.problems.append((split, str(img_path), f"cannot read image (corrupt or truncated?): {e}"))
+        if mask_path is None:
+            if masks_required:
+                res.problems.append((split, str(img_path), "no label mask (every image of this split needs one)"))
+            continue
+        res.labeled += 1
+        mask_path = Path(mask_path)
+        if not mask_path.is_file():
+            res.problems.append((split, str(mask_path), f"label mask not found (image {img_path.name})"))
+            continue
+        try:
+            mask = read_label_png(mask_path)
+        except KitError as e:
+            res.problems.append((split, str(mask_path), str(e).removeprefix(f"{mask_path}: ")))
+            continue
+        if size is not None and mask.shape != (size[1], size[0]):
+            res.problems.append((split, str(mask_path), f"label size {mask.shape[1]}x{mask.shape[0]} differs "
+                                                        f"from image {img_path} size {size[0]}x{size[1]}"))
+        bad = _bad_values(mask, num_classes)
+        if bad:
+            res.problems.append((split, str(mask_path), f"label values {bad[:10]} outside [0, {num_classes}) "
+                                                        f"and not the ignore value {IGNORE_INDEX}"))
+        else:
+            res.pixels += np.bincount(mask.ravel().astype(np.int64), minlength=256)[:256]
+    return res
+
+
+def guess_dataset(root: str | Path) -> str:
+    """'voc', 'cityscapes' or 'folder' from the tree's folders; KitError naming what was looked for."""
+    root = Path(root)
+    if not root.is_dir():
+        raise KitError(f"{root}: data root not found (expected a VOC, Cityscapes or folder data set)")
+    try:
+        ds.voc_layout(root)
+        return "voc"
+    except KitError:
+        pass
+    if (root / "leftImg8bit").is_dir() or (root / "segmentation").is_dir():
+        return "cityscapes"
+    if (root / "images").is_dir():
+        return "folder"
+    raise KitError(f"{root}: cannot tell the data set (expected JPEGImages/ + SegmentationClass*/ for VOC, "
+                   f"leftImg8bit/ for Cityscapes or images/ for a folder data set); give --dataset")
+
+
+def _resolve_each(resolve: Callable[[list], list], entries: list, split: str, root: Path) -> tuple[list, list]:
+    """The readers stop at the first bad entry of a list: read it whole, else entry by entry so that
+    every bad entry is its own problem (the reader's message, naming the file)."""
+    try:
+        return resolve(entries), []
+    except KitError:
+        pass
+    pairs, problems = [], []
+    for e in entries:
+        try:
+            pairs += resolve([e])
+        except KitError as err:
+            msg = " ".join(str(err).split()).removeprefix(f"{root}: ")
+            # "1 of 1 images listed in the split not found, e.g. <path>" says, for one entry: not found: <path>
+            one = re.fullmatch(r"1 of 1 .+? not found, e\.g\. (.+)", msg)
+            problems.append((split, e if isinstance(e, str) else e[0], f"not found: {one[1]}" if one else msg))
+    return pairs, problems
+
+
+def _reader_pairs(root: Path, dataset: str) -> tuple[dict, list, list[str]]:
+    """({split: pairs}, problems, class names) of a data set through the kit's own readers."""
+    pairs, problems = {}, []
+    for split in ("train", "val"):
+        try:
+            if dataset == "voc":
+                entries = read_split_list(ds.voc_id_list(root, split))
+                resolve = lambda e, s=split: ds.voc_files(root, e, s)  # noqa: E731
+            else:
+                entries = ds.cityscapes_entries(root, split)
+                resolve = lambda e: ds.cityscapes_files(root, e)  # noqa: E731
+        except KitError as e:
+            pairs[split] = []
+            problems.append((split, str(root), " ".join(str(e).split())))
+            continue
+        pairs[split], found = _resolve_each(resolve, entries, split, root)
+        problems += found
+    names = ds.VOC_CLASS_NAMES if dataset == "voc" else ds.CITYSCAPES_CLASS_NAMES
+    return pairs, problems, list(names)
+
+
+def _folder_pairs(root: Path) -> tuple[dict, list, list[str]]:
+    names = ds.folder_class_names(root)  # without the classes no value can be checked: a KitError
+    train, val, found = ds.folder_scan(root)
+    splits = {str(p): "val" for p, _ in found if (root / "val") in Path(p).parents}
+    problems = [(splits.get(str(p), "train"), str(p), text) for p, text in found]
+    return {"train": train, "val": val}, problems, names
+
+
+def check_data(root: str | Path, dataset: str | None = None, progress: bool = True) -> dict:
+    """Check a data tree the way a run would read it; nothing is written.
+
+    dataset: 'voc', 'cityscapes', 'folder' or None (``guess_dataset``). VOC and Cityscapes pairs come
+    from the kit's readers (every training image needs its mask there; the labeled part is chosen at
+    run time), folder pairs from ``datasets.folder_scan`` (images without masks are unlabeled).
+    Returns {"root", "dataset", "class_names", "counts", "classes", "sizes", "problems"}, the last
+    four pandas DataFrames: counts (set, images: labeled / unlabeled / val), classes (id, class,
+    train_pixels, val_pixels; last row ignore 255), sizes (split, images, distinct, min_w, max_w,
+    min_h, max_h, most_common as 'WxH'), problems (split, file, problem; empty when the tree trains).
+    """
+    root = Path(root)
+    dataset = dataset or guess_dataset(root)
+    if dataset not in ("voc", "cityscapes", "folder"):
+        raise KitError(f"dataset: expected voc, cityscapes or folder, got {dataset!r}")
+    if not root.is_dir():
+        raise KitError(f"{root}: data root not found")
+    pairs, problems, names = _folder_pairs(root) if dataset == "folder" else _reader_pairs(root, dataset)
+    if not pairs["train"] and not problems:
+        problems.append(("train", str(root), "no training images"))
+    # a folder's val images without masks are among folder_scan's problems already
+    checks = {s: check_pairs(pairs[s], len(names), s, masks_required=dataset != "folder",
+                             progress=progress) for s in ("train", "val")}
+    for c in checks.values():
+        problems += c.problems
+
+    tr, va = checks["train"], checks["val"]
+    counts = pd.DataFrame({"set": ["labeled", "unlabeled", "val"],
+                           "images": [tr.labeled, tr.images - tr.labeled, va.images]})
+    ids = [*range(len(names)), IGNORE_INDEX]
+    classes = pd.DataFrame({"id": ids, "class": [*names, "(ignore)"],
+                            "train_pixels": tr.pixels[ids], "val_pixels": va.pixels[ids]})
+    rows = []
+    for c in checks.values():
+        if c.sizes:
+            w, h = zip(*c.sizes)
+            (mw, mh), _ = c.sizes.most_common(1)[0]
+            rows.append(dict(split=c.split, images=sum(c.sizes.values()), distinct=len(c.sizes), min_w=min(w),
+                             max_w=max(w), min_h=min(h), max_h=max(h), most_common=f"{mw}x{mh}"))
+    sizes = pd.DataFrame(rows, columns=["split", "images", "distinct", "min_w", "max_w", "min_h", "max_h",
+                                        "most_common"])
+    return {"root": root, "dataset": dataset, "class_names": names, "counts": counts, "classes": classes,
+            "sizes": sizes, "problems": pd.DataFrame(problems, columns=["split", "file", "problem"])}
+
+
+def check_report(report: dict) -> str:
+    """The tables of ``check_data``'s report as text, for the terminal."""
+    parts = [f"{report['dataset']} data set in {report['root']}",
+             report["counts"].to_string(index=False),
+             report["classes"].to_string(index=False),
+             report["sizes"].to_string(index=False) if len(report["sizes"]) else "no readable images"]
+    problems = report["problems"]
+    parts.append(f"{len(problems)} problem(s):\n" + problems.to_string(index=False) if len(problems)
+                 else "no problems found")
+    if report["dataset"] == "cityscapes" and problems["problem"].str.contains("labelTrainIds").any():
+        parts.append(f"(the *_gtFine_labelTrainIds.png masks are made from the labelIds ones by "
+                     f"`python -m cpcl_kit data cityscapes-trainids --root {report['root']}`)")
+    return "\n\n".join(parts)
