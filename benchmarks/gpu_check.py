@@ -588,7 +588,44 @@ def child_sync(work: Path, cpu: bool) -> dict:
             res["ok"] = False
         print(method, res[method], flush=True)
         del trainer, batch
+    res["ohem_order_statistic"] = order_statistic_timing(device, cpu)
+    print("ohem order statistic", res["ohem_order_statistic"], flush=True)
     return res
+
+
+def order_statistic_timing(device, cpu: bool, repeats: int = 5) -> dict:
+    """OHEM's threshold is the k-th smallest ground-truth probability of the batch. Time the three ways
+    to get it at the Cityscapes preset's size (16 images of 800 x 800 px, k = min_kept · 16), on the
+    device: ``kthvalue`` (what steps.ohem_ce uses), ``topk`` of the k smallest, and a full sort."""
+    import inspect
+
+    import torch
+
+    from cpcl_kit.method.steps import ohem_ce
+
+    per_image = inspect.signature(ohem_ce).parameters["min_kept"].default
+    b, side = (2, 32) if cpu else (16, 800)
+    n, k = b * side * side, min(per_image * b, b * side * side)
+    x = torch.rand(n, generator=torch.Generator().manual_seed(0)).to(device)
+    ways = {"kthvalue": lambda: x.kthvalue(k).values,
+            "topk": lambda: x.topk(k, largest=False, sorted=False).values.max(),
+            "sort": lambda: x.sort().values[k - 1]}
+    out = {"elements": n, "k": k, "device": str(device)}
+    values = {}
+    for name, fn in ways.items():
+        values[name] = float(fn())  # warm-up and the value itself
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        out[f"{name}_ms"] = round(1000 * sorted(times)[len(times) // 2], 3)
+    out["same_value"] = len(set(values.values())) == 1
+    return out
 
 
 def child_voc_data(work: Path, cpu: bool, root: Path) -> dict:

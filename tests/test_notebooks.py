@@ -81,6 +81,22 @@ def test_notebook_runs_with_smoke_parameters(nb, demo_out):
     _check_executed(nb.name, demo_out)
 
 
+@needs_jupyter
+def test_notebook_trains_on_a_folder_of_your_own(tmp_path):
+    """03 with dataset="folder" and data_root: the supervised run, its figures and the predictions on
+    a small folder data set (images of several sizes, some without masks) the test builds."""
+    from folder_tree import make_tree
+
+    root = make_tree(tmp_path / "mine", n=24, masked=18)
+    nb = next(n for n in NOTEBOOKS if n.name.startswith("03"))
+    params = {**demo_parameters(nb, "smoke", tmp_path), "dataset": "folder", "data_root": str(root),
+              "labeled": "all"}
+    run_notebook(nb, tmp_path / "notebooks" / nb.name, params, cwd=tmp_path)
+    _check_executed(nb.name, tmp_path)
+    config = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())
+    assert config["dataset"] == "folder" and config["data_root"] == str(root)
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_code_cells_are_short(nb):
     """House rule: a code cell calls the library in about 12 lines at most."""

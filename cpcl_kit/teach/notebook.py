@@ -37,9 +37,10 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
                        f"(smoke, demo, benchmark) without dataset")
     if needs == "run":
         if not data_root:
-            raise KitError(f"preset {preset!r} on {cfg.dataset}: pass data_root=<the {cfg.dataset} folder> "
-                           f"(nothing is downloaded), or use a CPU preset (smoke, demo, benchmark) for the "
-                           f"embedded digit scenes")
+            what = "is the paper experiment" if cfg.preset in PAPER_PRESETS else "trains"
+            raise KitError(f"preset {preset!r} {what} on {cfg.dataset}: pass data_root=<the {cfg.dataset} "
+                           f"folder> (nothing is downloaded), or use a CPU preset (smoke, demo, benchmark) "
+                           f"for the embedded digit scenes")
         import torch
 
         if cfg.preset in PAPER_PRESETS and not torch.cuda.is_available() and not allow_cpu:
