@@ -107,7 +107,7 @@ def cmd_predict(args) -> None:
     checkpoint_path(args.checkpoint)  # the cheap checks first: a typo fails before torch loads a net
     files = image_files(args.images)
     output_names(files)
-    predictor = Predictor.load(args.checkpoint, branch=args.branch, device=args.device)
+    predictor = Predictor.load(args.checkpoint, branch=args.branch, device=args.device, crop=args.crop)
     labels = predictor(files, progress=not args.quiet)
     written = write_predictions(labels, files, args.out, palette=predictor.palette)
     window = f"{predictor.crop} px windows" if predictor.crop else "whole images"
@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branch", choices=PREDICT_BRANCHES, default="net1",
                    help="net1 (default, as evaluated), net2, or ensemble (mean softmax of both)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--crop", type=int, help="sliding-window side in px for images larger than it (default: the "
+                                           "run's eval_crop; none there: whole images)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

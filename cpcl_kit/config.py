@@ -38,6 +38,10 @@ class Config:
     method: str = "cpcl"
     dataset: str = "voc"
     data_root: str | None = None
+    # dataset="folder": its classes, read from ROOT/classes.txt when not given. Kept in the run's
+    # config, so that its checkpoint predicts and evaluates without the tree, and a changed
+    # classes.txt is another run.
+    class_names: tuple[str, ...] | None = None
     labeled: str = "1/16"              # fraction "1/N" or a count "92"
     labeled_list: str | None = None    # split files (CPS format) instead of `labeled`
     unlabeled_list: str | None = None
@@ -111,11 +115,11 @@ class Config:
 
     @property
     def num_classes(self) -> int:
-        if self.dataset == "folder":  # the folder names its classes in classes.txt
-            if not self.data_root:
-                raise KitError("data_root: required for dataset 'folder' (the folder holding images/, "
-                               f"masks/ and {FOLDER_CLASSES})")
-            return len(read_class_names(Path(self.data_root) / FOLDER_CLASSES))
+        if self.dataset == "folder":  # the folder names its classes (make_config reads classes.txt)
+            if self.class_names is None:
+                raise KitError("class_names: dataset 'folder' needs its classes; pass data_root (the folder "
+                               f"holding images/, masks/ and {FOLDER_CLASSES}) to make_config")
+            return len(self.class_names)
         return NUM_CLASSES[self.dataset]
 
     def to_dict(self) -> dict:
@@ -571,6 +575,13 @@ def validate(cfg: Config) -> Config:
             if getattr(cfg, key):
                 raise KitError(f"{key}: {where} trains on the embedded digit scenes (split by --labeled 1/N or "
                                f"a count); {key} is for the paper presets (voc, cityscapes)")
+    if cfg.class_names is not None:
+        if cfg.dataset != "folder":
+            raise KitError(f"class_names: only a folder data set names its classes; dataset {cfg.dataset!r} "
+                           f"has its own")
+        if len(cfg.class_names) < 2 or len(set(cfg.class_names)) != len(cfg.class_names) or \
+                not all(n.strip() for n in cfg.class_names):
+            raise KitError(f"class_names: expected at least 2 distinct, non-empty names, got {_shown(cfg.class_names)}")
     # backbone pretraining (used when backbone_weights="digits")
     if cfg.backbone_weights == "digits" and cfg.dataset != "digits":
         raise KitError(f"backbone_weights: 'digits' is pretrained for the digit scenes, not for dataset "
@@ -612,11 +623,13 @@ def dataset_defaults(preset: str, values: dict, given: set) -> dict:
     ImageNet weights when its local cache holds them (``constants.imagenet_file``), else from random
     init (``backbone_weights=none``: ``check_ready_to_train`` warns, config.json records it). A folder
     data set's labeled part is every image that has a mask (``labeled=all``): its images without masks
-    are the unlabeled ones. Returns the changed fields only."""
+    are the unlabeled ones; its classes are those of its classes.txt. Returns the changed fields only."""
     dataset = values.get("dataset", _preset_value(preset, "dataset"))
     out: dict = {}
     if dataset == "folder" and "labeled" not in given:
         out["labeled"] = ALL_LABELED
+    if dataset == "folder" and "class_names" not in given and values.get("data_root"):
+        out["class_names"] = tuple(read_class_names(Path(values["data_root"]) / FOLDER_CLASSES))
     if dataset != "digits" and _preset_value(preset, "dataset") == "digits":
         if "backbone" not in given:
             out["backbone"] = REAL_DATA_CPU_BACKBONE
@@ -695,7 +708,18 @@ def deviations(cfg: Config) -> dict[str, str]:
     """
     if cfg.preset not in PAPER_PRESETS:
         paper = "cityscapes" if cfg.dataset == "cityscapes" else "voc"
-        return {k: v for k, v in DEVIATIONS.items() if _plain(getattr(cfg, k)) != _preset_value(paper, k)}
+        out = {k: v for k, v in DEVIATIONS.items() if _plain(getattr(cfg, k)) != _preset_value(paper, k)}
+        if cfg.dataset != "digits":  # real data on a CPU preset: its reasons were found on the digit scenes
+            out = {k: f"the {cfg.preset} preset's setting, chosen on the digit scenes ({v})" for k, v in out.items()}
+            if cfg.backbone != _preset_value(cfg.preset, "backbone"):
+                out["backbone"] = (f"{cfg.backbone} instead of the preset's digit backbone, which has no "
+                                   f"weights for real images")
+            if cfg.backbone_weights in ("none", None):
+                out["backbone_weights"] = ("random initialisation (asked for, or no ImageNet weights were in "
+                                           "torchvision's cache); the paper fine-tunes a pretrained backbone")
+            elif cfg.backbone_weights == "imagenet":
+                out["backbone_weights"] = "torchvision's ImageNet weights, not the official v1c backbone"
+        return out
     out = dict(PAPER_DEVIATIONS)
     if cfg.backbone_weights == "none":
         out["backbone_weights"] = ("random initialisation on purpose (backbone_weights=none) instead of "
@@ -736,6 +760,7 @@ def parse_sets(items: list[str] | None) -> dict:
 # (``load_config_dict``), and the same-run rule counts it as holding it (``runs.differing_settings``),
 # so a new field neither changes an old run nor orphans its folder.
 ADDED_FIELDS = {
+    "class_names": None,          # no folder data set yet
     "dilation": "torchvision",    # torchvision's dilation convention
     "crop_pad": "random",         # small crops padded at a random position
     "void_band": 0,               # scenes without a void outline

@@ -130,7 +130,8 @@ def _fsync_dir(folder: Path) -> None:
 def read_class_names(path) -> list[str]:
     """Class names from a text file, one per line, a name's line number (from 0) being its id; blank
     lines at the end are ignored. KitError naming the file when it is missing, empty, has a blank
-    line among the names, repeats a name, or names more classes than the ignore value leaves room for."""
+    line among the names, repeats a name, or names fewer than 2 classes or more than the ignore value
+    leaves room for."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: class list not found (expected one class name per line; line 1 is class 0)")
@@ -146,6 +147,8 @@ def read_class_names(path) -> list[str]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise KitError(f"{path}: class names repeated: {', '.join(repeated)}")
+    if len(names) < 2:
+        raise KitError(f"{path}: 1 class ({names[0]}), expected at least 2 (e.g. a background and an object)")
     if len(names) > 255:  # ids are stored in 8-bit masks, and 255 means "no label"
         raise KitError(f"{path}: {len(names)} classes, expected at most 255")
     return names

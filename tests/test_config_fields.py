@@ -29,6 +29,8 @@ BAD: dict[str, tuple[list, list[str]]] = {
     "method": (["fixmatch", 3], ["fixmatch"]),
     "dataset": (["coco", None], ["coco"]),
     "data_root": ([3, "/data/VOC2012"], ["/data/VOC2012"]),  # the digit scenes take no data root
+    # only a folder data set names its classes (the smoke preset trains the digit scenes)
+    "class_names": ([("a", "b"), ("a",), 3, ("a", 2)], ["a,b", "a"]),
     "labeled": (["abc", "0", "2/1", 0.5], ["abc", "0", "3/2", "-1"]),
     "labeled_list": ([3, "/lists/l.txt"], ["/lists/l.txt"]),
     "unlabeled_list": ([3, "/lists/u.txt"], ["/lists/u.txt"]),

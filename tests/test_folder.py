@@ -90,6 +90,7 @@ def test_config_counts_classes_from_classes_txt_and_data_names_them(tmp_path):
 @pytest.mark.parametrize("text, problem", [
     ("", "found none on line 1"), ("a\n\nb\n", "line 2 is blank"), ("a\nb\na\n", "repeated: a"),
     ("\n".join(f"c{i}" for i in range(256)), "256 classes, expected at most 255"),
+    ("only\n", "1 class \\(only\\), expected at least 2"),
 ])
 def test_class_list_problems_name_the_file(tmp_path, text, problem):
     (tmp_path / "classes.txt").write_text(text)
@@ -249,3 +250,98 @@ def test_imagenet_file_names_are_torchvisions():
     for name, file in IMAGENET_FILES.items():
         weights = models.get_model_weights(name).IMAGENET1K_V1
         assert os.path.basename(weights.url) == file
+
+
+# ------------------------------------------------------------------ split lists, counts, the run's classes
+
+
+def test_labeled_txt_without_val_folder_holds_out_only_images_it_does_not_name(tmp_path):
+    root = make_tree(tmp_path / "t", n=12, masked=10)
+    names = [f"im{i:02d}" for i in range(8)]
+    (root / "labeled.txt").write_text("\n".join(names) + "\n")
+    lab, unl, val = folder_splits(root)
+    assert stems(lab) == names and set(stems(val)) <= {"im08", "im09"} and len(val) == 2
+    (root / "labeled.txt").write_text("\n".join(f"im{i:02d}" for i in range(10)) + "\n")
+    with pytest.raises(KitError, match=r"labeled\.txt: names every image with a mask as labeled"):
+        folder_splits(root)
+
+
+def test_an_asked_part_is_not_overridden_by_labeled_txt_and_unlabeled_txt_alone_is_refused(tmp_path):
+    root = make_tree(tmp_path / "t", n=10, masked=10, val=2)
+    (root / "labeled.txt").write_text("im01\n")
+    assert len(folder_splits(root, labeled="1/2")[0]) == 5                 # --labeled 1/2 is what counts
+    assert stems(folder_splits(root, labeled="all")[0]) == ["im01"]        # "all" reads the tree's list
+    (root / "labeled.txt").rename(root / "old.txt")
+    (root / "unlabeled.txt").write_text("im01\n")
+    with pytest.raises(KitError, match=r"unlabeled\.txt: found without labeled\.txt"):
+        folder_splits(root)
+
+
+def test_every_masked_image_asked_for_is_fine_when_others_have_no_mask(tmp_path):
+    root = make_tree(tmp_path / "t", n=8, masked=4, val=1)
+    lab, unl, _ = folder_splits(root, labeled=4)
+    assert len(lab) == 4 and stems(unl) == ["im04", "im05", "im06", "im07"]
+    with pytest.raises(KitError, match="leaves no unlabeled image"):
+        folder_splits(make_tree(tmp_path / "u", n=4, masked=4, val=1), labeled=4)
+
+
+def test_a_jpeg_mask_is_refused_and_mask_names_match_in_any_case(tmp_path):
+    root = make_tree(tmp_path / "t", n=4, masked=2, val=1)
+    (root / "masks" / "im00.png").rename(root / "masks" / "im00.PNG")
+    assert [m is not None for _, m in folder_pairs(root)[0]] == [True, True, False, False]
+    Image.open(root / "images" / "im02.png").convert("RGB").save(root / "masks" / "im02.jpg")
+    with pytest.raises(KitError, match=r"masks/im02\.jpg: a mask must be a PNG"):
+        folder_pairs(root)
+
+
+def test_the_run_keeps_its_classes_and_predicts_without_the_tree(tmp_path, capsys):
+    import shutil
+
+    import cpcl_kit
+
+    root = make_tree(tmp_path / "t")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "folder", "--data-root", str(root), "--method", "supervised",
+                     "--set", "iterations=2", "--set", "backbone=resnet18_w16", "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["class_names"] == CLASSES
+    image = np.array(Image.open(root / "images" / "im00.png"))
+    (root / "classes.txt").write_text("background\nsquare\ndisc\nstar\n")   # the tree changes ...
+    cfg = make_config("smoke", dataset="folder", data_root=str(root))
+    assert cfg.num_classes == 4
+    with pytest.raises(KitError, match=r"classes\.txt: classes .* differ from the run's class_names"):
+        build_data(make_config("smoke", dataset="folder", data_root=str(root), class_names=tuple(CLASSES)))
+    shutil.rmtree(root)                                                      # ... and goes
+    (pred,) = cpcl_kit.predict(out, [image], progress=False)
+    assert pred.shape == image.shape[:2] and pred.max() < 3
+
+
+def test_doctor_ohem_deviations_and_noise_follow_a_folder(tmp_path):
+    import torch
+
+    from cpcl_kit.config import deviations
+    from cpcl_kit.engine.doctor import data_status
+    from cpcl_kit.experiments import noise
+    from cpcl_kit.method.steps import ohem_ce, sup_loss
+
+    root = make_tree(tmp_path / "t", classes=[f"c{i}" for i in range(19)])
+    cfg = make_config("smoke", dataset="folder", data_root=str(root), sup_loss="ohem")
+    assert data_status(cfg)["status"] == "found" and "folder data set: 12 training images" in data_status(cfg)["what"]
+    logits, target = torch.randn(2, 19, 8, 8), torch.randint(0, 19, (2, 8, 8))
+    # 19 classes of one's own are not Cityscapes': OHEM weighs them equally
+    assert torch.allclose(sup_loss(cfg, logits, target), ohem_ce(logits, target))
+    dev = deviations(cfg)
+    assert "digit backbone" in dev["backbone"] and "random initialisation" in dev["backbone_weights"]
+    assert all("chosen on the digit scenes" in v for k, v in dev.items() if k not in ("backbone", "backbone_weights"))
+    assert noise.for_config(cfg) is None
+
+
+def test_data_check_on_a_folder_reports_what_a_run_would_refuse(tmp_path, capsys):
+    from cpcl_kit.data import prepare
+
+    root = make_tree(tmp_path / "t", n=6, masked=1)
+    rep = prepare.check_data(root, progress=False)
+    assert rep["problems"]["problem"].str.contains("1 image\\(s\\) with masks").any()
+    assert cli.main(["data", "check", str(root), "--quiet"]) == 2
+    good = make_tree(tmp_path / "g", n=12, masked=10)
+    rep = prepare.check_data(good, progress=False)
+    assert rep["problems"].empty and rep["counts"]["images"].tolist() == [8, 2, 2]   # 2 held out for validation

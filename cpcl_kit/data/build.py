@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
 from ..config import Config
-from ..constants import ALL_LABELED
+from ..constants import ALL_LABELED, FOLDER_CLASSES
 from ..errors import KitError
 from . import datasets as ds
 from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
@@ -63,7 +64,7 @@ _SPLITS = {"voc": ds.voc_splits, "cityscapes": ds.cityscapes_splits, "folder": d
 def class_names(cfg: Config) -> list[str]:
     """The names of cfg's classes, index = class id (a folder data set's from its classes.txt)."""
     if cfg.dataset == "folder":
-        return ds.folder_class_names(cfg.data_root)
+        return list(cfg.class_names)
     return {"digits": DIGIT_CLASS_NAMES, "voc": ds.VOC_CLASS_NAMES,
             "cityscapes": ds.CITYSCAPES_CLASS_NAMES}[cfg.dataset]
 
@@ -72,6 +73,11 @@ def file_data(cfg: Config) -> DataBundle:
     if not cfg.data_root:
         raise KitError(f"--data-root: required for dataset '{cfg.dataset}' (the folder holding it; "
                        f"nothing is downloaded)")
+    if cfg.dataset == "folder":  # the run's classes are the tree's, or its labels mean other things
+        found = ds.folder_class_names(cfg.data_root)
+        if tuple(found) != tuple(cfg.class_names):
+            raise KitError(f"{Path(cfg.data_root) / FOLDER_CLASSES}: classes {', '.join(found)} differ from the "
+                           f"run's class_names {', '.join(cfg.class_names)} (a changed class list is another run)")
     lists = cfg.labeled_list or cfg.unlabeled_list
     # labeled=all: the whole training list labeled (a folder: every image that has a mask)
     labeled = None if lists or cfg.labeled == ALL_LABELED else parse_labeled(cfg.labeled)

@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from ..constants import ALL_LABELED, FOLDER_CLASSES, IGNORE_INDEX
 from ..errors import KitError
 from ..files import read_class_names
-from .splits import (check_relative, fraction_denominator, split_tag, make_partition, parse_labeled,
+from .splits import (check_relative, fraction_denominator, labeled_count, split_tag, make_partition, parse_labeled,
                      read_pair_list, read_split_list, write_split_list)
 VOC_CLASS_NAMES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -33,6 +33,7 @@ CITYSCAPES_CLASS_NAMES = [
 
 Pair = tuple[Path, "Path | None"]
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what a bad file raises
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -48,33 +49,67 @@ def read_image(path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()  # decode now so truncated files fail here, not later
             return np.array(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except READ_ERRORS as e:
         raise KitError(f"{path}: cannot read image (corrupt or truncated?): {e}") from None
 
 
-def _read_mask(path: Path, num_classes: int) -> np.ndarray:
-    """Raw label indices [H,W] from a single-channel PNG; values must be in [0, C) or 255."""
+def read_label_image(path) -> np.ndarray:
+    """The values [H,W] of a single-channel label PNG, decoded whole ('P': the palette index, i.e. the
+    class id); KitError naming the file when it is missing, unreadable or not single-channel."""
+    path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: label file not found")
     try:
         with Image.open(path) as img:
-            img.load()
+            img.load()  # decode now so truncated files fail here, not later
             if img.mode not in _LABEL_MODES:
                 raise KitError(
                     f"{path}: expected a single-channel ('L' or 'P') label image of class indices, got mode {img.mode}"
                 )
-            mask = np.array(img)  # for 'P' this is the palette index, i.e. the class id
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            return np.array(img)
+    except READ_ERRORS as e:
         if isinstance(e, KitError):
             raise
         raise KitError(f"{path}: cannot read label image (corrupt or truncated?): {e}") from None
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256)) if mask.dtype == np.uint8 else np.unique(mask)
-    bad = present[(present >= num_classes) & (present != IGNORE_INDEX)]
-    if bad.size:
-        raise KitError(
-            f"{path}: label values {bad.tolist()[:10]} outside [0, {num_classes}) and not the ignore value {IGNORE_INDEX}"
-        )
+
+
+def label_values(mask: np.ndarray) -> np.ndarray:
+    """The distinct values of a label array, sorted (bincount for uint8: far faster than unique)."""
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    return np.unique(mask)
+
+
+def bad_label_values(mask: np.ndarray, num_classes: int) -> list[int]:
+    """The values of ``mask`` that are neither a class id in [0, num_classes) nor the ignore value."""
+    present = label_values(mask)
+    return present[((present >= num_classes) & (present != IGNORE_INDEX)) | (present < 0)].tolist()
+
+
+def value_problem(mask: np.ndarray, num_classes: int) -> str | None:
+    """The problem when ``mask`` holds values that are neither a class id nor the ignore value, else None."""
+    bad = bad_label_values(mask, num_classes)
+    if not bad:
+        return None
+    return f"label values {bad[:10]} outside [0, {num_classes}) and not the ignore value {IGNORE_INDEX}"
+
+
+def read_mask(path, num_classes: int) -> np.ndarray:
+    """Class ids [H,W] from a single-channel PNG; values must be in [0, C) or 255 (KitError naming the
+    file and the values otherwise)."""
+    mask = read_label_image(path)
+    problem = value_problem(mask, num_classes)
+    if problem:
+        raise KitError(f"{path}: {problem}")
     return mask
+
+
+def size_mismatch(image_path, image_hw: tuple, mask_path, mask_hw: tuple) -> str | None:
+    """The problem when a mask is not the size of its image (shapes as (H, W)), else None."""
+    if tuple(mask_hw) == tuple(image_hw):
+        return None
+    return (f"label size {mask_hw[1]}x{mask_hw[0]} differs from image {image_path} size "
+            f"{image_hw[1]}x{image_hw[0]}")
 
 
 class SegmentationFiles(Dataset):
@@ -105,12 +140,10 @@ class SegmentationFiles(Dataset):
         if mask_path is None:
             mask = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
         else:
-            mask = _read_mask(mask_path, self.num_classes)
-            if mask.shape != image.shape[:2]:
-                raise KitError(
-                    f"{mask_path}: label size {mask.shape[1]}x{mask.shape[0]} differs from image "
-                    f"{img_path} size {image.shape[1]}x{image.shape[0]}"
-                )
+            mask = read_mask(mask_path, self.num_classes)
+            problem = size_mismatch(img_path, image.shape[:2], mask_path, mask.shape)
+            if problem:
+                raise KitError(f"{mask_path}: {problem}")
         return (
             tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
             tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64))),
@@ -428,7 +461,12 @@ def _scan_split(images: Path, masks: Path, need_masks: bool, problems: list) -> 
             by_stem[p.stem] = p
     if not by_stem:
         problems.append((images, "no images (expected .jpg or .png files)"))
-    mask_of = {p.stem: p for p in sorted(masks.glob("*.png"))} if masks.is_dir() else {}
+    mask_of: dict[str, Path] = {}
+    for p in sorted(masks.iterdir()) if masks.is_dir() else []:
+        if p.is_file() and p.suffix.lower() == ".png":
+            mask_of[p.stem] = p
+        elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:  # lossy: class ids blur at the edges
+            problems.append((p, "a mask must be a PNG (lossless), not a JPEG"))
     for stem in sorted(set(mask_of) - set(by_stem)):
         problems.append((mask_of[stem], f"mask without an image (expected {images}/{stem}.jpg or .png)"))
     pairs = [(img, mask_of.get(stem)) for stem, img in by_stem.items()]
@@ -483,42 +521,61 @@ def folder_splits(
 ) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """(labeled_pairs, unlabeled_pairs, val_pairs) of a folder data set (``folder_pairs``).
 
-    Validation: ``val/`` when present, else a fixed-seed ``FOLDER_VAL_FRACTION`` of the images that
-    have masks (at least one), whatever the run's seed. Labeled part, by priority: labeled_list (+
-    unlabeled_list) given, else ``ROOT/labeled.txt`` (+ ``unlabeled.txt``) when present (CPS format:
-    one image name without extension per line), else labeled=None or "all": every remaining image
-    with a mask, else a seeded partition of those (labeled = 1/N or a count). Unlabeled: the images
-    without masks plus the masked ones left out; when there are none, the labeled images are seen
-    unlabeled too (as the digit scenes' full supervision). Unlabeled pairs keep their masks.
+    Labeled part, by priority: labeled_list (+ unlabeled_list) given; else, when ``labeled`` asks for
+    no part (None or "all"), ``ROOT/labeled.txt`` (+ ``unlabeled.txt``) when present (CPS format: one
+    image name without extension per line); else every image with a mask (None, "all"), or a seeded
+    part of them (1/N or a count; the rest are unlabeled). Unlabeled: the images without masks plus the
+    masked ones left out; when there are none, the labeled images are seen unlabeled too (as the
+    digit scenes' full supervision). Unlabeled pairs keep their masks.
+
+    Validation: ``val/`` when present, else ``FOLDER_VAL_FRACTION`` of the images with masks (at least
+    one), drawn with ``FOLDER_VAL_SEED`` whatever the run's seed, from those a split list does not
+    name as labeled.
     """
     root = Path(root)
     train, val = folder_pairs(root)
+    own = labeled_list is None and unlabeled_list is None and (labeled is None or labeled == ALL_LABELED)
+    if own and (root / "labeled.txt").is_file():
+        labeled_list = root / "labeled.txt"
+        unlabeled_list = root / "unlabeled.txt" if (root / "unlabeled.txt").is_file() else None
+    elif own and (root / "unlabeled.txt").is_file():
+        raise KitError(f"{root / 'unlabeled.txt'}: found without labeled.txt (expected both, or labeled.txt alone)")
+    lists = labeled_list is not None or unlabeled_list is not None
+    by_stem = {img.stem: (img, mask) for img, mask in train}
+    if lists:
+        lab_ids, unl_ids = _choose_split(lambda: list(by_stem), None, labeled_list, unlabeled_list, seed,
+                                         out_dir, None, read_split_list)
+        lab = [_listed(by_stem, i, labeled_list, need_mask=True) for i in lab_ids]
     masked = [p for p in train if p[1] is not None]
     if not val:
         if len(masked) < 2:
             raise KitError(f"{root}: {len(masked)} image(s) with masks; without a val/ folder the "
                            f"validation images come from the masked ones, so at least 2 are needed")
-        n_val = max(1, round(FOLDER_VAL_FRACTION * len(masked)))
-        val, masked = make_partition(masked, n_val, FOLDER_VAL_SEED)
-    held = {img for img, _ in val}
-    train = [p for p in train if p[0] not in held]
+        named = set(lab_ids) if lists else set()
+        pool = [p for p in masked if p[0].stem not in named]
+        if not pool:
+            raise KitError(f"{labeled_list}: names every image with a mask as labeled; without a val/ folder "
+                           f"some must stay for validation")
+        n_val = min(len(pool), max(1, round(FOLDER_VAL_FRACTION * len(masked))))
+        chosen = set(np.random.default_rng(FOLDER_VAL_SEED).permutation(len(pool))[:n_val].tolist())
+        val = [p for i, p in enumerate(pool) if i in chosen]
+        held = {img.stem for img, _ in val}
+        train = [p for p in train if p[0].stem not in held]
+        masked = [p for p in masked if p[0].stem not in held]
+        if lists:
+            unl_ids = [i for i in unl_ids if i not in held]
+    unmasked = [p for p in train if p[1] is None]
     if not masked:
         raise KitError(f"{root / 'masks'}: no masks for the training images (expected <image name>.png)")
-    by_stem = {img.stem: (img, mask) for img, mask in train}
-    if labeled_list is None and (root / "labeled.txt").is_file():
-        labeled_list = root / "labeled.txt"
-        if unlabeled_list is None and (root / "unlabeled.txt").is_file():
-            unlabeled_list = root / "unlabeled.txt"
-    if labeled_list is not None or unlabeled_list is not None:
-        lab_ids, unl_ids = _choose_split(lambda: list(by_stem), None, labeled_list, unlabeled_list, seed,
-                                         out_dir, None, read_split_list)
-        lab = [_listed(by_stem, i, labeled_list, need_mask=True) for i in lab_ids]
+    if lists:
         unl = [_listed(by_stem, i, unlabeled_list or labeled_list, need_mask=False) for i in unl_ids]
     elif labeled is None or labeled == ALL_LABELED:
-        lab, unl = masked, [p for p in train if p[1] is None]
+        lab, unl = masked, unmasked
+    elif unmasked and labeled_count(len(masked), parse_labeled(labeled)) == len(masked):
+        lab, unl = masked, unmasked  # every masked image asked for: the unlabeled ones have no mask
     else:
         lab, rest = make_partition(masked, labeled, seed)
-        unl = rest + [p for p in train if p[1] is None]
+        unl = rest + unmasked
         if out_dir is not None:
             tag = split_tag(parse_labeled(labeled))
             write_split_list(Path(out_dir) / f"labeled_{tag}.txt", [img.stem for img, _ in lab])

@@ -36,8 +36,6 @@ from .splits import read_split_list
 VOC_AUG_TRAIN, VOC_VAL = 10_582, 1_449
 
 # Single-channel label modes, as datasets.SegmentationFiles reads them ('P': the palette index is the class).
-LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
-_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 # ------------------------------------------------------------------------------------------ shared
@@ -46,32 +44,6 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 def _missing(what: str, missing: list[Path], total: int, expected: str) -> KitError:
     shown = ", ".join(str(p) for p in missing[:3])
     return KitError(f"{len(missing)} of {total} {what} not found, e.g. {shown} (expected {expected})")
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """Class ids [H,W] of a single-channel label PNG ('P': the palette index); KitError naming the file."""
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated file fails here
-            if img.mode not in LABEL_MODES:
-                raise KitError(f"{path}: expected a single-channel ('L' or 'P') label image, got mode {img.mode}")
-            return np.array(img)
-    except _READ_ERRORS as e:
-        if isinstance(e, KitError):
-            raise
-        raise KitError(f"{path}: cannot read label image (corrupt or truncated?): {e}") from None
-
-
-def _present(mask: np.ndarray) -> np.ndarray:
-    """The distinct values of a label array (bincount for uint8: far faster than unique)."""
-    if mask.dtype == np.uint8:
-        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    return np.unique(mask)
-
-
-def _bad_values(mask: np.ndarray, num_classes: int) -> list[int]:
-    present = _present(mask)
-    return present[((present >= num_classes) & (present != IGNORE_INDEX)) | (present < 0)].tolist()
 
 
 def _kept(path: Path, size: tuple[int, int], allowed: set[int]) -> bool:
@@ -85,8 +57,8 @@ def _kept(path: Path, size: tuple[int, int], allowed: set[int]) -> bool:
             img.load()
             if img.mode != "L" or img.size != size:
                 return False
-            return set(_present(np.array(img)).tolist()) <= allowed
-    except _READ_ERRORS:
+            return set(ds.label_values(np.array(img)).tolist()) <= allowed
+    except ds.READ_ERRORS:
         return False
 
 
@@ -95,7 +67,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except _READ_ERRORS as e:
+    except ds.READ_ERRORS as e:
         raise KitError(f"{path}: cannot read image (corrupt or truncated?): {e}") from None
 
 
@@ -170,7 +142,7 @@ def read_sbd_mask(path: str | Path, num_classes: int = len(ds.VOC_CLASS_NAMES)) 
                        f"GTcls.Segmentation): {type(e).__name__}: {e}") from None
     if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
         raise KitError(f"{path}: GTcls.Segmentation is {seg.dtype} of shape {seg.shape}, expected 2-D class ids")
-    bad = _bad_values(seg, num_classes)
+    bad = ds.bad_label_values(seg, num_classes)
     if bad:
         raise KitError(f"{path}: class ids {bad[:10]} outside [0, {num_classes}) and not {IGNORE_INDEX}")
     return seg.astype(np.uint8)
@@ -257,8 +229,8 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
             kept += 1
             continue
         if src.suffix == ".png":
-            mask = read_label_png(src)
-            bad = _bad_values(mask, num_classes)
+            mask = ds.read_label_image(src)
+            bad = ds.bad_label_values(mask, num_classes)
             if bad:
                 raise KitError(f"{src}: class ids {bad[:10]} outside [0, {num_classes}) and not {IGNORE_INDEX}")
         else:
@@ -351,15 +323,17 @@ def cityscapes_train_ids(root: str | Path, progress: bool = True) -> TrainIds:
         if _kept(dst, _image_size(src), allowed):
             kept += 1
             continue
-        _write_png(dst, label_ids_to_train_ids(read_label_png(src)))
+        _write_png(dst, label_ids_to_train_ids(ds.read_label_image(src)))
         written += 1
     return TrainIds(root, written, kept, {s: len(f) for s, f in files.items() if f})
 
 
 # --------------------------------------------------------------------------------------- checking
 
-# The image files of a folder data set (ROOT/images/*.{jpg,png}), for the masks-without-image check.
 
+def _without_path(e: KitError, path: Path) -> str:
+    """A reader's one-line message without the file name it starts with (the table shows the file)."""
+    return " ".join(str(e).split()).removeprefix(f"{path}: ")
 
 
 @dataclass
@@ -386,40 +360,26 @@ def check_pairs(pairs: Sequence[tuple], num_classes: int, split: str = "train", 
     res = PairCheck(split)
     for img_path, mask_path in tqdm(pairs, desc=f"check {split}", unit="img", disable=not progress, leave=False):
         res.images += 1
-        img_path = Path(img_path)
-        size = None
-        if not img_path.is_file():
-            res.problems.append((split, str(img_path), "image not found"))
-        else:
-            try:
-                with Image.open(img_path) as img:
-                    img.load()
-                    size = img.size
-                res.sizes[size] += 1
-            except _READ_ERRORS as e:
-                res.problems.append((split, str(img_path), f"cannot read image (corrupt or truncated?): {e}"))
+        img_path, hw = Path(img_path), None
+        try:  # the readers a run uses, so that the check finds what the run would stop at
+            hw = ds.read_image(img_path).shape[:2]
+            res.sizes[(hw[1], hw[0])] += 1
+        except KitError as e:
+            res.problems.append((split, str(img_path), _without_path(e, img_path)))
         if mask_path is None:
             if masks_required:
                 res.problems.append((split, str(img_path), "no label mask (every image of this split needs one)"))
             continue
         res.labeled += 1
         mask_path = Path(mask_path)
-        if not mask_path.is_file():
-            res.problems.append((split, str(mask_path), f"label mask not found (image {img_path.name})"))
-            continue
         try:
-            mask = read_label_png(mask_path)
+            mask = ds.read_label_image(mask_path)
         except KitError as e:
-            res.problems.append((split, str(mask_path), str(e).removeprefix(f"{mask_path}: ")))
+            res.problems.append((split, str(mask_path), _without_path(e, mask_path)))
             continue
-        if size is not None and mask.shape != (size[1], size[0]):
-            res.problems.append((split, str(mask_path), f"label size {mask.shape[1]}x{mask.shape[0]} differs "
-                                                        f"from image {img_path} size {size[0]}x{size[1]}"))
-        bad = _bad_values(mask, num_classes)
-        if bad:
-            res.problems.append((split, str(mask_path), f"label values {bad[:10]} outside [0, {num_classes}) "
-                                                        f"and not the ignore value {IGNORE_INDEX}"))
-        else:
+        problems = [hw and ds.size_mismatch(img_path, hw, mask_path, mask.shape), ds.value_problem(mask, num_classes)]
+        res.problems += [(split, str(mask_path), p) for p in problems if p]
+        if not problems[1]:  # the histogram counts masks whose every value is a class or ignored
             res.pixels += np.bincount(mask.ravel().astype(np.int64), minlength=256)[:256]
     return res
 
@@ -487,6 +447,14 @@ def _folder_pairs(root: Path) -> tuple[dict, list, list[str]]:
     train, val, found = ds.folder_scan(root)
     splits = {str(p): "val" for p, _ in found if (root / "val") in Path(p).parents}
     problems = [(splits.get(str(p), "train"), str(p), text) for p, text in found]
+    if not found:  # the split a run would make: its own refusals (too few masks, a bad labeled.txt) count
+        try:
+            _, _, val = ds.folder_splits(root)
+            held = {img for img, _ in val}
+            train = [p for p in train if p[0] not in held]
+        except KitError as e:
+            path, _, text = " ".join(str(e).split()).partition(": ")
+            problems.append(("train", path, text))
     return {"train": train, "val": val}, problems, names
 
 

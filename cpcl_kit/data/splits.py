@@ -72,7 +72,7 @@ def write_split_list(path: str | Path, ids: Sequence[str | tuple]) -> Path:
     return write_text(path, "\n".join(lines) + "\n")
 
 
-def _labeled_count(n: int, labeled: int | float) -> int:
+def labeled_count(n: int, labeled: int | float) -> int:
     # Round half up: 1464/16 = 91.5 -> 92 as in the PseudoSeg split.
     return labeled if isinstance(labeled, int) else int(np.floor(n * labeled + 0.5))
 
@@ -85,7 +85,7 @@ def make_partition(ids: Sequence, labeled: str | int | float, seed: int = 0) -> 
     """
     labeled = parse_labeled(labeled)
     n = len(ids)
-    k = _labeled_count(n, labeled)
+    k = labeled_count(n, labeled)
     if k < 1:
         raise KitError(f"labeled: {labeled!r} of {n} images leaves no labeled image (expected a larger fraction)")
     if k >= n:

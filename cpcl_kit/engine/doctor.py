@@ -69,10 +69,16 @@ def data_status(cfg: Config) -> dict:
                 "what": "digit scenes drawn from scikit-learn's bundled digits; nothing to download"}
     if not cfg.data_root:
         return {"status": "missing", "path": None, "what": f"--data-root: required for dataset '{cfg.dataset}'"}
-    from ..data.datasets import cityscapes_layout, voc_layout
+    from ..data.datasets import cityscapes_layout, folder_pairs, voc_layout
 
     try:
-        layout = voc_layout(cfg.data_root)[0] if cfg.dataset == "voc" else cityscapes_layout(cfg.data_root)
+        if cfg.dataset == "folder":
+            train, val = folder_pairs(cfg.data_root)
+            return {"status": "found", "path": str(cfg.data_root),
+                    "what": f"a folder data set: {len(train)} training images, "
+                            f"{'a val/ folder' if val else 'validation held out of the masked images'}"}
+        else:
+            layout = voc_layout(cfg.data_root)[0] if cfg.dataset == "voc" else cityscapes_layout(cfg.data_root)
     except KitError as e:
         return {"status": "missing", "path": str(cfg.data_root), "what": str(e)}
     return {"status": "found", "path": str(cfg.data_root), "what": f"{cfg.dataset} data root, {layout} layout"}

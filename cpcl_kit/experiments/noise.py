@@ -165,6 +165,17 @@ def for_preset(preset: str, folder=RESULTS_DIR) -> NoiseTable | None:
     return None
 
 
+def for_config(cfg, folder=RESULTS_DIR) -> NoiseTable | None:
+    """The noise table that holds for a run of ``cfg``: its preset's (``for_preset``) when it trains
+    on the data the tables were measured on, the embedded digit scenes; None for any other data set
+    (a floor measured on digits says nothing of how much the float order moves a run on yours)."""
+    from ..config import PRESETS
+
+    if cfg.preset not in PRESETS or cfg.dataset != "digits" or cfg.data_root:
+        return None
+    return for_preset(cfg.preset, folder)
+
+
 # ------------------------------------------------------------------------------------------------
 # verdicts
 
@@ -202,7 +213,7 @@ def compare_runs(a: str, miou_a: float, b: str, miou_b: float, table: NoiseTable
     head = f"{LABELS.get(a, a)} {100 * miou_a:.1f} % against {LABELS.get(b, b)} {100 * miou_b:.1f} %"
     if table is None:
         return Verdict(a, b, diff, None, None, f"{head} ({_pts(diff)} points). No noise table was measured "
-                       f"for this preset, so this difference is shown, not judged: the float order alone "
+                       f"for this preset on this data, so this difference is shown, not judged: the float order alone "
                        f"(another CPU, another thread count) moves a run, by an amount not measured here.")
     floor, measured = table.floor(a, b), table.measures(a, b)
     label = _label(diff, floor)
@@ -235,7 +246,7 @@ def compare_seeds(a: str, b: str, diffs, table: NoiseTable | None, seeds=None) -
     head = f"{LABELS.get(a, a)} − {LABELS.get(b, b)}: {_pts(d.mean())} points on the mean of {len(d)} seeds ({per_seed})"
     if table is None:
         return Verdict(a, b, float(d.mean()), None, None,
-                       f"{head}; no noise table was measured for this preset, so it is shown, not judged.")
+                       f"{head}; no noise table was measured for this preset on this data, so it is shown, not judged.")
     floor = table.floor(a, b)
     same_sign = bool((d > 0).all() or (d < 0).all())
     label = _label(float(d.mean()), floor) if same_sign else WITHIN

@@ -64,7 +64,7 @@ def _cityscapes_weights(device: torch.device) -> torch.Tensor:
 
 def sup_loss(cfg: Config, logits, target):
     if cfg.sup_loss == "ohem":
-        w = _cityscapes_weights(logits.device) if cfg.num_classes == 19 else None
+        w = _cityscapes_weights(logits.device) if cfg.dataset == "cityscapes" else None
         return ohem_ce(logits, target, weight=w)
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
 

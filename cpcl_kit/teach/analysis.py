@@ -189,7 +189,9 @@ def class_report(net, data, n: int = 100, seed: int = 0) -> pd.DataFrame:
     images contain the class, its IoU there (%; NaN when no scene shows it), and the class its pixels are most often predicted as
     with that share (%). A class with few labeled images, or one mistaken for a similar class, shows
     up here. Reads the labeled set once (its masks, with their training augmentation)."""
-    from ..engine.metrics import confusion_matrix
+    from torch.utils.data import Subset
+
+    from ..engine.evaluate import evaluate
 
     names = list(data.class_names)
     c = len(names)
@@ -197,8 +199,9 @@ def class_report(net, data, n: int = 100, seed: int = 0) -> pd.DataFrame:
     for i in range(len(data.labeled)):
         present = torch.as_tensor(data.labeled[i][1]).unique()
         seen[present[present < c].numpy()] += 1
-    _, masks, pred = predict_scenes(net, data.val, n=min(n, len(data.val)), seed=seed)
-    cm = confusion_matrix(pred, masks, c).double()
+    # the n scenes predict_scenes would pick, scored a few at a time (real images are large)
+    order = torch.randperm(len(data.val), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    cm = evaluate(net, Subset(data.val, order), c, progress=False)["confusion"].double()
     rows = cm.sum(1)
     iou = torch.where(rows > 0, cm.diag() / (rows + cm.sum(0) - cm.diag()).clamp(min=1), float("nan"))
     top = cm.argmax(1)

@@ -37,10 +37,12 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
                        f"(smoke, demo, benchmark) without dataset")
     if needs == "run":
         if not data_root:
-            what = "is the paper experiment" if cfg.preset in PAPER_PRESETS else "trains"
-            raise KitError(f"preset {preset!r} {what} on {cfg.dataset}: pass data_root=<the {cfg.dataset} "
-                           f"folder> (nothing is downloaded), or use a CPU preset (smoke, demo, benchmark) "
-                           f"for the embedded digit scenes")
+            if cfg.dataset == "folder":
+                raise KitError(f"data_root: dataset 'folder' trains on a folder of your own; pass data_root=<it> "
+                               f"(images/, masks/, classes.txt)")
+            raise KitError(f"preset {preset!r} is the paper experiment on {cfg.dataset}: pass data_root=<the "
+                           f"{cfg.dataset} folder> (nothing is downloaded), or use a CPU preset (smoke, demo, "
+                           f"benchmark) for the embedded digit scenes")
         import torch
 
         if cfg.preset in PAPER_PRESETS and not torch.cuda.is_available() and not allow_cpu:
