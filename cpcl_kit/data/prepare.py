@@ -35,9 +35,6 @@ from .splits import read_split_list
 # SBD val minus VOC val; val is VOC val.
 VOC_AUG_TRAIN, VOC_VAL = 10_582, 1_449
 
-# Single-channel label modes, as datasets.SegmentationFiles reads them ('P': the palette index is the class).
-
-
 # ------------------------------------------------------------------------------------------ shared
 
 
@@ -142,9 +139,9 @@ def read_sbd_mask(path: str | Path, num_classes: int = len(ds.VOC_CLASS_NAMES)) 
                        f"GTcls.Segmentation): {type(e).__name__}: {e}") from None
     if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
         raise KitError(f"{path}: GTcls.Segmentation is {seg.dtype} of shape {seg.shape}, expected 2-D class ids")
-    bad = ds.bad_label_values(seg, num_classes)
-    if bad:
-        raise KitError(f"{path}: class ids {bad[:10]} outside [0, {num_classes}) and not {IGNORE_INDEX}")
+    problem = ds.value_problem(seg, num_classes)
+    if problem:
+        raise KitError(f"{path}: {problem}")
     return seg.astype(np.uint8)
 
 
@@ -228,13 +225,7 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
         if _kept(dst, size, allowed):
             kept += 1
             continue
-        if src.suffix == ".png":
-            mask = ds.read_label_image(src)
-            bad = ds.bad_label_values(mask, num_classes)
-            if bad:
-                raise KitError(f"{src}: class ids {bad[:10]} outside [0, {num_classes}) and not {IGNORE_INDEX}")
-        else:
-            mask = read_sbd_mask(src, num_classes)
+        mask = ds.read_mask(src, num_classes) if src.suffix == ".png" else read_sbd_mask(src, num_classes)
         if mask.shape != (size[1], size[0]):
             raise KitError(f"{src}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                            f"{images[i]} size {size[0]}x{size[1]}")
