@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.experiments import ablate, prepared  # noqa: E402
 from cpcl_kit.files import write_csv, write_json, write_text  # noqa: E402
 from cpcl_kit.nets import pretrain  # noqa: E402
+from cpcl_kit.provenance import command_line  # noqa: E402
 from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, the code that trains)
 
 # The committed grids' recipe, applied before --set: CutMix with the official 3 boxes, the student
@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = ablate.normalise_grid({"variants": args.variants, "fractions": [prepared.LABELED], "seeds": seeds})
     started_at = commit()  # the code that trains; a later commit during a long grid does not count
-    command = "python benchmarks/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     name = args.name or f"ablation-{args.preset}"
     previous = None if args.fresh else _read(args.results / f"{name}.json", None)
     if previous is not None and previous.get("sets", []) != args.sets:

@@ -11,7 +11,6 @@ part of the noise the evaluation adds, with the trained nets held fixed; the noi
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from cpcl_kit.engine.evaluate import evaluate  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.experiments import ablate  # noqa: E402
 from cpcl_kit.files import machine, write_json, write_text  # noqa: E402
-from cpcl_kit.provenance import code_version  # noqa: E402
+from cpcl_kit.provenance import code_version, command_line  # noqa: E402
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -75,7 +74,7 @@ def main(argv=None) -> pd.DataFrame:
         axis=1).round(2)
     preset = str(table["preset"].iloc[0]) if len(table) else "unknown"
     data = {"preset": preset, "commit": code_version()["commit"], "cpu": machine(),
-            "command": "python benchmarks/eval_noise.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "command": command_line(__file__, argv),
             "runs": rows, "summary": summary.reset_index().to_dict("records")}
     path = args.results / f"eval_noise-{preset}.json"
     write_json(path, data)

@@ -390,13 +390,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _code() -> dict:
-    """The checkout's commit and whether any tracked file differs (``provenance.code_version``)."""
+def _provenance():
+    """``cpcl_kit.provenance`` of this checkout: the script runs on the machine's own Python with
+    nothing installed, so the kit is found through the checkout, not the environment."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from cpcl_kit.provenance import code_version
+    from cpcl_kit import provenance
 
-    return code_version(full=True, tree=True)
+    return provenance
+
+
+def _code() -> dict:
+    """The checkout's commit and whether any tracked file differs (``provenance.code_version``)."""
+    return _provenance().code_version(full=True, tree=True)
 
 
 def goals(stages: dict) -> dict:
@@ -409,12 +415,14 @@ def goals(stages: dict) -> dict:
             "no_host_sync_in_step": {"value": sync.get("ok"), "met": sync.get("ok")}}
 
 
-def main_check(args) -> int:
+def main_check(args, argv=None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     c = Check(out, work, args.budget, args.cpu_smoke)
-    summary = {"command": " ".join([Path(PY).name, *sys.argv]), "commit": _code()["commit"],
+    # the command as a user types it in a clone (the JSON is committed): --out is this machine's folder
+    command = _provenance().command_line(__file__, argv, python=Path(PY).name)
+    summary = {"command": command, "commit": _code()["commit"],
                "worktree_dirty": bool(_code()["dirty"]),
                "mode": "cpu-smoke" if c.cpu else "gpu", "budget_s": args.budget, "stages": c.stages}
     summary_path = out / "gpu-check.json"
@@ -757,7 +765,7 @@ def main(argv=None) -> int:
         args.budget = 1800.0 if args.cpu_smoke else 450.0
     if not args.out:
         p.error("--out: required (the folder for gpu-check.json, gpu-check.log and the speed JSONs)")
-    return main_check(args)
+    return main_check(args, argv)
 
 
 if __name__ == "__main__":

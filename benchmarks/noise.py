@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from cpcl_kit.config import make_config, parse_sets  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.experiments import ablate, noise, prepared  # noqa: E402
 from cpcl_kit.files import machine, write_json, write_text  # noqa: E402
-from cpcl_kit.provenance import code_version  # noqa: E402
+from cpcl_kit.provenance import code_version, command_line, recorded_path  # noqa: E402
 
 WALL = "noise_wall.json"
 # The claim make demo's notebooks make must hold on any machine: CPCL ahead of supervised by at least
@@ -148,12 +147,14 @@ def main(argv=None) -> noise.NoiseTable:
                        f"(folders threads{'/threads'.join(map(str, threads))})")
     for other in args.merge:
         found += merged_rows(other, args.preset, {r["backbone"] for r in found})
-    command = "python benchmarks/noise.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(__file__, argv)
     commits = sorted({r["commit"].removesuffix("+dirty") for r in found})
     # commit: the code that wrote this table; trained_by: the commits whose code trained its runs
     data = {"preset": args.preset, "commit": code_version()["commit"] or "unknown", "trained_by": commits,
             "command": command, "wall_seconds": round(wall["seconds"], 1) or None,
-            "sets": args.sets, "config": make_config(args.preset, parse_sets(args.sets)).to_dict(), "merged": [str(m) for m in args.merge], "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
+            "sets": args.sets, "config": make_config(args.preset, parse_sets(args.sets)).to_dict(),
+            "merged": [recorded_path(m, "merge") for m in args.merge],
+            "cpu": machine(), "torch": torch.__version__, "seeds": seeds, "threads": threads,
             "runs_expected": len(seeds) * len(threads) * len(args.methods.split(",")), "runs": found}
     path = noise.table_path(args.preset, args.results)
     write_json(path, data)

@@ -53,7 +53,7 @@ from cpcl_kit.engine.train import Trainer, batch_to, pick_device  # noqa: E402
 from cpcl_kit.files import write_json  # noqa: E402
 from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
 from cpcl_kit.method.steps import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
-from cpcl_kit.provenance import code_version  # noqa: E402
+from cpcl_kit.provenance import code_version, recorded_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -304,7 +304,7 @@ def measure_overhead(args, device: torch.device) -> dict:
     u_mix = batch.u0.clone()
     target = torch.randint(0, cfg.num_classes, batch.y_l.shape, generator=g).to(device)
 
-    def bare(nets, b, c, lam, gen, all_reduce=None):
+    def bare(nets, b, c, lam, gen, all_reduce=None, par=None):
         return bare_step(nets, b, c, lam, gen, u_mix=u_mix, target=target)
 
     cpcl = METHOD_STEPS["cpcl"]
@@ -459,7 +459,8 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         # TF32 settings the fp32 figures ran with (CUDA; ignored on the CPU)
         "tf32": tf32_state(), "compiled": args.compile or False,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        # paths as a clone names them: the JSON is committed and read on other machines
+        "args": {k: (recorded_path(v, k) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k != "child_method"},
     }
     sections = set(args.sections)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from cpcl_kit.config import parse_sets  # noqa: E402
 from cpcl_kit.experiments import noise, prepared  # noqa: E402
 from cpcl_kit.experiments.ablate import collect  # noqa: E402
 from cpcl_kit.files import write_json, write_text  # noqa: E402
-from cpcl_kit.provenance import code_version  # noqa: E402
+from cpcl_kit.provenance import code_version, command_line  # noqa: E402
 
 NAMES = [name for name, _, _ in prepared.MEMBERS]
 # The targets per preset. "every seed": the paired difference on each seed. The paper's own gain at
@@ -199,7 +198,7 @@ def main(argv=None) -> dict:
     expected = len(prepared.MEMBERS) * len(seeds)
     summary["runs_finished"], summary["runs_expected"] = sum(len(v["seeds"]) for k, v in summary.items()
                                                              if k in NAMES), expected
-    summary["command"] = "python benchmarks/ssl_gain.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    summary["command"] = command_line(__file__, argv)
     summary["wall_calls"] = wall["calls"]
     name = f"ssl_gain-{args.preset}.json"
     write_json(args.results / name, summary)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from cpcl_kit.files import machine, write_json, write_text  # noqa: E402
-from cpcl_kit.provenance import code_version  # noqa: E402
+from cpcl_kit.provenance import code_version, command_line  # noqa: E402
 
 COMMANDS = {"demo": "make demo", "test": "make test"}
 GOALS = {"demo": 15 * 60, "test": 10 * 60}
@@ -39,8 +38,16 @@ def time_command(command: str, cwd: Path, log: Path) -> dict:
     with open(log, "w") as out:
         rc = subprocess.run(command, shell=True, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode
     seconds = round(time.perf_counter() - t0, 1)
-    tail = log.read_text(errors="replace").splitlines()[-5:]
+    tail = [as_in_any_clone(line, cwd) for line in log.read_text(errors="replace").splitlines()[-5:]]
     return {"command": command, "seconds": seconds, "returncode": rc, "tail": tail}
+
+
+def as_in_any_clone(line: str, clone: Path) -> str:
+    """A line of output as it reads in any clone: the temporary clone is the repository root there,
+    so paths under it are relative to it, and the home folder is ``~`` (the tail is committed, and
+    this machine's folders mean nothing elsewhere)."""
+    line = line.replace(f"{clone}/", "").replace(str(clone), ".")
+    return line.replace(f"{Path.home()}/", "~/")
 
 
 def main(argv=None) -> dict:
@@ -65,7 +72,7 @@ def main(argv=None) -> dict:
         data[key] = row
         print(f"  {row['seconds']:.0f} s, exit {row['returncode']}", flush=True)
     data.update(commit=commit, cpu=machine(),
-                command="python benchmarks/timing.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+                command=command_line(__file__, argv))
     write_json(path, data)
     lines = ["# The two commands on a fresh clone", "", f"`{data['command']}`", "",
              "| command | seconds | minutes | goal (min) | exit | commit | CPU |", "|---|---|---|---|---|---|---|"]

@@ -39,6 +39,8 @@ def test_ablation_benchmark_runs_writes_and_is_read_back(tmp_path, monkeypatch, 
     assert (table["commit"] != "unknown").all() and table["labeled"].eq("1/16").all()
     assert meta["runs_finished"] == meta["runs_expected"] == 4 and meta["wall_seconds"] > 0
     assert "ablation.py" in meta["command"] and meta["commits"] == sorted(set(table["commit"]))
+    assert meta["command"].startswith("python benchmarks/ablation.py --preset smoke")  # as a clone names it
+    assert "--runs <runs> --results <results>" in meta["command"]
     assert meta["commit"] == subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                             text=True).stdout.strip()
     md = (tmp_path / "ablation-smoke.md").read_text()

@@ -1,14 +1,20 @@
-"""The speed benchmark's functions run at minimal sizes (a smoke test: no timing is asserted)."""
+"""The benchmark scripts: the speed benchmark's functions at minimal sizes (a smoke test: no timing is
+asserted), and the commands and paths the committed results record, which must work in any clone."""
 
 import importlib.util
 import json
 import math
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
 
+from cpcl_kit import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 TINY = ["--device", "cpu", "--backbone", "resnet18", "--crop", "32", "--batch", "2", "--head-channels", "8",
         "--output-stride", "16", "--classes", "11", "--steps", "1", "--warmup", "0", "--pairs", "1",
         "--pl-batch", "2", "--pl-classes", "5", "--pl-size", "16", "--pl-repeats", "1"]
@@ -46,6 +52,7 @@ def test_whole_benchmark_writes_json_and_table(speed, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["device"] == "cpu" and res["torch"] == torch.__version__ and "commit" in res
     assert res["args"]["crop"] == 32 and res["threads"] == 1
+    assert res["args"]["out"] == "<out>"  # tmp_path is this machine's folder, not the repository's
     assert [t["method"] for t in res["training"]] == ["supervised", "cps", "cpcl"]
     assert [t["images_per_step"] for t in res["training"]] == [2, 6, 6]
     for t in res["training"]:
@@ -71,3 +78,140 @@ def test_isolated_measurement_forwards_the_settings_to_a_child(speed, monkeypatc
     res = speed.measure_training_isolated("cps", speed.parse_args([*TINY, "--isolate"]))
     assert res["method"] == "cps" and res["images_per_step"] == 6 and res["images_per_s"] > 0
     assert res["mem_kind"].endswith("fresh process") and res["peak_mem_mib"] >= 0
+
+
+# ------------------------------------------------------------------------------------------------
+# recorded commands: what a user types in a clone
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# A token that starts with "/": a folder of the machine that ran (a URL's slashes follow "http:",
+# a relative path's follow a name, so neither matches).
+ABSOLUTE = re.compile(r"(?:^|[\s=('\"`\[,])(/[\w.~-][^\s'\"`)\],]*)")
+# Options whose file joins the result: the file must be committed, or nobody can reproduce it.
+MERGE_OPTIONS = ("--merge",)
+# Keys under which the scripts record a command or a path they were given.
+RECORDED = {"command", "commands", "merged", "out"}
+
+
+def recorded(data, keys=RECORDED) -> list[str]:
+    """Every string under one of ``keys``, at any depth of a results JSON (a list's strings too)."""
+    if isinstance(data, list):
+        return [s for item in data for s in recorded(item, keys)]
+    if not isinstance(data, dict):
+        return []
+    found = []
+    for key, value in data.items():
+        if key in keys and isinstance(value, (str, list)):
+            found += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+        else:
+            found += recorded(value, keys)
+    return found
+
+
+def results_json() -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def test_the_checks_see_the_committed_results():
+    """Without this, a moved results folder would leave every check below with nothing to check."""
+    commands = [c for data in results_json().values() for c in recorded(data, {"command", "commands"})]
+    assert len(commands) >= 10 and any("--merge" in c for c in commands)
+    assert len(list(RESULTS.glob("*.md"))) >= 8
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RESULTS.glob("*.json")))
+def test_recorded_commands_and_paths_name_no_machines_folder(name):
+    for text in recorded(json.loads((RESULTS / name).read_text())):
+        assert not ABSOLUTE.search(text), f"{name}: {text!r} names a folder of the machine that ran"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RESULTS.glob("*.md")))
+def test_results_markdown_names_no_machines_folder(name):
+    for line in (RESULTS / name).read_text().splitlines():
+        assert not ABSOLUTE.search(line), f"{name}: {line!r} names a folder of the machine that ran"
+
+
+def test_recorded_commands_read_only_committed_files():
+    for name, data in results_json().items():
+        for command in recorded(data, {"command", "commands"}):
+            words = shlex.split(command)
+            if words[0].startswith("python"):
+                assert (ROOT / words[1]).is_file(), f"{name}: {command!r} runs no script of the repository"
+            for i, word in enumerate(words):
+                option, eq, value = word.partition("=")
+                if option not in MERGE_OPTIONS:
+                    continue
+                value = value if eq else words[i + 1]
+                assert not Path(value).is_absolute() and not value.startswith("<"), f"{name}: {command!r}"
+                assert (ROOT / value).is_file(), f"{name}: {command!r} merges {value}, which is not committed"
+        for merged in data.get("merged", []):
+            assert (ROOT / merged).is_file(), f"{name}: merged {merged}, which is not committed"
+
+
+def test_the_merged_tables_give_the_committed_rows_of_other_machines():
+    """The committed table is what its recorded command makes of the committed files: every row of
+    another machine (its float order names that CPU) is one the merged file gives, and no other."""
+    noise = load_script("noise")
+    for path in sorted(RESULTS.glob("noise-*.json")):
+        data = json.loads(path.read_text())
+        ours = [r for r in data["runs"] if ", " not in r["order"]]
+        backbones = {r["backbone"] for r in ours}
+        merged = [r for m in data.get("merged", []) for r in noise.merged_rows(ROOT / m, data["preset"], backbones)]
+        assert merged == [r for r in data["runs"] if ", " in r["order"]], path.name
+
+
+def test_what_notebooks_06_and_07_print_names_no_machines_folder():
+    from cpcl_kit.experiments import ablate, noise, prepared
+
+    lines = [prepared.provenance(prepared.committed()), noise.for_preset("benchmark").provenance()]
+    lines += [ablate.provenance(ablate.committed_grid(name=p.stem)[1]) for p in RESULTS.glob("ablation-*.json")]
+    assert len(lines) >= 5
+    for line in lines:
+        assert "`python benchmarks/" in line and not ABSOLUTE.search(line), line
+
+
+def test_command_line_names_paths_as_a_clone_does(tmp_path):
+    root, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    (elsewhere / "runs" / "a").mkdir(parents=True)
+    script = root / "benchmarks" / "noise.py"
+    argv = ["--runs", str(tmp_path / "runs"), "--merge", str(root / "benchmarks" / "results" / "x.json"),
+            f"--results={root / 'benchmarks' / 'results'}", "--keep-out", "runs/a", "--labeled", "1/16",
+            "--set", "iterations=2", "--variants", "cpcl,cps", "--name", "two words", "--out", "~/out", str(root)]
+    assert provenance.command_line(script, argv, root=root, cwd=elsewhere) == (
+        "python benchmarks/noise.py --runs <runs> --merge benchmarks/results/x.json "
+        "--results=benchmarks/results --keep-out <keep-out> --labeled 1/16 --set iterations=2 "
+        "--variants cpcl,cps --name 'two words' --out <out> .")
+    # relative to where it ran: inside the repository, relative to its root
+    inside = root / "benchmarks"
+    assert provenance.command_line("noise.py", ["--results", "./results", "--merge", "../x.json"], python="python3",
+                                   root=root, cwd=inside) == \
+        "python3 benchmarks/noise.py --results benchmarks/results --merge x.json"
+    assert provenance.command_line(script, ["--runs", str(tmp_path / "runs")], root=root).endswith("--runs <runs>")
+
+
+def test_recorded_path_is_relative_inside_the_repository_and_a_placeholder_outside(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    assert provenance.recorded_path(root, "runs", root=root) == "."
+    assert provenance.recorded_path(root / "a" / "b.json", "out", root=root) == "a/b.json"
+    assert provenance.recorded_path(tmp_path / "elsewhere", "--keep-out", root=root) == "<keep-out>"
+    assert provenance.recorded_path(Path("../repo/c"), "out", root=root, cwd=tmp_path / "a" / "b") == "<out>"
+    assert provenance.recorded_path(Path("../c"), "out", root=root, cwd=root / "d") == "c"
+
+
+def test_timing_records_the_clones_output_as_any_clone_reads_it(tmp_path):
+    timing = load_script("timing")
+    clone = tmp_path / "cpcl-kit-clone-x" / "cpcl-kit"
+    home = Path.home()
+    assert timing.as_in_any_clone(f"  done in 13 s -> {clone}/out/notebooks/08.ipynb", clone) == \
+        "  done in 13 s -> out/notebooks/08.ipynb"
+    assert timing.as_in_any_clone(f"cd {clone}; no set in {home}/.cache/cpcl-kit", clone) == \
+        "cd .; no set in ~/.cache/cpcl-kit"

@@ -125,6 +125,7 @@ def test_noise_benchmark_writes_every_run_with_its_provenance(tmp_path, monkeypa
     assert {(r["method"], r["seed"], r["threads"]) for r in data["runs"]} == \
         {(m, 1, t) for m in noise.METHODS for t in (1, 2)}
     assert data["command"].startswith("python benchmarks/noise.py --preset smoke") and data["cpu"] and data["commit"]
+    assert "--runs <runs> --results <results>" in data["command"]  # this machine's folders, named by their option
     assert data["sets"] == small[1::2] and data["wall_seconds"] > 0
     assert (tmp_path / "noise-smoke.md").read_text().startswith("# Noise floor (smoke preset)")
     assert table.floor("cpcl", "supervised") >= 0
@@ -138,6 +139,7 @@ def test_noise_benchmark_writes_every_run_with_its_provenance(tmp_path, monkeypa
     merged = mod.main(args + ["--merge", str(other)])
     assert len(merged.runs) == 6 + 3 and set(merged.runs["order"]) == {"1 thread", "2 threads", "Other CPU, 1 thread"}
     assert merged.miou("cpcl").shape == (1, 3)
+    assert json.loads((tmp_path / "noise-smoke.json").read_text())["merged"] == ["<merge>"]
     with pytest.raises(KitError, match="--merge .*a table of the smoke preset, not benchmark"):
         mod.main(["--preset", "benchmark", "--collect-only", "--runs", str(tmp_path / "runs"), "--results",
                   str(tmp_path), "--merge", str(other)])

@@ -37,6 +37,9 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path, capsys):
     assert set(paired) == {"seeds", "cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"}
     assert summary["targets"] == {}  # the smoke preset has none; benchmark has
     assert summary["grid_wall_seconds"] > 0 and summary["commit"] and "ssl_gain.py" in summary["command"]
+    # as a user types it in a clone: tmp_path is this machine's folder, named by its option
+    assert summary["command"].startswith("python benchmarks/ssl_gain.py --preset smoke")
+    assert summary["command"].endswith("--runs <runs> --results <results> --quiet")
     assert len(summary["cpcl"]["miou_net2"]) == 1
     assert len(summary["full"]["per_class_iou"][0]) == 11 and summary["class_names"][0] == "background"
     # the CPCL run keeps stage snapshots for notebook 08 (the prepared set)
