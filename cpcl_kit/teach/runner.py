@@ -101,12 +101,42 @@ def run_notebook(path: Path, out_path: Path, parameters: dict | None = None,
     return time.perf_counter() - t0
 
 
+# nbconvert's page with its CDN MathJax swapped for an inline one. MathJax 3 ignores the
+# MathJax 2 config the base template writes, so this sets the same TeX delimiters and numbering.
+# require.js (also from a CDN) only serves the widgets renderer, which itself needs the network:
+# kept where a notebook saved widget state, left out elsewhere.
+_OFFLINE_MATH = r"""{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}
+{%- if "widgets" in nb.metadata -%}{{ super() }}{%- endif -%}
+{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}
+<script>window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\(', '\\)']],
+  displayMath: [['$$', '$$'], ['\\[', '\\]']], processEscapes: true,
+  processEnvironments: true, tags: 'ams'}};</script>
+<script>{{ resources.mathjax_js }}</script>
+{%- endblock html_head_js_mathjax -%}"""
+
+
+def mathjax_js() -> str:
+    """MathJax 3 as one script with every TeX package and its SVG fonts inside: inlined, the HTML
+    shows its formulas offline (classrooms often are) and wherever the file is copied, and no
+    macro is fetched from a CDN."""
+    from importlib.resources import files
+
+    try:
+        js = files("mathjax").joinpath("static/mathjax/es5/tex-svg-full.js").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise KitError("to_html: no MathJax 3 found; pip install -c constraints.txt -e '.[test]'") from None
+    return js.replace("</script", "<\\/script")  # so the page's parser cannot end the script early
+
+
 def to_html(ipynb: Path) -> Path:
-    """Convert an executed notebook to HTML beside it."""
+    """Convert an executed notebook to HTML beside it, its formulas rendered with no network."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
+    body, _ = HTMLExporter(raw_template=_OFFLINE_MATH).from_notebook_node(
+        nbformat.read(str(ipynb), as_version=4), resources={"mathjax_js": mathjax_js()})
     from ..files import write_text
 
     return write_text(Path(ipynb).with_suffix(".html"), body)
