@@ -103,6 +103,9 @@ class Config:
     device: str = "auto"               # "auto": CUDA when present, else CPU
     amp: str = "auto"                  # auto (CUDA: bf16 or fp16; CPU: fp32), bf16, fp16, off
     channels_last: bool = False
+    # CPU: each net of a two-net step on its own thread, one torch thread each (the nets' work is
+    # disjoint, so each net's arithmetic is unchanged and the run is bit for bit the same).
+    net_threads: bool = True
     cudnn_benchmark: bool = True
     sync_bn: bool = False
     log_every: int = 50

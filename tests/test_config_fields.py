@@ -85,6 +85,7 @@ BAD: dict[str, tuple[list, list[str]]] = {
     "amp": (["fp8", None], ["fp8"]),
     "channels_last": (["maybe", 2], ["maybe"]),
     "cudnn_benchmark": (["maybe"], ["maybe"]),
+    "net_threads": (["maybe", 2], ["maybe"]),
     "sync_bn": (["maybe"], ["maybe"]),
     "log_every": ([0, -1, 2.5], ["0", "x"]),
     "checkpoint_every": ([0, NAN], ["0", "-1"]),

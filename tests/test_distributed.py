@@ -115,8 +115,8 @@ def _diverging_worker(rank, world, port, out, result_dir):
 
     plain = steps.METHOD_STEPS["supervised"]
 
-    def step(nets, batch, cfg, lam, gen, all_reduce=None):
-        out_ = plain(nets, batch, cfg, lam, gen, all_reduce)
+    def step(nets, batch, cfg, lam, gen, all_reduce=None, **kw):
+        out_ = plain(nets, batch, cfg, lam, gen, all_reduce, **kw)
         if rank == 1 and len(calls) == 1:  # rank 1 alone sees a non-finite loss, at iteration 2
             out_.loss = out_.loss * float("nan")
         calls.append(1)

@@ -195,3 +195,29 @@ def test_evaluate_bad_dataset_items():
         evaluate(identity_model(), [(torch.zeros(3, 4, 4), torch.zeros(4, 5))], 3, progress=False)
     with pytest.raises(KitError, match="batch_size"):
         evaluate(identity_model(), [], 3, batch_size=0, progress=False)
+
+
+@pytest.mark.parametrize("crop", [None, 8, 12])
+def test_branches_from_one_pass_equal_three_evaluations(crop):
+    """evaluate(branches=True): each net's and the ensemble's confusion matrix, bit for bit those of
+    three separate evaluations, with each net run once per batch and window (counted by a hook);
+    whole images, padded ones and sliding windows."""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+            for _ in range(2)]
+    data = [(torch.randn(3, 10, 20), torch.randint(0, 4, (10, 20))) for _ in range(6)]
+    calls = []
+    for k, net in enumerate(nets):
+        net.register_forward_hook(lambda m, i, o, k=k: calls.append(k))
+    both = evaluate(nets, data, 4, crop=crop, batch_size=4, progress=False, branches=True)
+    assert calls.count(0) == calls.count(1) == len(calls) // 2
+    one_pass = len(calls) // 2
+    calls.clear()
+    alone = {"1": evaluate(nets[0], data, 4, crop=crop, batch_size=4, progress=False),
+             "2": evaluate(nets[1], data, 4, crop=crop, batch_size=4, progress=False),
+             "ensemble": evaluate(nets, data, 4, crop=crop, batch_size=4, progress=False)}
+    assert calls.count(0) == 2 * one_pass
+    assert list(both) == ["1", "2", "ensemble"]
+    for k in alone:
+        assert torch.equal(both[k]["confusion"], alone[k]["confusion"]), k
+        assert both[k]["miou"] == alone[k]["miou"]

@@ -1,5 +1,6 @@
 """The training loop: every method runs, learns, resumes exactly, and refuses bad settings."""
 
+import dataclasses
 import json
 import math
 
@@ -65,6 +66,19 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     cols = [c for c in full.history.columns if c != "seconds"]
     pd.testing.assert_frame_equal(full.history[cols], resumed.history[cols])
     assert full.metrics["miou"] == resumed.metrics["miou"]
+
+
+def test_history_row_after_a_resume_between_logging_points_is_a_mean(tmp_path):
+    """Paused at 6 with log_every 4: the row at 8 holds iterations 7-8 only, so it must be their mean
+    (the per-iteration losses of the same run logged every iteration), not their sum over 4."""
+    cfg = make_config("smoke", method="cpcl", iterations=8, log_every=4)
+    every = train(make_config("smoke", method="cpcl", iterations=8, log_every=1), progress=False)
+    train(cfg, out_dir=tmp_path, progress=False, stop_at=6)
+    resumed = train(cfg, out_dir=tmp_path, resume=True, progress=False)
+    per_it = every.history.set_index("iteration")
+    row = resumed.history.set_index("iteration").loc[8]
+    for k in ("loss", "sup1"):
+        assert row[k] == pytest.approx(per_it.loc[[7, 8], k].mean(), rel=1e-5), k
 
 
 def test_same_seed_same_run_other_seed_differs():
@@ -231,3 +245,29 @@ def test_cutmix_boxes_zero_shows_the_student_u0():
                 want = net.train(bn == "train")(batch.u0)
                 net.train()
                 assert torch.allclose(t, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cps", "cpcl"])
+def test_nets_on_two_threads_are_bit_for_bit_one_thread(method):
+    """net_threads: each net's passes, backward and update on its own thread give exactly the
+    weights, BatchNorm statistics, optimizer state and history of the nets taken in turn."""
+    cfg = make_config("smoke", method=method, sup_only_iters=2, rampup_iters=2)
+    threads = train(cfg, progress=False)
+    turns = train(dataclasses.replace(cfg, net_threads=False), progress=False)
+    for a, b in zip(threads.nets, turns.nets):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), name
+    cols = [c for c in threads.history.columns if c != "seconds"]
+    assert threads.history["unsup1"].notna().any()
+    pd.testing.assert_frame_equal(threads.history[cols], turns.history[cols])
+    assert threads.metrics["miou"] == turns.metrics["miou"]
+
+
+def test_the_cpu_trainer_puts_two_nets_on_threads():
+    from cpcl_kit.engine.train import Trainer, on_threads
+    from cpcl_kit.method.steps import each
+
+    cpu = torch.device("cpu")
+    assert Trainer.create(make_config("smoke", method="cpcl"), cpu).par is on_threads
+    assert Trainer.create(make_config("smoke", method="cpcl", net_threads=False), cpu).par is each
+    assert Trainer.create(make_config("smoke", method="supervised"), cpu).par is each

@@ -175,6 +175,10 @@ def test_eval_curve_marks_the_last_and_the_best_point():
     assert any("chosen on the validation set: 55.0 (iteration 600)" in t for t in texts)
     empty = plots.eval_curve([])
     assert "no validation evaluation" in empty.axes[0].texts[0].get_text()
+    # the last point is the best: one marker that says so, not a star hiding a square
+    fig = plots.eval_curve(pd.DataFrame({"iteration": [300, 600], "miou": [0.40, 0.55]}))
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["validation mIoU", "last iteration (reported), also the best: 55.0"]
 
 
 def test_eval_curve_of_a_run_without_evaluations_shows_its_last_iteration(two_runs):

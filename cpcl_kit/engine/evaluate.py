@@ -66,25 +66,29 @@ def _centre_pad(image: torch.Tensor, height: int, width: int):
     return image, (top, left)
 
 
-def _forward(models: list[nn.Module], x: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """fp32 scores [B, C, h, w]: raw logits of one model, or the mean softmax of several."""
-    outs = []
-    for model in models:
-        out = model(x)
-        if not isinstance(out, torch.Tensor) or out.shape != (
-            x.shape[0],
-            num_classes,
-            *x.shape[-2:],
-        ):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise KitError(
-                f"models: expected logits of shape {(x.shape[0], num_classes, *x.shape[-2:])} "
-                f"(num_classes={num_classes}), got {got}"
-            )
-        outs.append(out.float())
-    if len(outs) == 1:
-        return outs[0]
+def _check_logits(out, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], num_classes, *x.shape[-2:]):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise KitError(
+            f"models: expected logits of shape {(x.shape[0], num_classes, *x.shape[-2:])} "
+            f"(num_classes={num_classes}), got {got}"
+        )
+    return out.float()
+
+
+def _ensemble(outs: list[torch.Tensor]) -> torch.Tensor:
+    """The mean softmax of several models' fp32 logits."""
     return torch.stack([o.softmax(dim=1) for o in outs]).mean(dim=0)
+
+
+def _scores(models: list[nn.Module], x: torch.Tensor, num_classes: int, branches: bool) -> dict:
+    """fp32 scores [B, C, h, w] of one forward pass per model: ``{"scores": ...}``, the raw logits
+    of one model or the mean softmax of several; with ``branches``, each model's logits under its
+    number ("1", "2", ...) and their ensemble under "ensemble", from the same passes."""
+    outs = [_check_logits(model(x), x, num_classes) for model in models]
+    if branches:
+        return {**{str(k + 1): o for k, o in enumerate(outs)}, "ensemble": _ensemble(outs)}
+    return {"scores": outs[0] if len(outs) == 1 else _ensemble(outs)}
 
 
 def predict_logits(
@@ -109,29 +113,39 @@ def predict_logits(
     if not isinstance(image, torch.Tensor) or image.dim() != 4:
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise KitError(f"image: expected a tensor [B, 3, H, W], got {got}")
+    _check_window(crop, stride_ratio)
+    return _predict(models, image, crop, stride_ratio, num_classes, branches=False)["scores"]
+
+
+def _check_window(crop, stride_ratio) -> None:
     if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
         raise KitError(f"crop: expected None or an int >= 1, got {crop!r}")
     if not isinstance(stride_ratio, (int, float)) or not 0 < stride_ratio <= 1:
         raise KitError(f"stride_ratio: expected a number in (0, 1], got {stride_ratio!r}")
 
+
+def _predict(models: list[nn.Module], image: torch.Tensor, crop: int | None, stride_ratio: float,
+             num_classes: int, branches: bool) -> dict:
+    """``predict_logits`` for named scores (``_scores``): every window runs each model once."""
     b, _, h, w = image.shape
     with _eval_mode(models), torch.inference_mode():
         if crop is None:
-            return _forward(models, image, num_classes)
-        if max(h, w) <= crop:
-            padded, (top, left) = _centre_pad(image, crop, crop)
-            scores = _forward(models, padded, num_classes)
-            return scores[:, :, top : top + h, left : left + w]
-
+            return _scores(models, image, num_classes, branches)
         padded, (top, left) = _centre_pad(image, crop, crop)
+        if max(h, w) <= crop:
+            scores = _scores(models, padded, num_classes, branches)
+            return {k: v[:, :, top : top + h, left : left + w] for k, v in scores.items()}
         hp, wp = padded.shape[-2:]
         stride = math.ceil(crop * stride_ratio)
-        total = torch.zeros(b, num_classes, hp, wp, dtype=torch.float32, device=image.device)
+        total = {}
         for y in window_starts(hp, crop, stride):
             for x in window_starts(wp, crop, stride):
                 window = padded[:, :, y : y + crop, x : x + crop]
-                total[:, :, y : y + crop, x : x + crop] += _forward(models, window, num_classes)
-        return total[:, :, top : top + h, left : left + w]
+                for k, v in _scores(models, window, num_classes, branches).items():
+                    if k not in total:
+                        total[k] = torch.zeros(b, num_classes, hp, wp, dtype=torch.float32, device=image.device)
+                    total[k][:, :, y : y + crop, x : x + crop] += v
+        return {k: v[:, :, top : top + h, left : left + w] for k, v in total.items()}
 
 
 def _model_device(models: list[nn.Module]) -> torch.device:
@@ -180,6 +194,7 @@ def evaluate(
     progress: bool = True,
     ignore_index: int = IGNORE_INDEX,
     leave: bool = True,
+    branches: bool = False,
 ) -> dict:
     """mIoU of a model (or an ensemble, see ``predict_logits``) over a data set.
 
@@ -190,33 +205,42 @@ def evaluate(
     prediction), ``pixel_acc`` (float) and ``confusion`` (LongTensor [C, C] on the CPU, rows =
     target, cols = prediction). ``leave=False`` clears the progress bar when done (an evaluation
     inside a training run's own bar).
+
+    ``branches=True`` with several models: ``{"1": ..., "2": ..., "ensemble": ...}``, one such dict
+    per model and one for their ensemble, all from one forward pass per model and batch (the
+    ensemble's scores are those ``evaluate(models)`` computes, bit for bit).
     """
     model_list = _as_models(models)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise KitError(f"num_classes: expected an int >= 1, got {num_classes!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise KitError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    _check_window(crop, stride_ratio)
     device = _model_device(model_list) if device is None else torch.device(device)
+    named = branches and len(model_list) > 1
 
     try:
         total = len(dataset)
     except TypeError:
         total = None
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    cms: dict[str, torch.Tensor] = {}
     with tqdm(total=total, desc="evaluate", unit="img", disable=not progress, leave=leave) as bar:
         for images, masks in _batches(dataset, batch_size):
             images = images.to(device=device, dtype=torch.float32)
             masks = masks.to(device)
-            scores = predict_logits(
-                model_list if len(model_list) > 1 else model_list[0],
-                images,
-                crop=crop,
-                stride_ratio=stride_ratio,
-                num_classes=num_classes,
-            )
-            cm += confusion_matrix(scores.argmax(dim=1), masks, num_classes, ignore_index)
+            scores = _predict(model_list, images, crop, stride_ratio, num_classes, branches=named)
+            for k, v in scores.items():
+                cm = confusion_matrix(v.argmax(dim=1), masks, num_classes, ignore_index)
+                cms[k] = cms[k] + cm if k in cms else cm
             bar.update(images.shape[0])
-    cm = cm.cpu()
+    if not cms:
+        cms = {k: torch.zeros(num_classes, num_classes, dtype=torch.long)
+               for k in (["1", "2", "ensemble"] if named else ["scores"])}
+    results = {k: _result(cm.cpu()) for k, cm in cms.items()}
+    return results if named else results["scores"]
+
+
+def _result(cm: torch.Tensor) -> dict:
     iou, miou = iou_from_confusion(cm)
     return {
         "miou": miou,

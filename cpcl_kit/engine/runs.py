@@ -47,6 +47,7 @@ BOOKKEEPING = {
     "log_every": "how often a history row is written",
     "checkpoint_every": "how often the checkpoint is written; resume is exact from any of them",
     "cudnn_benchmark": "cuDNN's choice of kernel; the same arithmetic",
+    "net_threads": "whether the two nets of a step run on two CPU threads; the same arithmetic",
     "preset": "the name the settings started from; the settings themselves are compared",
     # Watching a run: evaluation and TensorBoard run in eval mode without drawing from the training
     # RNGs, so the weights are bit for bit those of the same run without them (tests/test_watch.py).

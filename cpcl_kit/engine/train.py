@@ -11,9 +11,11 @@ snapshots on the way. The folder itself (files, the same-run rule, the lock) is 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from ..config import Config, check_ready_to_train, check_weights_file
 from ..data.build import build_data
 from ..data.loaders import semi_supervised_batches, supervised_batches
 from ..errors import KitError
-from ..method.steps import METHOD_STEPS, StepOut, label_stats
+from ..method.steps import METHOD_STEPS, StepOut, each, label_stats
 from ..nets.deeplab import build_nets
 from ..nets.pretrain import fingerprint, resolve_backbone_weights, warn_if_other_init
 from ..provenance import code_version
@@ -136,6 +138,24 @@ def unsup_weight_at(it: int, cfg: Config) -> float:
 # one optimisation step
 
 
+def _one_torch_thread() -> None:
+    # Per-thread settings: a new thread has its own OpenMP team size and its own floating-point
+    # control word, so the CPU loop's denormal flushing (setup_device) is set here too.
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+
+
+@functools.cache
+def _net_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(2, thread_name_prefix="cpcl-net", initializer=_one_torch_thread)
+
+
+def on_threads(fn, items) -> list:
+    """``method.steps.each`` over two threads of one torch thread each: the two nets of a step
+    work at once, each net's arithmetic as on one thread."""
+    return list(_net_pool().map(fn, items))
+
+
 @dataclass
 class Trainer:
     """The nets of one run and what updates them: optimizers, grad scaler and autocast dtype.
@@ -150,6 +170,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
     models: list | None = None
+    par: object = each  # how the step maps work over the nets: in turn, or ``on_threads``
 
     @classmethod
     def create(cls, cfg: Config, device: torch.device) -> "Trainer":
@@ -160,7 +181,10 @@ class Trainer:
                 net.to(memory_format=torch.channels_last)
         dtype = amp_dtype(device, cfg.amp)
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-        return cls(cfg, device, nets, [make_optimizer(n, cfg) for n in nets], scaler, dtype, nets)
+        # Two nets on a CPU in fp32: one thread each. (A GPU runs its kernels asynchronously already,
+        # and autocast is per thread.)
+        par = on_threads if cfg.net_threads and len(nets) == 2 and device.type == "cpu" and dtype is None else each
+        return cls(cfg, device, nets, [make_optimizer(n, cfg) for n in nets], scaler, dtype, nets, par)
 
     def wrap_ddp(self, info: DistInfo) -> None:
         """DistributedDataParallel copies of the nets for the step (the raw nets stay for checkpoints
@@ -176,6 +200,8 @@ class Trainer:
         if not info.enabled:
             return
         from torch.nn.parallel import DistributedDataParallel as DDP
+
+        self.par = each  # DDP's collectives run in the order of the calls, from one thread
 
         if self.cfg.sync_bn:
             self.nets[:] = [nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in self.nets]
@@ -194,10 +220,17 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + it)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            out = step_fn(self.models, batch, self.cfg, lam, gen, all_reduce=all_reduce)
-        self.scaler.scale(out.loss).backward()
-        for opt in self.opts:
-            self.scaler.step(opt)
+            out = step_fn(self.models, batch, self.cfg, lam, gen, all_reduce=all_reduce, par=self.par)
+        if self.par is each or out.per_net is None:
+            self.scaler.scale(out.loss).backward()
+            for opt in self.opts:
+                self.scaler.step(opt)
+        else:  # each net's backward and update on its own thread (no scaler: fp32 only)
+            def update(k):
+                out.per_net[k].backward()
+                self.opts[k].step()
+
+            self.par(update, range(len(self.opts)))
         self.scaler.update()
         return out
 
@@ -258,19 +291,22 @@ class _Log:
     """Running means of the step's losses, one history row per ``log_every`` iterations."""
 
     def __init__(self, cfg: Config, history: list[dict], seconds_before: float):
-        self.cfg, self.history, self.sums = cfg, history, {}
+        self.cfg, self.history, self.sums, self.count = cfg, history, {}, 0
         self.t0, self.before, self.watching = time.perf_counter(), seconds_before, 0.0
 
     def add(self, out: StepOut) -> None:
         for k, v in {"loss": out.loss.detach(), **out.parts}.items():
             self.sums[k] = self.sums.get(k, 0) + v.float()
+        self.count += 1
 
     def due(self, done: int) -> bool:
         return done % self.cfg.log_every == 0 or done == self.cfg.iterations
 
     def row(self, done: int, out: StepOut) -> dict:
         """The history row for iterations up to ``done`` (host syncs here, at the logging interval)."""
-        n = self.cfg.log_every if done % self.cfg.log_every == 0 else done % self.cfg.log_every
+        # Divide by the iterations actually summed: a run resumed between two logging points sums
+        # fewer than log_every before its first row.
+        n = max(self.count, 1)
         row = {"iteration": done, "lr": lr_at(done - 1, self.cfg), "lambda": unsup_weight_at(done - 1, self.cfg),
                **{k: float(v) / n for k, v in self.sums.items()}}
         if out.labels is not None:
@@ -278,7 +314,7 @@ class _Log:
             row.update({k: float(v) for k, v in stats.items()})
         row["seconds"] = self.seconds()
         self.history.append(row)
-        self.sums = {}
+        self.sums, self.count = {}, 0
         return row
 
     def seconds(self) -> float:
@@ -464,12 +500,14 @@ def evaluate_run(cfg: Config, nets, data, progress: bool = True) -> dict:
     """mIoU, per-class IoU, pixel accuracy (and digit-only mIoU on digit scenes) of the evaluated
     branch (``eval_branch``: net 1 by default, as the paper reports) on the validation set.
 
-    A two-net run is evaluated three times, one pass each: net 1, net 2 and their ensemble (mean
-    softmax), under ``branches`` {"1", "2", "ensemble"}; the top-level numbers stay
+    A two-net run scores net 1, net 2 and their ensemble (mean softmax) from one pass per net, under
+    ``branches`` {"1", "2", "ensemble"}; the top-level numbers stay
     ``eval_branch``'s, so a table can show whether the progressive net or the pair beats the
     conservative net the paper reports."""
-    names = ("1", "2", "ensemble") if len(nets) == 2 else (cfg.eval_branch,)
-    branches = {b: _branch_metrics(cfg, _eval_models(nets, b), data, progress) for b in names}
+    if len(nets) == 2:  # one pass per net scores net 1, net 2 and their ensemble
+        branches = _branch_metrics(cfg, list(nets), data, progress, branches=True)
+    else:
+        branches = {cfg.eval_branch: _branch_metrics(cfg, nets[0], data, progress)}
     for net in nets:
         net.train()
     m = {**branches[cfg.eval_branch], "class_names": list(data.class_names)}
@@ -478,9 +516,18 @@ def evaluate_run(cfg: Config, nets, data, progress: bool = True) -> dict:
     return m
 
 
-def _branch_metrics(cfg: Config, models, data, progress: bool, leave: bool = True) -> dict:
+def _branch_metrics(cfg: Config, models, data, progress: bool, leave: bool = True,
+                    branches: bool = False) -> dict:
+    """The metrics of ``models`` on the validation set; ``branches``: {branch: metrics} of each of
+    two nets and their ensemble, from one pass per net."""
     res = evaluate(models, data.val, cfg.num_classes, crop=cfg.eval_crop, stride_ratio=cfg.eval_stride,
-                   progress=progress, leave=leave)
+                   progress=progress, leave=leave, branches=branches)
+    if branches:
+        return {b: _metrics(cfg, r) for b, r in res.items()}
+    return _metrics(cfg, res)
+
+
+def _metrics(cfg: Config, res: dict) -> dict:
     per_class = [None if math.isnan(v) else v for v in res["per_class_iou"]]
     m = {"miou": res["miou"], "per_class_iou": per_class, "pixel_acc": res["pixel_acc"]}
     if cfg.dataset == "digits":

@@ -50,6 +50,15 @@ class StepOut:
     parts: dict = field(default_factory=dict)  # scalar tensors, detached
     labels: object | None = None                # PseudoLabels of the step, for analysis
     mixed_truth: torch.Tensor | None = None     # true masks of the mixed image (analysis only)
+    # Each net's own share of ``loss`` (its terms alone), so that each net can run its backward on
+    # its own thread: the nets' graphs are disjoint, so each gets the gradients ``loss`` would give.
+    per_net: tuple | None = None
+
+
+def each(fn, items) -> list:
+    """``[fn(x) for x in items]``: how a step applies the same work to each net. The CPU trainer
+    passes a map over two threads instead (``par``), one net per thread."""
+    return [fn(x) for x in items]
 
 
 _CLASS_WEIGHTS: dict = {}  # device -> the Cityscapes weights there, copied once per process
@@ -70,13 +79,13 @@ def sup_loss(cfg: Config, logits, target):
 
 
 def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
-                    all_reduce=None) -> StepOut:
+                    all_reduce=None, par=each) -> StepOut:
     (net,) = nets
     loss = sup_loss(cfg, net(batch.x_l), batch.y_l)
-    return StepOut(loss, {"sup1": loss.detach()})
+    return StepOut(loss, {"sup1": loss.detach()}, per_net=(loss,))
 
 
-def _teachers(nets, batch, mask, bn: str = "train"):
+def _teachers(nets, batch, mask, bn: str = "train", par=each):
     """Mixed teacher logits of both nets, without gradients; u0's own logits when ``mask`` is None
     (no CutMix: nothing to mix, so u1 is neither loaded nor predicted).
 
@@ -86,17 +95,18 @@ def _teachers(nets, batch, mask, bn: str = "train"):
     ``bn="eval"``: BatchNorm uses its running statistics, so each net predicts u0 and u1 in one pass
     and a teacher's label of an image does not depend on the images batched with it."""
     images = [batch.u0] if mask is None else [batch.u0, batch.u1]
-    out = []
-    with torch.no_grad():
-        for net in nets:
-            if bn == "train":
-                logits = [net(u) for u in images]
-            else:
-                net.eval()
-                logits = net(torch.cat(images)).chunk(len(images))
-                net.train()
-            out.append(logits[0] if mask is None else mix(*logits, mask))
-    return out
+
+    @torch.no_grad()  # inside: grad mode is per thread
+    def teach(net):
+        if bn == "train":
+            logits = [net(u) for u in images]
+        else:
+            net.eval()
+            logits = net(torch.cat(images)).chunk(len(images))
+            net.train()
+        return logits[0] if mask is None else mix(*logits, mask)
+
+    return par(teach, nets)
 
 
 def _cutmix(batch, gen, boxes: int):
@@ -170,7 +180,7 @@ class Pseudo:
     mask: torch.Tensor | None
 
 
-def pseudo_labels(nets, batch, cfg: Config, gen: torch.Generator, all_reduce=None) -> Pseudo:
+def pseudo_labels(nets, batch, cfg: Config, gen: torch.Generator, all_reduce=None, par=each) -> Pseudo:
     """The students' view of ``batch`` and the teachers' pseudo labels on it: the one function behind
     the CPS and CPCL steps and every notebook figure of pseudo labels (``analysis``).
 
@@ -178,7 +188,8 @@ def pseudo_labels(nets, batch, cfg: Config, gen: torch.Generator, all_reduce=Non
     state gives the same view. CPS takes only the hard labels y1, y2 (no weights); CPCL builds the
     intersection and union labels by ``cfg.union_rule`` with the weights ``cfg.reweight`` asks for."""
     mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
-    image, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, _teachers(nets, batch, mask, cfg.teacher_bn), truth)
+    teachers = _teachers(nets, batch, mask, cfg.teacher_bn, par)
+    image, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, teachers, truth)
     if cfg.method == "cps":
         labels = pseudo_supervision(t1, t2, reweight=False)
     else:
@@ -210,46 +221,43 @@ def describe_student_view(cfg: Config) -> str:
 
 
 def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
-             all_reduce=None) -> StepOut:
+             all_reduce=None, par=each) -> StepOut:
     """Cross pseudo supervision: each net learns from the other's hard label on the students' view."""
-    net1, net2 = nets
-    s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
+    s1, s2 = par(lambda net: sup_loss(cfg, net(batch.x_l), batch.y_l), nets)
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
     if lam == 0:
-        return StepOut(s1 + s2, parts)
-    p = pseudo_labels(nets, batch, cfg, gen)
+        return StepOut(s1 + s2, parts, per_net=(s1, s2))
+    p = pseudo_labels(nets, batch, cfg, gen, par=par)
     y1, y2 = _void(p.void, p.labels.y1, p.labels.y2)
-    u1 = weighted_ce(net1(p.image), y2)
-    u2 = weighted_ce(net2(p.image), y1)
+    u1, u2 = par(lambda k: weighted_ce(nets[k](p.image), (y2, y1)[k]), (0, 1))
     parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, p.labels, p.truth)
+    return StepOut(s1 + s2 + lam * (u1 + u2), parts, p.labels, p.truth, per_net=(s1 + lam * u1, s2 + lam * u2))
 
 
 def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
-              all_reduce=None) -> StepOut:
+              all_reduce=None, par=each) -> StepOut:
     """CPCL: net 1 learns the intersection label, net 2 the union label, each pixel's CE weighted by
     the teachers' confidence; L = CE1 + CE2 + λ(L_inter + L_union)."""
-    net1, net2 = nets
-    s1, s2 = sup_loss(cfg, net1(batch.x_l), batch.y_l), sup_loss(cfg, net2(batch.x_l), batch.y_l)
+    s1, s2 = par(lambda net: sup_loss(cfg, net(batch.x_l), batch.y_l), nets)
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
     if lam == 0:  # supervised-only start (CPU presets): skip the teacher and student passes
-        return StepOut(s1 + s2, parts)
-    p = pseudo_labels(nets, batch, cfg, gen, all_reduce)
+        return StepOut(s1 + s2, parts, per_net=(s1, s2))
+    p = pseudo_labels(nets, batch, cfg, gen, all_reduce, par)
     labels = p.labels
-    # weight_scope="batch" (the first release) scales each mean CE by its mean weight; "pixel" (the
-    # official code since) weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
+    # weight_scope="batch" scales each mean CE by its mean weight; "pixel" (the official code)
+    # weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
     how = {"per_pixel": cfg.weight_scope == "pixel"}
     inter, union = _void(p.void, labels.inter, labels.union)
     target = {"inter": (inter, labels.w_inter, {**how, "normalise": cfg.inter_norm}),
               "union": (union, labels.w_union, how)}
 
-    def loss(net, kind):
-        label, weight, kw = target[kind]
-        return weighted_ce(net(p.image), label, weight, **kw)
+    def loss(k):
+        label, weight, kw = target[cfg.targets[k]]
+        return weighted_ce(nets[k](p.image), label, weight, **kw)
 
-    u1, u2 = loss(net1, cfg.targets[0]), loss(net2, cfg.targets[1])
+    u1, u2 = par(loss, (0, 1))
     parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, p.truth)
+    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, p.truth, per_net=(s1 + lam * u1, s2 + lam * u2))
 
 
 METHOD_STEPS = {"supervised": supervised_step, "cps": cps_step, "cpcl": cpcl_step}
