@@ -51,6 +51,27 @@ def machine() -> str:
     return f"{name} ({', '.join(ext) or 'no AVX2'}; {os.cpu_count()} cores)"
 
 
+def shown_path(path) -> str:
+    """``path`` as a message or a notebook shows it to a person. A reader of an executed notebook
+    cannot use the absolute paths of the machine that ran it, so: relative to the working folder when
+    under it; under a cache moved by ``$CPCL_KIT_CACHE`` as ``$CPCL_KIT_CACHE/...``; under the home
+    folder as ``~/...``; else as given."""
+    import os
+
+    from .constants import CACHE_ENV, cache_root
+
+    p = Path(path).expanduser().absolute()
+    bases = [(Path.cwd(), None)] + ([(cache_root(), f"${CACHE_ENV}")] if os.environ.get(CACHE_ENV) else []) \
+        + [(Path.home(), "~")]
+    for base, shown in bases:
+        try:
+            rel = p.relative_to(base.expanduser().absolute())
+        except ValueError:
+            continue
+        return str(rel) if shown is None else f"{shown}/{rel}"
+    return str(path)
+
+
 # ------------------------------------------------------------------------------------------------
 # writing
 

@@ -75,6 +75,27 @@ def test_reliability_and_weight_tables():
     assert w["accuracy (%)"].tolist() == [0.0, 100.0] and w["pixels"].tolist() == [4, 4]
 
 
+def test_accuracy_by_weight_tells_weights_near_1_apart():
+    """Weights bunch just under 1: the groups' ranges read differently from one another and no
+    weight under 1 reads as 1; a weight that alone holds many pixels (exactly 1) is one group."""
+    rng = np.random.default_rng(0)
+    w = 1 - 10 ** -rng.uniform(0.5, 6, 4000)
+    correct = (rng.random(4000) < w).astype(float)
+    t = analysis.accuracy_by_weight(w, correct)
+    assert len(t) == 4 and t["pixels"].sum() == 4000 and t["weight range"].is_unique
+    assert t["pixels"].min() == t["pixels"].max() == 1000
+    shown = [float(x) for r in t["weight range"] for x in r.strip("[])").split(", ")]
+    assert len(set(shown)) == 5 and max(shown) < 1 and shown[1] > 0.9  # three of four cuts above 0.9
+    assert t["wrong labels"].sum() == int((correct == 0).sum())
+    cuts = [*np.sort(w)[::1000], 2]  # each group's first weight, then above every weight
+    assert t["accuracy (%)"].tolist() == pytest.approx(
+        [100 * correct[(w >= lo) & (w < hi)].mean() for lo, hi in zip(cuts, cuts[1:])], abs=0.05)
+    tied = np.where(rng.random(4000) < 0.6, 1.0, w)
+    t = analysis.accuracy_by_weight(tied, correct)
+    assert t["weight range"].iloc[-1].startswith("= ") and float(t["weight range"].iloc[-1][2:]) == 1
+    assert t["pixels"].iloc[-1] == (tied == 1).sum() and t["weight range"].is_unique
+
+
 def test_label_quality_table_from_history():
     h = pd.DataFrame({"iteration": [2, 4, 6], "agreement": [np.nan, 0.4, 0.6], "acc_inter": [np.nan, 0.8, 0.9],
                       "acc_union": [np.nan, 0.5, 0.7], "acc_y1": [np.nan, 0.5, 0.6], "acc_y2": [np.nan, 0.5, 0.6]})
@@ -167,8 +188,9 @@ def test_notebook_pseudo_labels_are_the_training_steps(preset, method, one_threa
 
 
 def test_class_report_counts_and_confusions():
-    """A 'net' that calls every digit 1 except digit 2: its report names 1 as what each class's pixels
-    become, 100 % of them, and counts the labeled images per class."""
+    """A 'net' that calls every pixel 1: its report names 1 as what background's and digit 2's pixels
+    are mistaken for (all of them), nothing for class 1, which it finds whole, and counts the labeled
+    images per class; without n it scores every validation scene, as the run's metrics do."""
     from types import SimpleNamespace
 
     names = ["background", "1", "2"]
@@ -185,8 +207,27 @@ def test_class_report_counts_and_confusions():
                                 torch.zeros(x.shape[0], 2, 2)], 1)
 
     data = SimpleNamespace(labeled=items[:2], val=items, class_names=names)
-    report = analysis.class_report(Net(), data, n=3)
+    report = analysis.class_report(Net(), data)
     assert report["labeled images with it"].tolist() == [2, 1, 1]
-    assert report["its pixels predicted as"].tolist() == ["1", "1", "1"]
-    assert report["share (%)"].tolist() == [100.0, 100.0, 100.0]
+    assert report["most often mistaken for"].tolist() == ["1", "-", "1"]
+    assert report["share of its pixels (%)"].tolist() == [100.0, 0.0, 100.0]
+    assert report["found (%)"].tolist() == [0.0, 100.0, 0.0]
+    pd.testing.assert_frame_equal(report, analysis.class_report(Net(), data, n=3))
     assert report.loc["1", "IoU (%)"] == round(100 * 4 / 12, 1) and report.loc["2", "IoU (%)"] == 0
+
+
+def test_curve_trend_reads_the_last_quarter():
+    """Rising, flat and falling curves by hand: the sentence names the start, the end and the gain
+    since the first evaluation of the last quarter of training."""
+    from types import SimpleNamespace
+
+    def run(mious):
+        curve = [{"iteration": 100 * (i + 1), "miou": m} for i, m in enumerate(mious)]
+        return SimpleNamespace(metrics={"val_curve": curve}, out_dir=None)
+
+    rising = analysis.curve_trend(run([0.5, 0.6, 0.65, 0.7, 0.72, 0.75, 0.78, 0.8, 0.82]))
+    assert "50.0 % at iteration 100, 82.0 % at iteration 900" in rising
+    assert "+4.0 points since iteration 700" in rising and "still rising" in rising
+    assert "flat" in analysis.curve_trend(run([0.5, 0.7, 0.8, 0.8, 0.805]))
+    assert "falling" in analysis.curve_trend(run([0.5, 0.7, 0.8, 0.78, 0.76]))
+    assert "too rarely" in analysis.curve_trend(run([0.5]))

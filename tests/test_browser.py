@@ -45,6 +45,7 @@ SHOTS = ROOT / "out" / "browser"
 DEMO = "08_classroom_demo.ipynb"
 DEFAULT_RUN = "08_default_run.ipynb"  # notebook 08 with its default parameters
 STANDIN = "browser_standin.ipynb"
+FIGURES = "01_data_and_splits.ipynb"  # a notebook of static figures: every one must render
 BROKEN = "browser_broken.ipynb"
 
 SERVER_START_TIMEOUT = 90     # s until JupyterLab answers /api/status
@@ -331,6 +332,7 @@ def lab(tmp_path_factory):
         inject_parameters(root / DEFAULT_RUN, {"out_dir": str(ROOT / "out")})
         # a quick classroom run: the small preset, outputs into the temp folder, widgets on
         inject_parameters(root / DEMO, {"preset": "smoke", "out_dir": str(work / "out"), "interactive": True})
+    inject_parameters(root / FIGURES, {"preset": "smoke", "out_dir": str(work / "out")})
     server = Lab(root, work)
     try:
         server.started_in = server.start()
@@ -628,6 +630,27 @@ def test_classroom_default_run_in_lab(lab, browser, capsys):
         pytest.skip("no prepared set and no demo run in out/: make prepared or make demo first")
     _say(capsys, f"{DEFAULT_RUN}: showing {at_hand}")
     drive_notebook(browser, lab, DEFAULT_RUN, SHOTS / "08_default_run.png", capsys, require_all=True)
+
+
+def test_every_figure_renders_in_lab(lab, browser, capsys):
+    """Notebook 01 as a student runs it: Run All Cells, then as many images rendered in the page as
+    the notebook shows figures (``plots.show`` calls), each drawn (a decoded, non-empty bitmap)."""
+    code = [c for c in json.loads((NOTEBOOK_DIR / FIGURES).read_text())["cells"] if c["cell_type"] == "code"]
+    shown = sum("".join(c["source"]).count("plots.show(") for c in code)
+    t0 = time.perf_counter()
+    s = Session(browser, lab)
+    try:
+        s.open(FIGURES)
+        s.run_all()
+        assert not s.errors(), s.errors()
+        sizes = s.page.eval_on_selector_all(IMAGES, "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
+        drawn = [w for ok, w, h in sizes if ok and w > 100 and h > 100]
+        assert len(drawn) >= shown, f"{FIGURES}: {shown} figures shown by the notebook, {len(drawn)} rendered: {sizes}"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        s.page.screenshot(path=str(SHOTS / "01_figures.png"))
+    finally:
+        s.close()
+    _say(capsys, f"{FIGURES}: {len(drawn)} images rendered for {shown} figures in {time.perf_counter() - t0:.1f} s")
 
 
 def test_errors_are_detected(lab, browser, capsys):

@@ -403,3 +403,26 @@ def test_deeplab_on_v1c_same_head_and_stages():
     assert head == {k: int(v) for k, v in parameter_table(tv).set_index("part")["parameters"].items()
                     if k != "backbone"}
     assert sum(table) == sum(p.numel() for p in v1c.parameters())
+
+
+def test_taps_on_map_by_hand():
+    """3×3 taps that read the map, averaged over positions: on a 3×3 map at rate 1 each row position
+    sees 2, 3, 2 taps (7/3 per axis, 49/9 in all); a rate at least the map's side leaves the centre."""
+    from cpcl_kit.nets.summary import taps_on_map
+
+    assert taps_on_map(3, 1) == pytest.approx(49 / 9)
+    assert taps_on_map(4, 6) == taps_on_map(4, 4) == 1.0
+    assert taps_on_map(32, 6) == pytest.approx(((32 * 3 - 2 * 6) / 32) ** 2)
+
+
+def test_aspp_reach_names_every_dilated_branch():
+    from cpcl_kit.config import make_config
+    from cpcl_kit.engine.train import nets_for
+    from cpcl_kit.nets.summary import aspp_reach
+
+    cfg = make_config("smoke", method="supervised")
+    (model,) = nets_for(cfg)
+    model.train()
+    table = aspp_reach(model, cfg.crop, 512, 16)
+    assert model.training and len(table) == 3
+    assert table["layer-4 map, paper"].eq("32×32").all()

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -54,6 +55,46 @@ def _check_executed(nb_name: str, demo_out):
     texts = [o.get("text", "") for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "stream"]
     hidden = [t for t in texts if "HiddenLineWarning" in t]
     assert not hidden, f"{nb_name}: a saved figure hides a line under another: {hidden[:1]}"
+    problems = reader_problems(executed)
+    assert not problems, f"{nb_name}: the reader sees {problems[:3]}"
+    inline = sum("image/png" in o.get("data", {}) for c in executed["cells"] for o in c.get("outputs", []))
+    assert inline >= len(figures), f"{nb_name}: {len(figures)} figures saved, {inline} shown inline"
+
+
+# An absolute path: a "/" after a separator, with at least one folder ("1/16" and "a/b" are not).
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s'\"(=\[:,])(/(?:[\w.@+-]+/)+[\w.@+-]*)")
+DICT_REPR = re.compile(r"\{'[^']+': ")
+
+
+def _shown_texts(output: dict):
+    if output.get("output_type") == "stream":
+        yield "".join(output.get("text", ""))
+    for kind in ("text/plain", "text/html", "text/markdown"):
+        if kind in output.get("data", {}):
+            yield "".join(output["data"][kind])
+
+
+def reader_problems(executed: dict) -> list[str]:
+    """What no reader should see in an executed notebook's outputs: a machine's absolute path, a
+    ``PosixPath(...)`` or a dict's repr, each as "cell N: what"."""
+    found = []
+    for i, cell in enumerate(executed["cells"]):
+        for output in cell.get("outputs", []):
+            for text in _shown_texts(output):
+                found += [f"cell {i}: path {m}" for m in ABSOLUTE_PATH.findall(text)]
+                found += [f"cell {i}: {text[:60]!r}" for bad in ("PosixPath(",) if bad in text]
+                if DICT_REPR.search(text):
+                    found.append(f"cell {i}: a dict {DICT_REPR.search(text).group()!r}...")
+    return found
+
+
+def test_reader_problems_finds_paths_reprs_and_dicts():
+    """The check above on outputs made to fail it, and on ones that pass (fractions, relative paths)."""
+    def nb(*texts):
+        return {"cells": [{"outputs": [{"output_type": "stream", "text": t}]} for t in texts]}
+
+    assert reader_problems(nb("labeled 1/16, runs/cpcl_demo and <cache>/prepared, 3/4 of ~/x")) == []
+    assert len(reader_problems(nb("in /tmp/out/runs", "PosixPath('a')", "x = {'miou': 0.7}"))) == 3
 
 
 @needs_jupyter

@@ -180,3 +180,118 @@ def test_course_figures():
     plain = plots.student_view_grid(u, u, truth, NAMES, void=truth == 0)
     mixed = plots.student_view_grid(u, u, truth, NAMES, u1=u, mask=torch.ones(2, 1, 12, 12))
     assert drawn(plain) and drawn(mixed) and len(mixed.axes) == len(plain.axes) + 2 * 2
+
+
+def sparse_history(n=48, classes=8, per_row=3, seed=0):
+    """A long run's logged rows, each one batch that holds only ``per_row`` of the classes (the
+    others NaN), as a batch of a few digit scenes does."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        present = set(rng.choice(np.arange(1, classes), per_row - 1, replace=False)) | {0}
+        ind = rng.random(classes) * [c in present for c in range(classes)]
+        row = {"iteration": 20 * (i + 1), "agreement": 0.9, "acc_union": 0.9, "acc_inter": 0.95,
+               "acc_y1": 0.89, "acc_y2": 0.9}
+        for c in range(classes):
+            row[f"inter_frac_{c}"] = rng.random() if c in present else np.nan
+            row[f"ind_{c}"] = ind[c] / ind.sum()
+        rows.append(row)
+    return pd.DataFrame(rows), [f"class {c}" for c in range(classes)]
+
+
+def test_heatmaps_pool_logged_batches_so_few_cells_are_empty():
+    """One logged batch holds three of eight classes: row by row most cells are empty; pooled into at
+    most 12 columns of consecutive batches, few are, and each cell is the mean of the batches that
+    hold the class."""
+    h, names = sparse_history()
+    rows_alone, one = plots._class_by_iteration(h, "inter_frac_", names, max_cols=10_000)
+    pooled, width = plots._class_by_iteration(h, "inter_frac_", names)
+    assert one == "1" and width == "4" and pooled.shape == (8, 12)
+    assert rows_alone.isna().to_numpy().mean() > 0.6 > 0.3 > pooled.isna().to_numpy().mean()
+    assert pooled.columns.tolist() == h["iteration"].iloc[3::4].tolist()  # labelled by the last batch
+    assert pooled.iloc[3, 0] == pytest.approx(h["inter_frac_3"].iloc[:4].mean()) or np.isnan(pooled.iloc[3, 0])
+    uneven, sizes = plots._class_by_iteration(h.iloc[:30], "inter_frac_", names)
+    assert sizes == "2–3" and uneven.shape[1] == 12
+    fig = plots.coverage_heatmap(h, names)
+    ax = fig.axes[0]
+    assert drawn(fig) and "4 logged batches" in ax.get_xlabel()
+    assert not any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())
+
+
+def test_indicator_heatmap_leaves_absent_classes_empty():
+    """Ĩ_c is 0 on a batch where neither net predicts c: that batch leaves the cell empty instead of
+    pulling its mean towards "undisputed"."""
+    h, names = sparse_history(n=12)
+    fig = plots.indicator_over_training(h, names)
+    table, _ = plots._class_by_iteration(plots._indicator_where_present(h, len(names)), "ind_", names)
+    assert np.isnan(table.to_numpy()).sum() == h[[f"inter_frac_{c}" for c in range(8)]].isna().to_numpy().sum()
+    assert (table.loc["class 0"] > 0).all()
+    assert drawn(fig) and drawn(plots.indicator_over_training(h, names, kind="lines"))
+
+
+def test_coverage_axes_are_scaled_to_the_data():
+    """Accuracies of 89-95 % on a 0-100 axis would squeeze into one line: each axis spans the data
+    with a margin, the legend names each line's value, and no line hides another."""
+    h, _ = sparse_history()
+    fig = plots.coverage_curves(h)
+    a1, a2 = fig.axes[:2]
+    assert 80 < a1.get_ylim()[0] < 90 < 100 < a1.get_ylim()[1] < 105
+    assert 80 < a2.get_ylim()[0] < 89 and 95 < a2.get_ylim()[1] < 100
+    labels = [t.get_text() for t in a2.get_legend().get_texts()]
+    assert "union: 90.0 %" in labels and "intersection: 95.0 %" in labels and "net 1 alone: 89.0 %" in labels
+    assert plots.hidden_lines(fig) == []
+
+
+def rendered(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def test_marked_pixel_shows_on_a_red_class():
+    """The disputed pixel's ring is visible where everything around it is class 3, drawn red: white
+    and black pixels appear around the mark in the panel of net 1's labels."""
+    b, h, w = 1, 16, 16
+    logits = torch.zeros(b, C, h, w)
+    logits[:, 3] = 5.0  # both nets say class 3 everywhere
+    labels = pseudo_supervision(logits, logits.clone())
+    masks = torch.full((b, h, w), 3)
+    images = torch.zeros(b, 3, h, w)
+    names = ["background", "a", "b", "c"]
+    fig = plots.prediction_overlays(images, masks, labels, [0], names, mark=(0, 8, 8))
+    img = rendered(fig)
+    ax = fig.axes[2]  # net 1's labels: all red
+    x, y = ax.transData.transform((8, 8))
+    row = img.shape[0] - int(y)
+    patch = img[row - 12:row + 13, int(x) - 12:int(x) + 13]
+    assert np.allclose(palette.class_palette(4)[3] * 255, img[row - 30, int(x)], atol=3)  # the panel is red
+    assert (patch.min(-1) > 235).any() and (patch.max(-1) < 30).any()  # a white and a black ring
+
+
+def test_indicator_bars_outline_shows_on_a_red_bar():
+    ind = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    fig = plots.indicator_bars(ind, NAMES, highlight={3: "net 1's class", 0: "net 2's class"})
+    outlines = [p for p in fig.axes[0].patches if p.get_facecolor()[3] == 0]
+    edges = {tuple(np.round(p.get_edgecolor()[:3], 2)) for p in outlines}
+    assert edges == {(1.0, 1.0, 1.0), (0.0, 0.0, 0.0)}  # black over white: visible on red and on black
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["net 1's class", "net 2's class"]
+
+
+def test_weighting_surface_labels_stay_inside_their_panels():
+    for rule, classes in (("disagreement", 11), ("confidence", 4)):
+        fig = plots.weighting_surface(classes, union_rule=rule)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes[:2]:
+            box = ax.get_window_extent(renderer)
+            texts = [t for t in ax.texts if t.get_text()]
+            assert len(texts) >= 3
+            for t in texts:
+                e = t.get_window_extent(renderer)
+                assert box.x0 <= e.x0 and e.x1 <= box.x1 and box.y0 <= e.y0 and e.y1 <= box.y1, t.get_text()
+
+
+def test_loop_diagram_uses_the_notebooks_symbols():
+    """Notebook 04 writes p for the teachers' softmax and q for the students': the diagram too."""
+    texts = " ".join(t.get_text() for t in plots.cpcl_loop().axes[0].texts)
+    assert "CE(q_1(x_l), y_l) + CE(q_2(x_l), y_l)" in texts and "CE(p" not in texts
+    assert "softmax $p_1$, $p_2$" in texts and "\\ell^{\\cap}" in texts

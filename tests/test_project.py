@@ -82,3 +82,20 @@ def test_no_measured_number_is_typed_into_a_readme(name):
     found = MEASURED.findall((ROOT / name).read_text())
     assert found == GOALS.get(name, []), (
         f"{name} states {found}; link or render the results table instead of typing its numbers")
+
+
+def test_shown_path_hides_the_machine(tmp_path, monkeypatch):
+    """What a notebook prints of a path: relative under the working folder, the cache by its variable,
+    the home folder as ~, anything else as given."""
+    from cpcl_kit.files import shown_path
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "home" / "cache"))
+    assert shown_path(tmp_path / "work" / "out" / "runs") == "out/runs"
+    assert shown_path(tmp_path / "home" / "cache" / "prepared") == "$CPCL_KIT_CACHE/prepared"
+    assert shown_path(tmp_path / "home" / "x") == "~/x"
+    assert shown_path("/etc/hosts") == "/etc/hosts"
+    monkeypatch.delenv("CPCL_KIT_CACHE")
+    assert shown_path(tmp_path / "home" / "cache" / "prepared") == "~/cache/prepared"

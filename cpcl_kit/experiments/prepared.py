@@ -128,15 +128,28 @@ def find(preset: str = PRESET, seed: int = 0, folder=None) -> dict[str, Path] | 
 
 def how_to_make(preset: str = PRESET, seed: int = 0) -> str:
     """The one line a notebook prints when the set is missing (or was made with an older preset)."""
-    folder = default_dir(preset)
+    from ..files import shown_path
+
+    folder = shown_path(default_dir(preset))
     old = stale(preset, seed)
+    took = _duration()
     if old:
         return (f"the prepared run set in {folder} was trained with an older {preset} preset (it differs in "
                 f"{', '.join(old)}): move that folder away, then `make prepared` (python -m cpcl_kit prepare) "
-                f"trains the set of today's preset once (about 20 minutes on 2 cores, resumable)")
+                f"trains the set of today's preset once ({took}, resumable)")
     return (f"no prepared run set in {folder}: `make prepared` (python -m cpcl_kit prepare) "
             f"trains supervised, CPS, CPCL and full supervision on the {preset} preset once "
-            f"(about 20 minutes on 2 cores, resumable), and notebooks 04-08 then show those runs")
+            f"({took}, resumable), and notebooks 04-08 then show those runs")
+
+
+def _duration() -> str:
+    """How long ``make prepared`` takes, from the committed benchmark: the set is one seed of that
+    grid (the same four runs), so about its wall time over its seeds."""
+    summary = committed()
+    if not summary or not summary.get("grid_wall_seconds"):
+        return "its time is not measured here"
+    per_seed = summary["grid_wall_seconds"] / max(1, len(summary["supervised"]["seeds"]))
+    return f"about {max(1, round(per_seed / 60))} min with --jobs 2, scaled from benchmarks/results/{COMMITTED.name}"
 
 
 def load(dirs: dict[str, Path], nets: bool = True) -> dict:
@@ -146,7 +159,7 @@ def load(dirs: dict[str, Path], nets: bool = True) -> dict:
 
 def set_table(dirs: dict[str, Path]) -> pd.DataFrame:
     """The members of a set found by ``find``: mIoU, digit-only mIoU (%), net 2 and ensemble (two-net
-    runs), iterations and seconds."""
+    runs) and iterations (no seconds: ``make prepared`` trains two runs at a time)."""
     rows = []
     for name, run in load(dirs, nets=False).items():
         m = run.metrics
@@ -154,7 +167,7 @@ def set_table(dirs: dict[str, Path]) -> pd.DataFrame:
         rows.append({"method": name, "mIoU (%)": 100 * m["miou"], "digit-only (%)": 100 * m.get("digit_miou", np.nan),
                      "net 2 (%)": 100 * br.get("2", {}).get("miou", np.nan),
                      "ensemble (%)": 100 * br.get("ensemble", {}).get("miou", np.nan),
-                     "iterations": run.config.iterations, "seconds": m["seconds"]})
+                     "iterations": run.config.iterations})
     return pd.DataFrame(rows).set_index("method").round(1)
 
 
@@ -187,7 +200,9 @@ def committed(path=COMMITTED) -> dict | None:
 
 def summary_table(summary: dict) -> pd.DataFrame:
     """One row per member of an ssl_gain summary: mIoU per seed, mean ± sd, digit-only mean (all
-    in %), seconds per run; two-net methods also net 2's and the ensemble's mean."""
+    in %); two-net methods also net 2's and the ensemble's mean. No seconds: the grid trained two
+    runs at a time on two cores, so a run's time says how it shared the machine, not what its method
+    costs (``benchmarks/speed.py`` measures that)."""
     rows = []
     for name, _, labeled in MEMBERS:
         s = summary.get(name)
@@ -195,8 +210,7 @@ def summary_table(summary: dict) -> pd.DataFrame:
             continue
         row = {"method": name, "labeled": labeled,
                **{f"seed {k}": 100 * v for k, v in zip(s["seeds"], s["miou"])},
-               "mean (%)": 100 * s["mean"], "sd (%)": 100 * s["std"], "digit-only (%)": 100 * s["digit_mean"],
-               "seconds per run": sum(s["seconds"]) / len(s["seconds"])}
+               "mean (%)": 100 * s["mean"], "sd (%)": 100 * s["std"], "digit-only (%)": 100 * s["digit_mean"]}
         for key, col in (("miou_net2", "net 2 (%)"), ("miou_ensemble", "ensemble (%)")):
             if s.get(key):
                 row[col] = 100 * sum(s[key]) / len(s[key])

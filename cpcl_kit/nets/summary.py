@@ -30,3 +30,33 @@ def parameter_table(model: DeepLabV3Plus) -> pd.DataFrame:
     df["millions"] = (df["parameters"] / 1e6).round(3)
     df["percent"] = (100 * df["parameters"] / total).round(1)
     return df
+
+
+def taps_on_map(side: int, rate: int, kernel: int = 3) -> float:
+    """How many of a ``kernel``×``kernel`` convolution's taps, dilated by ``rate``, read the map rather
+    than its zero padding, averaged over every position of a ``side``×``side`` map. Once the rate
+    reaches the map's side only the centre tap is left: the convolution is a 1×1 one in disguise."""
+    offsets = [rate * (k - kernel // 2) for k in range(kernel)]
+    per_row = sum(0 <= i + o < side for i in range(side) for o in offsets) / side
+    return per_row ** 2
+
+
+@torch.no_grad()
+def aspp_reach(model: DeepLabV3Plus, image_size: int, paper_size: int | None = None,
+               paper_stride: int | None = None) -> pd.DataFrame:
+    """One row per ASPP branch: its dilation rate, and how many of its 9 taps read the layer-4 map
+    (``taps_on_map``) at ``image_size``, beside the same at the paper's crop and output stride."""
+    was_training = model.training
+    model.eval()  # one image: train-mode BatchNorm cannot normalise the pooled branch
+    side = model.features(torch.zeros(1, 3, image_size, image_size))["layer4"].shape[-1]
+    model.train(was_training)
+    rates = [m.dilation[0] for m in model.aspp.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    rows = []
+    for r in rates:
+        row = {"branch": f"3×3, rate {r}", "layer-4 map here": f"{side}×{side}",
+               "taps on the map here (of 9)": round(taps_on_map(side, r), 2)}
+        if paper_size and paper_stride:
+            p = -(-paper_size // paper_stride)
+            row.update({"layer-4 map, paper": f"{p}×{p}", "taps on the map, paper (of 9)": round(taps_on_map(p, r), 2)})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("branch")

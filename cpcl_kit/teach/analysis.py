@@ -169,26 +169,53 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
 
 
 def accuracy_by_weight(weights, correct, quantiles: int = 4) -> pd.DataFrame:
-    """Pixels split into weight quantiles: weight range, pixel count and pseudo-label accuracy (%)."""
+    """Pixels split by their weight ω into about ``quantiles`` groups of about equal size: the
+    weight range, pixel count, wrong labels and pseudo-label accuracy (%) of each group (NaN entries
+    of ``correct`` are dropped). Pixels of equal weight stay in one group, and a weight that alone
+    holds a group's worth of pixels (ω = 1 at float precision, say) is a group of its own. Weights
+    bunch just under 1, so the ranges are written with as many decimals as it takes for every cut
+    to read differently, and for none under 1 to read as 1."""
     w = np.asarray(torch.as_tensor(weights).detach().cpu().reshape(-1), dtype=float)
     c = np.asarray(torch.as_tensor(correct).detach().cpu().reshape(-1), dtype=float)
     ok = ~np.isnan(c)
-    df = pd.DataFrame({"weight": w[ok], "correct": c[ok]})
-    if df.empty:
-        return pd.DataFrame(columns=["weight range", "pixels", "accuracy (%)"])
-    df["q"] = pd.qcut(df["weight"].rank(method="first"), quantiles, labels=False)
-    g = df.groupby("q")
-    return pd.DataFrame({
-        "weight range": [f"{a:.2f}–{b:.2f}" for a, b in zip(g["weight"].min(), g["weight"].max())],
-        "pixels": g.size().to_numpy(),
-        "accuracy (%)": (100 * g["correct"].mean()).round(1).to_numpy()})
+    w, c = w[ok], c[ok]
+    if not len(w):
+        return pd.DataFrame(columns=["weight range", "pixels", "wrong labels", "accuracy (%)"])
+    values, inverse, counts = np.unique(w, return_inverse=True, return_counts=True)
+    target = len(w) / quantiles
+    bucket = np.floor((np.cumsum(counts) - counts) / target + 1e-9).astype(int)  # by the pixels below
+    heavy = counts >= target
+    new = np.r_[True, (bucket[1:] != bucket[:-1]) | heavy[1:] | heavy[:-1]]
+    group = (np.cumsum(new) - 1)[inverse.reshape(-1)]
+    # group k holds starts[k] <= ω < starts[k + 1]; the last one up to the largest weight
+    starts = values[new]
+    edges = np.r_[starts, values[-1]]
+
+    def reads_apart(d: int) -> bool:
+        shown = np.round(edges, d)
+        return len(np.unique(shown)) == len(np.unique(edges)) and not (shown[edges < 1] >= 1).any()
+
+    d = next((d for d in range(2, 9) if reads_apart(d)), 9)
+    rows = []
+    for k, lo in enumerate(starts):
+        sel = group == k
+        last = k == len(starts) - 1
+        hi = values[-1] if last else starts[k + 1]
+        rows.append({"weight range": f"= {lo:.{d}f}" if w[sel].min() == w[sel].max() else
+                     f"[{lo:.{d}f}, {hi:.{d}f}{']' if last else ')'}",
+                     "pixels": int(sel.sum()), "wrong labels": int((c[sel] < 0.5).sum()),
+                     "accuracy (%)": round(100 * c[sel].mean(), 1)})
+    return pd.DataFrame(rows)
 
 
-def class_report(net, data, n: int = 100, seed: int = 0) -> pd.DataFrame:
-    """Per class, why a net scores what it does on ``n`` validation scenes: how many labeled training
-    images contain the class, its IoU there (%; NaN when no scene shows it), and the class its pixels are most often predicted as
-    with that share (%). A class with few labeled images, or one mistaken for a similar class, shows
-    up here. Reads the labeled set once (its masks, with their training augmentation)."""
+def class_report(net, data, n: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Per class, why a net scores what it does on the validation set: how many labeled training
+    images contain the class, its IoU (%; NaN when no scene shows it), the share of its pixels the
+    net finds (%), and the *other* class its pixels are most often predicted as, with that share
+    (%). A class with few labeled images (mistaken for background) or one mistaken for a similar
+    class shows up here. ``n=None`` scores every validation image, as the run's metrics do, so the
+    IoU column is the run's; ``n`` scores that many, drawn with ``seed``. Reads the labeled set once
+    (its masks, with their training augmentation)."""
     from torch.utils.data import Subset
 
     from ..engine.evaluate import evaluate
@@ -199,15 +226,47 @@ def class_report(net, data, n: int = 100, seed: int = 0) -> pd.DataFrame:
     for i in range(len(data.labeled)):
         present = torch.as_tensor(data.labeled[i][1]).unique()
         seen[present[present < c].numpy()] += 1
-    # the n scenes predict_scenes would pick, scored a few at a time (real images are large)
-    order = torch.randperm(len(data.val), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    cm = evaluate(net, Subset(data.val, order), c, progress=False)["confusion"].double()
+    val = data.val
+    if n is not None:  # the n scenes predict_scenes would pick
+        val = Subset(val, torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+    cm = evaluate(net, val, c, progress=False)["confusion"].double()
     rows = cm.sum(1)
     iou = torch.where(rows > 0, cm.diag() / (rows + cm.sum(0) - cm.diag()).clamp(min=1), float("nan"))
-    top = cm.argmax(1)
+    off = cm - torch.diag(cm.diag())  # where each class's pixels go when the net gets them wrong
+    top = off.argmax(1)
+    missed = off.sum(1) > 0
     return pd.DataFrame({
         "labeled images with it": seen,
         "IoU (%)": (100 * iou).numpy(),
-        "its pixels predicted as": [names[k] if rows[i] > 0 else "-" for i, k in enumerate(top.tolist())],
-        "share (%)": (100 * cm.max(1).values / rows.clamp(min=1)).numpy(),
+        "found (%)": (100 * cm.diag() / rows.clamp(min=1)).numpy(),
+        "most often mistaken for": [names[k] if missed[i] else "-" for i, k in enumerate(top.tolist())],
+        "share of its pixels (%)": (100 * off.max(1).values / rows.clamp(min=1)).numpy(),
     }, index=pd.Index(names, name="class")).round(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# sentences computed from a run, so that prose never claims what the run decides
+
+# A change of the validation mIoU smaller than this (points) over a stretch of training reads as flat.
+FLAT_POINTS = 1.0
+
+
+def curve_trend(run) -> str:
+    """One sentence on ``run``'s validation curve (``eval_every``; a ``runs.RunResult``): where it
+    starts and ends, how many points it gained over the last quarter of the evaluated iterations, and
+    whether that reads as still rising, flat (within ``FLAT_POINTS``) or falling."""
+    rows = run.metrics.get("val_curve") or (runs.read_val_curve(run.out_dir).to_dict("records")
+                                            if run.out_dir is not None else [])
+    curve = pd.DataFrame(rows, columns=None if rows else ["iteration", "miou"]).dropna(subset=["miou"])
+    if len(curve) < 3:
+        return "this run was evaluated too rarely during training to tell a trend (eval_every)"
+    curve = curve.sort_values("iteration")
+    it, miou = curve["iteration"].to_numpy(), 100 * curve["miou"].to_numpy()
+    quarter = it[-1] - (it[-1] - it[0]) / 4
+    k = int(np.searchsorted(it, quarter))  # the first evaluation of the last quarter
+    k = min(k, len(it) - 2)
+    gain = miou[-1] - miou[k]
+    trend = ("still rising: training stopped before the curve flattened" if gain >= FLAT_POINTS else
+             "falling" if gain <= -FLAT_POINTS else "flat")
+    return (f"validation mIoU {miou[0]:.1f} % at iteration {it[0]}, {miou[-1]:.1f} % at iteration {it[-1]}; "
+            f"{gain:+.1f} points since iteration {it[k]}, the last quarter of training: {trend}")

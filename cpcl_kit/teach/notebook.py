@@ -52,6 +52,40 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
     return cfg
 
 
+def minutes_estimate(cfg) -> str:
+    """About how long a run of ``cfg`` trains on one core, from the committed benchmark
+    (``benchmarks/results/ssl_gain-*.json``: seconds per run of each method), scaled by iterations;
+    words, not a number, where nothing comparable was measured (another data set or method)."""
+    from ..config import make_config
+    from ..experiments import prepared
+
+    summary = prepared.committed()
+    measured = (summary or {}).get(cfg.method)
+    if cfg.dataset != "digits" or not measured or not measured.get("seconds"):
+        return "no measured time for this data set and method"
+    per_iteration = sum(measured["seconds"]) / len(measured["seconds"]) / make_config(summary["preset"]).iterations
+    seconds = per_iteration * cfg.iterations
+    took = "under a minute" if seconds < 60 else f"about {round(seconds / 60)} min"
+    return (f"{took} on one core (scaled from the committed {cfg.method} runs in "
+            f"benchmarks/results/{prepared.COMMITTED.name}; machines differ)")
+
+
+def plan(out_dir, *cfgs) -> None:
+    """Print what the cells below will train, and about how long each run takes, or that they reuse a
+    finished run: a notebook opened alone says first what it is going to do."""
+    from ..engine import runs
+    from ..files import shown_path
+
+    for cfg in cfgs:
+        folder = runs.notebook_run_dir(out_dir, cfg)
+        init = ", backbone from random init" if cfg.backbone_weights in ("none", None) else ""
+        what = f"{cfg.method} on the {cfg.preset} preset ({cfg.iterations} iterations, seed {cfg.seed}{init})"
+        if runs.is_finished(folder):
+            print(f"reuses the finished run of {what} in {shown_path(folder)}")
+        else:
+            print(f"trains {what}: {minutes_estimate(cfg)}; a bar shows its progress")
+
+
 # Notebook 08's default: the best run at hand for a lecture, never the smoke run unless asked.
 BEST = "best"
 BEST_FALLBACK = "demo"
@@ -71,6 +105,7 @@ def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None =
     the first notebook that asks, then reused. Prints which one it is and net 1's mIoU."""
     from ..data.build import build_data
     from ..experiments import prepared
+    from ..files import shown_path
     from .analysis import shared_run
 
     if preset == BEST:
@@ -83,12 +118,13 @@ def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None =
         run = prepared.load({"cpcl": found["cpcl"]})["cpcl"]
         cfg, data = run.config, build_data(run.config)
         print(f"the prepared run set's CPCL run ({cfg.preset} preset, {cfg.iterations} iterations; "
-              f"python -m cpcl_kit prepare) in {run.out_dir}")
+              f"python -m cpcl_kit prepare) in {shown_path(run.out_dir)}")
     else:
         data = build_data(cfg)
+        plan(out_dir, cfg)
         run = shared_run(cfg, out_dir, progress=progress, data=data)
         print(f"CPCL run ({cfg.preset}, seed {cfg.seed}, {cfg.iterations} iterations, labeled {cfg.labeled}) in "
-              f"{run.out_dir}")
+              f"{shown_path(run.out_dir)}")
         if shows_prepared:
             print(prepared.how_to_make(seed=seed))
     print(f"mIoU of net 1 on the validation scenes: {100 * run.metrics['miou']:.1f} %")

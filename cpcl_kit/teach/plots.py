@@ -27,9 +27,16 @@ def style():
     """``with plots.style():`` draws in the kit's look (seaborn's whitegrid theme, notebook sizes);
     the user's matplotlib settings are back as they were afterwards. Every figure function of this
     module draws inside it; importing the module changes nothing."""
-    with plt.rc_context():
-        sns.set_theme(context="notebook", style="whitegrid")
-        yield
+    # rc_context restores every rcParam on exit, "interactive" included: a Jupyter kernel's inline
+    # backend turns that on after the first figure, and losing it there would stop every later
+    # figure from showing. Keep whatever it is now.
+    interactive = plt.isinteractive()
+    try:
+        with plt.rc_context():
+            sns.set_theme(context="notebook", style="whitegrid")
+            yield
+    finally:
+        plt.interactive(interactive)
 
 
 def _styled(fn):
@@ -58,6 +65,28 @@ def save(fig, out_dir, name: str):
 
     return write_atomic(Path(out_dir) / "figures" / f"{name}.png",
                         lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+
+
+def show(fig, out_dir, name: str) -> None:
+    """Save ``fig`` as ``save`` does and show it here, once: inline in a notebook (papermill, the
+    exported HTML and JupyterLab alike), nowhere in a script. Returns nothing, so a cell that ends
+    with it shows the figure and not the saved file's path."""
+    save(fig, out_dir, name)
+    if _in_kernel():
+        from IPython.display import display
+
+        display(fig)
+    # Closed, so the inline backend does not draw it a second time at the end of the cell.
+    plt.close(fig)
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 @_styled
@@ -148,7 +177,7 @@ def _shade_supervised_start(ax, history: pd.DataFrame):
 @_styled
 def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     """Losses over iterations: supervised CE of each net (left), unsupervised losses and λ (right)."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
     if history is None or history.empty:
         _nothing(a1, "no history")
         _nothing(a2, "no history")
@@ -171,8 +200,7 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
                           ("unsup2", "unsup. loss, net 2 (union in CPCL)")):
             if col in unsup:
                 a2.plot(x, history[col], marker="o" if len(x) < 30 else None, label=name)
-        a2.set(xlabel="iteration", ylabel="weighted CE (nats, mean over all pixels)",
-               title="Unsupervised losses and their weight λ")
+        a2.set(xlabel="iteration", ylabel="weighted CE (nats)", title="Unsupervised losses and their weight λ")
         if "lambda" in history:
             tw = a2.twinx()
             tw.plot(x, history["lambda"], color="0.4", ls="--", label="λ (right axis)")
@@ -181,8 +209,8 @@ def learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
             tw.set_ylim(bottom=0)
             h1, l1 = a2.get_legend_handles_labels()
             h2, l2 = tw.get_legend_handles_labels()
-            # below the axes: inside, the legend would cover the λ ramp
-            a2.legend(h1 + h2, l1 + l2, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+            # below the axes, clear of the x label: inside, the legend would cover the λ ramp
+            a2.legend(h1 + h2, l1 + l2, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
         else:
             a2.legend(fontsize=9)
     elif "lr" in history:
@@ -235,24 +263,65 @@ def eval_curve(run, title: str = "Validation mIoU during training"):
     x, y = table["iteration"], 100 * table["miou"]
     ax.plot(x, y, marker="o", color="C0", label="validation mIoU")
     last = table.iloc[-1]
-    ax.plot([last["iteration"]], [100 * last["miou"]], "s", ms=10, color="C1",
-            label=f"last iteration (reported): {100 * last['miou']:.1f}")
-    if len(table) > 1:
-        best = table.loc[table["miou"].idxmax()]
+    best = table.loc[table["miou"].idxmax()]
+    if len(table) > 1 and best["iteration"] != last["iteration"]:
         ax.plot([best["iteration"]], [100 * best["miou"]], "*", ms=15, color="C3",
                 label=f"best, chosen on the validation set: {100 * best['miou']:.1f} "
                       f"(iteration {int(best['iteration'])})")
+        ax.plot([last["iteration"]], [100 * last["miou"]], "s", ms=10, color="C1",
+                label=f"last iteration (reported): {100 * last['miou']:.1f}")
+    else:  # one marker, never one hidden under the other
+        also = ", also the best" if len(table) > 1 else ""
+        ax.plot([last["iteration"]], [100 * last["miou"]], "s", ms=10, color="C1",
+                label=f"last iteration (reported){also}: {100 * last['miou']:.1f}")
     ax.set(xlabel="iteration", ylabel="mIoU on the validation set (%)", title=title)
     ax.legend(fontsize=9, loc="lower right")
     fig.tight_layout()
     return fig
 
 
+def _smoothing(n: int, bins: int = 12) -> int:
+    """Logged batches per running-mean window for ``n`` logged rows: each row is one batch of a few
+    scenes, too noisy to read alone, so a long run's curves average about ``n / bins`` neighbouring
+    rows (1: no smoothing, every row drawn as it is)."""
+    return max(1, int(round(n / bins)))
+
+
+def _data_limits(values, include=(), margin: float = 0.1, min_pad: float = 1.0, floor: float | None = 0.0):
+    """(low, high) for an axis scaled to the finite ``values`` (and ``include``) with a margin of
+    ``margin`` of their range, at least ``min_pad``, and not below ``floor``: a fixed 0-100 axis
+    would squeeze a gap of a few points into one line."""
+    v = np.concatenate([np.asarray(values, dtype=float).ravel(), np.asarray(include, dtype=float).ravel()])
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    pad = max(margin * (v.max() - v.min()), min_pad)
+    low = v.min() - pad
+    return (low if floor is None else max(floor, low), v.max() + pad)
+
+
+def _smoothed_curve(ax, x, y, k: int, label: str, **line):
+    """``y`` over ``x`` as a line; with ``k`` > 1 the line is a centred running mean over ``k`` rows
+    and the single rows are faint dots (a scatter, so no line is drawn twice). ``label`` may hold
+    ``{last}``: the mean of the last ``k`` rows. Returns the line's values."""
+    y = pd.Series(np.asarray(y, dtype=float), index=np.asarray(x))
+    last = y.dropna().tail(k).mean()
+    if k > 1:
+        ax.scatter(y.index, y.to_numpy(), s=9, color=line.get("color"), alpha=0.3, lw=0, zorder=1)
+        y = y.rolling(k, center=True, min_periods=1).mean()
+    ax.plot(y.index, y.to_numpy(), marker="o" if k == 1 and len(y) < 30 else None, zorder=3,
+            label=label.format(last=last), **line)
+    return y
+
+
 @_styled
 def coverage_curves(history: pd.DataFrame):
     """Over training: the share of unlabeled pixels that carry an intersection label (where the nets
-    agree) vs a union label (all of them), and each label kind's accuracy against the true masks."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    agree) vs a union label (all of them), and each label kind's accuracy against the true masks.
+    Each logged value is one batch: on a long run the lines are running means over a few logged
+    batches (the batches themselves as faint dots), the legend gives each line's mean over the last
+    of them, and both y axes are scaled to the data so a gap of a few points stays visible."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
     rows = _label_rows(history)
     if rows.empty:
         _nothing(a1, "no pseudo labels in this run\n(supervised only, or λ was 0 throughout)")
@@ -260,52 +329,71 @@ def coverage_curves(history: pd.DataFrame):
         fig.suptitle("Pseudo-label coverage and accuracy")
         return fig
     x = rows["iteration"]
-    mk = "o" if len(x) < 30 else None
+    k = _smoothing(len(rows))
+    last = f"mean of the last {k} logged batches" if k > 1 else "the last logged batch"
     for ax in (a1, a2):
         _shade_supervised_start(ax, history)
-    a1.axhline(100, color="C1", lw=3, label="union (every pixel)")
-    a1.plot(x, 100 * rows["agreement"], marker=mk, color="C0", lw=1.6, label="intersection (nets agree)")
-    a1.set(xlabel="iteration", ylabel="unlabeled pixels with a label (%)", ylim=(0, 105),
-           xlim=(0, history["iteration"].max()), title="Coverage: how many pixels get a label")
-    a1.legend(fontsize=9, loc="lower right")
+    a1.axhline(100, color="C1", lw=3, label="union (every pixel): 100 %")
+    _smoothed_curve(a1, x, 100 * rows["agreement"], k, "intersection (nets agree): {last:.1f} %", color="C0", lw=2.0)
+    a1.set(xlabel="iteration", ylabel="unlabeled pixels with a label (%)",
+           ylim=_data_limits(100 * rows["agreement"], [100]), xlim=(0, history["iteration"].max()),
+           title="Coverage: how many pixels get a label")
     # The union label is net 2's wherever net 2's class wins, so its curve can lie on net 2's: the
     # single nets are drawn thinner and dashed on top, so neither line hides the other.
     kinds = (("acc_union", "union", "C1", "-", 4.0), ("acc_inter", "intersection", "C0", "-", 2.4),
              ("acc_y1", "net 1 alone", "C2", "--", 1.4), ("acc_y2", "net 2 alone", "C3", "--", 1.4))
-    shown = False
-    for col, name, colour, ls, lw in kinds:
-        if col in rows and rows[col].notna().any():
-            a2.plot(x, 100 * rows[col], marker=mk, color=colour, ls=ls, lw=lw, label=name)
-            shown = True
+    shown = [kind for kind in kinds if kind[0] in rows and rows[kind[0]].notna().any()]
+    for col, name, colour, ls, lw in shown:
+        _smoothed_curve(a2, x, 100 * rows[col], k, name + ": {last:.1f} %", color=colour, ls=ls, lw=lw)
     if shown:
-        a2.set(xlabel="iteration", ylabel="accuracy vs true masks (%)", ylim=(0, 105),
+        a2.set(xlabel="iteration", ylabel="accuracy vs true masks (%)",
+               ylim=_data_limits(100 * rows[[kind[0] for kind in shown]].to_numpy(), floor=0, min_pad=1),
                xlim=(0, history["iteration"].max()), title="Accuracy of each kind of pseudo label")
-        a2.legend(fontsize=9, loc="best")
     else:
         _nothing(a2, "no true masks for the unlabeled images")
-    fig.suptitle("Conservative (intersection) vs progressive (union) pseudo labels")
+    # Below the axes: inside, a legend would cover the curves the scaled axis spreads over the panel.
+    for ax in (a1, a2) if shown else (a1,):
+        # borderaxespad (in font sizes) clears the tick labels and the x label whatever the axes' height
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, 0), borderaxespad=4.4, ncol=2,
+                  title=f"values: {last}", title_fontsize=9)
+    smooth = f"\n(lines: running mean over {k} logged batches; dots: single batches)" if k > 1 else ""
+    fig.suptitle(f"Conservative (intersection) vs progressive (union) pseudo labels{smooth}")
     fig.tight_layout()
     return fig
 
 
-def _class_by_iteration(history, prefix: str, class_names, max_cols: int = 40) -> pd.DataFrame:
+def _class_by_iteration(history, prefix: str, class_names, max_cols: int = 12) -> tuple[pd.DataFrame, str]:
+    """(classes x iterations table of the per-class columns ``prefix<c>``, logged rows per column:
+    "1", "8" or "7–8").
+
+    Each logged row is one batch of a few scenes, which holds few of the classes: alone, most of a
+    class's cells would be empty. Consecutive rows are pooled into at most ``max_cols`` columns of
+    equal size (within one row), labelled by their last iteration; a cell is the mean over the
+    pooled rows where the class has a value. History keeps a share per batch but not its pixel
+    count, so each batch that holds the class counts once. NaN only where none of the pooled
+    batches holds the class."""
     rows = _label_rows(history)
     cols = [f"{prefix}{c}" for c in range(len(class_names)) if f"{prefix}{c}" in rows]
     if rows.empty or not cols:
-        return pd.DataFrame()
-    if len(rows) > max_cols:
-        rows = rows.iloc[np.linspace(0, len(rows) - 1, max_cols).round().astype(int)]
-    table = rows[cols].T.astype(float)
+        return pd.DataFrame(), "1"
+    n = len(rows)
+    group = np.arange(n) * min(max_cols, n) // n
+    table = rows[cols].astype(float).groupby(group).mean().T
     table.index = [class_names[int(c[len(prefix):])] for c in cols]
-    table.columns = rows["iteration"].astype(int).tolist()
-    return table
+    table.columns = rows["iteration"].astype(int).groupby(group).max().tolist()
+    sizes = np.bincount(group)
+    return table, str(sizes.min()) if sizes.min() == sizes.max() else f"{sizes.min()}–{sizes.max()}"
 
 
-def _heatmap(table: pd.DataFrame, ax, cbar_label: str, vmin=None, vmax=None, cmap="viridis", fmt_pct=False):
+def _heatmap(table: pd.DataFrame, ax, cbar_label: str, vmin=None, vmax=None, cmap="viridis", fmt_pct=False,
+             width: str = "1"):
     ax.set_facecolor(IGNORE_GREY)
     sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, cbar_kws={"label": cbar_label},
                 linewidths=0.3, linecolor="white")
-    ax.set(xlabel="iteration", ylabel="class")
+    # The theme's grid would run through the empty (grey) cells, which no mesh covers.
+    ax.grid(False)
+    ax.set(xlabel="iteration" if width == "1" else f"iteration (each column: {width} logged batches, "
+                                                    f"labelled by the last)", ylabel="class")
     ax.tick_params(axis="x", rotation=0)
     ax.tick_params(axis="y", rotation=0)
     if table.shape[1] > 12:
@@ -317,29 +405,50 @@ def _heatmap(table: pd.DataFrame, ax, cbar_label: str, vmin=None, vmax=None, cma
 @_styled
 def coverage_heatmap(history: pd.DataFrame, class_names):
     """Per class and over training: of the pixels whose union label is class c, the share that also
-    carries an intersection label (the nets agree). Grey: no pixel of that class in the union label."""
-    table = _class_by_iteration(history, "inter_frac_", class_names)
-    fig, ax = plt.subplots(figsize=(min(3 + 0.45 * max(table.shape[1], 8), 14), 0.42 * len(class_names) + 1.8))
+    carries an intersection label (the nets agree), pooled over consecutive logged batches
+    (``_class_by_iteration``). Grey: no pixel of that class in the union label of those batches."""
+    table, width = _class_by_iteration(history, "inter_frac_", class_names)
+    fig, ax = plt.subplots(figsize=(min(3 + 0.6 * max(table.shape[1], 8), 14), 0.42 * len(class_names) + 1.8))
     if table.empty:
         _nothing(ax, "no pseudo labels in this run")
     else:
-        _heatmap(100 * table, ax, "% of the class's union pixels\nalso in the intersection", 0, 100)
+        pooled = "\n(mean over the batches\nthat hold the class)" if width != "1" else ""
+        _heatmap(100 * table, ax, f"% of the class's union pixels\nalso in the intersection{pooled}", 0, 100,
+                 width=width)
     ax.set_title("Which classes the intersection keeps (grey: class absent from the union label)")
     fig.tight_layout()
     return fig
 
 
+def _indicator_where_present(history: pd.DataFrame, num_classes: int) -> pd.DataFrame:
+    """``history`` with ind_c set to NaN on the logged batches where neither net predicts class c:
+    there Ĩ_c is 0 because the class is absent, not because the nets agree on it, and a mean over
+    batches would read such zeros as "undisputed". Absent: Ĩ_c = 0 and no union pixel of c
+    (inter_frac_c NaN); a class the nets agree on everywhere keeps its 0."""
+    h = history.copy()
+    for c in range(num_classes):
+        ind, frac = f"ind_{c}", f"inter_frac_{c}"
+        if ind in h and frac in h:
+            h.loc[(h[ind] == 0) & h[frac].isna() & h["agreement"].notna(), ind] = np.nan
+    return h
+
+
 @_styled
 def indicator_over_training(history: pd.DataFrame, class_names, kind: str = "heatmap"):
-    """The class-wise disagreement indicator Ĩ_c over training, as a heatmap (classes x iterations)
-    or as one line per class in the class colours."""
-    table = _class_by_iteration(history, "ind_", class_names, max_cols=40 if kind == "heatmap" else 10_000)
+    """The class-wise disagreement indicator Ĩ_c over training, as a heatmap (classes x iterations,
+    pooled over consecutive logged batches as ``coverage_heatmap`` is, so their columns match) or as
+    one line per class in the class colours (every logged batch). Batches where neither net predicts
+    a class leave its cell empty (grey) or its line broken."""
+    if history is not None and "agreement" in history:
+        history = _indicator_where_present(history, len(class_names))
+    table, width = _class_by_iteration(history, "ind_", class_names, max_cols=12 if kind == "heatmap" else 10_000)
     if kind == "heatmap":
-        fig, ax = plt.subplots(figsize=(min(3 + 0.45 * max(table.shape[1], 8), 14), 0.42 * len(class_names) + 1.8))
+        fig, ax = plt.subplots(figsize=(min(3 + 0.6 * max(table.shape[1], 8), 14), 0.42 * len(class_names) + 1.8))
         if table.empty:
             _nothing(ax, "no pseudo labels in this run")
         else:
-            _heatmap(table, ax, "Ĩ_c (normalised; sums to 1)", 0, None, cmap="magma")
+            _heatmap(table, ax, "Ĩ_c (normalised; sums to 1)" + ("\n(mean over the batches)" if width != "1" else ""),
+                     0, None, cmap="magma", width=width)
     elif kind == "lines":
         fig, ax = plt.subplots(figsize=(10, 4.2))
         if table.empty:
@@ -353,32 +462,41 @@ def indicator_over_training(history: pd.DataFrame, class_names, kind: str = "hea
             ax.legend(ncol=2, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     else:
         raise ValueError(f"kind: expected 'heatmap' or 'lines', got {kind!r}")
-    ax.set_title("Class-wise disagreement indicator over training (higher = more disputed;\n"
-                 "the union label favours the more disputed class)")
+    ax.set_title("Class-wise disagreement indicator over training (higher = more disputed; the union\n"
+                 f"label favours the more disputed class; {'grey' if kind == 'heatmap' else 'gaps'}: "
+                 "neither net predicts the class)")
     fig.tight_layout()
     return fig
 
 
 @_styled
 def weights_over_training(history: pd.DataFrame):
-    """Mean loss weights over training: intersection and union targets, agreeing vs disagreeing pixels."""
+    """Mean loss weights over training: intersection and union targets, agreeing vs disagreeing
+    pixels. As in ``coverage_curves``: running means over a few logged batches on a long run (the
+    batches as faint dots), and a y axis scaled to the data."""
     rows = _label_rows(history)
     fig, ax = plt.subplots(figsize=(10, 3.8))
     if rows.empty:
         _nothing(ax, "no pseudo labels in this run")
     else:
         _shade_supervised_start(ax, history)
+        k = _smoothing(len(rows))
         # ω_inter and ω_union share their values on agreeing pixels and can coincide: the thicker
         # line goes first, the thinner and dashed ones on top of it.
-        for col, name, ls, lw in (("w_union", "ω_union (net 2's target, all pixels)", "-", 4.0),
-                                  ("w_inter", "ω_inter (net 1's target, all pixels)", "-", 1.8),
-                                  ("w_agree", "on agreeing pixels", "--", 1.8),
-                                  ("w_disagree", "on disagreeing pixels", ":", 2.2)):
-            if col in rows:
-                ax.plot(rows["iteration"], rows[col], ls=ls, lw=lw, marker="o" if len(rows) < 30 else None, label=name)
-        ax.set(xlabel="iteration", ylabel="mean loss weight ω", ylim=(0, 1.02), xlim=(0, history["iteration"].max()))
-        ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title("Confidence weights over training")
+        kinds = [kind for kind in (("w_union", "ω_union (net 2's target, all pixels)", "C0", "-", 4.0),
+                                   ("w_inter", "ω_inter (net 1's target, all pixels)", "C1", "-", 1.8),
+                                   ("w_agree", "on agreeing pixels", "C2", "--", 1.8),
+                                   ("w_disagree", "on disagreeing pixels", "C3", ":", 2.2)) if kind[0] in rows]
+        for col, name, colour, ls, lw in kinds:
+            _smoothed_curve(ax, rows["iteration"], rows[col], k, name + (": {last:.3f}"), color=colour, ls=ls, lw=lw)
+        low, high = _data_limits(rows[[kind[0] for kind in kinds]].to_numpy(), min_pad=0.02)
+        ax.set(xlabel="iteration", ylabel="mean loss weight ω", ylim=(low, min(high, 1.02)),
+               xlim=(0, history["iteration"].max()))
+        ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  title=f"values: mean of the last {k} logged batches" if k > 1 else "values: the last logged batch",
+                  title_fontsize=9)
+    smooth = "" if rows.empty or k == 1 else f"\n(lines: running mean over {k} logged batches; dots: single batches)"
+    ax.set_title("Confidence weights over training" + smooth)
     fig.tight_layout()
     return fig
 
@@ -390,26 +508,46 @@ def weights_over_training(history: pd.DataFrame):
 @_styled
 def weighting_surface(num_classes: int = 11, union_rule: str = "disagreement"):
     """CPCL's pixel weight as a function of the two teachers' confidences c1, c2 (max softmax, in
-    [1/C, 1]). Left: agreeing pixels, ω = (c1 + c2)/2. Right: disagreeing pixels, the confidence of
-    the network whose label the union adopts (disagreement rule: net 1's when its class is the more
-    disputed one, else net 2's, whatever the confidences; confidence rule: max(c1, c2))."""
-    c = np.linspace(1 / num_classes, 1, 121)
+    [1/C, 1]). Left: agreeing pixels, ω = (c1 + c2)/2. Right: disagreeing pixels whose union label is
+    net 1's class. Under the disagreement rule the indicator picked that class whatever the
+    confidences, so ω = c1 even where net 2 was surer (above the diagonal, marked): there the union
+    takes the less sure net's class and the lower weight c1 tempers that choice. Under the
+    confidence rule the union follows net 1 only where c1 > c2 and ω = max(c1, c2)."""
+    lo = 1 / num_classes
+    c = np.linspace(lo, 1, 121)
     c1, c2 = np.meshgrid(c, c)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.0), sharey=True)
     levels = np.linspace(0, 1, 21)
     if union_rule == "disagreement":
-        right, rtitle = c1, "Disagreeing pixel, net 1's class more disputed\n(Ĩ[y₁] > Ĩ[y₂]): ω = c₁ (else ω = c₂)"
+        right = c1
+        rtitle = ("Disagreeing pixel, the union takes net 1's class\n"
+                  "(its class more disputed, Ĩ[y₁] > Ĩ[y₂]): ω = c₁")
+        notes = ((lo + 0.04, 0.96, "net 2 was surer (c₂ > c₁):\nthe union still takes net 1's\n"
+                                     "class, at the lower weight c₁"),
+                 (0.96, lo + 0.04, "net 1 was surer:\nω = c₁ ≥ c₂"))
     elif union_rule == "confidence":
-        right, rtitle = np.maximum(c1, c2), "Disagreeing pixel, confidence rule:\nω = max(c₁, c₂)"
+        right = np.maximum(c1, c2)
+        rtitle = "Disagreeing pixel, confidence rule: the union\ntakes the surer net's class, ω = max(c₁, c₂)"
+        notes = ()
     else:
         raise ValueError(f"union_rule: expected 'disagreement' or 'confidence', got {union_rule!r}")
-    for ax, w, title in ((axes[0], (c1 + c2) / 2, "Agreeing pixel (both targets):\nω = (c₁ + c₂) / 2"),
-                         (axes[1], right, rtitle)):
+    shown = [v for v in (0.25, 0.5, 0.75, 0.9) if v > lo + 0.02]
+    for ax, w, title, at in ((axes[0], (c1 + c2) / 2, "Agreeing pixel (both targets):\nω = (c₁ + c₂) / 2",
+                              [(v, v) for v in shown]),
+                             (axes[1], right, rtitle, [(v, lo + 0.4 * (v - lo)) for v in shown])):
         cs = ax.contourf(c1, c2, w, levels=levels, cmap="viridis", vmin=0, vmax=1)
-        lines = ax.contour(c1, c2, w, levels=[0.25, 0.5, 0.75, 0.9], colors="white", linewidths=1)
-        ax.clabel(lines, fmt="%.2f", fontsize=9)
-        ax.set(xlabel="net 1's confidence c₁ (max softmax)", title=title, aspect="equal")
+        lines = ax.contour(c1, c2, w, levels=shown, colors="white", linewidths=1)
+        # Labels placed well inside the panel: left to matplotlib, the 0.75 label sat on the frame
+        # and was cut in half.
+        ax.clabel(lines, fmt="%.2f", fontsize=9, manual=at)
+        ax.set(xlabel="net 1's confidence c₁ (max softmax)", title=title, aspect="equal", xlim=(lo, 1), ylim=(lo, 1))
         ax.grid(False)
+    for x, y, text in notes:
+        axes[1].text(x, y, text, ha="left" if y > 0.5 else "right", va="top" if y > 0.5 else "bottom",
+                     fontsize=9, bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.5", alpha=0.85))
+    if notes:
+        axes[1].plot([lo, 1], [lo, 1], color="white", ls="--", lw=1.5)
+        axes[1].fill_between([lo, 1], [lo, 1], [1, 1], facecolor="none", hatch="//", edgecolor=(1, 1, 1, 0.5), lw=0)
     axes[0].set_ylabel("net 2's confidence c₂ (max softmax)")
     fig.colorbar(cs, ax=axes, label="loss weight ω of the pixel", shrink=0.9)
     fig.suptitle(f"Dynamic confidence re-weighting ({num_classes} classes: confidence ≥ 1/{num_classes})", y=1.02)
@@ -463,7 +601,11 @@ def reliability_diagram(conf, correct, bins: int = 10, lo: float = 0.0, label: s
     ece = expected_calibration_error(table)
     a1.set_title(f"Reliability of {label}'s confidence (ECE = {100 * ece:.1f} points)")
     a2.bar(centres, table["count"], width=width * 0.95, color="0.6", edgecolor="0.2")
-    a2.set(xlabel="confidence (max softmax)", ylabel="pixels")
+    # Most pixels sit in the last bin, which flattens the others: their counts are written out, so
+    # a bar of the upper panel can be weighed by how many pixels it holds.
+    for x, n in zip(centres, table["count"]):
+        a2.annotate(f"{n:,}", (x, n), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    a2.set(xlabel="confidence (max softmax)", ylabel="pixels", ylim=(0, max(table["count"].max(), 1) * 1.35))
     fig.tight_layout()
     return fig
 
@@ -484,8 +626,10 @@ def indicator_bars(indicator, class_names, highlight: dict | None = None,
     ax.bar(x, ind, color=[pal[c] for c in x], edgecolor="0.2")
     # The marked classes are told apart by their outline and named in a legend: notes written over
     # the bars collide when the two classes stand side by side.
+    # A black outline over a white one shows on every class colour, the red and black bars included.
     for (c, note), ls in zip((highlight or {}).items(), ("-", "--", ":", "-.")):
-        ax.bar([c], [ind[c]], color="none", edgecolor="C3", lw=3, ls=ls, label=note)
+        ax.bar([c], [ind[c]], color="none", edgecolor="white", lw=5)
+        ax.bar([c], [ind[c]], color="none", edgecolor="black", lw=2.5, ls=ls, label=note)
     if highlight:
         ax.legend(fontsize=10, loc="upper right")
     ax.set_xticks(x)
@@ -529,8 +673,8 @@ def prediction_overlays(images, masks, labels, index, class_names, threshold: fl
     union label (net 2's target) and their loss weights, in the class colours (grey = no label /
     ignore). ``index``: a list of scenes (one row each) or one scene (an int: a larger 2 x 4 layout,
     for projecting). ``threshold`` > 0 greys out pseudo labels whose weight is below it (CPCL itself
-    uses no threshold). ``mark=(scene, row, col)`` circles one pixel. ``row_names``: one name per
-    row instead of "scene b"."""
+    uses no threshold). ``mark=(scene, row, col)`` rings one pixel (white in black). ``row_names``:
+    one name per row instead of "scene b"."""
     single = isinstance(index, (int, np.integer))
     idx = [int(index)] if single else [int(i) for i in index]
     c = len(class_names)
@@ -552,7 +696,11 @@ def prediction_overlays(images, masks, labels, index, class_names, threshold: fl
                 ax.set_title(OVERLAY_TITLES[k] + (f"{sep}(ω ≥ {threshold:.2f})" if threshold > 0 and k in (4, 5) else ""),
                              fontsize=11 if single else 10)
             if mark is not None and mark[0] == b:
-                ax.plot(mark[2], mark[1], "o", ms=11, mfc="none", mec="red", mew=2.5)
+                # A white ring inside a black one shows on every class colour (a red ring vanished
+                # on class 3), and is drawn unclipped so a pixel at the border keeps its whole ring.
+                for ms, colour, mew in ((13, "black", 4.5), (13, "white", 2.0)):
+                    ax.plot(mark[2], mark[1], "o", ms=ms, mfc="none", mec=colour, mew=mew, clip_on=False,
+                            label="the disputed pixel")
         agree = 100 * labels.agree[b].float().mean().item()
         name = row_names[idx.index(b)] if row_names else f"scene {b}"
         axes[0].set_ylabel(f"{name}\nnets agree on {agree:.0f} %", fontsize=10)
@@ -730,9 +878,11 @@ def augmentation_grid(image, mask, recipes: dict, class_names, k: int = 4):
     for r, (name, tf) in enumerate(recipes.items()):
         axes[2 * r, 0].imshow(_rgb(image.permute(1, 2, 0).numpy() if image.dtype == torch.uint8 else image))
         axes[2 * r + 1, 0].imshow(colourise(mask, c), interpolation="nearest")
+        axes[2 * r, 0].set_ylabel(f"{name}\nimage", fontsize=9)
+        axes[2 * r + 1, 0].set_ylabel(f"{name}\nmask", fontsize=9)
         axes[2 * r, 0].set_title("original", fontsize=9)
-        axes[2 * r, 1].set_title(name, fontsize=10, loc="left")
         for j in range(k):
+            axes[2 * r, j + 1].set_title(f"draw {j + 1}", fontsize=9)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(j)
                 x, y = tf(image, mask)
@@ -777,31 +927,38 @@ def student_view_grid(u0, view, truth, class_names, u1=None, mask=None, void=Non
 
 @_styled
 def cpcl_loop(student_view: str = "CutMix boxes", title: str = "One CPCL iteration"):
-    """The two-net loop as a diagram: the labeled batch trains both nets; on the unlabeled batch both
-    nets act as teachers (no gradient), their labels become the intersection (net 1's target) and
-    the union (net 2's target), and both nets, as students, learn them on ``student_view``."""
+    """The two-net loop as a diagram, in notebook 04's symbols: the labeled batch trains both nets
+    (students' softmax q₁, q₂); on the unlabeled batch both nets act as teachers (no gradient,
+    softmax p₁, p₂), their labels become the intersection (net 1's target) and the union (net 2's
+    target), and both nets, as students, learn them on ``student_view``."""
+    import textwrap
+
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     fig, ax = plt.subplots(figsize=(13, 5.6))
     ax.set(xlim=(0, 13), ylim=(-0.5, 6.1))
     ax.axis("off")
+    # p is always a teacher's softmax and q a student's, as in the notebook's formulas.
+    view = textwrap.fill(student_view, 36)
     boxes = {
         "lab": (0.2, 4.9, "labeled batch\n$x_l$, true masks $y_l$", "0.92"),
-        "sup": (4.6, 4.9, "net 1, net 2 predict $x_l$\n(with gradient)", "#d9e8f5"),
-        "ce": (9.2, 4.9, "$\\ell_{sup} = CE(p_1, y_l) + CE(p_2, y_l)$", "#d9e8f5"),
+        "sup": (4.6, 4.9, "net 1, net 2 predict $x_l$ (with gradient):\nsoftmax $q_1(x_l)$, $q_2(x_l)$", "#d9e8f5"),
+        "ce": (9.2, 4.9, "$\\ell_{sup} = CE(q_1(x_l), y_l) + CE(q_2(x_l), y_l)$", "#d9e8f5"),
         "unl": (0.2, 2.7, "unlabeled batch\n$u_0$ ($u_1$ too\nfor CutMix)", "0.92"),
-        "teach": (3.5, 2.7, "TEACHERS\nnet 1, net 2 predict $u_0$\n(no gradient)", "#fde9c9"),
-        "lab12": (6.5, 2.7, "labels $y_1$, $y_2$\nconfidences $c_1$, $c_2$", "#fde9c9"),
-        "inter": (9.2, 3.4, "intersection: $y_1$ where $y_1 = y_2$\nweights $\\omega_{inter}$", "#e3f1dc"),
-        "union": (9.2, 2.0, "union: every pixel, $\\tilde I$ settles\ndisagreements; weights $\\omega_{union}$", "#e3f1dc"),
-        "view": (0.2, 0.4, f"the students' view\n{student_view}", "0.92"),
-        "stud": (4.6, 0.4, "STUDENTS\nnet 1, net 2 predict the view\n(with gradient)", "#d9e8f5"),
-        "unsup": (9.2, 0.4, "net 1 learns the intersection,\nnet 2 the union: $\\lambda(\\ell_{inter} + \\ell_{union})$",
-                  "#d9e8f5"),
+        "teach": (3.2, 2.7, "TEACHERS (no gradient)\nnet 1, net 2 predict $u_0$:\nsoftmax $p_1$, $p_2$", "#fde9c9"),
+        "lab12": (6.1, 2.7, "labels $y_k = \\arg\\max\\, p_k$\nconfidences $c_k = \\max\\, p_k$", "#fde9c9"),
+        "inter": (9.2, 3.4, "intersection $\\hat y^{\\cap}$: $y_1$ where $y_1 = y_2$\nweights $\\omega^{\\cap}$",
+                  "#e3f1dc"),
+        "union": (9.2, 2.0, "union $\\hat y^{\\cup}$: every pixel, $\\tilde I$ settles\n"
+                            "disagreements; weights $\\omega^{\\cup}$", "#e3f1dc"),
+        "view": (0.2, 0.4, f"the students' view\n{view}", "0.92"),
+        "stud": (4.6, 0.4, "STUDENTS (with gradient)\nnet 1, net 2 predict the view:\nsoftmax $q_1$, $q_2$", "#d9e8f5"),
+        "unsup": (9.2, 0.4, "$q_1$ learns $\\hat y^{\\cap}$, $q_2$ learns $\\hat y^{\\cup}$:\n"
+                            "$\\lambda(\\ell^{\\cap} + \\ell^{\\cup})$", "#d9e8f5"),
     }
     centre = {}
     for key, (x, y, text, colour) in boxes.items():
-        w = {"ce": 3.6, "inter": 3.6, "union": 3.6, "unsup": 3.6, "unl": 2.9, "teach": 2.6, "lab12": 2.3}.get(key, 3.4)
+        w = {"ce": 3.6, "inter": 3.6, "union": 3.6, "unsup": 3.6, "unl": 2.6, "teach": 2.6, "lab12": 2.5}.get(key, 3.4)
         h = 1.0
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.08", fc=colour, ec="0.3"))
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10)
@@ -810,12 +967,14 @@ def cpcl_loop(student_view: str = "CutMix boxes", title: str = "One CPCL iterati
     def arrow(a, b, text="", side="right"):
         xa, ya, wa, ha = centre[a]
         xb, yb, wb, hb = centre[b]
-        start = (xa + wa + 0.1, ya + ha / 2) if side == "right" else (xa + wa / 2, ya - 0.1)
-        end = (xb - 0.1, yb + hb / 2) if side == "right" else (xb + wb / 2, yb + hb + 0.1)
+        if side == "right":
+            start, end = (xa + wa + 0.1, ya + ha / 2), (xb - 0.1, yb + hb / 2)
+        else:  # straight down, so the arrow does not cross its own note
+            x = min(xa + wa, xb + wb) / 2 + max(xa, xb) / 2
+            start, end = (x, ya - 0.1), (x, yb + hb + 0.1)
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color="0.25", lw=1.4))
         if text:
-            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, text, ha="center", fontsize=9,
-                    color="0.25")
+            ax.text(start[0] + 0.15, (start[1] + end[1]) / 2, text, ha="left", va="center", fontsize=9, color="0.25")
 
     arrow("lab", "sup")
     arrow("sup", "ce")
@@ -823,13 +982,13 @@ def cpcl_loop(student_view: str = "CutMix boxes", title: str = "One CPCL iterati
     arrow("teach", "lab12")
     arrow("lab12", "inter")
     arrow("lab12", "union")
-    arrow("unl", "view", "same images,\nperturbed", side="down")
+    arrow("unl", "view", "same images, perturbed", side="down")
     arrow("view", "stud")
     arrow("stud", "unsup")
     ax.annotate("", xy=(11.0, 1.5), xytext=(11.0, 2.0),
                 arrowprops=dict(arrowstyle="-|>", color="C2", lw=1.6))
     ax.text(11.15, 1.62, "targets", color="C2", fontsize=9)
-    ax.text(6.5, -0.25, "loss $= \\ell_{sup} + \\lambda(\\ell_{inter} + \\ell_{union})$; one optimizer step "
+    ax.text(6.5, -0.25, "loss $L = \\ell_{sup} + \\lambda(\\ell^{\\cap} + \\ell^{\\cup})$; one optimizer step "
             "per net", ha="center", fontsize=11, fontweight="bold")
     ax.set_title(title, loc="left")
     return fig
