@@ -48,6 +48,20 @@ def test_pixel_table_and_label_quality():
     known = masks != 255
     acc = ((labels.union == masks) & known).sum().item() / known.sum().item()
     assert q.loc["union (net 2's target)", "accuracy (%)"] == pytest.approx(100 * acc, abs=0.01)
+    # pixels the step leaves without a label (a warped view's padding) count in neither target
+    import dataclasses
+
+    void = torch.zeros_like(masks, dtype=torch.bool)
+    void[:, :2] = True
+    voided = dataclasses.replace(labels, inter=labels.inter.masked_fill(void, 255),
+                                 union=labels.union.masked_fill(void, 255))
+    q = analysis.label_quality(voided, masks).set_index("label")
+    has = ~void & known
+    assert q.loc["union (net 2's target)", "coverage (%)"] == pytest.approx(100 * (~void).float().mean().item(), abs=0.01)
+    acc = ((labels.union == masks) & has).sum().item() / has.sum().item()
+    assert q.loc["union (net 2's target)", "accuracy (%)"] == pytest.approx(100 * acc, abs=0.01)
+    inter_cov = (labels.agree & ~void).float().mean().item()
+    assert q.loc["intersection (net 1's target)", "coverage (%)"] == pytest.approx(100 * inter_cov, abs=0.01)
 
 
 def test_disagreeing_pixel_explains_the_union_rule():
@@ -107,9 +121,9 @@ def test_label_quality_table_from_history():
 
 def test_stage_iterations():
     cfg = make_config("smoke")
-    assert runs.stage_iterations(cfg, 3) == [1, 4, 12]  # early, pseudo labels on, last
+    assert runs.stage_iterations(cfg, 3) == [4, 8, 12]  # pseudo labels on, between, last
     assert runs.stage_iterations(cfg, 1) == [12]
-    assert runs.stage_iterations(make_config("demo", iterations=240, sup_only_iters=120), 4) == [30, 120, 180, 240]
+    assert runs.stage_iterations(make_config("demo", iterations=240, sup_only_iters=120), 4) == [120, 160, 200, 240]
     with pytest.raises(KitError):
         runs.stage_iterations(cfg, 0)
 
@@ -119,7 +133,7 @@ def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_th
     run = analysis.shared_run(cfg, tmp_path, n_stages=3)
     folder = tmp_path / "runs" / "cpcl_smoke_1-16_seed0__n_train_scenes-32__n_val_scenes-4__iterations-6"
     assert run.out_dir == folder and (folder / "metrics.json").exists()
-    assert list(runs.list_stages(folder)) == [1, 4]  # the last stage is the run's checkpoint
+    assert list(runs.list_stages(folder)) == [4, 5]  # the last stage is the run's checkpoint
     assert run.history["iteration"].max() == 6
 
     import cpcl_kit.engine.train as train_module
@@ -128,7 +142,7 @@ def test_shared_run_stages_reuse_and_pseudo_labels(tmp_path, monkeypatch, one_th
     again = analysis.shared_run(cfg, tmp_path)
     assert again.metrics["miou"] == run.metrics["miou"]
     nets_at = analysis.stage_nets(again)
-    assert list(nets_at) == [1, 4, 6] and all(not n.training for nets in nets_at.values() for n in nets)
+    assert list(nets_at) == [4, 5, 6] and all(not n.training for nets in nets_at.values() for n in nets)
     other = make_config("smoke", iterations=6, n_train_scenes=32, n_val_scenes=4, reweight=False)
     assert runs.notebook_run_dir(tmp_path, other) != folder  # another run: another kit-named folder
     with pytest.raises(KitError, match=r"other settings \(reweight: folder True, now False\)"):

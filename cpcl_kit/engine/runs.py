@@ -222,18 +222,17 @@ def load_run(run_dir, cfg: Config | None = None, nets: bool = True, device="cpu"
 
 
 def stage_iterations(cfg: Config, n_stages: int = 4) -> list[int]:
-    """Iterations to snapshot: an early one (a quarter of the supervised-only start, when the nets
-    still label poorly: the classroom's "before"), the end of the supervised-only start (when the
-    pseudo labels switch on), evenly spaced after it, and the last iteration. At most ``n_stages``
-    distinct values; a run without a supervised-only start gets no early stage."""
+    """Iterations to snapshot: the end of the supervised-only start (the nets the first pseudo labels
+    come from), evenly spaced after it, and the last iteration; at most ``n_stages`` distinct values.
+    Before that end the nets learn from labels alone, so one stage there shows all the pseudo labels
+    of that phase would."""
     if n_stages < 1:
         raise KitError(f"n_stages: expected at least 1, got {n_stages}")
     first = min(max(cfg.sup_only_iters, 1), cfg.iterations)
     if n_stages == 1 or first == cfg.iterations:
         return [cfg.iterations]
-    early = [first // 4] if n_stages > 2 and first // 4 >= 1 else []
-    points = np.linspace(first, cfg.iterations, n_stages - len(early)).round().astype(int)
-    return sorted(set(early + [int(p) for p in points]))
+    points = np.linspace(first, cfg.iterations, n_stages).round().astype(int)
+    return sorted({int(p) for p in points})
 
 
 def save_snapshot(run_dir, cfg: Config, iteration: int, nets) -> Path:
