@@ -174,10 +174,12 @@ def main(argv=None) -> dict:
     p.add_argument("--fresh", action="store_true",
                    help="tabulate the run folder alone (default: keep the committed rows whose runs it lacks)")
     p.add_argument("--name", help="the results' file stem (default ablation-<preset>): a second grid beside it")
+    p.add_argument("--recipe", choices=("preset", "cutmix"), default="preset",
+                   help="preset: the preset as it is (today's recipe); cutmix: the older grids' RECIPE on top")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     runs = args.runs or default_runs(args.preset)
-    overrides = parse_sets([*RECIPE, *args.sets])
+    overrides = parse_sets([*(RECIPE if args.recipe == "cutmix" else []), *args.sets])
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = ablate.normalise_grid({"variants": args.variants, "fractions": [prepared.LABELED], "seeds": seeds})
     started_at = commit()  # the code that trains; a later commit during a long grid does not count
@@ -187,6 +189,9 @@ def main(argv=None) -> dict:
     if previous is not None and previous.get("sets", []) != args.sets:
         raise KitError(f"{args.results / name}.json: its runs were trained with --set {previous.get('sets', [])}, "
                        f"this call has --set {args.sets}; pass another --results, or --fresh")
+    if previous is not None and previous.get("recipe", "cutmix") != args.recipe:
+        raise KitError(f"{args.results / name}.json: its runs were trained with --recipe "
+                       f"{previous.get('recipe', 'cutmix')}, this call has --recipe {args.recipe}; pass another --name")
     wall = _read(runs / WALL, {"seconds": 0.0, "calls": []})
     if not args.collect_only:
         local = grid_table(runs, grid["variants"], seeds, wall)
@@ -224,6 +229,8 @@ def main(argv=None) -> dict:
             # the checkout that wrote these tables, and the commits that trained their runs
             "commit": started_at, "commits": sorted(set(table["commit"])) or [started_at],
             "command": command, "sets": args.sets,  # this call's; each training call's is in wall_calls
+            "recipe": args.recipe,  # and the settings CPCL trained with, which every variant changes
+            "config": ablate.run_config("cpcl", prepared.LABELED, seeds[0], args.preset, overrides).to_dict(),
             "runs_kept": len(kept),  # rows of the committed table whose runs this run folder lacks
             # the calls that trained the runs (this script's, the ssl_gain calls that trained the shared
             # runs, and those of the kept rows) and their sum

@@ -14,6 +14,8 @@ after every run with one row per finished run in the folder.
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 import math
@@ -210,6 +212,10 @@ def run_grid(grid: dict | list[dict], out_dir, preset: str = "smoke", overrides:
     # Build and check every config first: a bad override, or a folder that holds a run with other
     # settings, fails before hours of training, not after.
     configs = [run_config(v, f, s, preset, overrides) for v, f, s in cells]
+    if jobs > 1 or (threads or 1) > 1:
+        # Runs side by side use the cores better one thread each (and several torch threads set a
+        # float order of their own): no second thread per net.
+        configs = [dataclasses.replace(c, net_threads=False) for c in configs]
     say = log or (lambda *_: None)
     todo = []
     for k, ((variant, fraction, seed), cfg) in enumerate(zip(cells, configs), start=1):
