@@ -50,7 +50,7 @@ from cpcl_kit.data.loaders import Batch  # noqa: E402
 from cpcl_kit.engine.synthetic import (images_per_step, peak_rss_mib, synthetic_batch, sync, time_steps,  # noqa: E402,F401
                                 timed)
 from cpcl_kit.engine.train import Trainer, batch_to, pick_device  # noqa: E402
-from cpcl_kit.files import write_json  # noqa: E402
+from cpcl_kit.files import machine, write_json  # noqa: E402
 from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
 from cpcl_kit.method.steps import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
 from cpcl_kit.provenance import code_version, recorded_path  # noqa: E402
@@ -61,7 +61,7 @@ GOAL_OVERHEAD = 1.05      # CPCL step / bare step, at most
 GOAL_PSEUDO_CPU = 5.0     # pseudo-label block speed-up over the host-side recipe, at least (CPU)
 GOAL_AMP = 1.8            # AMP / fp32 images per second, at least (CUDA, ResNet-50 at 512x512)
 
-SECTIONS = ("training", "overhead", "pseudo", "amp")
+SECTIONS = ("training", "overhead", "pseudo", "amp", "limit")
 
 DEFAULTS = {
     # One CPU thread by default: on a shared machine, OpenMP threads spin-waiting for busy cores made
@@ -112,6 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                    help="measure each method in a fresh interpreter (default on CPU, for RSS)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false")
+    p.add_argument("--limit-rounds", type=int, default=12, help="limit section: timed rounds of the three ways")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed-<device>.json)")
     p.add_argument("--child-method", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -420,6 +421,89 @@ def measure_pseudo_labels(device: torch.device, batch: int = 8, classes: int = 2
 # the whole run
 
 
+# ------------------------------------------------------------------------------------------------
+# the demo preset's step against the CPU's own limit
+
+
+def conv_gflops(threads: int, repeats: int = 15) -> float:
+    """GFLOP/s of a decoder-shaped 3x3 convolution (the demo nets' most common kind) with ``threads``
+    torch threads: the arithmetic rate this CPU reaches on the step's main work."""
+    x, w = torch.randn(8, 112, 16, 16), torch.randn(64, 112, 3, 3)
+    flops = 2 * x.shape[0] * w.shape[0] * 16 * 16 * w.shape[1] * 9
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            F.conv2d(x, w, padding=1)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            F.conv2d(x, w, padding=1)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return flops / statistics.median(times) / 1e9
+
+
+def step_gflop(trainer: Trainer, step_fn, batch, lam: float) -> float:
+    """GFLOP of one training step (forward and backward), counted by torch's FlopCounterMode; the
+    nets taken in turn, since a dispatch mode sees only its own thread."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cpcl_kit.method.steps import each
+
+    par, trainer.par = trainer.par, each
+    try:
+        with FlopCounterMode(display=False) as counter:
+            trainer.step(step_fn, batch, 1000, lam)
+    finally:
+        trainer.par = par
+    return counter.get_total_flops() / 1e9
+
+
+def measure_limit(method: str, rounds: int = 12, warmup: int = 3) -> dict:
+    """The demo preset's ``method`` step with the unsupervised loss on, three ways on the same batch,
+    interleaved: the nets in turn on one torch thread (the plain step), each net on its own thread
+    (``net_threads``), and the nets in turn on all cores' torch threads. With the step's FLOPs and
+    the convolution rate of one thread and of all cores: each time against the time that rate
+    allows (the ratio; 1 would be every FLOP at the convolution's own rate)."""
+    from cpcl_kit.engine.train import on_threads
+    from cpcl_kit.method.steps import each
+
+    cores = os.cpu_count() or 1
+    torch.set_flush_denormal(True)
+    cfg = make_config("demo", method=method)
+    trainer = Trainer.create(cfg, torch.device("cpu"))
+    batch = synthetic_batch(cfg, torch.device("cpu"))
+    lam, step_fn = cfg.unsup_weight, METHOD_STEPS[method]
+    ways = {"one thread": (each, 1), "net threads": (on_threads, 1), f"{cores} torch threads": (each, cores)}
+    if method == "supervised":
+        del ways["net threads"]  # one net: nothing to put on a second thread
+    before = torch.get_num_threads()
+    times = {k: [] for k in ways}
+    try:
+        for r in range(warmup + rounds):
+            for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+                trainer.par, threads = ways[name]
+                torch.set_num_threads(threads)
+                t0 = time.perf_counter()
+                trainer.step(step_fn, batch, 1000 + r, lam)
+                if r >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    gflop = step_gflop(trainer, step_fn, batch, lam)
+    rate1, rate_all = conv_gflops(1), conv_gflops(cores)
+    out = {"gflop": round(gflop, 3), "conv_gflops_one_thread": round(rate1, 1),
+           f"conv_gflops_{cores}_threads": round(rate_all, 1)}
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        rate = rate1 if name == "one thread" else rate_all
+        out[name] = {"median_s": round(t, 4), "limit_s": round(gflop / rate, 4), "ratio_to_limit": round(t * rate / gflop, 2),
+                     "speedup_vs_one_thread": round(statistics.median(times["one thread"]) / t, 2)}
+    return out
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -503,6 +587,16 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
     else:
         res["amp"] = {"skipped": "AMP is CUDA-only in the training loop (autocast is off on the CPU)"}
 
+    res["limit"] = skipped
+    if "limit" in sections:
+        if device.type != "cpu":
+            res["limit"] = {"skipped": "the CPU's own limit: measured on the CPU"}
+        else:
+            progress("the demo preset's step against the CPU's limit ...")
+            res["limit"] = {"preset": "demo", "machine": machine(),
+                            **{m: _guarded(measure_limit, m, rounds=args.limit_rounds,
+                                           warmup=min(3, args.limit_rounds)) for m in args.methods}}
+
     pl_default = (args.pl_batch, args.pl_classes, args.pl_size) == (8, 21, 128)
     paper_size = args.backbone in ("resnet50", "resnet50_v1c") and args.crop == 512
     goals = {}
@@ -579,6 +673,12 @@ def markdown(res: dict) -> str:
         lines.append(f"| pseudo-label block speed-up vs host np.bincount | {p['speedup_vs_bincount']:.2f}x"
                      f"{alt(p, 'speedup_vs_bincount', '{:.2f}x')} | host bincount "
                      f"{c['host_bincount_median_s'] * 1e3:.2f} ms; outputs match: {all(p['outputs_match'].values())} |")
+    limit = res.get("limit", {})
+    for method, m in ((k, v) for k, v in limit.items() if isinstance(v, dict) and "gflop" in v):
+        for way, w in ((k, v) for k, v in m.items() if isinstance(v, dict)):
+            lines.append(f"| demo {method} step, {way} | {w['median_s'] * 1e3:.0f} ms | {m['gflop']:.2f} GFLOP; "
+                         f"{w['ratio_to_limit']:.2f}x the time the convolution rate allows ({w['limit_s'] * 1e3:.0f} ms); "
+                         f"{w['speedup_vs_one_thread']:.2f}x one thread |")
     if "speedup" in amp:
         lines.append(f"| AMP / fp32 images/s (cpcl) | {amp['speedup']:.2f}x | {amp['amp']['amp']} autocast |")
     else:

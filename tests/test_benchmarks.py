@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TINY = ["--device", "cpu", "--backbone", "resnet18", "--crop", "32", "--batch", "2", "--head-channels", "8",
         "--output-stride", "16", "--classes", "11", "--steps", "1", "--warmup", "0", "--pairs", "1",
-        "--pl-batch", "2", "--pl-classes", "5", "--pl-size", "16", "--pl-repeats", "1"]
+        "--pl-batch", "2", "--pl-classes", "5", "--pl-size", "16", "--pl-repeats", "1", "--limit-rounds", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +60,16 @@ def test_whole_benchmark_writes_json_and_table(speed, tmp_path, capsys):
     assert res["overhead"]["ratio"] > 0
     assert all(res["pseudo_labels"]["outputs_match"].values())
     assert "skipped" in res["amp"]
+    limit = res["limit"]["cpcl"]  # the demo preset's step: FLOPs, the conv rate and the ratio of each way
+    assert limit["gflop"] > 1 and limit["conv_gflops_one_thread"] > 0
+    assert set(limit) >= {"one thread", "net threads"} and "net threads" not in res["limit"]["supervised"]
+    assert all(w["ratio_to_limit"] > 0 for w in (limit["one thread"], limit["net threads"]))
     assert set(res["goals"]) == {"cpcl_overhead_ratio", "pseudo_label_speedup_cpu"}
     for g in res["goals"].values():
         assert isinstance(g["met"], bool) and g["value"] > 0
     table = capsys.readouterr().out
     assert "| train cpcl (fp32) |" in table and "CPCL overhead" in table and "| goal |" in table
+    assert "| demo cpcl step, net threads |" in table
 
 
 def test_isolated_measurement_forwards_the_settings_to_a_child(speed, monkeypatch, capsys):
