@@ -73,8 +73,8 @@ CROP_PADS = ("centre", "random")
 PAPER_PRESETS = ("voc", "cityscapes")
 # Where the digit backbone pretraining (pretrain.py) takes its images from.
 PRETRAIN_SOURCES = ("handwritten", "printed", "mixed")
-# The confidence behind CPCL's loss weights: each pixel's (the official code since March 2023) or
-# one number per teacher and batch (its first release).
+# The confidence behind CPCL's loss weights: each pixel's (the official code as it is) or one
+# number per teacher and batch (its first release).
 WEIGHT_SCOPES = ("pixel", "batch")
 # BatchNorm in the teachers' no-grad passes on the unlabeled images: batch statistics (train mode, the
 # official code) or the running statistics (eval mode: with a CPU preset's 4-image batches, batch

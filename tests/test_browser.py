@@ -149,7 +149,7 @@ class Lab:
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
             "PYTHONUNBUFFERED": "1",
             # One compute thread per kernel: on 2 cores a kernel with two OpenMP threads competes with
-            # JupyterLab and Chromium; spin-waiting threads made Run All 5x slower (114.7 vs 21.1 s, issue 8).
+            # JupyterLab and Chromium; spin-waiting threads made Run All several times slower.
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         })
         env.pop("JUPYTER_TOKEN", None)

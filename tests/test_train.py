@@ -199,22 +199,34 @@ def test_teachers_in_eval_mode_use_running_statistics():
 
 
 def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
+    """pseudo_void_band=1: the step's void is every pixel within 1 px of either teacher's outlines
+    (an independent construction from the labels); 0, the official recipe, voids nothing."""
+    from types import SimpleNamespace
+
     import numpy as np
 
-    from cpcl_kit.constants import IGNORE_INDEX
     from cpcl_kit.data.outlines import boundary_band
-    from cpcl_kit.method.cpcl import pseudo_supervision
-    from cpcl_kit.method.steps import _void_outlines
+    from cpcl_kit.method.steps import pseudo_labels
 
     g = torch.Generator().manual_seed(0)
     t1, t2 = (torch.randn(2, 4, 6, 6, generator=g).repeat_interleave(2, -1).repeat_interleave(2, -2) for _ in "12")
-    labels = pseudo_supervision(t1, t2)
-    inter, union = _void_outlines(labels, 1, labels.inter, labels.union)
-    void = (boundary_band(labels.y1, 1) | boundary_band(labels.y2, 1)).numpy()
-    assert 0 < void.mean() < 1
-    assert np.array_equal(union.numpy(), np.where(void, IGNORE_INDEX, labels.union.numpy()))
-    assert np.array_equal(inter.numpy(), np.where(void, IGNORE_INDEX, labels.inter.numpy()))
-    assert _void_outlines(labels, 0, labels.union)[0] is labels.union  # 0: the official targets
+
+    class Teacher(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits
+
+    batch = SimpleNamespace(u0=torch.zeros(2, 3, 12, 12), u0_mask=None, u1=None, u1_mask=None)
+    cfg = make_config("smoke", pseudo_void_band=1, cutmix_boxes=0, student_aug="none", teacher_bn="train")
+    p = pseudo_labels([Teacher(t1), Teacher(t2)], batch, cfg, torch.Generator().manual_seed(0))
+    void = (boundary_band(p.labels.y1, 1) | boundary_band(p.labels.y2, 1)).numpy()
+    assert 0 < void.mean() < 1 and np.array_equal(p.void.numpy(), void)
+    official = pseudo_labels([Teacher(t1), Teacher(t2)], batch, dataclasses.replace(cfg, pseudo_void_band=0),
+                             torch.Generator().manual_seed(0))
+    assert official.void is None and torch.equal(official.labels.union, p.labels.union)
     with pytest.raises(KitError, match="pseudo_void_band: expected 0 .none. or a band width in px, got -1"):
         make_config("smoke", pseudo_void_band=-1)
     with pytest.raises(KitError, match=r"cutmix_boxes: expected 0 \(no mixing\) or a number of boxes, got -1"):

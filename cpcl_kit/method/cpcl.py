@@ -270,8 +270,8 @@ def pseudo_supervision(
     y2 -- so ties go to network 2 in both rules. Weights: w_inter = (conf1 + conf2)/2 everywhere;
     w_union = (conf1 + conf2)/2 on agreement, else the confidence of the network whose label was
     taken. ``reweight=False`` sets every weight to 1. No confidence threshold (official).
-    ``weight_scope``: the confidence behind the weights. ``"pixel"`` (the official code since March
-    2023): each pixel's max class probability. ``"batch"`` (the first release): one number per
+    ``weight_scope``: the confidence behind the weights. ``"pixel"`` (the official code as it
+    is): each pixel's max class probability. ``"batch"`` (the first release): one number per
     teacher and batch, the largest entry of a softmax taken over the *width* axis of its logits
     (``torch.max(F.softmax(logits, dim=-1))`` there), broadcast to every pixel.
     ``all_reduce`` is passed to ``class_disagreement`` (multi-GPU runs).

@@ -146,18 +146,6 @@ def _layout(cfg: Config, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def _void_outlines(labels, band: int, *targets):
-    """``targets`` with no label (IGNORE) within ``band`` px of either teacher's outlines.
-
-    The labeled masks of the digit scenes (``void_band``), like VOC's, leave a band round every
-    outline unlabeled, yet pseudo labels name every pixel: ``pseudo_void_band`` gives them the same
-    band, drawn where the teachers put the outlines. 0 (the official code): targets unchanged."""
-    if band == 0:
-        return targets
-    void = boundary_band(labels.y1, band) | boundary_band(labels.y2, band)
-    return _void(void, *targets)
-
-
 def _void(void, *targets):
     """``targets`` with IGNORE where ``void`` (bool [B, H, W]) is True; unchanged when it is None."""
     return targets if void is None else tuple(t.masked_fill(void, IGNORE) for t in targets)
