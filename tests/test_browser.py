@@ -647,6 +647,7 @@ def test_every_figure_renders_in_lab(lab, browser, capsys):
         drawn = [w for ok, w, h in sizes if ok and w > 100 and h > 100]
         assert len(drawn) >= shown, f"{FIGURES}: {shown} figures shown by the notebook, {len(drawn)} rendered: {sizes}"
         SHOTS.mkdir(parents=True, exist_ok=True)
+        s.page.locator(IMAGES).nth(len(drawn) // 2).scroll_into_view_if_needed()  # a later figure
         s.page.screenshot(path=str(SHOTS / "01_figures.png"))
     finally:
         s.close()
