@@ -71,7 +71,7 @@ def cmd_train(args) -> None:
     cfg = _config(args, method=args.method)  # settings first: a typo fails before torch loads
     from .engine.train import train
 
-    res = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    res = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet, fresh=args.fresh)
     if res.metrics:  # rank 0 of a multi-process run, or a single process
         _print_metrics(res.metrics)
         print(f"results in {args.out}")
@@ -84,8 +84,12 @@ def cmd_evaluate(args) -> None:
     from .files import write_json
     from .engine.train import evaluate_run, pick_device
 
-    cfg, nets = load_nets(args.checkpoint)
     over = parse_sets(args.sets)
+    fixed = [k for k in over if k not in EVALUATE_SETTINGS]
+    if fixed:  # before torch loads: the checkpoint's weights were trained for its own settings
+        raise KitError(f"--set {fixed[0]}: evaluate keeps the run's own dataset, model and training settings "
+                       f"(its checkpoint holds weights for them); expected one of {', '.join(EVALUATE_SETTINGS)}")
+    cfg, nets = load_nets(args.checkpoint)
     if args.data_root:
         over["data_root"] = args.data_root
     if over:  # e.g. a sliding-window crop or another branch for this evaluation
@@ -99,6 +103,12 @@ def cmd_evaluate(args) -> None:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     write_json(out / "eval_metrics.json", m)  # a failed write is one KitError naming the file
     print(f"metrics written to {out / 'eval_metrics.json'}")
+
+
+# What `evaluate --set` may change: how the checkpoint is scored and where the data is, never what
+# the weights were trained as (dataset, classes, model, method).
+EVALUATE_SETTINGS = ("eval_crop", "eval_stride", "eval_branch", "device", "amp", "channels_last",
+                     "cudnn_benchmark", "num_workers", "data_root")
 
 
 def cmd_predict(args) -> None:
@@ -142,9 +152,11 @@ def cmd_pretrain(args) -> None:
     from .nets import pretrain
 
     spec = pretrain.spec_for(cfg)
+    spec.check()
     shipped = pretrain.shipped_path(spec)
-    path = Path(args.cache) if args.cache else pretrain.default_cache_dir()
-    ready = shipped is not None or pretrain.intact(path / pretrain.weights_name(spec))
+    # the cache only where it is used: shipped weights need no cache (nor a home folder for it)
+    ready = shipped is not None or pretrain.intact(
+        (Path(args.cache) if args.cache else pretrain.default_cache_dir()) / pretrain.weights_name(spec))
     weights = pretrain.weights_path(spec, args.cache, progress=not args.quiet, rebuild=args.rebuild)
     r = pretrain.read_report(weights)
     origin = "shipped with the kit" if weights == shipped else "cached" if ready and not args.rebuild else "trained now"
@@ -165,15 +177,32 @@ def cmd_pretrain(args) -> None:
 def cmd_prepare(args) -> None:
     from .config import parse_sets
     from .experiments import prepared
+    from .files import probe_writable
 
     seeds = _seeds(args.seeds)
-    folder = Path(args.out) if args.out else prepared.default_dir(args.preset)
+    folder = Path(args.out) if args.out else _default_prepared(prepared, args.preset)
+    try:  # before any run: one line, not an OSError from deep inside the grid
+        probe_writable(folder)
+    except OSError as e:
+        where = "--out" if args.out else "the prepared set's folder ($CPCL_KIT_PREPARED or the kit's cache)"
+        raise KitError(f"{where}: cannot write to {folder} ({e.strerror or e}); expected a folder this user may "
+                       f"write to" + ("" if args.out else " (or pass --out)")) from None
     print(f"prepared run set ({args.preset} preset, seeds {', '.join(map(str, seeds))}) in {folder}")
     table = prepared.prepare(folder, preset=args.preset, seeds=seeds, jobs=args.jobs,
                              overrides=parse_sets(args.sets), progress=not args.quiet)
     cols = ["variant", "labeled", "seed", "miou", "digit_miou", "miou_net2", "seconds"]
     print(table[cols].round(4).to_string(index=False))
     print(f"notebooks 04-08 now show these runs (folder {folder})")
+
+
+def _default_prepared(prepared, preset: str) -> Path:
+    try:
+        return prepared.default_dir(preset)
+    except RuntimeError as e:
+        if no_home(e) is None:
+            raise
+        raise KitError("--out: no home folder for the prepared set's default folder (HOME is unset and this "
+                       "user has none); pass --out <folder>, or set $CPCL_KIT_PREPARED or $CPCL_KIT_CACHE") from None
 
 
 def cmd_doctor(args) -> None:
@@ -214,7 +243,8 @@ def cmd_data(args) -> None:
         per_split = ", ".join(f"{n} {s}" for s, n in r.per_split.items())
         print(f"{r.root}: *_gtFine_labelTrainIds.png for {per_split}: {r.written} written, {r.kept} kept")
     else:
-        report = prepare.check_data(args.root, dataset=args.dataset, progress=progress)
+        report = prepare.check_data(args.root, dataset=args.dataset, progress=progress,
+                                    labeled_list=args.labeled_list, unlabeled_list=args.unlabeled_list)
         print(prepare.check_report(report))
         n = len(report["problems"])
         if n:
@@ -249,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", required=True, help="run folder (config, history, checkpoint, metrics)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--fresh", action="store_true",
+                   help="start the run in --out over (its checkpoint, metrics and history are removed first); "
+                        "without --resume or --fresh a folder that holds this run is refused")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the validation set")
@@ -262,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict class maps of your own images with a trained run")
     p.add_argument("--checkpoint", required=True, help="a run's checkpoint.pt, or its run folder")
     p.add_argument("images", nargs="+", metavar="IMAGES",
-                   help="image files (jpg, png, ...) and folders (their .jpg/.jpeg/.png files, sorted)")
+                   help="image files and folders (their image files, any format PIL reads, sorted)")
     p.add_argument("--out", required=True,
                    help="folder for <name>.png (class ids, a palette PNG) and <name>_overlay.png")
     p.add_argument("--branch", choices=PREDICT_BRANCHES, default="net1",
@@ -341,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("root", help="the data root")
     q.add_argument("--dataset", choices=("voc", "cityscapes", "folder"),
                    help="default: guessed from the tree (JPEGImages: voc, leftImg8bit: cityscapes, images: folder)")
+    q.add_argument("--labeled-list", help="a split list to check against the tree (one entry a line, as a run reads it)")
+    q.add_argument("--unlabeled-list", help="the unlabeled list of the same split")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_data)
     return parser
@@ -360,6 +395,37 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {' '.join(str(message).split())}\n"
 
 
+# What torch and numpy say when an allocation fails (CPU, CUDA, numpy), and where they give the size.
+_OUT_OF_MEMORY = ("can't allocate memory", "CUDA out of memory", "Unable to allocate", "out of memory")
+_TRIED = re.compile(r"(?:tried to allocate|unable to allocate) ([\d.]+ ?[KMGTP]i?B|\d+ bytes)", re.IGNORECASE)
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """The one line for an allocation that failed (None for any other error). No check can foresee
+    every size a run reaches, so this is the last word: which settings make a run smaller."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or (isinstance(e, RuntimeError) and any(m in text for m in _OUT_OF_MEMORY))):
+        return None
+    from .config import MEMORY
+
+    size = _TRIED.search(text)
+    asked = f"an allocation of {size.group(1)} failed" if size else "an allocation failed"
+    gpu = type(e).__name__ == "OutOfMemoryError" or "CUDA" in text
+    where = "on the GPU" if gpu else f"(this machine holds {MEMORY / 2 ** 30:.1f} GiB)"
+    return (f"out of memory: {asked} {where}; expected smaller settings: crop, eval_crop, batch_size, "
+            f"unlabeled_batch_size, head_channels, num_workers (predict: --crop; images: fewer pixels)")
+
+
+def no_home(e: BaseException) -> str | None:
+    """The line for "no home folder" (HOME unset and no passwd entry), which the kit's default cache
+    needs; None for any other error."""
+    if isinstance(e, RuntimeError) and "home directory" in str(e):
+        return ("no home folder for the kit's cache (HOME is unset and this user has none); set "
+                "$CPCL_KIT_CACHE, or HOME, to a folder this user may write to")
+    return None
+
+
 def main(argv=None) -> int:
     import warnings
 
@@ -370,6 +436,12 @@ def main(argv=None) -> int:
         args.func(args)
     except KitError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        line = out_of_memory(e) or no_home(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

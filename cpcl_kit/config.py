@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import re
 import typing
 import warnings
@@ -454,37 +455,121 @@ class Limit(typing.NamedTuple):
         return f"at most {self.hi}"
 
 
+def machine_memory() -> int | None:
+    """Bytes of memory this machine lets the kit's process hold: the physical memory, or the
+    control group's limit when lower (a container); None where neither can be read."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        total = None
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total = int(text)
+    return total if total and total > 0 else None
+
+
+# What the bounds that follow from the machine assume where its memory cannot be read.
+_ASSUMED_MEMORY = 1 << 40
+# The memory the size bounds below are computed from, read once per process.
+MEMORY = machine_memory() or _ASSUMED_MEMORY
+_GIB = f"{MEMORY / 2 ** 30:.1f} GiB"
+
+
+# The bytes a bound is made of, each a floor of what the kit allocates, so that a value over its
+# bound cannot fit whatever else the run needs: a pixel of an image the nets see, as float32 RGB
+# and a float32 map beside it (scores or a mask); a 3x3 convolution's weight, float32, per
+# channel pair; a loader process (a forked Python with torch and a batch in flight); a digit
+# scene, RGB and mask bytes, and one bool per pixel and CutMix box.
+PIXEL_BYTES = 4 * (3 + 1)
+CONV3_BYTES = 4 * 9
+WORKER_BYTES = 256 << 20
+SCENE_PIXEL_BYTES = 4
+BOX_PIXEL_BYTES = 1
+# The most loader processes: as many as MEMORY holds, and never fewer than 8, so that a preset's
+# 4 (a paper preset's) stays valid on a small machine.
+MAX_WORKERS = max(8, MEMORY // WORKER_BYTES)
+# The largest crop side (px) whose float32 image and map fit in MEMORY: one image alone.
+MAX_SIDE = math.isqrt(MEMORY // PIXEL_BYTES)
+# Scalars the optimizers take as float32 (lr, weight decay): Adam divides lr by 1 - beta1 = 0.1
+# at its first step, so a larger value overflows in the step ("cannot be converted to float").
+_FLOAT32_MAX = 3.4028234663852886e38
+MAX_OPTIMIZER_SCALAR = _FLOAT32_MAX / 10
+# A seed: the step generators are seeded with seed x 1,000,003 + iteration, which must fit in 64 bits.
+MAX_SEED = 2 ** 32 - 1
+# Most distinct images of the digit backbone's pretraining (nets/pretrain.py): more cost data time
+# and memory (12 KB each at 64 px) for little gain.
+PRETRAIN_MAX_IMAGES = 16000
+
+
+def pretrain_images(steps: int, batch: int) -> int:
+    """Distinct images the pretraining of ``steps`` x ``batch`` renders: each seen at least twice,
+    at most ``PRETRAIN_MAX_IMAGES``, at least one batch."""
+    return max(batch, min(PRETRAIN_MAX_IMAGES, steps * batch // 2))
+
+
+def check_pretrain_memory(size: int, batch: int, images: int) -> None:
+    """The pretraining renders its images at once (uint8 RGB) and holds a float32 batch per step:
+    both must fit in this machine's memory. KitError naming pretrain_size or pretrain_batch."""
+    pixels = size * size
+    if images * pixels * 3 > MEMORY:
+        raise KitError(f"pretrain_size: expected at most {math.isqrt(MEMORY // (3 * images))} px for {images} "
+                       f"pretraining images on this machine ({_GIB}), got {size}")
+    if batch * pixels * PIXEL_BYTES > MEMORY:
+        raise KitError(f"pretrain_batch: expected at most {MEMORY // (pixels * PIXEL_BYTES)} images of {size} px "
+                       f"per step on this machine ({_GIB}), got {batch}")
+
+
 _BN = "BatchNorm in train mode needs 2 images"
 # The limits of the numeric fields, checked by ``validate`` (their types come from the annotations).
+# An upper bound either follows from what this machine can hold (MEMORY) or keeps a value inside
+# the numbers the arithmetic takes; ``validate`` adds the bounds that join several fields (a batch
+# of crops, the scenes of a data set, CutMix boxes).
 LIMITS: dict[str, Limit] = {
-    "seed": Limit(0, text="an integer >= 0"),
-    "head_channels": Limit(1),
+    "seed": Limit(0, MAX_SEED, text=f"an integer in [0, {MAX_SEED}] (32 bits)"),
+    "head_channels": Limit(1, math.isqrt(MEMORY // CONV3_BYTES),
+                           text=f"an integer in [1, {math.isqrt(MEMORY // CONV3_BYTES)}] (a 3x3 convolution of "
+                                f"that many channels to as many must fit in this machine's {_GIB})"),
     "pretrain_steps": Limit(0, open_lo=True),
     "pretrain_size": Limit(16, text="at least 16 px"),
     "pretrain_batch": Limit(2, text="at least 2 (BatchNorm)"),
-    "crop": Limit(1),  # and at least MIN_CROP_STRIDES x output_stride (validate)
-    "scales": Limit(0, open_lo=True, text="positive scale factors, e.g. 0.5,1,2"),
-    "batch_size": Limit(2, text=f"at least 2 ({_BN})"),
+    # and at least MIN_CROP_STRIDES x output_stride (validate)
+    "crop": Limit(1, MAX_SIDE, text=f"at most {MAX_SIDE} px (one image of that side must fit in this "
+                                    f"machine's {_GIB})"),
+    # Below 1/16 an image shrinks to a few pixels (a 64 px scene to under 4); above 16 it grows to
+    # 256 times its pixels before the crop.
+    "scales": Limit(1 / 16, 16, text="scale factors in [0.0625, 16], e.g. 0.5,1,2"),
+    "batch_size": Limit(2, text=f"at least 2 ({_BN})"),  # at most: what a step of crops can hold (validate)
     "unlabeled_batch_size": Limit(2, text=f"at least 2 ({_BN})"),
-    "num_workers": Limit(0, text="0 (load in this process) or a number of loader processes"),
-    "n_train_scenes": Limit(1),
+    "num_workers": Limit(0, MAX_WORKERS,
+                         text=f"0 (load in this process) or at most {MAX_WORKERS} loader processes (each holds "
+                              f"{WORKER_BYTES >> 20} MiB or more of this machine's {_GIB})"),
+    "n_train_scenes": Limit(1),  # at most: what memory holds at scene_size (validate)
     "n_val_scenes": Limit(1),
-    "scene_size": Limit(8, text="at least 8 px"),
-    "digits_per_scene": Limit(0, text="(min, max) digits per scene, 0 <= min <= max"),
+    "scene_size": Limit(8, MAX_SIDE, text=f"8 to {MAX_SIDE} px"),
+    # Each digit is placed, checked for overlap and drawn in turn: beyond a few dozen per scene a
+    # data set takes hours to build and shows a scene-filling scribble.
+    "digits_per_scene": Limit(0, 64, text="(min, max) digits per scene, 0 <= min <= max <= 64"),
     "digit_px": Limit(8, text="(min, max) digit height in px, 8 <= min <= max <= scene_size"),
     "void_band": Limit(0, 4, text="0 to 4 px"),
     "iterations": Limit(0, open_lo=True),
-    "lr": Limit(0, open_lo=True),
+    "lr": Limit(0, MAX_OPTIMIZER_SCALAR, open_lo=True,
+                text=f"a positive number at most {MAX_OPTIMIZER_SCALAR:.3g} (the optimizers step in float32)"),
     "momentum": Limit(0, 1, text="a number in [0, 1)"),  # 1 itself: excluded in validate
-    "weight_decay": Limit(0),
+    "weight_decay": Limit(0, MAX_OPTIMIZER_SCALAR,
+                          text=f"a number in [0, {MAX_OPTIMIZER_SCALAR:.3g}] (the optimizers step in float32)"),
     "warmup_iters": Limit(0),
     "poly_power": Limit(0),
     "unsup_weight": Limit(0),
     "sup_only_iters": Limit(0),
     "rampup_iters": Limit(0),
-    "pseudo_void_band": Limit(0, text="0 (none) or a band width in px"),
-    "cutmix_boxes": Limit(0, text="0 (no mixing) or a number of boxes"),
-    "eval_crop": Limit(1),  # and at least MIN_CROP_STRIDES x output_stride (validate)
+    "pseudo_void_band": Limit(0, text="0 (none) or a band width in px"),  # at most: the crop (validate)
+    "cutmix_boxes": Limit(0, text="0 (no mixing) or a number of boxes"),  # at most: what memory holds (validate)
+    "eval_crop": Limit(1, MAX_SIDE, text=f"at most {MAX_SIDE} px (one image of that side must fit in this "
+                                         f"machine's {_GIB})"),  # and at least MIN_CROP_STRIDES x output_stride
     "eval_stride": Limit(0, 1, open_lo=True, text="a share of the window in (0, 1]"),
     "log_every": Limit(1),
     "checkpoint_every": Limit(1),
@@ -505,8 +590,17 @@ CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"),
            "teacher_bn": TEACHER_BN, "student_aug": STUDENT_AUGS, "backbone": BACKBONES,
            "output_stride": OUTPUT_STRIDES, "targets": TARGET_PAIRS}
 
-# device: "auto", "cpu", "cuda" (this process's GPU) or "cuda:N".
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# device: "auto", "cpu", "cuda" (this process's GPU) or "cuda:N" (N a GPU's index: a few digits, not a
+# number torch cannot hold).
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
+
+
+def check_device(value, name: str = "device") -> str:
+    """``value`` when it is a device the kit runs on (auto, cpu, cuda, cuda:N), else one KitError
+    naming ``name``: torch also takes "meta" and others, on which nothing can be computed."""
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise KitError(f"{name}: expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
 
 
 def parse_labeled(spec: str | int | float) -> int | float:
@@ -557,8 +651,7 @@ def validate(cfg: Config) -> Config:
                            f"{', '.join(map(str, valid))}")
     if cfg.momentum >= 1:
         raise KitError(f"momentum: expected {LIMITS['momentum'].expected()}, got {cfg.momentum}")
-    if not _DEVICE.fullmatch(cfg.device):
-        raise KitError(f"device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    check_device(cfg.device)
     if cfg.labeled != ALL_LABELED:
         parse_labeled(cfg.labeled)
     smallest = MIN_CROP_STRIDES * cfg.output_stride
@@ -566,6 +659,7 @@ def validate(cfg: Config) -> Config:
         if getattr(cfg, key) is not None and getattr(cfg, key) < smallest:
             raise KitError(f"{key}: expected at least {smallest} px ({MIN_CROP_STRIDES} x output_stride "
                            f"{cfg.output_stride}, so that layer4 sees 2x2 positions), got {getattr(cfg, key)}")
+    _check_memory(cfg)
     lo, hi = cfg.digits_per_scene
     if lo > hi:
         raise KitError(f"digits_per_scene: expected {LIMITS['digits_per_scene'].text}, got {_shown((lo, hi))}")
@@ -592,6 +686,41 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _check_memory(cfg: Config) -> None:
+    """The bounds that join several fields: what one step, the digit scenes and the CutMix masks
+    need at the least must fit in this machine's memory (``MEMORY``); a KitError names the field
+    to lower, and its largest value that fits."""
+    pixels = cfg.crop * cfg.crop
+    two_nets = cfg.method != "supervised"
+    # A step holds batch_size labeled crops, and two-net methods 2 x unlabeled_batch_size more.
+    for key, per in (("batch_size", 1), ("unlabeled_batch_size", 2 if two_nets else 0)):
+        most = MEMORY // (PIXEL_BYTES * pixels * per) if per else None
+        if most is not None and getattr(cfg, key) > most:
+            if most < 2:  # even the smallest batch does not fit: the crop is what to lower
+                side = math.isqrt(MEMORY // (PIXEL_BYTES * 2 * per))
+                raise KitError(f"crop: expected at most {side} px for batches of 2 ({key}) on this machine "
+                               f"({_GIB}), got {cfg.crop}")
+            raise KitError(f"{key}: expected at most {most} images of {cfg.crop} px per step on this machine "
+                           f"({_GIB}), got {getattr(cfg, key)}")
+    if cfg.cutmix_boxes and two_nets:
+        most = MEMORY // (BOX_PIXEL_BYTES * pixels * cfg.unlabeled_batch_size)
+        if cfg.cutmix_boxes > most:
+            raise KitError(f"cutmix_boxes: expected at most {most} boxes per image ({cfg.unlabeled_batch_size} "
+                           f"masks of {cfg.crop} px per box must fit in this machine's {_GIB}), "
+                           f"got {cfg.cutmix_boxes}")
+    if cfg.pseudo_void_band > cfg.crop:
+        raise KitError(f"pseudo_void_band: expected at most the crop, {cfg.crop} px (a wider band leaves no "
+                       f"pseudo label), got {cfg.pseudo_void_band}")
+    images = pretrain_images(cfg.pretrain_steps, cfg.pretrain_batch)
+    check_pretrain_memory(cfg.pretrain_size, cfg.pretrain_batch, images)
+    if cfg.dataset == "digits":
+        most = MEMORY // (SCENE_PIXEL_BYTES * cfg.scene_size * cfg.scene_size)
+        if cfg.n_train_scenes + cfg.n_val_scenes > most:
+            key = "n_train_scenes" if cfg.n_train_scenes >= cfg.n_val_scenes else "n_val_scenes"
+            raise KitError(f"{key}: expected at most {most} scenes of {cfg.scene_size} px in all (train and "
+                           f"val) on this machine ({_GIB}), got {cfg.n_train_scenes} + {cfg.n_val_scenes}")
+
+
 def _shown(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -605,6 +734,11 @@ def make_config(preset: str = "smoke", overrides: dict | None = None, **kw) -> C
     for key, value in {**(overrides or {}), **kw}.items():
         if key not in types:
             raise KitError(f"unknown setting '{key}'; valid settings: {', '.join(types)}")
+        if key == "preset" and value != preset:
+            # The name records which preset filled the other fields: set alone it would label one
+            # preset's settings as another's (a smoke run shown as the paper's voc recipe).
+            raise KitError(f"preset: chosen with --preset (here {preset!r}), not set as a field; got "
+                           f"preset={value!r}: pass --preset {value} to start from that preset's settings")
         if isinstance(value, str) and types[key] is not str:
             value = _parse(key, value, types[key])
         _check_value(key, value, types[key])
@@ -779,6 +913,8 @@ ADDED_FIELDS = {
 def load_config_dict(data: dict) -> Config:
     """A Config from a dict written by ``Config.to_dict`` (unknown keys are ignored; a field the
     dict lacks takes its ``ADDED_FIELDS`` value, else its default), checked by ``validate``."""
+    if not isinstance(data, dict):
+        raise KitError(f"config: expected the settings as a JSON object, got a {type(data).__name__}")
     known = {f.name for f in fields(Config)}
     data = {**ADDED_FIELDS, **{k: v for k, v in data.items() if k in known}}
     return validate(Config(**data))

@@ -7,13 +7,27 @@ renamed over the target, so a kill at any moment leaves the old file or the new 
 also records its pid, host and start time). A second process gets ``RunBusy`` at once, or waits
 for the lock with ``wait=True``. The operating system releases the lock when its process ends in
 any way, so a lock left by a killed process is simply taken over by the next runner.
+
+**No file written through a planted link.** The kit opens the few files it writes in place (the
+lock, the write probe) with ``O_NOFOLLOW`` and refuses anything there that is not a plain file of
+its own (a symbolic link, a hard link to another file, a device): opened as they are, they would
+make the kit truncate whatever they point to. Every other file is written to a new temp file
+(created exclusively) and renamed over its name, which replaces a link there instead of writing
+through it.
+
+**Temp files.** A kill between creating a temp file and renaming it leaves the temp file
+(``.<name>.tmp`` and 8 random characters; checkpoint-sized for a checkpoint). The holder of a
+folder's lock is the only writer of that folder's run files, so it removes those left over
+(``remove_stale_temps``) when it starts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +44,14 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 LOCK = ".lock"  # the lock file in a locked folder
+PROBE = ".write-test"  # the name of the file that tells whether a folder may be written (probe_writable)
+# What write_atomic adds to a file's name for its temp file: ".<name>.tmp" before mkstemp's 8
+# random characters (letters, digits, "_"); remove_stale_temps matches exactly this.
+TEMP_MARK = ".tmp"
+_TEMP_RANDOM = r"[a-z0-9_]{8}"
+# open() flags that refuse to follow a symbolic link at the last component (0 where the platform
+# has none).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def machine() -> str:
@@ -61,8 +83,11 @@ def shown_path(path) -> str:
     from .constants import CACHE_ENV, cache_root
 
     p = Path(path).expanduser().absolute()
-    bases = [(Path.cwd(), None)] + ([(cache_root(), f"${CACHE_ENV}")] if os.environ.get(CACHE_ENV) else []) \
-        + [(Path.home(), "~")]
+    bases = [(Path.cwd(), None)] + ([(cache_root(), f"${CACHE_ENV}")] if os.environ.get(CACHE_ENV) else [])
+    try:
+        bases.append((Path.home(), "~"))
+    except RuntimeError:  # no home folder (HOME unset, no passwd entry): nothing to shorten
+        pass
     for base, shown in bases:
         try:
             rel = p.relative_to(base.expanduser().absolute())
@@ -87,7 +112,9 @@ def write_atomic(path, write: Callable[[BinaryIO], object]) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp")
+        # mkstemp creates the file exclusively (O_CREAT | O_EXCL | O_NOFOLLOW): nothing planted
+        # under the temp name is written through.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}")
         with os.fdopen(fd, "wb") as raw:
             f = _Recording(raw)
             try:
@@ -107,7 +134,7 @@ def write_atomic(path, write: Callable[[BinaryIO], object]) -> Path:
             kept = "the previous file is kept" if path.exists() else "no file was written"
             raise KitError(f"{path}: cannot write ({e.strerror or e}); {kept}") from None
         raise
-    _fsync_dir(path.parent)
+    fsync_folder(path.parent)
     return path
 
 
@@ -135,7 +162,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make the renames and removals in ``folder`` durable (they survive a power cut)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # e.g. Windows, where folders cannot be opened
@@ -148,6 +176,74 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def temp_name_pattern(names: str) -> re.Pattern:
+    """The names of ``write_atomic``'s temp files for the files whose names match the regular
+    expression ``names`` (e.g. ``checkpoint\\.pt|metrics\\.json``)."""
+    return re.compile(rf"\.(?:{names}){re.escape(TEMP_MARK)}{_TEMP_RANDOM}")
+
+
+def remove_stale_temps(folder, names: str) -> list[Path]:
+    """Remove the temp files that ``write_atomic`` left in ``folder`` for the files matching the
+    regular expression ``names`` (a kill between creating one and renaming it); returns them.
+
+    Only under the lock (``lock``) of the folder or of a folder above it, held by this process, and
+    only for files that the lock holder alone writes: then no live process is writing any of these
+    temp files. Only plain files whose whole name matches are removed, never a link or a folder."""
+    folder = Path(folder)
+    where = folder.resolve()
+    if not any(p in _HELD for p in (where, *where.parents)):
+        raise RuntimeError(f"remove_stale_temps({folder}): only the holder of the folder's lock may remove "
+                           f"its temp files")
+    pattern, removed = temp_name_pattern(names), []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no folder yet, or not readable: nothing of ours to remove
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except OSError:  # gone already, or not ours to remove: left as it is
+                continue
+            removed.append(Path(entry.path))
+    if removed:
+        fsync_folder(folder)
+    return removed
+
+
+def probe_writable(folder) -> Path:
+    """Create ``folder`` (and its parents) and check that this user may write files in it: an empty
+    temp file ``.write-test.tmp`` + 8 random characters, created exclusively (so that two processes
+    probing one folder at once never meet) and removed. Anything planted as ``PROBE`` that is not a
+    plain file (a link, say) is refused with a KitError naming it; OSError is left to the caller's
+    words."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _refuse_planted(folder / PROBE, os.lstat(folder / PROBE), "the folder's write probe")
+    except FileNotFoundError:
+        pass
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{PROBE}{TEMP_MARK}")
+    os.close(fd)
+    # missing_ok: a lock holder may have taken it for a stale temp file (runs.remove_stale_temps)
+    Path(name).unlink(missing_ok=True)
+    return folder
+
+
+def _refuse_planted(path: Path, st: os.stat_result, what: str) -> None:
+    """KitError unless ``st`` (of ``path``, not followed) is a plain file with no other name."""
+    if stat.S_ISLNK(st.st_mode):
+        found = f"a symbolic link to {os.readlink(path)}"
+    elif not stat.S_ISREG(st.st_mode):
+        found = "not a plain file"
+    elif st.st_nlink > 1:
+        found = f"a plain file with {st.st_nlink - 1} other name(s) (a hard link)"
+    else:
+        return
+    raise KitError(f"{path}: {what} is {found}; refused: the kit writes no file through a link or into a "
+                   f"file it did not make (remove it)")
+
+
 def read_class_names(path) -> list[str]:
     """Class names from a text file, one per line, a name's line number (from 0) being its id; blank
     lines at the end are ignored. KitError naming the file when it is missing, empty, has a blank
@@ -157,7 +253,8 @@ def read_class_names(path) -> list[str]:
     if not path.is_file():
         raise KitError(f"{path}: class list not found (expected one class name per line; line 1 is class 0)")
     try:
-        lines = path.read_text(encoding="utf-8").rstrip().splitlines()
+        # utf-8-sig: a byte-order mark some editors write is no part of the first class's name
+        lines = path.read_text(encoding="utf-8-sig").rstrip().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise KitError(f"{path}: cannot read the class list ({e})") from None
     names = [line.strip() for line in lines]
@@ -224,11 +321,16 @@ class lock:
             return self
         try:
             key.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a link planted as the lock file is refused (ELOOP), never truncated
+            # through; O_NONBLOCK: a planted FIFO does not hang the open.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0), 0o644)
         except OSError as e:
+            if os.path.islink(self.path):
+                _refuse_planted(self.path, os.lstat(self.path), "the folder's lock file")
             raise KitError(f"{self.path}: cannot create the folder's lock file ({e.strerror or e}); "
                            f"expected a folder this user may write to") from None
         try:
+            _refuse_planted(self.path, os.fstat(fd), "the folder's lock file")  # before any write to it
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -261,16 +363,21 @@ class lock:
 
 def _read_record(fd: int) -> dict:
     try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
     except (OSError, ValueError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def holder(run_dir) -> str | None:
     """"pid 123 on host since 2026-12-01 21:40:00" for the process that holds (or last held) the lock."""
     path = Path(run_dir) / LOCK
     try:
-        r = json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))  # a planted link: not read
+    except OSError:
         return None
+    try:
+        r = _read_record(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
+    finally:
+        os.close(fd)
     return f"pid {r['pid']} on {r['host']} since {r['since']}" if {"pid", "host", "since"} <= set(r) else None

@@ -15,12 +15,28 @@ import re
 
 import pytest
 
-from cpcl_kit import cli
+from cpcl_kit import cli, config
 from cpcl_kit.config import Config, load_config_dict, make_config
 from cpcl_kit.errors import KitError
 from cpcl_kit.teach.notebook import notebook_config
 
 NAN, INF = math.nan, math.inf
+
+# Values just past what this machine holds (config.MEMORY), on the smoke preset: crops of 64 px, two
+# nets, 64 px scenes and pretraining images. Computed, so that they are out of bounds on any machine.
+M = config.MEMORY
+SIDE = config.MAX_SIDE + 1
+PX = 64 * 64
+TOO = {
+    "head_channels": config.LIMITS["head_channels"].hi + 1,
+    "num_workers": config.LIMITS["num_workers"].hi + 1,
+    "batch_size": M // (config.PIXEL_BYTES * PX) + 1,
+    "unlabeled_batch_size": M // (config.PIXEL_BYTES * PX * 2) + 1,
+    "scenes": M // (config.SCENE_PIXEL_BYTES * PX) + 1,
+    "cutmix_boxes": M // (config.BOX_PIXEL_BYTES * PX * 4) + 1,
+    "pretrain_size": math.isqrt(M // (3 * config.pretrain_images(400, 64))) + 1,  # smoke: 400 steps of 64
+    "pretrain_batch": M // (PX * config.PIXEL_BYTES) + 1,
+}
 
 # field: (Python values, --set texts), all refused on the smoke preset. A Python value of another
 # type than the field's is a type error; a text is parsed first, so the texts are what parses but
@@ -34,35 +50,37 @@ BAD: dict[str, tuple[list, list[str]]] = {
     "labeled": (["abc", "0", "2/1", 0.5], ["abc", "0", "3/2", "-1"]),
     "labeled_list": ([3, "/lists/l.txt"], ["/lists/l.txt"]),
     "unlabeled_list": ([3, "/lists/u.txt"], ["/lists/u.txt"]),
-    "seed": ([-1, 1.5, "x", True], ["-1", "1.5", "x"]),
+    "seed": ([-1, 1.5, "x", True, 2 ** 32, 12345678901234567890], ["-1", "1.5", "x", "12345678901234567890"]),
     "backbone": (["vgg16", 18], ["vgg16"]),
     "output_stride": ([4, 32, 16.0], ["4", "32", "x"]),
     "dilation": (["multigrid", None], ["multigrid"]),
-    "head_channels": ([0, -8, 1.5], ["0", "-8", "wide"]),
+    "head_channels": ([0, -8, 1.5, TOO["head_channels"]], ["0", "-8", "wide", str(TOO["head_channels"])]),
     "backbone_weights": ([3, True], ["/nowhere/resnet.pth"]),  # a file that is not there (train refuses)
     "pretrain_source": (["emnist", 1], ["emnist"]),
     "pretrain_steps": ([0, -1, NAN], ["0", "nan"]),
-    "pretrain_size": ([8, "big"], ["8", "big"]),
-    "pretrain_batch": ([1, 0], ["1", "two"]),
-    "crop": ([3, 31, 0, -64, 64.5, NAN], ["3", "31", "0", "nan"]),
+    "pretrain_size": ([8, "big", TOO["pretrain_size"]], ["8", "big", str(TOO["pretrain_size"])]),
+    "pretrain_batch": ([1, 0, TOO["pretrain_batch"]], ["1", "two", str(TOO["pretrain_batch"])]),
+    "crop": ([3, 31, 0, -64, 64.5, NAN, SIDE], ["3", "31", "0", "nan", str(SIDE)]),
     "crop_pad": (["center", None], ["center"]),
-    "scales": (["abc", (0.5, -1.0), (0.0,), (1.0, NAN), 1.0, ("a",)], ["abc", "0.5,-1", "0", "1,inf"]),
+    "scales": (["abc", (0.5, -1.0), (0.0,), (1.0, NAN), 1.0, ("a",), (0.0001,), (1.0, 17.0)],
+               ["abc", "0.5,-1", "0", "1,inf", "0.0001", "1,100"]),
     "flip": (["maybe", 1, None], ["maybe", "2"]),
     "colour_aug": (["maybe", 0], ["maybe"]),
-    "batch_size": ([1, 0, -4, 2.5], ["1", "0", "nan"]),
-    "unlabeled_batch_size": ([1, 0], ["1", "x"]),
-    "num_workers": ([-1, 0.5], ["-1", "all"]),
-    "n_train_scenes": ([0, -5, 1e9], ["0", "many"]),
-    "n_val_scenes": ([0, "x"], ["0", "-3"]),
-    "scene_size": ([4, 0, NAN], ["4", "0"]),
-    "digits_per_scene": ([(2, 1), (-1, 1), (1,), (1, 2, 3), (1.5, 2), "1"], ["2,1", "-1,1", "1", "a,b"]),
+    "batch_size": ([1, 0, -4, 2.5, TOO["batch_size"]], ["1", "0", "nan", str(TOO["batch_size"])]),
+    "unlabeled_batch_size": ([1, 0, TOO["unlabeled_batch_size"]], ["1", "x", str(TOO["unlabeled_batch_size"])]),
+    "num_workers": ([-1, 0.5, TOO["num_workers"]], ["-1", "all", str(TOO["num_workers"])]),
+    "n_train_scenes": ([0, -5, 1e9, TOO["scenes"]], ["0", "many", str(TOO["scenes"])]),
+    "n_val_scenes": ([0, "x", TOO["scenes"]], ["0", "-3", str(TOO["scenes"])]),
+    "scene_size": ([4, 0, NAN, SIDE], ["4", "0", str(SIDE)]),
+    "digits_per_scene": ([(2, 1), (-1, 1), (1,), (1, 2, 3), (1.5, 2), "1", (1, 65)],
+                         ["2,1", "-1,1", "1", "a,b", "1,1000000000"]),
     "digit_px": ([(4, 8), (40, 80), (50, 40), (40,)], ["4,8", "40,80", "50,40", "x"]),
     "void_band": ([-1, 5, 1.5], ["-1", "5"]),
     "iterations": ([0, -10, INF, 10.5], ["0", "-10", "inf", "1e3"]),
     "optimizer": (["rmsprop", None], ["rmsprop"]),
-    "lr": ([NAN, INF, -INF, 0, -0.1, "fast", None], ["nan", "inf", "0", "-0.1", "fast", "1/0"]),
+    "lr": ([NAN, INF, -INF, 0, -0.1, "fast", None, 1e300, 1e38], ["nan", "inf", "0", "-0.1", "fast", "1/0", "1e300"]),
     "momentum": ([NAN, -0.1, 1.0, 1.5], ["nan", "-0.1", "1", "2"]),
-    "weight_decay": ([NAN, -1e-4, INF], ["nan", "-1e-4", "inf"]),
+    "weight_decay": ([NAN, -1e-4, INF, 1e300], ["nan", "-1e-4", "inf", "1e39"]),
     "warmup_iters": ([-1, 2.5], ["-1", "x"]),
     "poly_power": ([NAN, -0.9], ["nan", "-0.9"]),
     "unsup_weight": ([NAN, INF, -1.0], ["nan", "inf", "-1"]),
@@ -74,14 +92,14 @@ BAD: dict[str, tuple[list, list[str]]] = {
     "inter_norm": (["none"], ["none"]),
     "targets": ([("inter",), ("union", "inter"), ("a", "b"), "inter;union", (1, 2)], ["inter", "union,inter", "a,b"]),
     "teacher_bn": (["frozen"], ["frozen"]),
-    "pseudo_void_band": ([-1, NAN], ["-1", "x"]),
-    "cutmix_boxes": ([-1, 1.5], ["-1", "x"]),
+    "pseudo_void_band": ([-1, NAN, 65], ["-1", "x", "1000000000"]),  # wider than the 64 px crop
+    "cutmix_boxes": ([-1, 1.5, TOO["cutmix_boxes"]], ["-1", "x", str(TOO["cutmix_boxes"])]),
     "student_aug": (["elastic"], ["elastic"]),
     "sup_loss": (["focal", None], ["focal"]),
-    "eval_crop": ([0, 3, -512, 64.5], ["0", "3", "-512", "x"]),
+    "eval_crop": ([0, 3, -512, 64.5, SIDE], ["0", "3", "-512", "x", str(SIDE)]),
     "eval_stride": ([0, -0.5, 1.5, NAN], ["0", "-0.5", "1.5", "nan"]),
     "eval_branch": (["3", 1], ["3", "both"]),
-    "device": (["gpu", "cuda:x", 0, None], ["gpu", "cuda:", "tpu"]),
+    "device": (["gpu", "cuda:x", 0, None, "meta", "cuda:99999"], ["gpu", "cuda:", "tpu", "meta"]),
     "amp": (["fp8", None], ["fp8"]),
     "channels_last": (["maybe", 2], ["maybe"]),
     "cudnn_benchmark": (["maybe"], ["maybe"]),
@@ -92,7 +110,7 @@ BAD: dict[str, tuple[list, list[str]]] = {
     "eval_every": ([-1, 2.5, NAN], ["-1", "x"]),
     "tensorboard": (["maybe", 2], ["maybe"]),
     "tb_image_every": ([-5, None], ["-5", "often"]),
-    "preset": (["huge", 3], ["huge"]),
+    "preset": (["huge", 3], ["huge", "voc"]),  # --set preset=voc would relabel a smoke run
 }
 
 FIELDS = [f.name for f in dataclasses.fields(Config)]

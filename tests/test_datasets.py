@@ -101,8 +101,12 @@ def test_rgb_mask_rejected(tmp_path):
 
 def test_read_split_list_formats(tmp_path):
     p = tmp_path / "l.txt"
-    p.write_bytes(b"2007_000032\r\n\r\n2007_000039\textra field\n  2007_000063 x\n")
-    assert read_split_list(p) == ["2007_000032", "2007_000039", "2007_000063"]
+    p.write_bytes(b"\xef\xbb\xbf2007_000032\r\n\r\n2007_000039\textra field\n  2007_000063 x\n"
+                  b"JPEGImages/2007_000064.jpg SegmentationClass/2007_000064.png\nmy photo\n")
+    # a byte-order mark and CRLF dropped; a tab ends the id; a line of one field is one id, spaces
+    # included (the tree tells '2007_000063 x' from its first word: see test_voc_list_entry_readings);
+    # UniMatch's image path names its stem
+    assert read_split_list(p) == ["2007_000032", "2007_000039", "2007_000063 x", "2007_000064", "my photo"]
 
 
 def test_split_list_errors(tmp_path):
@@ -251,6 +255,14 @@ def test_voc_id_without_image(tmp_path):
         voc_splits(root, labeled=None)
     with pytest.raises(KitError, match="escape"):
         voc_files(root, ["../val/image/x"], "train")
+
+
+def test_voc_list_entry_readings(tmp_path):
+    root = _voc_cps(tmp_path / "voc", with_subset=False)
+    lst = tmp_path / "l.txt"
+    lst.write_text(f"{TRAIN[0]} 1\nJPEGImages/{TRAIN[1]}.jpg SegmentationClass/{TRAIN[1]}.png\n")
+    lab, unl, _ = voc_splits(root, labeled_list=lst)
+    assert [p[0].stem for p in lab] == TRAIN[:2] and len(unl) == len(TRAIN) - 2
 
 
 # ------------------------------------------------------------------------------------- Cityscapes

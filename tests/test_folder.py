@@ -150,7 +150,7 @@ def _too_few_masks(root):
 BAD_TREES = {
     "no_classes_txt": (_no_classes, r"classes\.txt: class list not found"),
     "mask_without_image": (_orphan_mask, r"masks/ghost\.png: mask without an image"),
-    "empty_images_folder": (_empty_images, r"images: no images \(expected \.jpg or \.png files\)"),
+    "empty_images_folder": (_empty_images, r"images: no images \(expected image files PIL reads: \.jpg, \.png, \.webp"),
     "two_images_one_name": (_same_stem, r"images/im00\.(png|jpg): two images share the name 'im00'"),
     "value_not_a_class": (_value_too_large, r"masks/im00\.png: label values \[7\] outside \[0, 3\)"),
     "size_mismatch": (_size_mismatch, r"masks/im00\.png: label size \d+x\d+ differs from image"),

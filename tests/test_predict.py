@@ -196,9 +196,17 @@ CLI_ERRORS = {
     "missing checkpoint": ("--checkpoint {w}/nope.pt {w}/in", r"checkpoint: file not found: .*nope\.pt"),
     "missing image": ("--checkpoint {run} {w}/in/gone.jpg", r"images: .*gone\.jpg not found"),
     "unreadable image": ("--checkpoint {run} {w}/in/broken.png", r"broken\.png: cannot read image"),
-    "no images": ("--checkpoint {run} {w}/empty", r"images: folder .*empty holds no \.jpg"),
+    "no images": ("--checkpoint {run} {w}/empty", r"images: folder .*empty holds no .*\.jpg"),
     "bad branch": ("--checkpoint {run} {w}/in --branch both", r"argument --branch: invalid choice: 'both'"),
     "bad device": ("--checkpoint {run} {w}/in --device gpu", r"device: expected auto, cpu, cuda"),
+    # torch builds a "meta" device, on which nothing is computed
+    "meta device": ("--checkpoint {run} {w}/in --device meta",
+                    r"device: expected auto, cpu, cuda or cuda:N, got 'meta'"),
+    # a window under 2 output strides gives layer4 one position: one class everywhere
+    "crop below the run's minimum": ("--checkpoint {run} {w}/in --crop 8",
+                                     r"crop: expected at least 32 px for the run in .*checkpoint\.pt \(2 x its output "
+                                     r"stride 16"),
+    "crop past memory": ("--checkpoint {run} {w}/in --crop 1000000000", r"crop: expected at most \d+ px \(one window"),
 }
 
 

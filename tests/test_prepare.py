@@ -345,7 +345,8 @@ def test_check_folder_data_set_problems_each_named(tmp_path, capsys):
     (empty / "images").mkdir(parents=True)
     (empty / "classes.txt").write_text("bg\nfg\n")
     rep = prepare.check_data(empty, progress=False)
-    assert rep["problems"]["problem"].tolist() == ["no images (expected .jpg or .png files)"]
+    assert rep["problems"]["problem"].tolist() == ["no images (expected image files PIL reads: .jpg, .png, .webp, "
+                                                   ".bmp, .tif, ...)"]
     assert rep["problems"]["file"].tolist() == [str(empty / "images")]
 
 

@@ -119,6 +119,39 @@ def test_the_pseudo_label_image_is_the_kits_panels_of_fixed_scenes(two_runs):
     assert got.shape == want.shape and np.abs(got - want).max() <= 1.0
 
 
+@needs_tb
+def test_the_pseudo_label_image_of_a_small_folder_changes_nothing(tmp_path):
+    """A folder with two unlabeled images gives CutMix one scene: the image is drawn from two (one
+    image cannot pass train-mode BatchNorm's image pooling), and the nets' weights, BatchNorm
+    statistics and modes and torch's random state are as they were."""
+    import copy
+
+    from folder_tree import make_tree
+
+    from cpcl_kit.data import build_data
+    from cpcl_kit.engine.train import nets_for
+
+    root = make_tree(tmp_path / "t", n=6, masked=4)  # 1 held out for validation, 3 labeled, 2 unlabeled
+    cfg = make_config("smoke", dataset="folder", data_root=str(root), backbone_weights="none")
+    data = build_data(cfg)
+    assert len(data.unlabeled) == 2 and cfg.cutmix_boxes > 0 and cfg.teacher_bn == "train"
+    torch.manual_seed(0)
+    nets = nets_for(cfg)
+    nets[1].eval()  # one of each mode, both kept
+    weights = [copy.deepcopy(n.state_dict()) for n in nets]
+    rng = torch.get_rng_state()
+    board = tblog.Board(cfg, tmp_path / "run", 0, data.class_names)
+    board.pseudo_labels(cfg.iterations, nets, data)
+    board.close()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [n.training for n in nets] == [True, False]
+    for net, before in zip(nets, weights):
+        after = net.state_dict()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+    (image,) = _events(tmp_path / "run").Images("pseudo_labels")
+    assert image.step == cfg.iterations and image.height > 0
+
+
 def test_a_resumed_run_continues_the_same_curves(tmp_path):
     """An attempt killed after its checkpoint at 6 had logged (and evaluated) up to 12: resumed
     from 6, TensorBoard and the validation curve hold each iteration once, with the resumed values."""

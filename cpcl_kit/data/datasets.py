@@ -1,7 +1,9 @@
 """Real data sets on disk (PASCAL VOC 2012, Cityscapes, a folder of your own) and their splits.
 
 A data set here is a list of (image_path, mask_path or None) pairs read by ``SegmentationFiles``.
-Split lists (CPS/CPCL text format) and seeded partitions are ``splits``'.
+Images are read as viewers show them (``read_image``: any format PIL reads, EXIF orientation
+applied, 16-bit greyscale scaled). Split lists (CPS's, U2PL's and UniMatch's formats) and seeded
+partitions are ``splits``'.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..constants import ALL_LABELED, FOLDER_CLASSES, IGNORE_INDEX
 from ..errors import KitError
 from ..files import read_class_names
-from .splits import (check_relative, fraction_denominator, labeled_count, split_tag, make_partition, parse_labeled,
-                     read_pair_list, read_split_list, write_split_list)
+from .splits import (check_relative, fraction_denominator, id_candidates, image_extensions, labeled_count,
+                     make_partition, parse_labeled, read_pair_list, read_split_list, split_tag, write_split_list)
 VOC_CLASS_NAMES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -36,26 +38,75 @@ _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what a bad file raises
 
 
+# The EXIF orientations that turn an image by a quarter (its stored width is its shown height).
+_QUARTER_TURNS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # greyscale with more than 8 bits per pixel
+
 # ----------------------------------------------------------------------------------------- reading
 
 
+def _grey_to_8bit(img: Image.Image, path: Path) -> np.ndarray:
+    """uint8 [H,W] of a greyscale image of more than 8 bits, scaled from its bit depth (16-bit
+    0..65535 -> 0..255, rounded), not clipped: PIL's convert("RGB") clips at 255, so a 16-bit image's
+    levels all but vanish. 32-bit integer images ('I') holding 8-bit values are taken as they are."""
+    a = np.asarray(img)
+    lo, hi = int(a.min(initial=0)), int(a.max(initial=0))
+    if img.mode == "I" and lo >= 0 and hi <= 255:
+        return a.astype(np.uint8)
+    if lo < 0 or hi > 65535:
+        raise KitError(f"{path}: greyscale values {lo}..{hi} do not fit 16 bits; expected an 8- or 16-bit image")
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def read_image(path) -> np.ndarray:
-    """RGB uint8 [H,W,3] of an image file (any mode PIL reads, converted); KitError naming the file
-    if it is missing or unreadable."""
+    """RGB uint8 [H,W,3] of an image file, as image viewers show it: any format and mode PIL reads,
+    turned by its EXIF orientation (``ImageOps.exif_transpose``: a phone stores a portrait photo
+    landscape and says so in EXIF), greyscale of 16 bits scaled to 8. KitError naming the file if it
+    is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
             img.load()  # decode now so truncated files fail here, not later
+            ImageOps.exif_transpose(img, in_place=True)
+            if img.mode in _WIDE_GREY:
+                return np.repeat(_grey_to_8bit(img, path)[..., None], 3, axis=2)
             return np.array(img.convert("RGB"))
     except READ_ERRORS as e:
+        if isinstance(e, KitError):
+            raise
         raise KitError(f"{path}: cannot read image (corrupt or truncated?): {e}") from None
+
+
+def exif_orientation(path) -> int | None:
+    """The EXIF orientation (1-8) of an image file, None when it has none or cannot be read."""
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(_EXIF_ORIENTATION)
+    except READ_ERRORS:
+        return None
+    return value if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image as ``read_image`` gives it (EXIF orientation applied), from the
+    file's header, without decoding it; KitError naming the file when it cannot be read."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            turned = img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS
+    except READ_ERRORS as e:
+        raise KitError(f"{path}: cannot read image (corrupt or truncated?): {e}") from None
+    return (h, w) if turned else (w, h)
 
 
 def read_label_image(path) -> np.ndarray:
     """The values [H,W] of a single-channel label PNG, decoded whole ('P': the palette index, i.e. the
-    class id); KitError naming the file when it is missing, unreadable or not single-channel."""
+    class id), turned by its EXIF orientation as ``read_image`` turns images; KitError naming the file
+    when it is missing, unreadable or not single-channel."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: label file not found")
@@ -66,6 +117,7 @@ def read_label_image(path) -> np.ndarray:
                 raise KitError(
                     f"{path}: expected a single-channel ('L' or 'P') label image of class indices, got mode {img.mode}"
                 )
+            ImageOps.exif_transpose(img, in_place=True)
             return np.array(img)
     except READ_ERRORS as e:
         if isinstance(e, KitError):
@@ -105,11 +157,17 @@ def read_mask(path, num_classes: int) -> np.ndarray:
 
 
 def size_mismatch(image_path, image_hw: tuple, mask_path, mask_hw: tuple) -> str | None:
-    """The problem when a mask is not the size of its image (shapes as (H, W)), else None."""
+    """The problem when a mask is not the size of its image as shown (shapes as (H, W); ``read_image``
+    applies EXIF orientation), else None. A mask of the stored, unturned size is told so."""
     if tuple(mask_hw) == tuple(image_hw):
         return None
-    return (f"label size {mask_hw[1]}x{mask_hw[0]} differs from image {image_path} size "
+    text = (f"label size {mask_hw[1]}x{mask_hw[0]} differs from image {image_path} size "
             f"{image_hw[1]}x{image_hw[0]}")
+    orientation = exif_orientation(image_path)
+    if tuple(mask_hw) == tuple(image_hw)[::-1] and orientation in _QUARTER_TURNS:
+        text += (f" as viewers show it (EXIF orientation {orientation} turns the stored "
+                 f"{image_hw[0]}x{image_hw[1]} pixels); expected the mask drawn on the image as shown")
+    return text
 
 
 class SegmentationFiles(Dataset):
@@ -198,12 +256,7 @@ def voc_files(root: str | Path, ids: Sequence[str], split: str, require_masks: b
     pairs, missing_img, missing_mask = [], [], []
     for i in ids:
         rel = check_relative(i, "ids")
-        if kind == "cps":
-            d = base / ("train_aug" if split == "train" else "val")
-            img, masks = _under(d / "image", rel + ".jpg"), [_under(d / "label", rel + ".png")]
-        else:
-            img = _under(base / "JPEGImages", rel + ".jpg")
-            masks = [_under(base / sub, rel + ".png") for sub in ("SegmentationClassAug", "SegmentationClass")]
+        img, masks = _voc_image(kind, base, split, rel), _voc_masks(kind, base, split, rel)
         mask = next((m for m in masks if m.is_file()), None)
         if not img.is_file():
             missing_img.append(img)
@@ -217,6 +270,28 @@ def voc_files(root: str | Path, ids: Sequence[str], split: str, require_masks: b
     return pairs
 
 
+# Where a VOC id's mask is looked for, in order. Validation is scored against VOC's own masks (with
+# their 255 borders) wherever VOC has one: trees made by other tools (mmsegmentation's voc_aug)
+# hold SBD's masks, which have no borders, for VOC's val ids in SegmentationClassAug. Training
+# takes the augmented masks first, the set the SBD-augmented recipes train on.
+VOC_MASK_FOLDERS = {"train": ("SegmentationClassAug", "SegmentationClass"),
+                    "val": ("SegmentationClass", "SegmentationClassAug")}
+# The augmented train list's names: the kit's (``data voc-aug``, CPS's) and mmsegmentation's.
+VOC_AUG_LISTS = ("trainaug.txt", "aug.txt")
+
+
+def _voc_image(kind: str, base: Path, split: str, rel: str) -> Path:
+    if kind == "cps":
+        return _under(base / ("train_aug" if split == "train" else "val") / "image", rel + ".jpg")
+    return _under(base / "JPEGImages", rel + ".jpg")
+
+
+def _voc_masks(kind: str, base: Path, split: str, rel: str) -> list[Path]:
+    if kind == "cps":
+        return [_under(base / ("train_aug" if split == "train" else "val") / "label", rel + ".png")]
+    return [_under(base / sub, rel + ".png") for sub in VOC_MASK_FOLDERS[split]]
+
+
 def _voc_id_list(kind: str, base: Path, which: str) -> Path:
     if kind == "cps":
         return base / ("train_aug.txt" if which == "train" else "val.txt")
@@ -224,15 +299,34 @@ def _voc_id_list(kind: str, base: Path, which: str) -> Path:
     if which == "val":
         return sets / "val.txt"
     # The augmented 10,582-image list when SBD labels are present, else the 1,464 VOC train list.
-    aug = sets / "trainaug.txt"
-    return aug if aug.is_file() and (base / "SegmentationClassAug").is_dir() else sets / "train.txt"
+    if (base / "SegmentationClassAug").is_dir():
+        for name in VOC_AUG_LISTS:
+            if (sets / name).is_file():
+                return sets / name
+    return sets / "train.txt"
+
+
+def _voc_reader(kind: str, base: Path, split: str):
+    """A split-list reader giving the VOC ids a list means in this tree: of each entry's readings
+    (``splits.id_candidates``: a name with a space, else its first word) the first whose image
+    exists, else the entry as written (the missing image is then named)."""
+    def read(path) -> list[str]:
+        out = []
+        for entry in read_split_list(path):
+            found = [c for c in id_candidates(entry)
+                     if _voc_image(kind, base, split, check_relative(c, str(path))).is_file()]
+            out.append(found[0] if found else entry)
+        return out
+
+    return read
 
 
 def voc_id_list(root: str | Path, which: str) -> Path:
     """The id list file ``voc_splits`` reads for ``which`` ('train' or 'val') under a VOC data root.
 
-    Standard layout: ImageSets/Segmentation/trainaug.txt (with SegmentationClassAug) else train.txt,
-    and val.txt; CPS layout: train_aug.txt, val.txt. The file may not exist (read_split_list says so).
+    Standard layout: ImageSets/Segmentation/trainaug.txt, or mmsegmentation's aug.txt (with
+    SegmentationClassAug), else train.txt, and val.txt; CPS layout: train_aug.txt, val.txt. The file
+    may not exist (read_split_list says so).
     """
     if which not in ("train", "val"):
         raise KitError(f"which: expected 'train' or 'val', got {which!r}")
@@ -250,6 +344,9 @@ def voc_splits(
 ) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """(labeled_pairs, unlabeled_pairs, val_pairs) for PASCAL VOC 2012 (21 classes, 255 ignore).
 
+    Lists may be in CPS's, U2PL's or UniMatch's format (``splits``). Validation masks come from VOC's
+    own SegmentationClass where it has them (``VOC_MASK_FOLDERS``).
+
     Priority: explicit labeled_list (+ unlabeled_list, default = train list minus labeled ids);
     else the CPS layout's ``subset_train_aug/train_aug_labeled_1-N.txt`` for labeled = 1/N;
     else a seeded partition of the train list, written as ``train_aug_{labeled,unlabeled}_<tag>.txt``
@@ -257,13 +354,14 @@ def voc_splits(
     Unlabeled pairs carry their true mask when it exists (for analysis), else None.
     """
     kind, base = voc_layout(root)
+    read = _voc_reader(kind, base, "train")
     train_ids, unl_ids = _choose_split(
-        lambda: read_split_list(_voc_id_list(kind, base, "train")),
+        lambda: read(_voc_id_list(kind, base, "train")),
         labeled, labeled_list, unlabeled_list, seed, out_dir,
         subset_dir=base / "subset_train_aug" if kind == "cps" else None,
-        reader=read_split_list,
+        reader=read,
     )  # fmt: skip
-    val_ids = read_split_list(_voc_id_list(kind, base, "val"))
+    val_ids = _voc_reader(kind, base, "val")(_voc_id_list(kind, base, "val"))
     return (
         voc_files(root, train_ids, "train"),
         voc_files(root, unl_ids, "train", require_masks=False),
@@ -331,14 +429,43 @@ def _cps_to_standard(img_rel: str, lbl_rel: str | None) -> tuple[str, str | None
     return img, lbl
 
 
+def _standard_to_cps(img_rel: str, lbl_rel: str | None) -> tuple[str, str | None]:
+    """Map a standard entry (leftImg8bit/train/jena/jena_000078_000019_leftImg8bit.png) onto CPS's tree."""
+    parts = img_rel.split("/")
+    split, name = parts[1], parts[-1]
+    stem = name[: -len("_leftImg8bit.png")] if name.endswith("_leftImg8bit.png") else name.rsplit(".", 1)[0]
+    return f"images/{split}/{stem}.png", None if lbl_rel is None else f"segmentation/{split}/{stem}_gtFine.png"
+
+
+def _implied_label(img_rel: str) -> str | None:
+    """The label path of an entry that names its image only (U2PL's Cityscapes lists), as U2PL reads
+    it: leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png -> gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png;
+    CPS's images/<split>/<stem>.png -> segmentation/<split>/<stem>_gtFine.png; None for other paths."""
+    parts = img_rel.split("/")
+    if len(parts) >= 3 and parts[0] == "leftImg8bit" and parts[-1].endswith("_leftImg8bit.png"):
+        return "/".join(["gtFine", *parts[1:-1], parts[-1][: -len("leftImg8bit.png")] + "gtFine_labelTrainIds.png"])
+    if len(parts) >= 3 and parts[0] == "images":
+        return "/".join(["segmentation", *parts[1:-1], parts[-1].rsplit(".", 1)[0] + "_gtFine.png"])
+    return None
+
+
 def _canonical(root: Path, entry: tuple[str, str | None]) -> tuple[str, str | None]:
-    """The entry as it exists on disk: CPS names are mapped to the standard tree if only that exists."""
+    """The entry as it exists on disk: a missing label path is the one its image implies
+    (``_implied_label``); CPS names are mapped to the standard tree if only that exists, and
+    standard names to CPS's tree if only that exists."""
     img_rel, lbl_rel = entry
-    if img_rel.startswith("images/") and not _under(root, img_rel).is_file():
-        mapped = _cps_to_standard(img_rel, lbl_rel)
-        if _under(root, mapped[0]).is_file():
+    if lbl_rel is None:
+        lbl_rel = _implied_label(img_rel)
+    if not _under(root, img_rel).is_file():
+        if img_rel.startswith("images/"):
+            mapped = _cps_to_standard(img_rel, lbl_rel)
+        elif img_rel.startswith("leftImg8bit/"):
+            mapped = _standard_to_cps(img_rel, lbl_rel)
+        else:
+            mapped = None
+        if mapped is not None and _under(root, mapped[0]).is_file():
             return mapped
-    return entry
+    return img_rel, lbl_rel
 
 
 def _scan_standard(root: Path, split: str) -> list[tuple[str, str]]:
@@ -395,9 +522,10 @@ def cityscapes_splits(
 ) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """(labeled_pairs, unlabeled_pairs, val_pairs) for Cityscapes (19 train ids, 255 ignore).
 
-    Lists are CPS pair lists; the train/val sets come from ``config_new/{train,val}.txt`` when present,
-    else from scanning leftImg8bit/. Same priority as ``voc_splits``, with CPS subset lists looked up in
-    ``config_new/subset_train/``.
+    Lists are pair lists (CPS's tab-separated or UniMatch's space-separated) or image paths alone
+    (U2PL: the label path follows from the image's); the train/val sets come from
+    ``config_new/{train,val}.txt`` when present, else from scanning leftImg8bit/. Same priority as
+    ``voc_splits``, with CPS subset lists looked up in ``config_new/subset_train/``.
     """
     root = Path(root)
     cityscapes_layout(root)  # a wrong root fails first, naming both layouts
@@ -433,7 +561,12 @@ def cityscapes_entries(root: str | Path, split: str) -> list[tuple[str, str | No
 
 # ------------------------------------------------------------------------------------------ folder
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Every image format PIL decodes here (.jpg, .png, .webp, .bmp, .tif, ...): a folder of photos is
+# read whole, not only its JPEGs and PNGs. Masks stay PNGs (lossless class ids).
+_COMMON = (".jpg", ".jpeg", ".png")  # first, where the suffixes are listed to a user
+IMAGE_SUFFIXES = _COMMON + tuple(e for e in image_extensions() if e not in _COMMON)
+IMAGE_FILES = "image files PIL reads: .jpg, .png, .webp, .bmp, .tif, ..."  # IMAGE_SUFFIXES in words
+_LOSSY = (".jpg", ".jpeg", ".jpe", ".jfif", ".webp")
 # The seed of a folder tree's validation split when it has no val/ folder: fixed, so runs of every
 # seed are scored on the same images.
 FOLDER_VAL_SEED = 0
@@ -446,29 +579,45 @@ def folder_class_names(root: str | Path) -> list[str]:
     return read_class_names(Path(root) / FOLDER_CLASSES)
 
 
+def _visible_files(folder: Path) -> list[Path]:
+    """The files of a folder, sorted, less hidden ones (``.DS_Store``, macOS's ``._photo.jpg``
+    resource forks), which are no one's images."""
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
 def _scan_split(images: Path, masks: Path, need_masks: bool, problems: list) -> list[Pair]:
     """(image, mask or None) of one split folder, by name; every problem appended as (path, text)."""
     if not images.is_dir():
         problems.append((images, "folder not found (a folder data set keeps its images in images/)"))
         return []
     by_stem: dict[str, Path] = {}
-    for p in sorted(images.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            if p.stem in by_stem:
-                problems.append((p, f"two images share the name {p.stem!r} ({by_stem[p.stem].name} too); a "
-                                    f"mask is found by the image's name, so each must be unique"))
-                continue
-            by_stem[p.stem] = p
+    unread: dict[str, Path] = {}  # files PIL has no reader for here (.heic without its plugin, .raw)
+    for p in _visible_files(images):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            unread.setdefault(p.stem, p)
+            continue
+        if p.stem in by_stem:
+            problems.append((p, f"two images share the name {p.stem!r} ({by_stem[p.stem].name} too); a "
+                                f"mask is found by the image's name, so each must be unique"))
+            continue
+        by_stem[p.stem] = p
     if not by_stem:
-        problems.append((images, "no images (expected .jpg or .png files)"))
+        problems.append((images, f"no images (expected {IMAGE_FILES})"))
     mask_of: dict[str, Path] = {}
-    for p in sorted(masks.iterdir()) if masks.is_dir() else []:
-        if p.is_file() and p.suffix.lower() == ".png":
+    for p in _visible_files(masks) if masks.is_dir() else []:
+        suffix = p.suffix.lower()
+        if suffix == ".png":
             mask_of[p.stem] = p
-        elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:  # lossy: class ids blur at the edges
-            problems.append((p, "a mask must be a PNG (lossless), not a JPEG"))
+        elif suffix in IMAGE_SUFFIXES:
+            why = " (lossy: class ids blur at the edges)" if suffix in _LOSSY else ""
+            problems.append((p, f"a mask must be a PNG (lossless), not {suffix}{why}"))
     for stem in sorted(set(mask_of) - set(by_stem)):
-        problems.append((mask_of[stem], f"mask without an image (expected {images}/{stem}.jpg or .png)"))
+        if stem in unread:
+            problems.append((unread[stem], f"has a mask ({mask_of[stem].name}) but is no format PIL reads here "
+                                           f"(expected {IMAGE_FILES}; convert it, e.g. to .jpg)"))
+            continue
+        problems.append((mask_of[stem], f"mask without an image (expected {images}/{stem} as .jpg, .png or "
+                                        f"another format PIL reads)"))
     pairs = [(img, mask_of.get(stem)) for stem, img in by_stem.items()]
     if need_masks:
         for img, mask in pairs:
@@ -493,10 +642,11 @@ def folder_scan(root: str | Path) -> tuple[list[Pair], list[Pair], list[tuple[Pa
 def folder_pairs(root: str | Path) -> tuple[list[Pair], list[Pair]]:
     """(train pairs, val pairs) of a folder data set; val pairs are empty when ROOT/val is absent.
 
-    Layout: ``images/*.jpg|png``, ``masks/<same stem>.png`` (one channel of class ids, 255 = no label;
-    palette PNGs are read by index), ``classes.txt``, optional ``val/images`` + ``val/masks`` (every
-    validation image needs its mask). A train image without a mask is unlabeled. KitError naming the
-    file or folder of the first problem ``folder_scan`` finds.
+    Layout: ``images/<name>.<any format PIL reads>``, ``masks/<same name>.png`` (one channel of class
+    ids, 255 = no label; palette PNGs are read by index), ``classes.txt``, optional ``val/images`` +
+    ``val/masks`` (every validation image needs its mask; hidden files are skipped). A train image
+    without a mask is unlabeled. KitError naming the file or folder of the first problem
+    ``folder_scan`` finds.
     """
     root = Path(root)
     if not root.is_dir():
@@ -523,8 +673,9 @@ def folder_splits(
 
     Labeled part, by priority: labeled_list (+ unlabeled_list) given; else, when ``labeled`` asks for
     no part (None or "all"), ``ROOT/labeled.txt`` (+ ``unlabeled.txt``) when present (CPS format: one
-    image name without extension per line); else every image with a mask (None, "all"), or a seeded
-    part of them (1/N or a count; the rest are unlabeled). Unlabeled: the images without masks plus the
+    image name per line, without extension, spaces allowed; an image path such as images/x.jpg names
+    x); else every image with a mask (None, "all"), or a seeded part of them (1/N or a count; the rest
+    are unlabeled). Unlabeled: the images without masks plus the
     masked ones left out; when there are none, the labeled images are seen unlabeled too (as the
     digit scenes' full supervision). Unlabeled pairs keep their masks.
 
@@ -544,7 +695,7 @@ def folder_splits(
     by_stem = {img.stem: (img, mask) for img, mask in train}
     if lists:
         lab_ids, unl_ids = _choose_split(lambda: list(by_stem), None, labeled_list, unlabeled_list, seed,
-                                         out_dir, None, read_split_list)
+                                         out_dir, None, folder_list_reader(by_stem))
         lab = [_listed(by_stem, i, labeled_list, need_mask=True) for i in lab_ids]
     masked = [p for p in train if p[1] is not None]
     if not val:
@@ -583,6 +734,16 @@ def folder_splits(
     return lab, unl or list(lab), val
 
 
+def folder_list_reader(names):
+    """A split-list reader giving the image names a list means among ``names`` (a folder's image
+    names): of each entry's readings (``splits.id_candidates``: a name with a space, else its first
+    word) the first that is an image's name, else the entry as written (then named as not found)."""
+    def read(path) -> list[str]:
+        return [next((c for c in id_candidates(e) if c in names), e) for e in read_split_list(path)]
+
+    return read
+
+
 def _listed(by_stem: dict, name: str, listed_in, need_mask: bool) -> Pair:
     if name not in by_stem:
         raise KitError(f"{listed_in}: {name!r} is not a training image of the folder (expected a name "
@@ -591,3 +752,36 @@ def _listed(by_stem: dict, name: str, listed_in, need_mask: bool) -> Pair:
     if need_mask and pair[1] is None:
         raise KitError(f"{listed_in}: {name!r} is listed as labeled but masks/{name}.png does not exist")
     return pair
+
+
+# ------------------------------------------------------------------------------- any data set's lists
+
+
+def list_entries(dataset: str, root: str | Path, path: str | Path, split: str = "train") -> list:
+    """The entries of a split list as a run on ``dataset`` ('voc', 'cityscapes', 'folder') under
+    ``root`` reads them: VOC ids (of ``split``'s images), Cityscapes (image, label) root-relative
+    pairs, folder image names. KitError naming the list when it is missing, empty or names a path
+    outside the root."""
+    root = Path(root)
+    if dataset == "voc":
+        kind, base = voc_layout(root)
+        return _voc_reader(kind, base, split)(path)
+    if dataset == "cityscapes":
+        return [_canonical(root, e) for e in read_pair_list(path)]
+    if dataset == "folder":
+        train, _, _ = folder_scan(root)
+        return folder_list_reader({img.stem for img, _ in train})(path)
+    raise KitError(f"dataset: expected voc, cityscapes or folder, got {dataset!r}")
+
+
+def list_pairs(dataset: str, root: str | Path, entries: Sequence, listed_in, labeled: bool) -> list[Pair]:
+    """(image, mask or None) of ``list_entries``' entries among a data set's training images; KitError
+    naming the first entry without its image (or, ``labeled``, its mask)."""
+    root = Path(root)
+    if dataset == "voc":
+        return voc_files(root, entries, "train", require_masks=labeled)
+    if dataset == "cityscapes":
+        return cityscapes_files(root, entries, require_masks=labeled)
+    train, _, _ = folder_scan(root)
+    by_stem = {img.stem: (img, mask) for img, mask in train}
+    return [_listed(by_stem, e, listed_in, need_mask=labeled) for e in entries]

@@ -43,10 +43,10 @@ def _missing(what: str, missing: list[Path], total: int, expected: str) -> KitEr
     return KitError(f"{len(missing)} of {total} {what} not found, e.g. {shown} (expected {expected})")
 
 
-def _kept(path: Path, size: tuple[int, int], allowed: set[int]) -> bool:
+def _kept(path: Path, size: tuple[int, int], allowed: set[int], same_as: np.ndarray | None = None) -> bool:
     """Whether an output mask already there is whole: an 'L' PNG that decodes to the end, of ``size``
-    (width, height), with only ``allowed`` values. Anything else (a file copied in part, another tool's
-    output) is written again."""
+    (width, height), with only ``allowed`` values and, when ``same_as`` is given, those values.
+    Anything else (a file copied in part, another tool's output) is written again."""
     if not path.is_file():
         return False
     try:
@@ -54,18 +54,17 @@ def _kept(path: Path, size: tuple[int, int], allowed: set[int]) -> bool:
             img.load()
             if img.mode != "L" or img.size != size:
                 return False
-            return set(ds.label_values(np.array(img)).tolist()) <= allowed
+            values = np.array(img)
     except ds.READ_ERRORS:
         return False
+    if same_as is not None:
+        return np.array_equal(values, same_as)
+    return set(ds.label_values(values).tolist()) <= allowed
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding it."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except ds.READ_ERRORS as e:
-        raise KitError(f"{path}: cannot read image (corrupt or truncated?): {e}") from None
+    """(width, height) as the kit reads the image (EXIF orientation applied), from its header."""
+    return ds.image_size(path)
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
@@ -97,6 +96,7 @@ class VocAug:
     kept: int           # valid masks already there, left as they were
     from_voc: int       # masks taken from VOC's SegmentationClass (they win where both exist)
     from_sbd: int       # masks converted from SBD's cls/<id>.mat
+    replaced: int = 0   # of those written, masks there that differed from VOC's own (another tool's SBD masks)
 
     @property
     def standard(self) -> bool:
@@ -177,8 +177,11 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
       SegmentationClassAug/ and trainaug.txt are added beside VOC's own files.
 
     Masks already there that decode whole, at the image's size and with valid values, are kept: a
-    second call writes nothing. KitError (one line naming the path and what was expected) for a
-    missing folder, list, image or mask source, and for an unreadable or mis-sized mask.
+    second call writes nothing. Where VOC has its own mask, the one there is kept only if it is VOC's:
+    a tree made by mmsegmentation's converter holds SBD's masks (no 255 borders) for VOC ids, the val
+    ids among them, and those are replaced (``replaced``) rather than reported as VOC's. KitError (one
+    line naming the path and what was expected) for a missing folder, list, image or mask source, and
+    for an unreadable or mis-sized mask.
     """
     voc, sbd, out = Path(voc), Path(sbd), Path(out)
     base, sbd_base = _voc_base(voc), _sbd_base(sbd)
@@ -218,14 +221,17 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
     num_classes = len(ds.VOC_CLASS_NAMES)
     allowed = set(range(num_classes)) | {IGNORE_INDEX}
     masks = out / "SegmentationClassAug"
-    written = kept = 0
+    written = kept = replaced = 0
     for i in tqdm(ids, desc="voc-aug masks", unit="mask", disable=not progress, leave=False):
         dst, src = masks / f"{i}.png", sources[i]
         size = _image_size(images[i])
-        if _kept(dst, size, allowed):
+        voc_mask = ds.read_mask(src, num_classes) if src.suffix == ".png" else None
+        if _kept(dst, size, allowed, same_as=voc_mask):
             kept += 1
             continue
-        mask = ds.read_mask(src, num_classes) if src.suffix == ".png" else read_sbd_mask(src, num_classes)
+        if voc_mask is not None and _kept(dst, size, allowed):
+            replaced += 1  # a valid mask, but not VOC's: SBD's, from another tool
+        mask = voc_mask if voc_mask is not None else read_sbd_mask(src, num_classes)
         if mask.shape != (size[1], size[0]):
             raise KitError(f"{src}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                            f"{images[i]} size {size[0]}x{size[1]}")
@@ -242,7 +248,7 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
         raise KitError(f"{out}: the VOC reader finds {len(lab)} train / {len(val_pairs)} val images, "
                        f"expected {len(train_aug)} / {len(val)}")
     from_voc = sum(s.suffix == ".png" for s in sources.values())
-    return VocAug(out, len(train_aug), len(val), written, kept, from_voc, len(sources) - from_voc)
+    return VocAug(out, len(train_aug), len(val), written, kept, from_voc, len(sources) - from_voc, replaced)
 
 
 # ------------------------------------------------------------------------------------ Cityscapes
@@ -418,7 +424,7 @@ def _reader_pairs(root: Path, dataset: str) -> tuple[dict, list, list[str]]:
     for split in ("train", "val"):
         try:
             if dataset == "voc":
-                entries = read_split_list(ds.voc_id_list(root, split))
+                entries = ds.list_entries("voc", root, ds.voc_id_list(root, split), split)
                 resolve = lambda e, s=split: ds.voc_files(root, e, s)  # noqa: E731
             else:
                 entries = ds.cityscapes_entries(root, split)
@@ -449,16 +455,116 @@ def _folder_pairs(root: Path) -> tuple[dict, list, list[str]]:
     return {"train": train, "val": val}, problems, names
 
 
-def check_data(root: str | Path, dataset: str | None = None, progress: bool = True) -> dict:
+def _val_mask_warnings(root: Path, val_pairs: list) -> list[tuple[str, str, str]]:
+    """VOC val masks in SegmentationClassAug that differ from VOC's own in SegmentationClass (a tree
+    made by mmsegmentation's converter holds SBD's, without the 255 borders). The kit scores on
+    SegmentationClass (``datasets.VOC_MASK_FOLDERS``), but a tool reading SegmentationClassAug would
+    not, and the file says it is VOC's."""
+    out = []
+    for img, mask in val_pairs:
+        if mask is None or mask.parent.name != "SegmentationClass":
+            continue
+        aug = mask.parent.parent / "SegmentationClassAug" / mask.name
+        if not aug.is_file():
+            continue
+        try:
+            a, b = ds.read_label_image(mask), ds.read_label_image(aug)
+        except KitError:
+            continue  # the mask's own problem is listed by check_pairs
+        if a.shape != b.shape or not np.array_equal(a, b):
+            n = "its size" if a.shape != b.shape else f"{int((a != b).sum())} pixels"
+            borders = " (no 255 borders: SBD's?)" if IGNORE_INDEX in a and IGNORE_INDEX not in b else ""
+            out.append(("val", str(aug), f"differs from VOC's own {mask} in {n}{borders}; the kit scores "
+                                         f"validation on SegmentationClass"))
+    return out
+
+
+def _list_problems(root: Path, dataset: str, lists: dict) -> tuple[dict, list]:
+    """({'labeled': entries, 'unlabeled': entries}, problems) of split lists checked entry by entry
+    against the tree: each list readable, every entry an image of the training set (a labeled one
+    with its mask), none listed twice, none both labeled and unlabeled."""
+    entries, problems = {}, []
+    for role, path in lists.items():
+        if path is None:
+            continue
+        try:
+            found = ds.list_entries(dataset, root, path)
+        except KitError as e:
+            problems.append((role, str(path), " ".join(str(e).split()).removeprefix(f"{path}: ")))
+            continue
+        counts = Counter(found)
+        problems += [(role, str(path), f"{_shown_entry(e)} is listed {n} times") for e, n in counts.items() if n > 1]
+        _, bad = _resolve_each(lambda es, r=role, p=path: ds.list_pairs(dataset, root, es, p, r == "labeled"),
+                               list(dict.fromkeys(found)), role, root)
+        problems += [(role, str(path), f"{_shown_entry(e)}: {text.removeprefix(f'{path}: ')}") for _, e, text in bad]
+        entries[role] = found
+    val = set(_val_entries(root, dataset))
+    for role, found in entries.items():
+        problems += [(role, str(lists[role]), f"{_shown_entry(e)} is a validation image (a run would train "
+                                              f"on what it is scored on)") for e in dict.fromkeys(found) if e in val]
+    both = set(entries.get("labeled", ())) & set(entries.get("unlabeled", ()))
+    problems += [("labeled", str(lists["labeled"]), f"{_shown_entry(e)} is also in the unlabeled list "
+                                                   f"{lists['unlabeled']}") for e in sorted(both, key=str)]
+    return entries, problems
+
+
+def _val_entries(root: Path, dataset: str) -> list:
+    """The validation set's entries, as list entries name them (VOC ids, Cityscapes pairs); none
+    for a folder (a list names its training images only) or where the val list cannot be read
+    (the tree check says why)."""
+    try:
+        if dataset == "voc":
+            return ds.list_entries("voc", root, ds.voc_id_list(root, "val"), "val")
+        if dataset == "cityscapes":
+            return ds.cityscapes_entries(root, "val")
+    except KitError:
+        pass
+    return []
+
+
+def _shown_entry(entry) -> str:
+    return repr(entry if isinstance(entry, str) else entry[0])
+
+
+def _listed_pairs(root: Path, dataset: str, labeled_list, unlabeled_list) -> tuple[dict, list, list[str]]:
+    """({labeled, unlabeled, val: pairs}, problems, class names) of a run from split lists."""
+    names = ds.folder_class_names(root) if dataset == "folder" else \
+        list(ds.VOC_CLASS_NAMES if dataset == "voc" else ds.CITYSCAPES_CLASS_NAMES)
+    _, problems = _list_problems(root, dataset, {"labeled": labeled_list, "unlabeled": unlabeled_list})
+    pairs = {"labeled": [], "unlabeled": [], "val": []}
+    split = {"voc": ds.voc_splits, "cityscapes": ds.cityscapes_splits, "folder": ds.folder_splits}[dataset]
+    if problems:  # the validation set is still checked: the tree's, as a run without lists reads it
+        try:
+            pairs["val"] = split(root, labeled=None)[2]
+        except KitError:
+            pass  # the tree's own problem: data check without lists names it
+    else:  # the split a run would make: its own refusals (a folder's held-out images) count
+        try:
+            lab, unl, val = split(root, labeled=None, labeled_list=labeled_list, unlabeled_list=unlabeled_list)
+            # the run reads no mask of an unlabeled image
+            pairs = {"labeled": lab, "unlabeled": [(img, None) for img, _ in unl], "val": val}
+        except KitError as e:
+            path, _, text = " ".join(str(e).split()).partition(": ")
+            problems.append(("labeled", path, text))
+    return pairs, problems, names
+
+
+def check_data(root: str | Path, dataset: str | None = None, progress: bool = True,
+               labeled_list: str | Path | None = None, unlabeled_list: str | Path | None = None) -> dict:
     """Check a data tree the way a run would read it; nothing is written.
 
     dataset: 'voc', 'cityscapes', 'folder' or None (``guess_dataset``). VOC and Cityscapes pairs come
     from the kit's readers (every training image needs its mask there; the labeled part is chosen at
     run time), folder pairs from ``datasets.folder_scan`` (images without masks are unlabeled).
-    Returns {"root", "dataset", "class_names", "counts", "classes", "sizes", "problems"}, the last
-    four pandas DataFrames: counts (set, images: labeled / unlabeled / val), classes (id, class,
-    train_pixels, val_pixels; last row ignore 255), sizes (split, images, distinct, min_w, max_w,
-    min_h, max_h, most_common as 'WxH'), problems (split, file, problem; empty when the tree trains).
+    labeled_list (+ unlabeled_list): check what a run with ``--labeled-list`` (+ ``--unlabeled-list``)
+    reads instead: every entry of the lists (in any format ``splits`` reads) against the tree, then
+    the labeled images with their masks, the unlabeled images and the validation set.
+    Returns {"root", "dataset", "class_names", "counts", "classes", "sizes", "problems", "warnings"},
+    the last five pandas DataFrames: counts (set, images: labeled / unlabeled / val), classes (id,
+    class, train_pixels (of the labeled images), val_pixels; last row ignore 255), sizes (split,
+    images, distinct, min_w, max_w, min_h, max_h, most_common as 'WxH'), problems (split, file,
+    problem; empty when the tree trains), warnings (split, file, warning: what trains but may mislead,
+    e.g. VOC val masks in SegmentationClassAug that differ from VOC's own).
     """
     root = Path(root)
     dataset = dataset or guess_dataset(root)
@@ -466,21 +572,33 @@ def check_data(root: str | Path, dataset: str | None = None, progress: bool = Tr
         raise KitError(f"dataset: expected voc, cityscapes or folder, got {dataset!r}")
     if not root.is_dir():
         raise KitError(f"{root}: data root not found")
-    pairs, problems, names = _folder_pairs(root) if dataset == "folder" else _reader_pairs(root, dataset)
-    if not pairs["train"] and not problems:
-        problems.append(("train", str(root), "no training images"))
-    # a folder's val images without masks are among folder_scan's problems already
-    checks = {s: check_pairs(pairs[s], len(names), s, masks_required=dataset != "folder",
-                             progress=progress) for s in ("train", "val")}
+    if unlabeled_list is not None and labeled_list is None:
+        raise KitError("unlabeled_list: given without labeled_list (expected both, or labeled_list alone)")
+    if labeled_list is not None:
+        pairs, problems, names = _listed_pairs(root, dataset, labeled_list, unlabeled_list)
+        checks = {"labeled": check_pairs(pairs["labeled"], len(names), "labeled", masks_required=True,
+                                         progress=progress),
+                  "unlabeled": check_pairs(pairs["unlabeled"], len(names), "unlabeled", progress=progress),
+                  "val": check_pairs(pairs["val"], len(names), "val", masks_required=True, progress=progress)}
+        lab, unl, va = checks["labeled"], checks["unlabeled"], checks["val"]
+        counts = [lab.images, unl.images, va.images]
+    else:
+        pairs, problems, names = _folder_pairs(root) if dataset == "folder" else _reader_pairs(root, dataset)
+        if not pairs["train"] and not problems:
+            problems.append(("train", str(root), "no training images"))
+        # a folder's val images without masks are among folder_scan's problems already
+        checks = {s: check_pairs(pairs[s], len(names), s, masks_required=dataset != "folder",
+                                 progress=progress) for s in ("train", "val")}
+        lab, va = checks["train"], checks["val"]
+        counts = [lab.labeled, lab.images - lab.labeled, va.images]
     for c in checks.values():
         problems += c.problems
+    warnings = _val_mask_warnings(root, pairs["val"]) if dataset == "voc" else []
 
-    tr, va = checks["train"], checks["val"]
-    counts = pd.DataFrame({"set": ["labeled", "unlabeled", "val"],
-                           "images": [tr.labeled, tr.images - tr.labeled, va.images]})
+    counts = pd.DataFrame({"set": ["labeled", "unlabeled", "val"], "images": counts})
     ids = [*range(len(names)), IGNORE_INDEX]
     classes = pd.DataFrame({"id": ids, "class": [*names, "(ignore)"],
-                            "train_pixels": tr.pixels[ids], "val_pixels": va.pixels[ids]})
+                            "train_pixels": lab.pixels[ids], "val_pixels": va.pixels[ids]})
     rows = []
     for c in checks.values():
         if c.sizes:
@@ -491,7 +609,8 @@ def check_data(root: str | Path, dataset: str | None = None, progress: bool = Tr
     sizes = pd.DataFrame(rows, columns=["split", "images", "distinct", "min_w", "max_w", "min_h", "max_h",
                                         "most_common"])
     return {"root": root, "dataset": dataset, "class_names": names, "counts": counts, "classes": classes,
-            "sizes": sizes, "problems": pd.DataFrame(problems, columns=["split", "file", "problem"])}
+            "sizes": sizes, "problems": pd.DataFrame(problems, columns=["split", "file", "problem"]),
+            "warnings": pd.DataFrame(warnings, columns=["split", "file", "warning"])}
 
 
 def check_report(report: dict) -> str:
@@ -503,6 +622,10 @@ def check_report(report: dict) -> str:
     problems = report["problems"]
     parts.append(f"{len(problems)} problem(s):\n" + problems.to_string(index=False) if len(problems)
                  else "no problems found")
+    warnings = report.get("warnings")
+    if warnings is not None and len(warnings):
+        parts.append(f"{len(warnings)} warning(s) (the run is not stopped by these):\n"
+                     + warnings.to_string(index=False))
     if report["dataset"] == "cityscapes" and problems["problem"].str.contains("labelTrainIds").any():
         parts.append(f"(the *_gtFine_labelTrainIds.png masks are made from the labelIds ones by "
                      f"`python -m cpcl_kit data cityscapes-trainids --root {report['root']}`)")

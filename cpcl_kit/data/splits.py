@@ -1,13 +1,18 @@
 """Semi-supervised splits: split-list files in the CPS/CPCL format and seeded labeled/unlabeled
 partitions. Used by ``data`` (digit scenes) and ``datasets`` (VOC, Cityscapes) alike.
 
-A split list has one entry per line: VOC lines are ids (``2007_000032``), Cityscapes lines are
-``<image path>\t<label path>`` relative to the data root (leading '/' allowed). Entries may never
-leave the data root ('..' components are refused).
+A split list has one entry per line, in any of the published formats: an id or image name
+(``2007_000032``: CPS, U2PL's VOC lists, a folder's ``labeled.txt``), ``<image path>\t<label path>``
+relative to the data root (leading '/' allowed: CPS's Cityscapes lists), two image paths separated
+by a space (``JPEGImages/x.jpg SegmentationClass/x.png``: UniMatch), or an image path alone (U2PL's
+Cityscapes lists). A line that is neither tab-separated nor two image paths is one entry, spaces
+included, so a name with a space can be listed. Entries may never leave the data root ('..'
+components are refused).
 """
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from fractions import Fraction
@@ -29,38 +34,96 @@ def check_relative(entry: str, where: str) -> str:
     return posixpath.normpath(rel)
 
 
-def _read_fields(path: str | Path) -> list[list[str]]:
+@functools.lru_cache(maxsize=1)
+def image_extensions() -> tuple[str, ...]:
+    """The file extensions of every image format PIL can decode here (lower case, with the dot):
+    ``PIL.Image.registered_extensions()`` less the formats it only identifies (stub plugins without a
+    handler, MPEG), whose pixels it cannot read."""
+    from PIL import Image, ImageFile
+
+    exts = []
+    for ext, fmt in Image.registered_extensions().items():
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        if factory is None or fmt == "MPEG":  # save-only formats (pdf), and MPEG's header reader
+            continue
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        exts.append(ext.lower())
+    return tuple(sorted(set(exts)))
+
+
+def _has_image_extension(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in image_extensions()
+
+
+def read_list_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a list file, stripped (a byte-order mark, CRLF and surrounding blanks
+    dropped); KitError naming the file when it is missing, unreadable or empty."""
     path = Path(path)
     if not path.is_file():
         raise KitError(f"{path}: split list not found")
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: lists saved by Windows editors start with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise KitError(f"{path}: cannot read split list: {e}") from None
-    rows = [line.split() for line in text.splitlines() if line.strip()]
-    if not rows:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
         raise KitError(f"{path}: split list is empty (expected one entry per line)")
-    return rows
+    return lines
+
+
+def line_fields(line: str) -> list[str]:
+    """The fields of one list line: tab-separated fields (CPS); else two image paths separated by
+    blanks (UniMatch's ``JPEGImages/x.jpg SegmentationClass/x.png``, spaces inside either path
+    allowed); else the whole line, spaces included (an id, a name or an image path)."""
+    if "\t" in line:
+        return [f.strip() for f in line.split("\t") if f.strip()]
+    for gap in re.finditer(r"\s+", line):
+        left, right = line[: gap.start()], line[gap.end():]
+        if _has_image_extension(left) and _has_image_extension(right):
+            return [left, right]
+    return [line]
+
+
+def list_id(field: str) -> str:
+    """The id an entry names: an image path (``JPEGImages/2007_000032.jpg``) names the stem of its
+    file (VOC and folder trees keep their images in one folder), anything else is the id itself."""
+    field = field.replace("\\", "/")
+    if _has_image_extension(field):
+        return posixpath.splitext(posixpath.basename(field))[0]
+    return field
+
+
+def id_candidates(entry: str) -> list[str]:
+    """The ids a list entry may mean, most literal first: the whole entry (a name with a space), then
+    its first word (lists with more columns than the kit reads, e.g. ``2007_000032 1``)."""
+    words = entry.split()
+    return [entry] + ([words[0]] if len(words) > 1 else [])
 
 
 def read_split_list(path: str | Path) -> list[str]:
-    """Ids of a split list: the first whitespace-separated field of each non-blank line.
+    """Ids of a split list: the first field of each line (``line_fields``), an image path taken as its
+    file's stem (``list_id``); the whole line when it is one field, spaces included.
 
     KitError if the file is missing, empty, or an entry contains '..' / a drive (would escape a root).
     """
-    ids = [row[0] for row in _read_fields(path)]
-    for i in ids:
-        check_relative(i, str(path))
+    ids = []
+    for line in read_list_lines(path):
+        field = line_fields(line)[0]
+        check_relative(field, str(path))  # the path as written: JPEGImages/../../x.jpg is refused too
+        ids.append(list_id(field))
     return ids
 
 
 def read_pair_list(path: str | Path) -> list[tuple[str, str | None]]:
-    """(image, label) root-relative paths of a CPS pair list (``<img>\\t<label>``); label None if absent."""
+    """(image, label) root-relative paths of a pair list (``<img>\\t<label>`` or ``<img> <label>``);
+    label None when a line names its image only (U2PL: the reader derives the label's path)."""
     where = str(path)
-    return [
-        (check_relative(r[0], where), check_relative(r[1], where) if len(r) > 1 else None)
-        for r in _read_fields(path)
-    ]
+    out = []
+    for line in read_list_lines(path):
+        f = line_fields(line)
+        out.append((check_relative(f[0], where), check_relative(f[1], where) if len(f) > 1 else None))
+    return out
 
 
 def write_split_list(path: str | Path, ids: Sequence[str | tuple]) -> Path:

@@ -86,7 +86,37 @@ def load(path, weights: bool = False) -> dict:
     bad = [k for k, kind in layout.items() if not isinstance(state.get(k), kind)]
     if bad:
         raise KitError(f"checkpoint: {path} is damaged or foreign: missing or malformed {', '.join(bad)}")
+    _check_finite(state, path)
     return state
+
+
+def _check_finite(state: dict, path: Path) -> None:
+    """Refuse weights (and optimizer states) that hold NaN or inf: a net with them predicts one
+    class or garbage everywhere, and a resumed run goes on from them. Training never saves such
+    weights (it stops as diverged first), so these come from a damaged or edited file."""
+    for i, sd in enumerate(state["nets"], start=1):
+        for key, t in (sd.items() if isinstance(sd, dict) else ()):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise KitError(f"checkpoint: {path} holds non-finite weights (NaN or inf in net {i}'s {key}); "
+                               f"refused: a damaged file, or weights of a run that diverged (retrain, or "
+                               f"resume from a checkpoint saved before)")
+    for i, sd in enumerate(state.get("optimizers") or [], start=1):
+        for t in _tensors(sd):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise KitError(f"checkpoint: {path} holds a non-finite optimizer state (NaN or inf in "
+                               f"optimizer {i}); refused: a run resumed from it would go on from garbage")
+
+
+def _tensors(obj):
+    """Every tensor inside nested dicts and lists (an optimizer's state dict)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def restore(state: dict, nets, opts, scaler) -> tuple[int, list[dict]]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import MAX_SIDE
 from ..constants import IGNORE_INDEX
 from ..errors import KitError
 from .metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
@@ -120,6 +121,9 @@ def predict_logits(
 def _check_window(crop, stride_ratio) -> None:
     if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
         raise KitError(f"crop: expected None or an int >= 1, got {crop!r}")
+    if crop is not None and crop > MAX_SIDE:  # the window is padded to crop x crop: it must fit
+        raise KitError(f"crop: expected at most {MAX_SIDE} px (one window of that side must fit in this "
+                       f"machine's memory), got {crop}")
     if not isinstance(stride_ratio, (int, float)) or not 0 < stride_ratio <= 1:
         raise KitError(f"stride_ratio: expected a number in (0, 1], got {stride_ratio!r}")
 

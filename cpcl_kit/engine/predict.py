@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import MAX_SIDE, MEMORY, MIN_CROP_STRIDES, Config, check_device
 from ..constants import PREDICT_BRANCHES as BRANCHES
-from ..data.datasets import IMAGE_SUFFIXES, read_image
+from ..data.datasets import IMAGE_FILES, IMAGE_SUFFIXES, read_image
 from ..data.palette import palette_for
 from ..data.transforms import val_transform
 from ..errors import KitError
@@ -52,7 +52,7 @@ def checkpoint_path(path) -> Path:
 
 
 def image_files(inputs: Sequence) -> list[Path]:
-    """Image files from files and folders: a folder gives its own .jpg/.jpeg/.png files (not its
+    """Image files from files and folders: a folder gives its own image files (any format PIL reads; not its
     subfolders'), sorted by name; files stay in the order given. KitError naming a missing path,
     a folder without images, or no input at all."""
     found: list[Path] = []
@@ -61,7 +61,7 @@ def image_files(inputs: Sequence) -> list[Path]:
         if path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not inside:
-                raise KitError(f"images: folder {path} holds no {', '.join(IMAGE_SUFFIXES)} files")
+                raise KitError(f"images: folder {path} holds no {IMAGE_FILES}")
             found += inside
         elif path.is_file():
             found.append(path)
@@ -138,7 +138,13 @@ class Predictor:
             raise KitError(f"branch: expected one of {', '.join(BRANCHES)}, got {branch!r}")
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or crop < 1):
             raise KitError(f"crop: expected None or an int >= 1, got {crop!r}")
+        if crop is not None and crop > MAX_SIDE:
+            raise KitError(f"crop: expected at most {MAX_SIDE} px (one window of that side must fit in this "
+                           f"machine's {MEMORY / 2 ** 30:.1f} GiB), got {crop}")
         path = checkpoint_path(checkpoint_or_run)
+        # Only the devices the kit runs on: torch also builds "meta" (no data) and others that end in
+        # a traceback at the first forward.
+        check_device(device)
         try:
             dev = pick_device(device)
         except RuntimeError:  # torch's own message for an unknown device string is a paragraph
@@ -147,6 +153,11 @@ class Predictor:
         if branch != "net1" and len(nets) == 1:
             raise KitError(f"branch: {branch} needs a two-net run (cps or cpcl); {path} holds method "
                            f"{cfg.method!r}, one net")
+        smallest = MIN_CROP_STRIDES * cfg.output_stride
+        if crop is not None and crop < smallest:
+            # A smaller window gives layer4 one position: every pixel gets the same class.
+            raise KitError(f"crop: expected at least {smallest} px for the run in {path} ({MIN_CROP_STRIDES} x its "
+                           f"output stride {cfg.output_stride}, so that layer4 sees 2x2 positions), got {crop}")
         models = {"net1": nets[:1], "net2": nets[1:], "ensemble": nets}[branch]
         return cls(cfg, models, dev, cfg.eval_crop if crop is None else crop, cfg.eval_stride)
 

@@ -10,7 +10,13 @@ One folder holds one training run::
     events.out.tfevents.*  TensorBoard's event files (``tensorboard``; ``tensorboard --logdir runs/``)
     diverged.json        only when the loss became NaN or infinite
     stages/iter_N.pt     stage snapshots: the nets' weights at chosen iterations (notebook 08)
+    eval_metrics.json    only after ``python -m cpcl_kit evaluate`` of its checkpoint
     .lock                held by the process that trains here
+
+**A folder's metrics belong to its weights.** ``metrics.json`` is written last, after the checkpoint
+it scores. A run started over in a folder (``start_over``) removes it first, before any new weights
+are written, so a kill at any moment leaves either a finished run or an unfinished one, never old
+metrics beside new weights.
 
 **The same-run rule.** A folder is reused (loaded, resumed, skipped by a grid) only for the very
 run it holds: every ``Config`` field equal, except the few in ``BOOKKEEPING``, which change how a
@@ -18,19 +24,23 @@ run is carried out or logged, never what it computes. Anything else is one clear
 names the folder and the fields that differ; nothing is overwritten.
 
 ``.lock`` is held by the process that trains in the folder (``files.lock``); every file here is
-written atomically (``files.write_atomic``).
+written atomically (``files.write_atomic``), and the temp files a killed writer left are removed
+when the next holder of the lock starts (``remove_stale_temps``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .. import files
 from ..config import ADDED_FIELDS, PRESETS, Config, deviations, load_config_dict
 from ..errors import KitError
 from ..files import save_torch, write_json
@@ -39,6 +49,15 @@ from . import checkpoint
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.json"
 VAL_CURVE = "val_curve.csv"
 DIVERGED, STAGES = "diverged.json", "stages"
+EVAL_METRICS = "eval_metrics.json"  # written by `evaluate` beside the checkpoint it scored
+TB_EVENTS = "events.out.tfevents.*"  # TensorBoard's event files (tblog)
+# The files that only the holder of the folder's lock writes (regular expressions of their names):
+# their temp files are never in use when the lock is taken. (eval_metrics.json is written by
+# `evaluate` without the lock, so its temp files are left alone.) The write probe's temp file lives
+# for microseconds and its prober does not mind it gone (files.probe_writable).
+_LOCKED_FILES = "|".join(re.escape(n) for n in (CONFIG, HISTORY, CHECKPOINT, METRICS, VAL_CURVE, DIVERGED,
+                                                files.PROBE[1:]))
+_STAGE_FILES = r"iter_\d+\.pt"
 
 # Config fields that do not make a different run, and why. Every other field does.
 BOOKKEEPING = {
@@ -59,16 +78,69 @@ BOOKKEEPING = {
 }
 
 def prepare(run_dir) -> Path:
-    """Create ``run_dir`` and check that it is writable (one clear error if not)."""
+    """Create ``run_dir`` and check that it is writable (one clear error if not; a link planted as
+    its write probe is refused, see ``files.probe_writable``)."""
     out = Path(run_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        files.probe_writable(out)
     except OSError as e:
         raise KitError(f"--out: cannot write to {out} ({e.strerror or e})") from None
     return out
+
+
+def remove_stale_temps(run_dir) -> list[Path]:
+    """Remove the temp files that writers killed mid-write left for the folder's own files (a
+    checkpoint's can be as large as the checkpoint). Only for the holder of the folder's lock
+    (``files.remove_stale_temps``); returns the files removed. A link planted as ``stages/`` is
+    refused."""
+    run_dir = Path(run_dir)
+    stages = run_dir / STAGES
+    if stages.is_symlink():  # snapshots would be written (and temp files removed) wherever it points
+        raise KitError(f"{stages}: the folder's stage snapshots are a symbolic link to {os.readlink(stages)}; "
+                       f"refused: the kit writes no file through a link it did not make (remove it)")
+    return files.remove_stale_temps(run_dir, _LOCKED_FILES) + files.remove_stale_temps(stages, _STAGE_FILES)
+
+
+def start_over(run_dir) -> None:
+    """Clear ``run_dir`` for a run that starts from iteration 0: what a previous attempt left
+    (metrics, evaluation, divergence record, checkpoint, history, validation curve, stage
+    snapshots, TensorBoard events) describes other weights. ``metrics.json`` goes first and its
+    removal is made durable before anything else, so that a kill at any point leaves a folder that
+    does not look finished. config.json stays (the same-run rule has checked it). Under the
+    folder's lock."""
+    run_dir = Path(run_dir)
+    _remove(run_dir / METRICS)
+    files.fsync_folder(run_dir)
+    old = [run_dir / n for n in (EVAL_METRICS, DIVERGED, CHECKPOINT, HISTORY, VAL_CURVE)]
+    # TensorBoard's event files hold the earlier attempt's losses and validation scores too
+    old = [p for p in old if p.exists() or p.is_symlink()] + list(list_stages(run_dir).values()) \
+        + sorted(p for p in run_dir.glob(TB_EVENTS) if p.is_symlink() or not p.is_dir())
+    for path in old:
+        _remove(path)
+    if old:
+        files.fsync_folder(run_dir)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise KitError(f"{path}: cannot remove it to start the run over ({e.strerror or e}); expected a "
+                       f"folder this user may write to") from None
+
+
+def read_object(path, what: str) -> dict:
+    """The JSON object in ``path`` (a run's config.json or metrics.json, ``what`` says which); one
+    KitError naming the file when it cannot be read, is not JSON, or is not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise KitError(f"{path}: unreadable ({detail}); expected {what}") from None
+    if not isinstance(data, dict):
+        raise KitError(f"{path}: expected {what}, found a JSON {type(data).__name__}")
+    return data
 
 
 def write_config(run_dir, cfg: Config) -> Path:
@@ -109,10 +181,10 @@ def check_same_run(run_dir, cfg: Config, saved: dict | None = None) -> None:
         if not path.exists():
             return
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise KitError(f"{path}: unreadable; the folder's run is unknown, so it is not reused "
-                           f"(delete the folder or use another)") from None
+            saved = read_object(path, "a run's settings (a JSON object)")
+        except KitError as e:
+            raise KitError(f"{e}; the folder's run is unknown, so it is not reused (delete the folder or "
+                           f"use another)") from None
     diff = differing_settings(saved, cfg)
     if diff:
         now = cfg.to_dict()
@@ -142,6 +214,11 @@ def read_val_curve(run_dir) -> pd.DataFrame:
 
 def is_finished(run_dir) -> bool:
     return (Path(run_dir) / METRICS).exists()
+
+
+def state(run_dir) -> str:
+    """"finished" (metrics.json), "interrupted" (a checkpoint, no metrics) or "new" (neither)."""
+    return "finished" if is_finished(run_dir) else "interrupted" if has_checkpoint(run_dir) else "new"
 
 
 def has_checkpoint(run_dir) -> bool:
@@ -207,8 +284,9 @@ def load_run(run_dir, cfg: Config | None = None, nets: bool = True, device="cpu"
     run_dir = Path(run_dir)
     if not is_finished(run_dir):
         raise KitError(f"{run_dir}: not a finished run (no {METRICS})")
+    metrics = read_metrics(run_dir)
     if cfg is None:
-        cfg = load_config_dict(json.loads((run_dir / CONFIG).read_text()))
+        cfg = load_config_dict(read_object(run_dir / CONFIG, "a run's settings (a JSON object)"))
     else:
         check_same_run(run_dir, cfg)
     loaded = []
@@ -218,7 +296,22 @@ def load_run(run_dir, cfg: Config | None = None, nets: bool = True, device="cpu"
                            f"keep_checkpoints=False); its numbers are in {METRICS}")
         _, loaded = checkpoint.load_nets(run_dir / CHECKPOINT, device=device)
     history = pd.read_csv(run_dir / HISTORY) if (run_dir / HISTORY).exists() else pd.DataFrame()
-    return RunResult(cfg, loaded, history, json.loads((run_dir / METRICS).read_text()), run_dir)
+    return RunResult(cfg, loaded, history, metrics, run_dir)
+
+
+def read_metrics(run_dir) -> dict:
+    """A finished run's metrics.json, checked: a JSON object with a number ``miou``; else one
+    KitError naming the file, and what restores it (its checkpoint evaluated again)."""
+    path = Path(run_dir) / METRICS
+    fix = "delete it to have the run's checkpoint evaluated again (train --resume), or delete the folder"
+    try:
+        m = read_object(path, "a run's metrics (a JSON object with miou)")
+    except KitError as e:
+        raise KitError(f"{e}; {fix}") from None
+    miou = m.get("miou")
+    if isinstance(miou, bool) or not isinstance(miou, (int, float)):
+        raise KitError(f"{path}: expected a run's metrics with a number miou, found miou={miou!r}; {fix}")
+    return m
 
 
 def stage_iterations(cfg: Config, n_stages: int = 4) -> list[int]:

@@ -7,8 +7,10 @@ pseudo-label agreement, weights and per-class statistics), each validation mIoU,
 
 Logging never changes training: the pseudo labels are built by the training step's own function
 under the run's recipe (``method.scenes.pseudo_labels_on_scenes``), from its own seeded generator, on copies
-of the nets where the teachers would update BatchNorm's statistics, and nothing draws from the
-generators training uses. The ``tensorboard`` package is imported only
+of the nets where the teachers would update BatchNorm's statistics, with the nets' modes restored and
+torch's random state forked around it, so nothing draws from the generators training uses. The
+image takes at least ``MIN_SCENES`` scenes (a small folder's repeated), never one image through
+train-mode BatchNorm. The ``tensorboard`` package is imported only
 when a run opens a board; without it ``open_board`` gives a board that writes nothing.
 """
 
@@ -30,6 +32,11 @@ _SECTIONS = {
 }
 _SKIPPED = ("iteration", "seconds")
 SCENES = 4  # unlabeled scenes in the pseudo-label image
+# The fewest scenes the image is drawn from: teachers with BatchNorm in train mode (the official
+# recipe) normalise over the batch, and ASPP's image pooling leaves one value per channel and image,
+# which one image cannot normalise. A tree with 2-3 unlabeled images (CutMix takes two per scene)
+# gets its scenes repeated instead (``scenes.pick_scenes`` goes round the set again).
+MIN_SCENES = 2
 
 
 def available() -> bool:
@@ -110,16 +117,26 @@ class Board(NoBoard):
             return
         from ..method.scenes import pseudo_label_panels, pseudo_labels_on_scenes
 
-        n = min(SCENES, len(data.unlabeled) // (2 if self.cfg.cutmix_boxes else 1))  # CutMix draws u1 too
-        if n < 1:
+        if len(data.unlabeled) == 0:
             return
-        images, masks, labels = pseudo_labels_on_scenes(nets, data, self.cfg, n=n, seed=0)
+        per_scene = 2 if self.cfg.cutmix_boxes else 1  # CutMix draws u1 too
+        n = max(MIN_SCENES, min(SCENES, len(data.unlabeled) // per_scene))
+        with _draws_kept(nets):
+            images, masks, labels = pseudo_labels_on_scenes(nets, data, self.cfg, n=n, seed=0)
         grid = pseudo_label_panels(images, masks, labels, self.cfg.num_classes)
         self.writer.add_image("pseudo_labels", grid, iteration, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _draws_kept(nets):
+    """torch's random state forked for the figure: the CPU generator and that of the nets' GPU, so
+    that nothing the figure draws (a train-mode layer, a transform) moves what training draws next."""
+    device = next(nets[0].parameters()).device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
 
 
 def open_board(cfg, run_dir: Path | None, start: int, class_names, main: bool = True) -> NoBoard:

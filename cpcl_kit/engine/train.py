@@ -411,7 +411,7 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
 
 
 def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True,
-          data=None, stop_at: int | None = None) -> RunResult:
+          data=None, stop_at: int | None = None, fresh: bool = False) -> RunResult:
     """Train ``cfg.method`` and evaluate it; with ``out_dir``, write config.json, history.csv,
     checkpoint.pt and metrics.json there (holding the folder's lock meanwhile). ``resume=True``
     continues from ``out_dir/checkpoint.pt`` exactly (the batches, CutMix masks and augmentations of
@@ -420,7 +420,16 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     evaluation (metrics empty). Under torchrun every process trains on its shard of each batch;
     rank 0 alone writes files. With ``eval_every`` the metrics also hold ``val_curve`` (the
     evaluations during training, ending with this one) and ``best_on_val``; the top-level numbers
-    stay the last iteration's."""
+    stay the last iteration's.
+
+    Without ``resume``, a folder that holds a checkpoint or metrics of this run is refused unless
+    ``fresh=True``, which starts it over (``runs.start_over``: its metrics go first, so the folder
+    never shows old metrics beside new weights). A run killed after hours would otherwise start
+    over from iteration 0 when its command is typed again without --resume, and overwrite its
+    checkpoint at the first save."""
+    if resume and fresh:
+        raise KitError("--resume and --fresh: choose one (--resume continues the run in --out, --fresh "
+                       "starts it over)")
     check_ready_to_train(cfg)  # e.g. a paper preset without its pretrained backbone: refused here
     check_weights_file(cfg)
     # The commit of the code that trains, read (once per process) as the first run starts, not when a
@@ -428,7 +437,8 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
     code = code_version()
     device = pick_device(cfg.device, env_local_rank())
     with process_group(device) as info, ExitStack() as held:
-        out = _take_folder(held, info, out_dir, cfg, wait=False) if out_dir is not None else None
+        out = _take_folder(held, info, out_dir, cfg, wait=False, start=(resume, fresh)) \
+            if out_dir is not None else None
         setup_device(cfg, device)
         data = data or build_data(cfg)
         trainer = Trainer.create(cfg, device)
@@ -471,23 +481,47 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         return RunResult(cfg, trainer.nets, hist, metrics, out)
 
 
-def _take_folder(held: ExitStack, info: DistInfo, run_dir, cfg: Config, wait: bool) -> Path | None:
-    """Rank 0 prepares ``run_dir``, takes its lock (held until ``held`` closes) and checks that it
-    holds this run or none; returns the folder there, None on the other ranks. Every rank learns
-    whether that worked, so a refused folder stops all of them (none waits in DDP set-up for a
-    rank 0 that raised). Only rank 0 locks: a rank waiting for rank 0's lock while rank 0 waits for
-    it in a collective would hang both."""
+def _take_folder(held: ExitStack, info: DistInfo, run_dir, cfg: Config, wait: bool,
+                 start: tuple[bool, bool] | None = None) -> Path | None:
+    """Rank 0 prepares ``run_dir``, takes its lock (held until ``held`` closes), removes the temp
+    files of writes a kill cut short, and checks that it holds this run or none; returns the folder
+    there, None on the other ranks. ``start``: ``train``'s (resume, fresh), to apply its rule for a
+    folder that already holds this run (``_check_start``); None: the caller decides (``run_or_load``).
+    Every rank learns whether that worked, so a refused folder stops all of them (none waits in DDP
+    set-up for a rank 0 that raised). Only rank 0 locks: a rank waiting for rank 0's lock while
+    rank 0 waits for it in a collective would hang both."""
     out, error = None, None
     if info.main:
         try:
             out = runs.prepare(run_dir)
             held.enter_context(files.lock(out, wait=wait))
             runs.check_same_run(out, cfg)
+            # The lock is ours, so no live process writes the folder's files: any temp file of
+            # theirs is left by a killed writer.
+            runs.remove_stale_temps(out)
+            if start is not None:
+                _check_start(out, *start)
         except KitError as e:
             error = e
     if not all_ok(error is None):
         raise error or KitError(f"rank 0 could not use the run folder {run_dir} (its error says why)")
     return out
+
+
+def _check_start(out: Path, resume: bool, fresh: bool) -> None:
+    """``train``'s rule for a folder that already holds this run: ``resume`` continues it; a
+    checkpoint or metrics without ``resume`` is refused unless ``fresh``; a run that starts from
+    iteration 0 first clears what an earlier attempt left (``runs.start_over``)."""
+    if resume:
+        return
+    found = runs.state(out)
+    if found != "new" and not fresh:
+        what = ("a finished run of these settings (metrics.json)" if found == "finished" else
+                "an interrupted run of these settings (a checkpoint, no metrics.json)")
+        cont = "evaluate its checkpoint again" if found == "finished" else "continue it"
+        raise KitError(f"{out} holds {what}; pass --resume to {cont}, --fresh to start it over (its "
+                       f"checkpoint and metrics are removed first), or use another folder")
+    runs.start_over(out)
 
 
 def _eval_models(nets, branch: str):

@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -48,7 +49,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import files
-from ..constants import PRETRAIN_SOURCES, cache_root
+from ..config import PRETRAIN_MAX_IMAGES, check_pretrain_memory, pretrain_images
+from ..constants import CACHE_ENV, PRETRAIN_SOURCES, cache_root
 from ..data import digits
 from ..errors import KitError
 
@@ -69,8 +71,8 @@ NUM_CLASSES = digits.NUM_DIGIT_CLASSES
 PRETRAIN_THREADS = 1
 # Share of each source's digits (handwritten: of the pretraining pool) kept for the held-out score.
 HELDOUT_FRACTION = 0.15
-# Most distinct training images: more cost data time and memory (12 KB each) for little gain.
-MAX_IMAGES = 16000
+# Most distinct training images (defined with the settings, whose memory checks count them).
+MAX_IMAGES = PRETRAIN_MAX_IMAGES
 # matplotlib fonts that map '0'..'9' to other symbols (cmex10, cmsy10) or draw old-style figures
 # that no handwritten digit resembles (cmmi10). Fonts without digit glyphs are dropped by rendering.
 _NOT_DIGIT_FONTS = ("cmex10", "cmsy10", "cmmi10")
@@ -123,6 +125,7 @@ class PretrainSpec:
         if not self.lr > 0 or self.weight_decay < 0:
             raise KitError(f"pretrain lr/weight_decay: expected lr > 0 and weight_decay >= 0, "
                            f"got {self.lr}, {self.weight_decay}")
+        check_pretrain_memory(self.size, self.batch, self.images)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -445,7 +448,13 @@ def weights_name(spec: PretrainSpec) -> str:
 def default_cache_dir() -> Path:
     """Where ``weights_path`` caches trained backbones: ``DEFAULT_CACHE_DIR`` when set, else
     ``pretrain/`` in the kit's cache (``constants.cache_root``)."""
-    return Path(DEFAULT_CACHE_DIR) if DEFAULT_CACHE_DIR is not None else cache_root() / "pretrain"
+    if DEFAULT_CACHE_DIR is not None:
+        return Path(DEFAULT_CACHE_DIR)
+    try:
+        return cache_root() / "pretrain"
+    except RuntimeError:  # HOME unset and no passwd entry: no ~/.cache to default to
+        raise KitError(f"--cache: no home folder for the kit's cache (HOME is unset and this user has none); "
+                       f"pass --cache <folder>, or set ${CACHE_ENV}") from None
 
 
 def intact(path: Path) -> bool:
@@ -483,9 +492,13 @@ def weights_path(spec: PretrainSpec, cache_dir: str | os.PathLike | None = None,
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise KitError(f"--cache: cannot create {path.parent} ({e.strerror or e})") from None
+        hint = "" if cache_dir else f"; pass --cache <folder>, or set ${CACHE_ENV}, to a folder this user may write to"
+        raise KitError(f"--cache: cannot create {path.parent} ({e.strerror or e}){hint}") from None
     # Grid workers and torchrun ranks may all ask at once: one trains, the others wait for its file.
     with files.lock(path.parent, wait=True):
+        # Under the lock no other process writes these two files: a temp file of theirs was left by
+        # a killed trainer (the weights' is checkpoint-sized).
+        files.remove_stale_temps(path.parent, "|".join(map(re.escape, (path.name, report_path(path).name))))
         if path.is_file() and not rebuild:
             if intact(path):
                 return path
@@ -563,7 +576,7 @@ def spec_for(cfg) -> PretrainSpec:
     ``_batch``; images = min(MAX_IMAGES, steps * batch / 2) (each seen at least twice);
     eval_images = min(2000, images). The seed is fixed (0), not the run's: like ImageNet weights,
     one backbone serves every run seed."""
-    images = max(cfg.pretrain_batch, min(MAX_IMAGES, cfg.pretrain_steps * cfg.pretrain_batch // 2))
+    images = pretrain_images(cfg.pretrain_steps, cfg.pretrain_batch)
     return PretrainSpec(source=cfg.pretrain_source, backbone=cfg.backbone, size=cfg.pretrain_size,
                         steps=cfg.pretrain_steps, batch=cfg.pretrain_batch, images=images,
                         eval_images=min(2000, images))
