@@ -341,3 +341,20 @@ def test_published_split_lists_parse():
     pairs = read_pair_list(city / "train_aug_labeled_1-16.txt")
     assert len(pairs) == 186 and all(i.startswith("images/train/") and l.endswith("_gtFine.png") for i, l in pairs)
     assert len(read_pair_list(city / "train.txt")) == 2975 and len(read_pair_list(city / "val.txt")) == 500
+
+
+def test_an_image_past_pils_pixel_limit_is_refused_not_read(tmp_path, monkeypatch):
+    """Between one and two times PIL's limit PIL only warns: the readers refuse such an image in one
+    line, so a size check cannot pass it on to fill a run's memory."""
+    from PIL import Image
+
+    from cpcl_kit.data.datasets import image_size, read_image, read_label_image
+
+    Image.new("RGB", (30, 20)).save(tmp_path / "big.png")
+    Image.new("L", (30, 20)).save(tmp_path / "big_mask.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # 600 pixels: past the limit, under twice it
+    for read, name in ((read_image, "big.png"), (image_size, "big.png"), (read_label_image, "big_mask.png")):
+        with pytest.raises(KitError, match=f"{name}: cannot read .*exceeds limit"):
+            read(tmp_path / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    assert read_image(tmp_path / "big.png").shape == (20, 30, 3)

@@ -8,6 +8,9 @@ partitions are ``splits``'.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +38,18 @@ CITYSCAPES_CLASS_NAMES = [
 
 Pair = tuple[Path, "Path | None"]
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
-READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what a bad file raises
+# What a bad file raises. Past PIL's pixel limit it only warns up to twice the limit: such an image
+# passes a size check and then fills the memory of a run, so that warning counts as an error here.
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+@contextmanager
+def _opened(path):
+    """``Image.open(path)`` with an image past PIL's pixel limit refused (one of ``READ_ERRORS``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            yield img
 
 
 # The EXIF orientations that turn an image by a quarter (its stored width is its shown height).
@@ -68,7 +82,7 @@ def read_image(path) -> np.ndarray:
     if not path.is_file():
         raise KitError(f"{path}: image file not found")
     try:
-        with Image.open(path) as img:
+        with _opened(path) as img:
             img.load()  # decode now so truncated files fail here, not later
             ImageOps.exif_transpose(img, in_place=True)
             if img.mode in _WIDE_GREY:
@@ -83,7 +97,7 @@ def read_image(path) -> np.ndarray:
 def exif_orientation(path) -> int | None:
     """The EXIF orientation (1-8) of an image file, None when it has none or cannot be read."""
     try:
-        with Image.open(path) as img:
+        with _opened(path) as img:
             value = img.getexif().get(_EXIF_ORIENTATION)
     except READ_ERRORS:
         return None
@@ -95,7 +109,7 @@ def image_size(path) -> tuple[int, int]:
     file's header, without decoding it; KitError naming the file when it cannot be read."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with _opened(path) as img:
             w, h = img.size
             turned = img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS
     except READ_ERRORS as e:
@@ -111,7 +125,7 @@ def read_label_image(path) -> np.ndarray:
     if not path.is_file():
         raise KitError(f"{path}: label file not found")
     try:
-        with Image.open(path) as img:
+        with _opened(path) as img:
             img.load()  # decode now so truncated files fail here, not later
             if img.mode not in _LABEL_MODES:
                 raise KitError(
