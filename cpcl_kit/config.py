@@ -26,7 +26,7 @@ from .constants import (ALL_LABELED, BACKBONES, CROP_PADS, DATASETS, DILATIONS, 
                         METHODS, NUM_CLASSES, OUTPUT_STRIDES, PAPER_PRESETS, PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS,
                         TEACHER_BN, UNION_RULES, WEIGHT_SCOPES, imagenet_file)
 from .errors import KitError
-from .files import read_class_names
+from .files import read_class_names, shown_path
 
 
 @dataclass
@@ -796,7 +796,8 @@ def check_ready_to_train(cfg: Config) -> Config:
         if cfg.backbone_weights == "none" and cfg.dataset != "digits":
             warnings.warn(f"backbone_weights=none: the {cfg.backbone} backbone trains on {cfg.dataset} data from "
                           f"random initialisation (ImageNet weights would help: put "
-                          f"{imagenet_file(cfg.backbone) or imagenet_file(REAL_DATA_CPU_BACKBONE)} in torchvision's cache, or pass "
+                          f"{shown_path(imagenet_file(cfg.backbone) or imagenet_file(REAL_DATA_CPU_BACKBONE))} in "
+                          f"torchvision's cache, or pass "
                           f"--set backbone_weights=<file>); expect much lower mIoU", RandomInitWarning, stacklevel=2)
         return cfg
     if cfg.backbone_weights is None:

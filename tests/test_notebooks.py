@@ -193,7 +193,7 @@ def _code(nb) -> str:
 
 # What a notebook makes for the later ones in the same output folder, by the calls that make or reuse it.
 MADE_FOR_LATER = {
-    "the shared CPCL run": ("shared_run(",),
+    "the shared CPCL run": ("shared_run(", "runs_at_hand("),
     "a notebook run folder": ("notebook_run_dir(",),
 }
 
@@ -226,7 +226,8 @@ def test_demo_ready_starts_what_may_start():
     from cpcl_kit.teach.runner import demo_ready
 
     names = [nb.name[:2] for nb in NOTEBOOKS]
-    assert demo_ready(names, []) == ["01", "02", "03", "04", "07"]  # the backbone ships: nothing to wait for
+    assert demo_ready(names, []) == ["01", "02", "03", "04"]  # the backbone ships: nothing to wait for
+    assert demo_ready(["07"], ["04"]) == []  # 07 looks at the CPCL run 04 trains
     assert demo_ready(["05", "06", "08"], ["03"]) == ["05", "08"]  # 06 compares with 03's run
     assert demo_ready(["05", "06"], ["04"]) == []
 
@@ -292,3 +293,16 @@ def test_classroom_default_is_the_best_run_at_hand(tmp_path, monkeypatch, capsys
     cfg, run, _ = open_shared_run(BEST, tmp_path)
     assert cfg.preset == "demo" and trained[0][0].preset == "demo" and trained[0][1] is True
     assert "else the 'demo' run" in capsys.readouterr().out
+
+
+def test_kit_warnings_in_a_notebook_are_one_line_without_a_source_path(monkeypatch):
+    import warnings
+
+    from cpcl_kit.config import RandomInitWarning
+    from cpcl_kit.teach.notebook import one_line_warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    one_line_warnings()
+    one_line_warnings()  # once is enough: a second call wraps nothing
+    assert warnings.formatwarning("a\n  b", RandomInitWarning, "/x/train.py", 3) == "warning: a b\n"
+    assert "/x/y.py:3: UserWarning: c" in warnings.formatwarning("c", UserWarning, "/x/y.py", 3)

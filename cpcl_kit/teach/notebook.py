@@ -25,6 +25,7 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
 
     if needs not in ("run", "model", "digits"):
         raise KitError(f"needs: expected run, model or digits, got {needs!r}")
+    one_line_warnings()
     given = {**fields, **({"data_root": data_root} if data_root else {}), **({"dataset": dataset} if dataset else {})}
     cfg = make_config(preset, given)
     if cfg.dataset == "digits":
@@ -50,6 +51,25 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
                            f"{cfg.iterations} iterations) and no CUDA device is here: run it on a GPU, or pass "
                            f"allow_cpu=True to train on the CPU anyway (days)")
     return cfg
+
+
+def one_line_warnings() -> None:
+    """Show the kit's own warnings in this kernel as one line each, as the command line does.
+    Python's format heads a warning with the kit's source file and line: a path on the machine that
+    ran the notebook, which tells its reader nothing. Other warnings keep their format."""
+    import warnings
+
+    plain = warnings.formatwarning
+    if getattr(plain, "kit_lines", False):
+        return
+
+    def line(message, category, filename, lineno, source=None):
+        if category.__module__.split(".")[0] == "cpcl_kit":
+            return f"warning: {' '.join(str(message).split())}\n"
+        return plain(message, category, filename, lineno, source)
+
+    line.kit_lines = True
+    warnings.formatwarning = line
 
 
 def minutes_estimate(cfg) -> str:
