@@ -1,27 +1,34 @@
-"""Why does CPS lead? Supervised, CPS, CPCL and the variants on the benchmark preset, paired by seed.
+"""Which ingredient of CPCL matters, and does CPCL beat CPS? The variants on a preset, paired by seed.
 
-    .venv/bin/python benchmarks/ablation.py --jobs 2          # benchmark preset, seeds 0-2: hours, resumable
-    .venv/bin/python benchmarks/ablation.py --collect-only    # the tables of the runs finished so far
-    .venv/bin/python benchmarks/ablation.py --variants cpcl,first_release --seeds 0
+    .venv/bin/python benchmarks/ablation.py --jobs 2 --runs <runs>   # benchmark preset as it is, seeds 0-2: hours
+    .venv/bin/python benchmarks/ablation.py --collect-only --runs <runs>   # the tables of the runs finished so far
+    .venv/bin/python benchmarks/ablation.py --recipe cutmix --variants cpcl,first_release --seeds 0
 
-The grid is ``ablate.COMMITTED_VARIANTS`` at 1/16 (the why-CPS-leads variants first, then the paper's
-four ablations), run by ``ablate.run_grid`` into ``~/.cache/cpcl-kit/ablation/<preset>`` (or
-``--runs``) with ``RECIPE``: the official CutMix, no student warp and train-mode teachers, the
-recipe its variants are defined against and the benchmark preset's until it dropped CutMix (commit
-00e7a41); its supervised, CPS and CPCL runs are those of the ``ssl_gain.py`` benchmark before that
-change. It writes ``results/ablation-<preset>.csv`` (one row per finished run of the grid, with the
-commit that trained it where known), ``.json`` (where the table comes from: commits, command, grid
-wall seconds, seeds) and ``.md`` (mean ± sd per variant, each variant
-minus CPCL and minus CPS per seed, and whether the mean difference exceeds the seeds' spread).
+``--recipe preset`` (the default) trains the preset as it is, from the backbone the kit ships:
+``ablate.PRESET_GRID_VARIANTS`` (CPCL, CPS, supervised and the paper's four ablations; add
+``ablate.STRENGTH_VARIANTS`` with ``--variants`` to ask whether the unsupervised strength alone
+separates CPCL from CPS) at 1/16, written as ``results/ablation-<preset>-preset.*``; notebook 07
+reads the benchmark preset's. Its JSON records the recipe (``config``: CPCL's settings, which every
+variant changes in one place), so verdicts are judged against the preset's noise table only where
+that table measured the same recipe and backbone (``ablate.grid_noise_table``).
+
+``--recipe cutmix`` puts ``RECIPE`` on top: the official CutMix, no student warp and train-mode
+teachers, the recipe the older grids (``results/ablation-<preset>.*``, ``-b``, ``-c``:
+``ablate.COMMITTED_VARIANTS``) were trained with, from backbones pretrained before the kit shipped
+its own. Both run ``ablate.run_grid`` into ``~/.cache/cpcl-kit/ablation/<preset>`` (or ``--runs``).
+Each writes ``.csv`` (one row per finished run of the grid, with the commit that trained it where
+known and the backbone it started from), ``.json`` (where the table comes from: commits, command,
+recipe, grid wall seconds, seeds) and ``.md`` (the findings as sentences, mean ± sd per variant,
+each variant minus CPCL and minus CPS per seed with the paired 95 % interval and the verdict).
 
 The committed table is extended, not replaced: its rows whose runs the run folder lacks (a fresh
 machine, another folder) are kept with the commit that trained them, and a run finished in the folder
 replaces its committed row; cells the committed table holds are not retrained, so on a new machine
 ``--jobs 2`` trains only what the table lacks. ``--fresh`` trains and tabulates the run folder alone.
-A call whose ``--set`` values differ from the committed table's is refused, and so is one whose runs
-start from other (or unknown) backbone weights than the committed rows: runs paired by seed must
-share their init, and the same pretraining gives other weights on another CPU. ``--name`` writes a
-second grid beside the first.
+A call whose ``--set`` values or recipe differ from the committed table's is refused, and so is one
+whose runs start from other (or unknown) backbone weights than the committed rows: runs paired by
+seed must share their init, and the same pretraining gives other weights on another CPU. ``--name``
+writes a second grid beside the first.
 """
 
 from __future__ import annotations
@@ -40,14 +47,14 @@ sys.path.insert(0, str(HERE.parent))
 from cpcl_kit.config import parse_sets  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.experiments import ablate, prepared  # noqa: E402
-from cpcl_kit.files import write_csv, write_json, write_text  # noqa: E402
+from cpcl_kit.files import machine, write_csv, write_json, write_text  # noqa: E402
 from cpcl_kit.nets import pretrain  # noqa: E402
 from cpcl_kit.provenance import command_line  # noqa: E402
 from ssl_gain import commit  # noqa: E402  (the short commit of this checkout, the code that trains)
 
 # The committed grids' recipe, applied before --set: CutMix with the official 3 boxes, the student
 # sees the mixed scene as it is, the teachers predict in train mode. The benchmark preset has since
-# dropped CutMix for an affine student view and eval-mode teachers (issue 13); the variants
+# dropped CutMix for an affine student view and eval-mode teachers; the variants
 # (no_cutmix, affine_no_cutmix, teacher_eval, ...) are changes from this recipe.
 RECIPE = ["cutmix_boxes=3", "student_aug=none", "teacher_bn=train"]
 WALL = "ablation_wall.json"  # in the runs folder: the calls that trained runs, their commit and seconds
@@ -83,7 +90,7 @@ def trained_by(runs: Path, wall: dict) -> dict[str, str]:
 def md_table(df) -> str:
     """A DataFrame as a markdown table (index included; floats with 2 decimals)."""
     df = df.reset_index() if df.index.name or any(df.index.names) else df
-    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: ("–" if v != v else f"{v:.2f}") if isinstance(v, float) else str(v)  # noqa: E731  (NaN: –)
     rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
     rows += [" | ".join(cell(v) for v in r) for r in df.itertuples(index=False)]
     return "\n".join(f"| {r} |" for r in rows)
@@ -147,15 +154,26 @@ def wall_seconds(calls: list[dict]) -> float:
     return total
 
 
-def markdown(table, meta: dict) -> str:
+def markdown(table, meta: dict, results: Path = HERE / "results") -> str:
     lines = [f"# ablation ({meta['preset']} preset, 1/16 labeled)", "", ablate.provenance(meta), ""]
     if table.empty:
         return "\n".join(lines + ["no finished runs yet"])
+    # verdicts only against a noise table of this very recipe and backbone; the older grids have none
+    floor = ablate.grid_noise_table(table, meta, results)
+    lines += [ablate.grid_status(table, meta), "",
+              f"Verdicts against the [noise table](noise-{floor.preset}.md) of the same recipe and backbone."
+              if floor else "No noise table was measured for this recipe and backbone: differences are shown, "
+                            "not judged.", ""]
+    lines += ["## Findings", "", *(f"- {x}" for x in [*ablate.ingredient_findings(table, floor, meta["variants"]),
+                                                        ablate.cpcl_vs_cps(table, floor),
+                                                        *ablate.method_findings(table, floor),
+                                                        *ablate.strength_findings(table, floor, meta["variants"])]), ""]
     lines += ["## mIoU per variant (net 1), mean ± sd over seeds", "", md_table(ablate.summarise(table)), ""]
     for base in ("cpcl", "cps"):
-        p = ablate.paired(table, base)
+        p = ablate.paired(table, base, noise_table=floor)
         if not p.empty:
-            lines += [f"## Each variant minus {base}, paired by seed (mIoU points)", "", md_table(p), ""]
+            lines += [f"## Each variant minus {base}, paired by seed (mIoU points, paired 95 % interval)", "",
+                      md_table(p), ""]
     means = 100 * table.groupby("variant", sort=False)[["miou", "digit_miou", "miou_net2", "miou_ensemble"]].mean()
     lines += ["## Digit-only, net 2 and the ensemble (mean over seeds, %)", "", md_table(means.round(2)), ""]
     return "\n".join(lines)
@@ -165,7 +183,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="benchmark")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", default=",".join(ablate.COMMITTED_VARIANTS))
+    p.add_argument("--variants", help="comma-separated (default: ablate.PRESET_GRID_VARIANTS; with --recipe "
+                                      "cutmix ablate.COMMITTED_VARIANTS, the older grids')")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--runs", type=Path, help="run folder (default: ~/.cache/cpcl-kit/ablation/<preset>)")
     p.add_argument("--results", type=Path, default=HERE / "results")
@@ -173,7 +192,8 @@ def main(argv=None) -> dict:
     p.add_argument("--collect-only", action="store_true", help="tabulate the finished runs, train nothing")
     p.add_argument("--fresh", action="store_true",
                    help="tabulate the run folder alone (default: keep the committed rows whose runs it lacks)")
-    p.add_argument("--name", help="the results' file stem (default ablation-<preset>): a second grid beside it")
+    p.add_argument("--name", help="the results' file stem (default ablation-<preset>-preset; with --recipe cutmix "
+                                  "ablation-<preset>): a second grid beside it")
     p.add_argument("--recipe", choices=("preset", "cutmix"), default="preset",
                    help="preset: the preset as it is (today's recipe); cutmix: the older grids' RECIPE on top")
     p.add_argument("--quiet", action="store_true")
@@ -181,10 +201,13 @@ def main(argv=None) -> dict:
     runs = args.runs or default_runs(args.preset)
     overrides = parse_sets([*(RECIPE if args.recipe == "cutmix" else []), *args.sets])
     seeds = [int(s) for s in args.seeds.split(",")]
-    grid = ablate.normalise_grid({"variants": args.variants, "fractions": [prepared.LABELED], "seeds": seeds})
+    variants = args.variants or ",".join(ablate.PRESET_GRID_VARIANTS if args.recipe == "preset"
+                                         else ablate.COMMITTED_VARIANTS)
+    grid = ablate.normalise_grid({"variants": variants, "fractions": [prepared.LABELED], "seeds": seeds})
     started_at = commit()  # the code that trains; a later commit during a long grid does not count
     command = command_line(__file__, argv)
-    name = args.name or f"ablation-{args.preset}"
+    # the older grids keep their names; today's recipe writes beside them, never into them
+    name = args.name or f"ablation-{args.preset}" + ("-preset" if args.recipe == "preset" else "")
     previous = None if args.fresh else _read(args.results / f"{name}.json", None)
     if previous is not None and previous.get("sets", []) != args.sets:
         raise KitError(f"{args.results / name}.json: its runs were trained with --set {previous.get('sets', [])}, "
@@ -217,7 +240,7 @@ def main(argv=None) -> dict:
                 wall["seconds"] += seconds
                 wall["calls"].append({"seconds": round(seconds, 1), "started": round(started, 1),
                                       "runs_trained": len(new), "jobs": args.jobs, "commit": started_at,
-                                      "command": command, "runs": new})
+                                      "command": command, "runs": new, "cpu": machine()})
                 write_json(runs / WALL, wall)
     table = grid_table(runs, grid["variants"], seeds, wall)
     kept = table.iloc[:0] if args.fresh else kept_rows(args.results / f"{name}.csv", table, seeds)
@@ -235,10 +258,12 @@ def main(argv=None) -> dict:
             # the calls that trained the runs (this script's, the ssl_gain calls that trained the shared
             # runs, and those of the kept rows) and their sum
             "wall_seconds": round(wall_seconds(calls), 1) or None, "wall_calls": calls,
+            # the machines that trained them, where the calls recorded it
+            "cpus": sorted({c["cpu"] for c in calls if c.get("cpu")}),
             "run_seconds_total": round(float(table["seconds"].sum()), 1)}
     write_csv(args.results / f"{name}.csv", table)
     write_json(args.results / f"{name}.json", meta)
-    text = markdown(table, meta)
+    text = markdown(table, meta, args.results)
     write_text(args.results / f"{name}.md", text + "\n")
     print(text)
     if meta["runs_finished"] < meta["runs_expected"]:

@@ -159,14 +159,19 @@ DEVIATIONS = {
     "scales": "scale jitter {0.75, 1.0, 1.25} instead of {0.5..2.0} on 64x64 scenes",
     "cutmix_boxes": "no CutMix on the unlabeled scenes (cutmix_boxes=0 instead of 3 boxes): a scene's one "
                     "digit is named by its whole shape and the boxes hand the student fragments of it; "
-                    "chosen on tuning seeds (notebook 07's no_cutmix variants show the comparison)",
+                    "chosen on tuning seeds 100 and 101 (benchmarks/README.md's history), though the no_cutmix "
+                    "rows of an older grid on the reported seeds 0-2 (another recipe and backbone: "
+                    "benchmarks/results/ablation-benchmark-c.md) were committed before the change",
     "student_aug": "the student sees the unlabeled scene rotated, scaled and shifted (student_aug=affine, "
                    "perturb.py; the teachers' logits are warped alike) instead of only CutMix, which is "
                    "off here: a perturbation that keeps the digit whole (not in the paper; chosen on "
-                   "tuning seeds, the affine variants of notebook 07)",
+                   "tuning seeds 100 and 101, though an older grid's affine_no_cutmix rows on the reported "
+                   "seeds 0-2 were committed before the change)",
     "teacher_bn": "the teachers predict the unlabeled scenes with BatchNorm's running statistics "
                   "(teacher_bn=eval) instead of those of their own 4-scene batch, which are too noisy "
-                  "for good pseudo labels (chosen on tuning seeds; variant teacher_eval)",
+                  "for good pseudo labels (chosen on tuning seeds 100 and 101, though an older grid's "
+                  "teacher_eval rows on the reported seeds 0-2, benchmarks/results/ablation-benchmark.md, "
+                  "were committed before the change)",
     "crop_pad": "a scene scaled below the crop size is padded at a random position (torchvision "
                 "RandomCrop), not centred as in the official loader: kept so the CPU presets' numbers "
                 "stay those already published",

@@ -248,3 +248,141 @@ def test_one_job_trains_with_the_threads_asked_and_restores_them(tmp_path, monke
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# A grid whose every difference can be checked by hand (mIoU in 0..1; differences to CPCL in points):
+# inter_only -4, -5, -4.5 (mean -4.5, sd 0.5); union_only +0.5, +1.0, -1.6 (signs differ, mean -0.03);
+# cps -1, 0, +2 (CPCL − CPS +1, 0, -2: mean -0.33, sd 1.5275); supervised -10 on every seed.
+HAND = {"cpcl": (0.70, 0.72, 0.71), "cps": (0.69, 0.72, 0.73), "supervised": (0.60, 0.62, 0.61),
+        "inter_only": (0.66, 0.67, 0.665), "union_only": (0.705, 0.73, 0.694)}
+
+
+def hand_grid() -> pd.DataFrame:
+    return pd.DataFrame([{"variant": v, "labeled": "1/16", "seed": s, "miou": m, "backbone": "abc123"}
+                         for v, ms in HAND.items() for s, m in enumerate(ms)])
+
+
+def floor_table(floor: float = 2.0, backbone: str = "abc123", config=None):
+    """A noise table whose every pair with CPCL moved by exactly ``floor`` points between the two
+    float orders (CPS − supervised by none): the stand-in for an unmeasured pair is ``floor`` too."""
+    from cpcl_kit.config import make_config
+    from cpcl_kit.experiments.noise import NoiseTable
+
+    rows = [{"method": m, "seed": s, "threads": t, "backbone": backbone,
+             "miou": 0.5 + (floor / 100 if (m == "cpcl" and t == 2) else 0)}
+            for m in ("supervised", "cps", "cpcl") for s in (0, 1, 2) for t in (1, 2)]
+    return NoiseTable(pd.DataFrame(rows), {"preset": "benchmark", "config": config or make_config("benchmark").to_dict(),
+                                           "sets": [], "commit": "abc", "cpu": "x", "command": "python benchmarks/noise.py"})
+
+
+def test_findings_are_sentences_computed_from_the_grid():
+    t, nt = hand_grid(), floor_table(2.0)
+    planned = ["cpcl", "cps", "supervised", "inter_only", "union_only"]
+    lines = ablate.ingredient_findings(t, nt, planned)
+    # inter_only: all seeds below, mean -4.5 beyond the stand-in floor 2, interval -4.5 ± 4.3027 x 0.5 / sqrt(3)
+    assert lines[0] == ("Of the paper's ablations measured here (2 of 4, up to 3 seeds each), 1 changes the score "
+                        "beyond the noise: inter_only is behind CPCL by 4.5 points on the mean. The others cannot "
+                        "be told from CPCL at these seeds.")
+    assert lines[1].startswith("inter_only (both nets learn the intersection (conservative only)): inter_only − CPCL: "
+                               "-4.5 points on the mean of 3 seeds (-4.0 (seed 0), -5.0 (seed 1), -4.5 (seed 2)), "
+                               "paired 95 % interval -5.7 to -3.3 points")
+    assert "cannot tell at 3 seeds (within the noise: not every seed has the same sign)" in lines[2]
+    assert lines[3:] == [f"{v} ({ablate.VARIANT_NOTES[v]}): not in this grid." for v in ("no_reweight", "union_by_confidence")]
+    # CPCL − CPS +1, 0, -2: mean -0.33, interval -0.33 ± 4.3027 x 1.5275 / sqrt(3) = -4.1 to +3.5; with that
+    # spread 11 seeds give 2.2281 x 1.5275 / sqrt(11) = 1.03, 12 give 2.2010 x 1.5275 / sqrt(12) = 0.97
+    cps = ablate.cpcl_vs_cps(t, nt)
+    assert cps.startswith("Does CPCL beat CPS on this benchmark? Not decided. CPCL − CPS: -0.3 points on the mean of "
+                          "3 seeds (+1.0 (seed 0), +0.0 (seed 1), -2.0 (seed 2)), paired 95 % interval -4.1 to +3.5")
+    assert "cannot tell at 3 seeds" in cps and cps.endswith("about 12 seeds would narrow the interval to ±1 point.")
+    # CPCL − CPS -0.2, +0.2, +0.1: mean +0.03, interval ± 4.3027 x 0.2082 / sqrt(3) = -0.48 to +0.55, inside ±1
+    close = t.copy()
+    close.loc[close["variant"] == "cps", "miou"] = [0.702, 0.718, 0.709]
+    assert ablate.cpcl_vs_cps(close, nt).startswith(
+        "Does CPCL beat CPS on this benchmark? Not by more than 1 point either way at these seeds. CPCL − CPS: "
+        "+0.0 points on the mean of 3 seeds (-0.2 (seed 0), +0.2 (seed 1), +0.1 (seed 2)), paired 95 % interval "
+        "-0.5 to +0.6 points")
+    assert ablate.cpcl_vs_cps(close, nt).endswith("the interval rules out a difference of more than 1 point either way.")
+    gain = ablate.method_findings(t, nt)
+    assert gain[0].startswith("CPCL − supervised: +10.0 points") and "interval +10.0 to +10.0" in gain[0]
+    assert "CPCL is ahead on every seed" in gain[0] and gain[1].startswith("CPS − supervised: +10.3 points")
+    assert ablate.strength_findings(t, nt, planned)[0].startswith("This grid has no strength-matched variant")
+    assert "no seed of this grid has both it and cpcl finished" in ablate.strength_findings(t, nt)[0]
+    # without a noise table nothing is judged, and the summary says so
+    assert "shown, not judged" in ablate.ingredient_findings(t, None, planned)[0]
+    assert ablate.cpcl_vs_cps(t, None).startswith("Does CPCL beat CPS on this benchmark? Not judged.")
+    empty = t.iloc[:0]
+    assert ablate.cpcl_vs_cps(empty, nt).endswith("No seed of this grid has both a CPCL and a CPS run finished yet.")
+    assert ablate.ingredient_findings(empty, nt)[0] == "None of the paper's ablations has a seed paired with CPCL in this grid yet."
+
+
+def test_lesson_paired_and_status_of_a_partial_grid():
+    t, nt = hand_grid(), floor_table(2.0)
+    lesson = ablate.lesson(t, nt)
+    assert list(lesson.index) == ["inter_only", "union_only", "cps", "supervised"]  # the paper's ablations first
+    assert lesson.loc["inter_only", ["Δ vs cpcl (mean)", "95 % low", "95 % high"]].tolist() == [-4.5, -5.7, -3.3]
+    assert str(lesson.loc["union_only", "Δ vs cpcl (mean)"]) == "0.0"  # -0.03 rounds to 0.0, never -0.0
+    assert lesson.loc["inter_only", "verdict"] == "behind" and lesson.loc["supervised", "verdict"] == "behind"
+    p = ablate.paired(t, "cpcl", noise_table=nt)
+    assert p.loc[("cps", "1/16"), ["95 % low", "95 % high"]].tolist() == [-3.46, 4.13]  # CPS − CPCL: +0.33 ± 3.79
+    assert p.loc[("inter_only", "1/16"), "floor"] == 2.0
+    meta = {"runs_expected": 18, "variants": [*HAND, "no_reweight"], "seeds": [0, 1, 2]}
+    partial = t[~((t["variant"] == "cps") & (t["seed"] == 2))]
+    status = ablate.grid_status(partial, meta)
+    assert status.startswith("The grid is not finished: 14 of 18 runs so far (still missing: cps: seed 2; "
+                             "no_reweight: seeds 0, 1, 2)")
+    assert ablate.grid_status(t, {**meta, "runs_expected": 15}).startswith("All 15 runs of the grid are finished")
+    # a partial grid pairs the seeds both runs finished: CPCL − CPS on seeds 0 and 1 (+1, 0)
+    assert "on the mean of 2 seeds (+1.0 (seed 0), +0.0 (seed 1))" in ablate.cpcl_vs_cps(partial, nt)
+
+
+def test_a_grid_is_judged_only_against_a_noise_table_of_its_recipe_and_backbone(tmp_path):
+    import json as _json
+
+    from cpcl_kit.config import make_config
+
+    nt = floor_table(2.0)
+    (tmp_path / "noise-benchmark.json").write_text(_json.dumps({**nt.meta, "runs": nt.runs.to_dict("records")}))
+    meta = {"preset": "benchmark", "config": ablate.run_config("cpcl", "1/16", 0, "benchmark").to_dict()}
+    t = hand_grid()
+    assert ablate.grid_noise_table(t, meta, tmp_path).floor("cpcl", "cps") == pytest.approx(2.0)
+    assert ablate.grid_noise_table(t.assign(backbone="other"), meta, tmp_path) is None  # another init
+    other = make_config("benchmark", {"cutmix_boxes": 3, "student_aug": "none"}).to_dict()
+    assert ablate.grid_noise_table(t, {**meta, "config": other}, tmp_path) is None  # another recipe
+    assert ablate.grid_noise_table(t, {"preset": "benchmark"}, tmp_path) is None  # recipe not recorded (older grids)
+    assert ablate.grid_noise_table(t.drop(columns="backbone"), meta, tmp_path) is None
+
+
+def test_the_paired_differences_figure_draws_every_seed_interval_and_floor():
+    import matplotlib
+
+    from cpcl_kit.teach import plots
+
+    matplotlib.use("Agg")
+    t = hand_grid()
+    fig = plots.paired_differences(ablate.paired(t, "cpcl", noise_table=floor_table(2.0)))
+    ax = fig.axes[0]
+    assert [x.get_text() for x in ax.get_yticklabels()] == ["inter_only", "union_only", "cps", "supervised"]
+    assert len(ax.patches) == 4 and ax.patches[0].get_width() == pytest.approx(4.0)  # ± the floor of 2 points
+    intervals = [line for line in ax.get_lines() if len(line.get_xdata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1]]
+    spans = {(round(min(line.get_xdata()), 2), round(max(line.get_xdata()), 2)) for line in intervals}
+    assert len(intervals) == 4 and (-5.74, -3.26) in spans and (-10.0, -10.0) in spans  # inter_only; supervised
+    assert len(ax.collections) == 2 * 4  # per row: the seeds and the mean
+    empty = plots.paired_differences(ablate.paired(t.iloc[:0], "cpcl"))
+    assert "no variant paired" in empty.axes[0].texts[0].get_text()
+
+
+def test_provenance_names_the_recipe_the_training_call_and_the_machine():
+    meta = {"preset": "benchmark", "recipe": "preset", "runs_finished": 14, "runs_expected": 21, "seeds": [0, 1, 2],
+            "commits": ["abc1234"], "command": "python benchmarks/ablation.py --collect-only --runs <runs>",
+            "wall_calls": [{"command": "python benchmarks/ablation.py --jobs 2 --runs <runs>", "seconds": 5400}],
+            "cpus": ["Some CPU (avx2; 2 cores)"], "wall_seconds": 5400.0}
+    assert ablate.provenance(meta) == (
+        "committed grid (benchmark preset, the preset as it is, 14 of 21 runs, seeds 0, 1, 2), trained by commit(s) "
+        "abc1234 with `python benchmarks/ablation.py --jobs 2 --runs <runs>`, tabulated by `python benchmarks/"
+        "ablation.py --collect-only --runs <runs>`, 1.5 h of grid wall time on Some CPU (avx2; 2 cores)")
+    old = {**meta, "command": "python benchmarks/ablation.py --jobs 2", "wall_calls": [], "cpus": []}
+    del old["recipe"]  # the older grids' JSON names no recipe: they trained the CutMix one
+    assert ablate.provenance(old).startswith("committed grid (benchmark preset, an older recipe (the official "
+                                             "CutMix, train-mode teachers), 14 of 21 runs")
+    assert ablate.provenance(old).endswith(": `python benchmarks/ablation.py --jobs 2`, 1.5 h of grid wall time on "
+                                           "2 CPU cores")

@@ -149,3 +149,38 @@ def test_compare_runs_looks_at_the_batches_each_run_learnt_from():
         want, _ = dg.on_scenes(nets, data, run.config, n_batches=2, batch=2)
         assert regions[name].equals(want)
     assert not regions["mixed"].equals(regions["plain"])
+
+
+def test_runs_at_hand_falls_back_to_the_shared_cpcl_run(tmp_path, monkeypatch):
+    """Notebook 07's runs: the prepared set's or the live grid's CPS and CPCL runs; without them the
+    CPCL run notebooks 04-06 and 08 share in out_dir/runs (saying CPS is missing); else a sentence
+    naming what to run, with no machine path."""
+    from cpcl_kit.engine import runs
+    from cpcl_kit.engine.train import RunResult
+    from cpcl_kit.experiments import prepared
+    from cpcl_kit.teach.notebook import notebook_config
+
+    monkeypatch.chdir(tmp_path)
+    out, grid = tmp_path / "out", tmp_path / "out" / "ablation_smoke"
+    cfg = notebook_config("smoke", method="cpcl", seed=0)
+    loaded = []
+    monkeypatch.setattr(runs, "load_run", lambda path, *a, **k: loaded.append(path) or RunResult(cfg, [], None, {}, path))
+    monkeypatch.setattr(prepared, "two_net_runs", lambda *a, **k: {})
+    found, text = dg.runs_at_hand("smoke", out, grid, seed=0)
+    assert found == {} and text.startswith("no CPS or CPCL run with nets here: notebook 04 trains the shared CPCL "
+                                           "run of the smoke preset into out/runs")
+    shared = runs.notebook_run_dir(out, cfg)  # out/runs/cpcl_smoke_1-16_seed0, as notebook 04 names it
+    shared.mkdir(parents=True)
+    (shared / runs.METRICS).write_text("{}")
+    assert dg.runs_at_hand("smoke", out, grid)[0] == {}  # finished but without its nets: not usable
+    (shared / runs.CHECKPOINT).write_text("")
+    found, text = dg.runs_at_hand("smoke", out, grid)
+    assert list(found) == ["CPCL"] and loaded[-1] == shared
+    assert text.startswith("CPCL from the CPCL run notebooks 04-06 and 08 share (smoke preset, seed 0, ")
+    assert "no CPS run is at hand" in text
+    both = {"cps": RunResult(cfg, [], None, {}, grid / "cps__1-16__seed0"),
+            "cpcl": RunResult(cfg, [], None, {}, grid / "cpcl__1-16__seed0")}
+    monkeypatch.setattr(prepared, "two_net_runs", lambda *a, **k: both)
+    found, text = dg.runs_at_hand("smoke", out, grid)
+    assert list(found) == ["CPS", "CPCL"] and text.startswith("CPS and CPCL from the live grid's (smoke preset")
+    assert "no CPS run" not in text

@@ -71,6 +71,54 @@ def test_verdicts_over_seeds():
     assert "(seed 3)" in noise.compare_seeds("cps", "cpcl", [-5, -6, -7], t, seeds=[3, 4, 5]).text
 
 
+# Student's t quantiles for a two-sided 95 % interval, from a printed t table: 1, 2 and 3 degrees of freedom.
+T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824}
+
+
+def test_paired_interval_by_hand():
+    # [6, 5, 7]: mean 6, sd 1, half-width 4.3027 * 1 / sqrt(3) = 2.4841
+    low, high = noise.paired_interval([6, 5, 7])
+    assert (low, high) == (pytest.approx(6 - 2.4841, abs=1e-3), pytest.approx(6 + 2.4841, abs=1e-3))
+    # [1, 3]: mean 2, sd sqrt(2), half-width 12.7062 * sqrt(2) / sqrt(2)
+    assert noise.paired_interval([1, 3]) == (pytest.approx(2 - T975[1], abs=1e-3), pytest.approx(2 + T975[1], abs=1e-3))
+    assert noise.paired_interval([4, 4, 4]) == (4, 4)  # no spread, no width
+    assert noise.paired_interval([2.5]) is None  # one seed: no interval
+    assert noise.open_interval((-1.5, 1.0)) and not noise.open_interval((-0.9, 0.9)) and not noise.open_interval((0.2, 5))
+    # the spread of [2.1, 0.6, 0.1] (sd 1.0408): 6 seeds give 2.5706 * 1.0408 / sqrt(6) = 1.09, 7 give 0.96
+    assert noise.seeds_for([2.1, 0.6, 0.1]) == 7
+    assert noise.seeds_for([1.0]) is None and noise.seeds_for([1, 1]) == 2
+
+
+def test_verdicts_state_the_paired_interval():
+    t = make_table()  # every floor 4 points (cpcl-supervised), 2 (supervised)
+    v = noise.compare_seeds("cpcl", "supervised", [6, 5, 7], t)
+    assert v.interval == (pytest.approx(3.5159, abs=1e-3), pytest.approx(8.4841, abs=1e-3))
+    assert "+6.0 points on the mean of 3 seeds (+6.0 (seed 0), +5.0 (seed 1), +7.0 (seed 2)), paired 95 % interval " \
+           "+3.5 to +8.5 points (Student's t, 2 degrees of freedom): CPCL is ahead on every seed" in v.text
+    # within the noise: the words say so with the interval ([3, 3, 3.5]: mean 3.17, sd 0.2887, half 0.7172)
+    v = noise.compare_seeds("cpcl", "supervised", [3, 3, 3.5], t)
+    assert v.label == noise.WITHIN and "interval +2.4 to +3.9 points" in v.text and "cannot tell at 3 seeds" in v.text
+    # every seed ahead and the mean beyond the floor, but the interval holds 0 and is wider than a point:
+    # [0.1, 0.2, 12]: mean 4.1 > 4, sd 6.8418, half 4.3027 * 6.8418 / sqrt(3) = 17.00
+    v = noise.compare_seeds("cpcl", "supervised", [0.1, 0.2, 12], t)
+    assert v.interval[0] == pytest.approx(4.1 - 16.996, abs=0.01) and v.label == noise.WITHIN
+    assert "cannot tell at 3 seeds" in v.text and "the interval holds 0" in v.text
+    # a narrow interval round 0 is said too: [0.2, -0.1, 0.3, 0.1], mean 0.125, sd 0.1708, half 0.2718
+    v = noise.compare_seeds("cpcl", "cps", [0.2, -0.1, 0.3, 0.1], t)
+    assert "cannot tell at 4 seeds" in v.text and "rules out a difference of more than 1 point" in v.text
+    assert "3 degrees of freedom" in v.text
+    one = noise.compare_seeds("cpcl", "cps", [0.5], t)
+    assert one.interval is None and "one seed gives no interval" in one.text and "cannot tell at 1 seed " in one.text
+    # without a noise table: the interval still, and "cannot tell" where it leaves the sign open
+    v = noise.compare_seeds("cpcl", "cps", [1, 3], None)
+    assert v.label is None and v.interval[0] == pytest.approx(2 - T975[1], abs=1e-3)
+    assert "cannot tell at 2 seeds; no noise table holds" in v.text and "1 degree of freedom" in v.text
+    assert "cannot tell" not in noise.compare_seeds("cpcl", "cps", [6, 5, 7], None).text
+    # a rounded tiny negative is never printed as -0.0
+    assert "+0.0 (seed 1)" in noise.compare_seeds("cpcl", "cps", [1, -0.04], t).text
+    assert noise.compare_runs("cpcl", 0.76, "supervised", 0.70, t).interval is None
+
+
 def test_a_table_holds_for_the_recipe_it_measured(tmp_path):
     from cpcl_kit.config import make_config
 

@@ -35,7 +35,7 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path, capsys):
     want = round(100 * (summary["cpcl"]["miou"][0] - summary["supervised"]["miou"][0]), 2)
     assert abs(paired["cpcl_minus_supervised"]["per_seed"][0] - want) < 0.02
     assert set(paired) == {"seeds", "cpcl_minus_supervised", "cps_minus_supervised", "cpcl_minus_cps"}
-    assert summary["targets"] == {}  # the smoke preset has none; benchmark has
+    assert "targets" not in summary  # measurements only: the goals are benchmarks/README.md's
     assert summary["grid_wall_seconds"] > 0 and summary["commit"] and "ssl_gain.py" in summary["command"]
     # as a user types it in a clone: tmp_path is this machine's folder, named by its option
     assert summary["command"].startswith("python benchmarks/ssl_gain.py --preset smoke")
@@ -64,14 +64,29 @@ def test_ssl_gain_benchmark_runs_and_writes_summary(tmp_path, capsys):
     assert "cps" not in partial and partial["cpcl"]["miou"] == summary["cpcl"]["miou"]
 
 
-def test_targets_are_checked_against_the_issue_goals():
+def test_committed_results_hold_measurements_not_goals():
+    """The committed ssl_gain and noise results: no goal, target or met flag beside the numbers, and
+    the markdown states the verdicts with their paired interval."""
+    results = ROOT / "benchmarks" / "results"
+
+    def keys(x):
+        if isinstance(x, dict):
+            return set(x) | set().union(*(keys(v) for v in x.values()))
+        return set().union(*(keys(v) for v in x)) if isinstance(x, list) else set()
+
+    for name in ("ssl_gain-benchmark", "noise-benchmark"):
+        data = json.loads((results / f"{name}.json").read_text())
+        found = keys({k: v for k, v in data.items() if k != "config"})  # (a config's "targets" is a setting)
+        assert not found & {"targets", "goal", "met"}, name
+        assert "Target" not in (results / f"{name}.md").read_text() and "goal" not in (results / f"{name}.md").read_text()
+    md = (results / "ssl_gain-benchmark.md").read_text()
+    assert md.count("paired 95 % interval") == 3 and ("cannot tell at" in md or "is ahead on every seed" in md)
+
+
+def test_the_summary_is_rewritten_from_its_json(tmp_path):
+    """write_summary renders a summary without retraining: the committed one gives its own tables back."""
     mod = _module()
-    summary = {"supervised": {"digit_mean": 0.41}, "cpcl": {"seconds": [230.0, 250.0]},
-               "full": {"mean": 0.74},
-               "paired": {"cpcl_minus_supervised": {"per_seed": [6.0, 4.9, 7.0], "mean": 5.97}},
-               "grid_wall_seconds": 4400.0}
-    bench = mod.check_targets(summary, "benchmark")
-    assert bench["cpcl_minus_supervised_every_seed_min"] == {"goal": 5.0, "value": 4.9, "met": False}
-    assert not bench["cpcl_minus_supervised_mean_min"]["met"] and not bench["full_miou_min"]["met"]
-    assert set(bench) == set(mod.TARGETS["benchmark"])
-    assert mod.check_targets(summary, "demo") == {}  # the demo's claim is checked on the noise table
+    summary = json.loads((ROOT / "benchmarks" / "results" / "ssl_gain-benchmark.json").read_text())
+    mod.write_summary(summary, tmp_path, "0,1,2", noise_from=ROOT / "benchmarks" / "results")
+    committed = (ROOT / "benchmarks" / "results" / "ssl_gain-benchmark.md").read_text()
+    assert (tmp_path / "ssl_gain-benchmark.md").read_text() == committed

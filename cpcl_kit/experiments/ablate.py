@@ -43,7 +43,8 @@ VARIANTS: dict[str, dict] = {
     "union_only": {"targets": ("union", "union")},
     "no_reweight": {"reweight": False},
     "union_by_confidence": {"union_rule": "confidence"},
-    # Why CPS leads (issue 14): the official code's first release, and its two changes one at a time.
+    # The official code's first release, and its two changes one at a time: whether the weighting of
+    # the released code is what separates CPCL from CPS.
     "first_release": {"weight_scope": "batch", "inter_norm": "labeled"},
     "batch_weight": {"weight_scope": "batch"},
     "inter_over_labeled": {"inter_norm": "labeled"},
@@ -55,7 +56,7 @@ VARIANTS: dict[str, dict] = {
     # their own 4-image batch (train mode); these use the running statistics (eval mode).
     "teacher_eval": {"teacher_bn": "eval"},
     # The labeled masks leave a 1-px void band round each outline (void_band=1), the pseudo labels none:
-    # the two-net nets lose on the digits' outline, not their identity (issue 13's diagnosis).
+    # whether the two-net nets lose on the digits' outline rather than on their identity.
     "pseudo_void_band": {"pseudo_void_band": 1},
     # CutMix cuts a 40-56 px digit into box fragments whose identity the student must name from the
     # fragment alone (a VOC object is named by its texture): the two-net methods without mixing.
@@ -68,13 +69,23 @@ VARIANTS: dict[str, dict] = {
     "cps": {"method": "cps"},
     "supervised": {"method": "supervised"},
 }
-# The method, its four ablations (the paper's) and the two baselines; the rest test why CPS leads.
-PAPER_VARIANTS = ("cpcl", "inter_only", "union_only", "no_reweight", "union_by_confidence", "cps", "supervised")
-# The committed grid (benchmarks/ablation.py, issue 14): the baselines, the why-CPS-leads variants
-# first, then the paper's ablations.
+# The paper's four ablations of CPCL: each removes or swaps one ingredient.
+PAPER_ABLATIONS = ("inter_only", "union_only", "no_reweight", "union_by_confidence")
+# The method, its four ablations and the two baselines; the other variants ask why CPS leads.
+PAPER_VARIANTS = ("cpcl", *PAPER_ABLATIONS, "cps", "supervised")
+# The older committed grids (benchmarks/ablation.py --recipe cutmix): the baselines, the why-CPS-leads
+# variants first, then the paper's ablations.
 WHY_CPS_VARIANTS = ("supervised", "cps", "cpcl", "first_release", "batch_weight", "inter_over_labeled",
                     "cpcl_lambda_1.28", "cps_lambda_0.78", "teacher_eval")
-COMMITTED_VARIANTS = WHY_CPS_VARIANTS + ("inter_only", "union_only", "no_reweight", "union_by_confidence")
+COMMITTED_VARIANTS = WHY_CPS_VARIANTS + PAPER_ABLATIONS
+# The two variants that give CPCL and CPS the same unsupervised strength from either side: whether
+# the strength alone explains CPCL against CPS.
+STRENGTH_VARIANTS = ("cps_lambda_0.78", "cpcl_lambda_1.28")
+# The grid notebook 07 reads: the benchmark preset as it is, from the shipped backbone, seeds 0-2
+# (benchmarks/ablation.py's defaults): the method, the baselines and the paper's ablations, which
+# fit one long session on 2 cores; STRENGTH_VARIANTS extend it.
+PRESET_GRID = "ablation-benchmark-preset"
+PRESET_GRID_VARIANTS = ("cpcl", "cps", "supervised", *PAPER_ABLATIONS)
 # The live demo grid (notebook 07 under make demo): the method, its main ablation and the two baselines,
 # a workflow demonstration that fits make demo's time (the paper's seven took 6 minutes there).
 DEMO_VARIANTS = ("cpcl", "inter_only", "cps", "supervised")
@@ -458,22 +469,37 @@ def _paired_verdicts(table: pd.DataFrame, baseline: str, metric: str, noise_tabl
     return out
 
 
+# The paired 95 % interval of the mean difference (noise.paired_interval), as table columns.
+LOW, HIGH = "95 % low", "95 % high"
+
+
 def paired(table: pd.DataFrame, baseline: str = "cpcl", metric: str = "miou", noise_table=None) -> pd.DataFrame:
     """Each variant minus ``baseline`` on the same seed and fraction, in points of ``metric``: one
-    column per seed, the mean, the sd of the per-seed differences, and the ``verdict`` of
+    column per seed, the mean, the sd of the per-seed differences, the paired 95 % interval of the
+    mean (``LOW``, ``HIGH``; NaN for one seed), the float-order ``floor`` the verdict used (with a
+    noise table), and the ``verdict`` of
     ``noise.compare_seeds`` against ``noise_table`` (a ``noise.NoiseTable``: ahead / behind / within
     the noise; "not judged" without one, or for another metric than mIoU). Seeds where either run is
     missing are left out of that row."""
     rows = []
     for variant, labeled, d, verdict in _paired_verdicts(table, baseline, metric, noise_table):
         v = np.array(list(d.values()))
+        low, high = verdict.interval or (float("nan"), float("nan"))
         rows.append({"variant": variant, "labeled": labeled, **{f"seed {k}": x for k, x in sorted(d.items())},
                      "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                     LOW: low, HIGH: high,
+                     **({"floor": verdict.floor} if verdict.floor is not None else {}),
                      "verdict": verdict.label or "not judged"})
     cols = ["variant", "labeled"]
     if not rows:
-        return pd.DataFrame(columns=cols + ["mean", "sd", "verdict"])
-    return pd.DataFrame(rows).set_index(cols).round(2)
+        return pd.DataFrame(columns=cols + ["mean", "sd", LOW, HIGH, "verdict"])
+    return _no_negative_zero(pd.DataFrame(rows).set_index(cols).round(2))
+
+
+def _no_negative_zero(df: pd.DataFrame) -> pd.DataFrame:
+    """A rounded table prints -0.0 for a tiny negative; + 0.0 makes it 0.0 (NaN stays NaN)."""
+    numeric = df.select_dtypes("float").columns  # (counts stay integers)
+    return df.assign(**{c: df[c] + 0.0 for c in numeric})
 
 
 def verdicts(table: pd.DataFrame, baseline: str = "cpcl", noise_table=None, metric: str = "miou") -> list[str]:
@@ -506,31 +532,7 @@ VARIANT_NOTES = {
     "affine_no_cutmix": "the warp without CutMix: the students see the teachers' own scene, warped",
     "cps_affine_no_cutmix": "CPS with the warp and without CutMix",
 }
-COMMITTED_GRIDS = ("ablation-benchmark", "ablation-benchmark-b", "ablation-benchmark-c")
-
-
-def lesson(noise_table, folder=None, names=COMMITTED_GRIDS) -> pd.DataFrame:
-    """The committed grids in one student-sized table: per variant, what it changes, its grid, its
-    mIoU minus CPCL's on the same seed (mean, lowest and highest, in points) and the verdict against
-    ``noise_table``; the paper's ablations first. Empty when no grid is committed."""
-    rows = []
-    for name in names:
-        found = committed_grid(folder=folder or RESULTS, name=name)
-        if not found:
-            continue
-        for variant, labeled, d, verdict in _paired_verdicts(found[0], "cpcl", "miou", noise_table):
-            v = np.array(list(d.values()))
-            rows.append({"variant": variant, "what it changes": VARIANT_NOTES.get(variant, ""),
-                         "grid": name, "seeds": len(v), "Δ vs cpcl (mean)": v.mean(), "lowest": v.min(),
-                         "highest": v.max(), "verdict": verdict.label or "not judged"})
-    if not rows:
-        return pd.DataFrame()
-    order = {v: k for k, v in enumerate(PAPER_VARIANTS + tuple(VARIANTS))}
-    table = pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order), kind="stable")
-    return table.set_index("variant").round(1)
-
-
-# The committed grid of benchmarks/ablation.py: one row per run (.csv) and where it comes from (.json).
+# The committed grids of benchmarks/ablation.py: one row per run (.csv) and where it comes from (.json).
 RESULTS = RESULTS_DIR
 
 
@@ -544,12 +546,173 @@ def committed_grid(preset: str = "benchmark", folder=RESULTS, name: str | None =
     return pd.read_csv(csv, dtype={"labeled": str, "commit": str, "backbone": str}), json.loads(meta.read_text())
 
 
+RECIPES = {"preset": "the preset as it is", "cutmix": "an older recipe (the official CutMix, train-mode teachers)"}
+
+
 def provenance(meta: dict) -> str:
-    """Where a committed grid comes from, in one line: preset, runs, seeds, commits, command, wall time."""
+    """Where a committed grid comes from, in one line: preset, recipe, runs, seeds, commits, command,
+    wall time."""
     wall = meta.get("wall_seconds")
-    return (f"committed grid ({meta['preset']} preset, {meta['runs_finished']} of {meta['runs_expected']} runs, "
-            f"seeds {', '.join(map(str, meta['seeds']))}), trained by commit(s) {', '.join(meta['commits'])}: "
-            f"`{meta['command']}`" + (f", {wall / 3600:.1f} h of grid wall time on 2 CPU cores" if wall else ""))
+    recipe = RECIPES.get(meta.get("recipe", "cutmix"), meta.get("recipe"))
+    # a table written by --collect-only names the call that trained its runs too: that is the rerun
+    trained = [c["command"] for c in meta.get("wall_calls", []) if c.get("command")]
+    how = (f" with `{trained[-1]}`, tabulated by `{meta['command']}`" if trained and "--collect-only" in
+           meta["command"] and trained[-1] != meta["command"] else f": `{meta['command']}`")
+    where = "; ".join(meta.get("cpus") or []) or "2 CPU cores"
+    return (f"committed grid ({meta['preset']} preset, {recipe}, {meta['runs_finished']} of "
+            f"{meta['runs_expected']} runs, seeds {', '.join(map(str, meta['seeds']))}), trained by commit(s) "
+            f"{', '.join(meta['commits'])}{how}"
+            + (f", {wall / 3600:.1f} h of grid wall time on {where}" if wall else ""))
+
+
+def grid_status(table: pd.DataFrame, meta: dict) -> str:
+    """How complete a committed grid is, in one sentence: runs finished of those planned, and per
+    variant the seeds still missing (the comparisons pair only the seeds both runs finished)."""
+    planned, done = meta.get("runs_expected", 0), len(table)
+    if done >= planned:
+        return f"All {planned} runs of the grid are finished ({len(meta['variants'])} variants x seeds " \
+               f"{', '.join(map(str, meta['seeds']))})."
+    have = set(zip(table["variant"], table["seed"].astype(int)))
+    missing = {v: [s for s in meta["seeds"] if (v, s) not in have] for v in meta["variants"]}
+    gaps = "; ".join(f"{v}: seed{'s' if len(m) > 1 else ''} {', '.join(map(str, m))}" for v, m in missing.items() if m)
+    return (f"The grid is not finished: {done} of {planned} runs so far (still missing: {gaps}). Each "
+            f"comparison below pairs the seeds where both of its runs are finished; rerun the grid's command "
+            f"(it resumes) or `--collect-only` to tabulate more.")
+
+
+def grid_noise_table(table: pd.DataFrame, meta: dict, folder=RESULTS):
+    """The noise table the verdicts on a committed grid are judged against: the preset's
+    (``noise.for_preset``) when the grid trained the very recipe it measured (its recorded CPCL
+    config; method, fraction and seed aside) from the same backbone weights. None otherwise: a floor
+    measured on one recipe and init says nothing of another."""
+    from ..config import load_config_dict
+    from .noise import for_preset
+
+    noise_table = for_preset(meta["preset"], folder)
+    if noise_table is None or not meta.get("config") or "backbone" not in table:
+        return None
+    grid_cfg = load_config_dict(meta["config"])
+    measured = {**noise_table.meta["config"], "method": grid_cfg.method, "labeled": grid_cfg.labeled,
+                "seed": grid_cfg.seed}
+    same_init = "backbone" in noise_table.runs and set(table["backbone"]) <= set(noise_table.runs["backbone"])
+    return noise_table if same_init and not runs.differing_settings(measured, grid_cfg) else None
+
+
+def pair_verdict(table: pd.DataFrame, a: str, b: str, noise_table=None, labeled: str = "1/16"):
+    """``noise.compare_seeds`` on variant ``a`` − variant ``b`` (mIoU points) over the seeds of
+    ``labeled`` where both runs are finished: (Verdict, per-seed differences) or None when no seed
+    has both."""
+    from .noise import compare_seeds
+
+    t = table[table["labeled"].astype(str) == labeled]
+    by = {v: t[t["variant"] == v].set_index("seed")["miou"].astype(float) for v in (a, b)}
+    seeds = sorted(set(by[a].index) & set(by[b].index))
+    if not seeds:
+        return None
+    d = [100 * (by[a][s] - by[b][s]) for s in seeds]
+    return compare_seeds(a, b, d, noise_table, seeds), d
+
+
+def _judged(noise_table) -> str:
+    return "" if noise_table is not None else (" No noise table holds for this grid's recipe and backbone, "
+                                               "so the differences are shown, not judged.")
+
+
+def ingredient_findings(table: pd.DataFrame, noise_table=None, planned=None) -> list[str]:
+    """What the grid says about CPCL's ingredients: a summary sentence, then each of the paper's
+    ablations (``PAPER_ABLATIONS``) minus CPCL with its verdict and paired interval. ``planned``: the
+    grid's variants (an ablation it does not plan is named as such, not as unfinished)."""
+    from .noise import AHEAD, BEHIND
+
+    asked = [v for v in PAPER_ABLATIONS if planned is None or v in planned]
+    found = {v: pair_verdict(table, v, "cpcl", noise_table) for v in asked}
+    lines = [f"{v} ({VARIANT_NOTES[v]}): " + (r[0].text if r else "no seed of this grid has both it and CPCL "
+                                                                   "finished yet.") for v, r in found.items()]
+    lines += [f"{v} ({VARIANT_NOTES[v]}): not in this grid." for v in PAPER_ABLATIONS if v not in asked]
+    measured = {v: r[0] for v, r in found.items() if r}
+    moved = {v: x for v, x in measured.items() if x.label in (AHEAD, BEHIND)}
+    if not measured:
+        return ["None of the paper's ablations has a seed paired with CPCL in this grid yet."] + lines
+    n = max(len(r[1]) for r in found.values() if r)
+    which = (f"the paper's ablations measured here ({len(measured)} of {len(PAPER_ABLATIONS)}, up to {n} seed"
+             f"{'s' if n > 1 else ''} each)")
+    if noise_table is None:
+        head = f"{which[0].upper()}{which[1:]}, each against CPCL on the same seeds.{_judged(noise_table)}"
+    elif moved:
+        head = (f"Of {which}, {len(moved)} change{'s' if len(moved) == 1 else ''} the score beyond the noise: "
+                + "; ".join(f"{v} is {x.label} {'of ' if x.label == AHEAD else ''}CPCL by {abs(x.difference):.1f} "
+                            f"points on the mean" for v, x in moved.items())
+                + f". The others cannot be told from CPCL at these seeds.")
+    else:
+        head = (f"None of {which} moves the score beyond the noise: on this benchmark no single ingredient of "
+                f"CPCL can be shown to change the score at these seeds.")
+    return [head] + lines
+
+
+def cpcl_vs_cps(table: pd.DataFrame, noise_table=None) -> str:
+    """Whether CPCL beats CPS on the grid, in a sentence: the answer, the verdict with its paired
+    interval and, while undecided, about how many seeds of the same spread would decide it."""
+    from .noise import AHEAD, BEHIND, DECISIVE, WITHIN, seeds_for
+
+    found = pair_verdict(table, "cpcl", "cps", noise_table)
+    if found is None:
+        return "Does CPCL beat CPS on this benchmark? No seed of this grid has both a CPCL and a CPS run finished yet."
+    verdict, d = found
+    # an interval inside ± DECISIVE answers the question even where the sign stays open
+    narrow = verdict.interval is not None and -DECISIVE <= verdict.interval[0] and verdict.interval[1] <= DECISIVE
+    undecided = f"Not by more than {DECISIVE:.0f} point either way at these seeds" if narrow else "Not decided"
+    answer = {AHEAD: "Yes", BEHIND: "No, CPS is ahead", WITHIN: undecided, None: "Not judged"}[verdict.label]
+    more = ""
+    needed = seeds_for(d) if verdict.label in (WITHIN, None) else None
+    if needed and needed > len(d):
+        more = (f" If the per-seed differences kept this spread, about {needed} seeds would narrow the interval "
+                f"to ±{DECISIVE:.0f} point.")
+    return f"Does CPCL beat CPS on this benchmark? {answer}. {verdict.text}{more}"
+
+
+def method_findings(table: pd.DataFrame, noise_table=None) -> list[str]:
+    """The semi-supervised gain on the grid: CPCL and CPS each minus supervised (verdict and interval)."""
+    from .noise import LABELS
+
+    out = []
+    for a in ("cpcl", "cps"):
+        found = pair_verdict(table, a, "supervised", noise_table)
+        out.append(found[0].text if found else
+                   f"{LABELS[a]} − supervised: no seed of this grid has both runs finished yet.")
+    return out
+
+
+def strength_findings(table: pd.DataFrame, noise_table=None, planned=None) -> list[str]:
+    """CPCL's unsupervised loss is weaker than CPS's (agreeing pixels only, weights below 1): the
+    variants that match the two strengths (``STRENGTH_VARIANTS``), each against the method it is
+    compared with. ``planned``: the grid's variants; one it does not plan is said once, not per pair."""
+    pairs = (("cps_lambda_0.78", "cpcl"), ("cpcl_lambda_1.28", "cps"))
+    if planned is not None and not set(STRENGTH_VARIANTS) & set(planned):
+        return [f"This grid has no strength-matched variant ({', '.join(STRENGTH_VARIANTS)}): it cannot say "
+                f"whether the unsupervised strength alone separates CPCL from CPS (add them with --variants)."]
+    out = []
+    for a, b in pairs:
+        found = pair_verdict(table, a, b, noise_table)
+        out.append(f"{a} ({VARIANT_NOTES[a]}): " + (found[0].text if found else
+                                                   f"no seed of this grid has both it and {b} finished yet."))
+    return out
+
+
+def lesson(table: pd.DataFrame, noise_table=None) -> pd.DataFrame:
+    """A grid in one student-sized table: per variant, what it changes, its seeds paired with CPCL,
+    its mIoU minus CPCL's (mean and paired 95 % interval, in points) and the verdict against
+    ``noise_table``; the paper's ablations first. Empty when nothing pairs with CPCL."""
+    rows = []
+    for variant, labeled, d, verdict in _paired_verdicts(table, "cpcl", "miou", noise_table):
+        low, high = verdict.interval or (float("nan"), float("nan"))
+        rows.append({"variant": variant, "what it changes": VARIANT_NOTES.get(variant, ""), "labeled": labeled,
+                     "seeds": len(d), "Δ vs cpcl (mean)": verdict.difference, LOW: low, HIGH: high,
+                     "verdict": verdict.label or "not judged"})
+    if not rows:
+        return pd.DataFrame()
+    order = {v: k for k, v in enumerate(PAPER_VARIANTS + tuple(VARIANTS))}
+    out = pd.DataFrame(rows).sort_values("variant", key=lambda c: c.map(order), kind="stable")
+    return _no_negative_zero(out.set_index("variant").round(1))
 
 
 def write_table(table: pd.DataFrame, out_dir) -> Path:

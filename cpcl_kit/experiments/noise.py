@@ -17,6 +17,10 @@ From that table (``NoiseTable``):
 
 A verdict (``compare_runs``, ``compare_seeds``) is given two results and a table and says what the
 numbers say: ahead, behind, or within the noise, by how much, and what a run like it can decide.
+Over several seeds it also gives the paired 95 % interval of the mean difference (Student's t on the
+per-seed differences, n − 1 degrees of freedom): how far the seeds leave the mean open. Where that
+interval straddles 0 and is wider than ±1 point, or the mean is within the noise, the sentence says
+"cannot tell at N seeds" with the interval.
 Notebooks, ``benchmarks/ssl_gain.py`` and the ablation tables print these sentences; no text states
 a measured number by hand.
 """
@@ -183,8 +187,9 @@ def for_config(cfg, folder=RESULTS_DIR) -> NoiseTable | None:
 @dataclass(frozen=True)
 class Verdict:
     """A comparison of ``a`` with ``b`` in mIoU points: ``difference`` (a − b, or the mean over seeds),
-    ``floor`` (None without a noise table), ``label`` (AHEAD, BEHIND, WITHIN, or None: not judged)
-    and ``text``, the sentence to print."""
+    ``floor`` (None without a noise table), ``label`` (AHEAD, BEHIND, WITHIN, or None: not judged),
+    ``text``, the sentence to print, and ``interval``: (low, high) of the paired 95 % interval of the
+    mean over seeds (None for one run or one seed)."""
 
     a: str
     b: str
@@ -192,6 +197,7 @@ class Verdict:
     floor: float | None
     label: str | None
     text: str
+    interval: tuple | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -202,7 +208,8 @@ def _label(diff: float, floor: float) -> str:
 
 
 def _pts(x: float) -> str:
-    return f"{x:+.1f}"
+    shown = round(float(x), 1)
+    return f"{shown if shown != 0 else 0.0:+.1f}"  # never "-0.0": a tiny negative shows as +0.0
 
 
 def compare_runs(a: str, miou_a: float, b: str, miou_b: float, table: NoiseTable | None) -> Verdict:
@@ -234,29 +241,88 @@ def compare_runs(a: str, miou_a: float, b: str, miou_b: float, table: NoiseTable
     return Verdict(a, b, diff, floor, label, text)
 
 
+# A paired interval narrower than this (half-width, points) decides a comparison whichever way it
+# falls; a wider one that holds 0 leaves it open.
+DECISIVE = 1.0
+CONFIDENCE = 0.95
+
+
+def paired_interval(diffs, confidence: float = CONFIDENCE) -> tuple | None:
+    """(low, high) of the ``confidence`` Student-t interval of the mean of the paired differences
+    ``diffs`` (n − 1 degrees of freedom); None for fewer than two."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return None
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1)) * float(d.std(ddof=1)) / np.sqrt(len(d))
+    return float(d.mean()) - half, float(d.mean()) + half
+
+
+def seeds_for(diffs, half_width: float = DECISIVE, confidence: float = CONFIDENCE, most: int = 1000) -> int | None:
+    """How many seeds a paired interval as wide as ±``half_width`` would need if the per-seed
+    differences kept the spread of ``diffs``; None for fewer than two differences, or over ``most``."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2:
+        return None
+    sd = float(d.std(ddof=1))
+    for n in range(2, most + 1):
+        if float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n) <= half_width:
+            return n
+    return None
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
+def _interval_words(interval: tuple | None, n: int) -> str:
+    if interval is None:
+        return "one seed gives no interval"
+    return (f"paired {100 * CONFIDENCE:.0f} % interval {_pts(interval[0])} to {_pts(interval[1])} points "
+            f"(Student's t, {n - 1} degree{'s' if n != 2 else ''} of freedom)")
+
+
+def open_interval(interval: tuple | None) -> bool:
+    """Whether a paired interval leaves the sign open: it holds 0 and is wider than ±``DECISIVE``."""
+    return interval is not None and interval[0] <= 0 <= interval[1] and (interval[1] - interval[0]) / 2 > DECISIVE
+
+
 def compare_seeds(a: str, b: str, diffs, table: NoiseTable | None, seeds=None) -> Verdict:
     """The verdict on ``a`` − ``b`` over several seeds (paired differences ``diffs`` in points):
-    ahead (behind) when every seed agrees in sign and the mean exceeds the float-order floor, else
-    within the noise."""
+    ahead (behind) when every seed agrees in sign, the mean exceeds the float-order floor and the
+    paired 95 % interval does not leave the sign open (``open_interval``), else within the noise.
+    The sentence states the interval; an undecided one says "cannot tell at N seeds"."""
     d = np.asarray(diffs, dtype=float)
     seeds = list(seeds) if seeds is not None else list(range(len(d)))
     if len(d) == 0 or len(seeds) != len(d):
         raise KitError(f"compare_seeds: expected one difference per seed, got {len(d)} for seeds {seeds}")
+    interval = paired_interval(d)
     per_seed = ", ".join(f"{_pts(x)} (seed {s})" for s, x in zip(seeds, d))
-    head = f"{LABELS.get(a, a)} − {LABELS.get(b, b)}: {_pts(d.mean())} points on the mean of {len(d)} seeds ({per_seed})"
+    head = (f"{LABELS.get(a, a)} − {LABELS.get(b, b)}: {_pts(d.mean())} points on the mean of {_seeds(len(d))} "
+            f"({per_seed}), {_interval_words(interval, len(d))}")
+    cannot = f"cannot tell at {_seeds(len(d))}"
+    narrow = (f"; the interval rules out a difference of more than {DECISIVE:.0f} point either way"
+              if interval is not None and interval[0] >= -DECISIVE and interval[1] <= DECISIVE else "")
     if table is None:
+        words = f"{cannot}; " if open_interval(interval) else ""
         return Verdict(a, b, float(d.mean()), None, None,
-                       f"{head}; no noise table was measured for this preset on this data, so it is shown, not judged.")
+                       f"{head}: {words}no noise table holds for these runs (their preset, recipe and data), so it "
+                       f"is shown, not judged.", interval)
     floor = table.floor(a, b)
     same_sign = bool((d > 0).all() or (d < 0).all())
-    label = _label(float(d.mean()), floor) if same_sign else WITHIN
+    by_floor = _label(float(d.mean()), floor) if same_sign else WITHIN
+    label = WITHIN if open_interval(interval) else by_floor
     measured = "" if table.measures(a, b) else " (a stand-in: the table did not measure this pair)"
+    beyond = f"the {floor:.1f} points{measured} that the float order alone moves one run's difference"
     if label == WITHIN:
         why = ("not every seed has the same sign" if not same_sign else
-               f"the mean is inside the {floor:.1f} points{measured} that the float order alone moves one "
-               f"run's difference")
-        text = f"{head}: within the noise ({why})."
+               f"the mean is inside {beyond}" if by_floor == WITHIN else
+               f"{LABELS.get(a, a)} is {by_floor} on every seed and the mean exceeds {beyond}, but the seeds "
+               f"spread so widely that the interval holds 0")
+        text = f"{head}: {cannot} (within the noise: {why}){narrow}."
     else:
-        text = (f"{head}: {LABELS.get(a, a)} is {label} on every seed, and the mean exceeds the {floor:.1f} "
-                f"points{measured} that the float order alone moves one run's difference.")
-    return Verdict(a, b, float(d.mean()), floor, label, text)
+        text = f"{head}: {LABELS.get(a, a)} is {label} on every seed, and the mean exceeds {beyond}."
+    return Verdict(a, b, float(d.mean()), floor, label, text, interval)

@@ -65,3 +65,23 @@ def cpcl_minus_cps() -> pd.DataFrame:
     t = table().pivot_table(index=["dataset", "backbone", "labeled"], columns="method", values="miou", sort=False)
     t = t.dropna(subset=["cpcl", "cps"])
     return (t["cpcl"] - t["cps"]).round(2).unstack("labeled")[list(PARTITIONS)]
+
+
+NAMES = {"voc": "VOC", "cityscapes": "Cityscapes"}
+
+
+def cpcl_minus_cps_summary() -> str:
+    """``cpcl_minus_cps`` in a sentence: in how many of the settings both papers report CPCL − CPS
+    is negative, its range, and the settings where it is not."""
+    v = cpcl_minus_cps().stack()
+    negative, n = int((v < 0).sum()), len(v)
+    rest = v[v >= 0]
+    where = ", ".join(f"{NAMES.get(d, d)} {b} {p} ({x:+.2f})" for (d, b, p), x in rest.items())
+    lead = ("CPS (with CutMix) ahead in most of them" if negative > n - negative else
+            "CPCL ahead in most of them" if negative < n - negative else "each ahead in half of them")
+    return (f"In the papers' own settings CPCL − CPS is negative in {negative} of the {n} where both report a "
+            f"figure ({', '.join(sorted({f'{NAMES.get(d, d)} {b}' for d, b, _ in v.index}))}; "
+            f"{', '.join(PARTITIONS)} labeled), from {v.min():+.2f} to {v.max():+.2f} points"
+            + (f"; not negative only for {where}" if len(rest) else "")
+            + f": the published figures put {lead}. Each paper trained with its own code and schedule, so "
+              f"these are differences of published means, not paired runs.")

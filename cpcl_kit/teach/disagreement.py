@@ -1,4 +1,4 @@
-"""Where the two nets disagree, and whether the union rule settles it right (issue 14, notebook 07).
+"""Where the two nets disagree, and whether the union rule settles it right (notebook 07).
 
 CPCL's two targets differ only on the pixels where the nets disagree: net 1 drops them, net 2 takes
 the label of the class the pair disputes more (docs/method.md §3). So what CPCL adds over CPS is
@@ -146,3 +146,40 @@ def compare_runs(runs_by_name: dict, data, n_batches: int = 8, batch: int = 8, s
         regions[name], classes[name] = on_scenes(run.nets, data, run.config, n_batches, batch, seed, width=width)
     cols = ["disagree (%)", "of all disagreement (%)", "union right (%)"]
     return regions, pd.concat({k: v[cols] for k, v in classes.items()}, axis=1).round(1)
+
+
+def runs_at_hand(preset: str, out_dir, grid_folder, seed: int = 0) -> tuple[dict, str]:
+    """The two-net runs with nets that notebook 07 can look at, and a sentence saying which they are:
+    ({"CPS": RunResult, "CPCL": RunResult} or a part of it, sentence).
+
+    In order: the prepared set's CPS and CPCL runs (``prepared.two_net_runs``: when ``preset`` shows
+    it and it is there), else the live grid's in ``grid_folder``, else the CPCL run that notebooks
+    04-06 and 08 share in ``out_dir/runs`` (``runs.notebook_run_dir``), which ``make demo`` has
+    trained by the time 07 runs. Empty (and a sentence saying what to run) when none is finished."""
+    from pathlib import Path
+
+    from ..engine import runs
+    from ..experiments import prepared
+    from ..files import shown_path
+    from .notebook import notebook_config
+
+    found = {name.upper(): run for name, run in prepared.two_net_runs(seed, grid_folder, preset).items()}
+    if found:
+        first = next(iter(found.values()))
+        where = ("the live grid's" if Path(first.out_dir).parent == Path(grid_folder)
+                 else "the prepared run set's (make prepared)")
+    else:
+        shared = runs.notebook_run_dir(out_dir, notebook_config(preset, method="cpcl", seed=seed))
+        if runs.is_finished(shared) and runs.has_checkpoint(shared):
+            found, where = {"CPCL": runs.load_run(shared)}, "the CPCL run notebooks 04-06 and 08 share"
+    if not found:
+        return {}, (f"no CPS or CPCL run with nets here: notebook 04 trains the shared CPCL run of the {preset} "
+                    f"preset into {shown_path(Path(out_dir) / 'runs')}/, `make prepared` the prepared set's "
+                    f"CPS and CPCL runs; run either, then this cell again")
+    cfg = next(iter(found.values())).config
+    text = (f"{' and '.join(found)} from {where} ({cfg.preset} preset, seed {cfg.seed}, {cfg.iterations} "
+            f"iterations)")
+    if "CPS" not in found:
+        text += ("; no CPS run is at hand (`make prepared` trains one), so only CPCL's nets are shown: where "
+                 "its own two nets disagree and what its union rule makes of it")
+    return found, text + "."

@@ -1045,3 +1045,46 @@ def disagreement_regions(tables: dict, title: str = "Where the two nets disagree
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+@_styled
+def paired_differences(table: pd.DataFrame, baseline: str = "CPCL", title: str | None = None):
+    """Each variant minus ``baseline`` from ``ablate.paired``'s table (one row per variant and
+    fraction): the single seeds as dots, the mean as a diamond with its paired 95 % interval as a
+    bar, and, where the table has a ``floor`` column, ± that float-order floor shaded behind the row.
+    The axis spans the data and 0, so a small difference is not squeezed against a zero baseline."""
+    from ..experiments.ablate import HIGH, LOW
+
+    rows = table.reset_index() if len(table) else table
+    if len(rows):  # the variants in the kit's order (the paper's ablations first), whatever the table's
+        order = {v: i for i, v in enumerate(_variant_order(rows["variant"]))}
+        rows = rows.sort_values("variant", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.55 * max(1, len(rows))))
+    if rows.empty:
+        _nothing(ax, "no variant paired with the baseline yet")
+        return fig
+    names = [f"{r.variant} ({r.labeled})" if rows["labeled"].nunique() > 1 else str(r.variant)
+             for r in rows.itertuples()]
+    seeds = [c for c in rows.columns if str(c).startswith("seed ")]
+    seen = set()
+
+    def once(label):  # each legend entry once, from the first row that draws it
+        return None if label in seen else seen.add(label) or label
+
+    for i, (_, r) in enumerate(rows.iterrows()):
+        if "floor" in rows and pd.notna(r["floor"]):
+            ax.add_patch(plt.Rectangle((-r["floor"], i - 0.4), 2 * r["floor"], 0.8, color="0.9", zorder=0,
+                                       label=once("± float-order floor")))
+        values = r[seeds].dropna().astype(float)
+        ax.scatter(values, [i] * len(values), s=22, color="0.35", zorder=3, label=once("single seeds"))
+        if pd.notna(r[LOW]):
+            ax.plot([r[LOW], r[HIGH]], [i, i], color="C0", lw=2.5, zorder=2, label=once("paired 95 % interval"))
+        ax.scatter([r["mean"]], [i], marker="D", s=60, color="C0", zorder=4, label=once("mean"))
+    ax.axvline(0, color="0.2", lw=1)
+    ax.set_yticks(range(len(rows)), names)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"mIoU minus {baseline}'s on the same seed (points)",
+           title=title or f"Each variant minus {baseline}, paired by seed")
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the rows, never over them
+    fig.tight_layout()
+    return fig

@@ -156,9 +156,10 @@ def demo_parameters(nb: Path, preset: str, out: Path) -> dict:
 
 
 # What a notebook reuses from an earlier one in the same output folder: the supervised run that 03
-# trains, the CPCL run that 04 trains. With ``jobs > 1`` a notebook starts only once these are done,
-# so no two kernels train the same run. tests/test_notebooks.py checks this map against the code.
-DEMO_NEEDS: dict[str, tuple[str, ...]] = {"05": ("04",), "06": ("03", "04"), "08": ("04",)}
+# trains, the CPCL run that 04 trains (07 looks at its nets where no CPS run is at hand). With
+# ``jobs > 1`` a notebook starts only once these are done, so no two kernels train the same run and
+# none looks for a run still training. tests/test_notebooks.py checks this map against the code.
+DEMO_NEEDS: dict[str, tuple[str, ...]] = {"05": ("04",), "06": ("03", "04"), "07": ("04",), "08": ("04",)}
 # The notebooks that train the long runs start first; the short ones fill the other slots meanwhile.
 DEMO_FIRST = ("04", "03")
 
