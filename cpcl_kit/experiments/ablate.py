@@ -368,11 +368,9 @@ def _row(run_dir: Path) -> dict | None:
     parts = run_dir.name.split("__")
     if len(parts) != 3 or parts[0] not in VARIANTS or not parts[2].startswith("seed"):
         return None
-    try:
-        m = json.loads(metrics_path.read_text())
-        c = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    # A damaged file is one line naming it, never a row dropped without a word.
+    m = runs.read_metrics(run_dir)
+    c = runs.read_object(config_path, "a run's settings (a JSON object)")
     nan = float("nan")
     return {"variant": parts[0], "labeled": str(c.get("labeled")), "seed": int(c.get("seed", -1)),
             "miou": m.get("miou", nan), "digit_miou": m.get("digit_miou", nan),
