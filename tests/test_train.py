@@ -263,7 +263,8 @@ def test_cutmix_boxes_zero_shows_the_student_u0():
 def test_nets_on_two_threads_are_bit_for_bit_one_thread(method):
     """net_threads: each net's passes, backward and update on its own thread give exactly the
     weights, BatchNorm statistics, optimizer state and history of the nets taken in turn."""
-    cfg = make_config("smoke", method=method, sup_only_iters=2, rampup_iters=2)
+    cfg = make_config("smoke", method=method, iterations=5, sup_only_iters=2, rampup_iters=2, log_every=1,
+                      checkpoint_every=5, n_val_scenes=8)
     threads = train(cfg, progress=False)
     turns = train(dataclasses.replace(cfg, net_threads=False), progress=False)
     for a, b in zip(threads.nets, turns.nets):
