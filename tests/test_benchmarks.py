@@ -220,3 +220,11 @@ def test_timing_records_the_clones_output_as_any_clone_reads_it(tmp_path):
         "  done in 13 s -> out/notebooks/08.ipynb"
     assert timing.as_in_any_clone(f"cd {clone}; no set in {home}/.cache/cpcl-kit", clone) == \
         "cd .; no set in ~/.cache/cpcl-kit"
+
+
+def test_every_committed_result_names_the_commit_that_produced_it():
+    """A results file says which committed code produced it: a top-level commit (or commits)."""
+    for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        data = json.loads(path.read_text())
+        named = data.get("commit") or data.get("commits")
+        assert named, f"{path.name} names no commit"
