@@ -362,6 +362,11 @@ def data_check(build: Callable[[Path], Path], *extra: str) -> Callable[[Path], l
     return lambda t: ["data", "check", str(build(t)), "--quiet", *extra]
 
 
+def refused(build: Callable[[Path], Path], out: str) -> Command:
+    """``data check`` of a tree with one problem: listed as ``out``, then exit 2 with the summary line."""
+    return Command(data_check(build), 2, out=out, err=r"problem\(s\) in the folder data set")
+
+
 def voc_aug_into_mmseg(t: Path) -> list[str]:
     mmseg_tree(t)
     sbd_tree(t)
@@ -396,28 +401,21 @@ COMMANDS: dict[str, Command] = {
         err=r"t: 1 problem\(s\) in the folder data set \(listed above\); expected none before training"),
     "webp_image_with_its_mask": Command(data_check(lambda t: broken(t, "webp_mask_orphan_before")), 0,
                                         out=r"labeled\s+4\n"),
-    "photo_in_a_format_pil_cannot_read_is_named_not_its_mask": Command(
-        data_check(lambda t: broken(t, "heic_photo")), 2,
-        out=r"images/IMG_0001\.heic\s+has a mask \(IMG_0001\.png\) but is no format PIL reads here",
-        err=r"problem\(s\) in the folder data set"),
-    "bmp_mask_is_refused_by_name": Command(
-        data_check(lambda t: broken(t, "bmp_mask")), 2, out=r"masks/im0\.bmp\s+a mask must be a PNG \(lossless\), not \.bmp",
-        err=r"problem\(s\) in the folder data set"),
-    "jpeg_mask_is_refused_as_lossy": Command(
-        data_check(lambda t: broken(t, "jpeg_mask")), 2,
-        out=r"masks/im1\.jpg\s+a mask must be a PNG \(lossless\), not \.jpg \(lossy: class ids blur at the edges\)",
-        err=r"problem\(s\) in the folder data set"),
-    "corrupt_webp_is_named": Command(
-        data_check(lambda t: broken(t, "corrupt_webp")), 2, out=r"images/bad\.webp\s+cannot read image",
-        err=r"problem\(s\) in the folder data set"),
-    "grey_beyond_16_bits_is_named": Command(
-        data_check(lambda t: broken(t, "grey_32bit")), 2,
-        out=r"images/deep\.tif\s+greyscale values 0\.\.70000 do not fit 16 bits; expected an 8- or 16-bit image",
-        err=r"problem\(s\) in the folder data set"),
-    "folder_list_naming_a_missing_image": Command(
-        data_check(lambda t: (lambda r: (write(r / "labeled.txt", "im0\nmy ghost\n"), r)[1])(plain_tree(t / "t", n=4))),
-        2, out=r"labeled\.txt\s+'my ghost' is not a training image of the folder",
-        err=r"problem\(s\) in the folder data set"),
+    "photo_in_a_format_pil_cannot_read_is_named_not_its_mask": refused(
+        lambda t: broken(t, "heic_photo"),
+        r"images/IMG_0001\.heic\s+has a mask \(IMG_0001\.png\) but is no format PIL reads here"),
+    "bmp_mask_is_refused_by_name": refused(
+        lambda t: broken(t, "bmp_mask"), r"masks/im0\.bmp\s+a mask must be a PNG \(lossless\), not \.bmp"),
+    "jpeg_mask_is_refused_as_lossy": refused(
+        lambda t: broken(t, "jpeg_mask"),
+        r"masks/im1\.jpg\s+a mask must be a PNG \(lossless\), not \.jpg \(lossy: class ids blur at the edges\)"),
+    "corrupt_webp_is_named": refused(lambda t: broken(t, "corrupt_webp"), r"images/bad\.webp\s+cannot read image"),
+    "grey_beyond_16_bits_is_named": refused(
+        lambda t: broken(t, "grey_32bit"),
+        r"images/deep\.tif\s+greyscale values 0\.\.70000 do not fit 16 bits; expected an 8- or 16-bit image"),
+    "folder_list_naming_a_missing_image": refused(
+        lambda t: (lambda r: (write(r / "labeled.txt", "im0\nmy ghost\n"), r)[1])(plain_tree(t / "t", n=4)),
+        r"labeled\.txt\s+'my ghost' is not a training image of the folder"),
     "mmseg_tree_check_warns_of_sbd_val_masks": Command(
         data_check(lambda t: (mmseg_tree(t), t)[1]), 0,
         out=r"2 warning\(s\) \(the run is not stopped by these\):\n(.*\n)*.*SegmentationClassAug/2007_000004\.png\s+"
