@@ -146,8 +146,9 @@ def main(argv=None) -> noise.NoiseTable:
     path = noise.table_path(args.preset, args.results)
     write_json(path, data)
     table = noise.read_table(path)
-    write_text(path.with_suffix(".md"), markdown(table))
-    print(markdown(table))
+    text = markdown(table)
+    write_text(path.with_suffix(".md"), text)
+    print(text)
     return table
 
 

@@ -396,7 +396,7 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 
 # What torch and numpy say when an allocation fails (CPU, CUDA, numpy), and where they give the size.
-_OUT_OF_MEMORY = ("can't allocate memory", "CUDA out of memory", "Unable to allocate", "out of memory")
+_OUT_OF_MEMORY = ("can't allocate memory", "Unable to allocate", "out of memory")
 _TRIED = re.compile(r"(?:tried to allocate|unable to allocate) ([\d.]+ ?[KMGTP]i?B|\d+ bytes)", re.IGNORECASE)
 
 

@@ -8,8 +8,8 @@ also records its pid, host and start time). A second process gets ``RunBusy`` at
 for the lock with ``wait=True``. The operating system releases the lock when its process ends in
 any way, so a lock left by a killed process is simply taken over by the next runner.
 
-**No file written through a planted link.** The kit opens the few files it writes in place (the
-lock, the write probe) with ``O_NOFOLLOW`` and refuses anything there that is not a plain file of
+**No file written through a planted link.** The kit opens the one file it writes in place (the
+lock) with ``O_NOFOLLOW`` and refuses anything there that is not a plain file of
 its own (a symbolic link, a hard link to another file, a device): opened as they are, they would
 make the kit truncate whatever they point to. Every other file is written to a new temp file
 (created exclusively) and renamed over its name, which replaces a link there instead of writing
@@ -78,8 +78,6 @@ def shown_path(path) -> str:
     cannot use the absolute paths of the machine that ran it, so: relative to the working folder when
     under it; under a cache moved by ``$CPCL_KIT_CACHE`` as ``$CPCL_KIT_CACHE/...``; under the home
     folder as ``~/...``; else as given."""
-    import os
-
     from .constants import CACHE_ENV, cache_root
 
     p = Path(path).expanduser().absolute()

@@ -76,9 +76,9 @@ def label_quality(labels: PseudoLabels, masks: torch.Tensor) -> pd.DataFrame:
     labelled pixels). A target's coverage counts the pixels that carry a label in it: the step
     leaves some without one (the padding of a warped student view, a pseudo-void band) even where
     the nets agree."""
-    truth = masks.detach().cpu().reshape(-1)
-    known = truth != IGNORE
     flat = lambda t: t.detach().cpu().reshape(-1)  # noqa: E731
+    truth = flat(masks)
+    known = truth != IGNORE
     rows = []
     for kind, label, weight in (("net 1 (y1)", labels.y1, None), ("net 2 (y2)", labels.y2, None),
                                 ("intersection (net 1's target)", labels.inter, labels.w_inter),
@@ -204,7 +204,7 @@ def accuracy_by_weight(weights, correct, quantiles: int = 4) -> pd.DataFrame:
     for k, lo in enumerate(starts):
         sel = group == k
         last = k == len(starts) - 1
-        hi = values[-1] if last else starts[k + 1]
+        hi = edges[k + 1]
         rows.append({"weight range": f"= {lo:.{d}f}" if w[sel].min() == w[sel].max() else
                      f"[{lo:.{d}f}, {hi:.{d}f}{']' if last else ')'}",
                      "pixels": int(sel.sum()), "wrong labels": int((c[sel] < 0.5).sum()),

@@ -73,7 +73,7 @@ def one_line_warnings() -> None:
 
 
 def minutes_estimate(cfg) -> str:
-    """About how long a run of ``cfg`` trains on one core, from the committed benchmark
+    """About how long a run of ``cfg`` trains, from the committed benchmark
     (``benchmarks/results/ssl_gain-*.json``: seconds per run of each method), scaled by iterations;
     words, not a number, where nothing comparable was measured (another data set or method)."""
     from ..config import make_config
@@ -86,8 +86,8 @@ def minutes_estimate(cfg) -> str:
     per_iteration = sum(measured["seconds"]) / len(measured["seconds"]) / make_config(summary["preset"]).iterations
     seconds = per_iteration * cfg.iterations
     took = "under a minute" if seconds < 60 else f"about {round(seconds / 60)} min"
-    return (f"{took} on one core (scaled from the committed {cfg.method} runs in "
-            f"benchmarks/results/{prepared.COMMITTED.name}; machines differ)")
+    return (f"{took} (scaled from the committed {cfg.method} runs in benchmarks/results/"
+            f"{prepared.COMMITTED.name}, trained two at a time on two cores; machines differ)")
 
 
 def plan(out_dir, *cfgs) -> None:
