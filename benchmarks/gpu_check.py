@@ -565,7 +565,7 @@ def child_sync(work: Path, cpu: bool) -> dict:
     from cpcl_kit.config import make_config
     from cpcl_kit.data.loaders import Batch
     from cpcl_kit.engine.train import Trainer, batch_to
-    from cpcl_kit.method.steps import METHOD_STEPS
+    from cpcl_kit import registry
 
     s = SIZES["cpu" if cpu else "gpu"]
     device = torch.device("cpu" if cpu else "cuda", None if cpu else 0)
@@ -580,12 +580,12 @@ def child_sync(work: Path, cpu: bool) -> dict:
         trainer = Trainer.create(cfg, device)
         batch = batch_to(Batch(x[0], y, x[1], None, x[2], None), device)
         try:
-            trainer.step(METHOD_STEPS[method], batch, 0, lam=1.0)
+            trainer.step(registry.method(method).step, batch, 0, lam=1.0)
             if not cpu:
                 torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode("error")
             for it in range(1, 4):
-                out = trainer.step(METHOD_STEPS[method], batch, it, lam=1.0)
+                out = trainer.step(registry.method(method).step, batch, it, lam=1.0)
             if not cpu:
                 torch.cuda.set_sync_debug_mode(0)
             res[method] = {"ok": True, "loss": float(out.loss)}

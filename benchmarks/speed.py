@@ -45,14 +45,15 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(ROOT))
 
 from cpcl_kit.config import Config, make_config  # noqa: E402
-from cpcl_kit.constants import IGNORE_INDEX as IGNORE, METHODS  # noqa: E402
+from cpcl_kit import registry  # noqa: E402
+from cpcl_kit.constants import IGNORE_INDEX as IGNORE  # noqa: E402
 from cpcl_kit.data.loaders import Batch  # noqa: E402
 from cpcl_kit.engine.synthetic import (images_per_step, peak_rss_mib, synthetic_batch, sync, time_steps,  # noqa: E402,F401
                                 timed)
 from cpcl_kit.engine.train import Trainer, batch_to, pick_device  # noqa: E402
 from cpcl_kit.files import machine, write_json  # noqa: E402
 from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
-from cpcl_kit.method.steps import METHOD_STEPS, StepOut, sup_loss  # noqa: E402
+from cpcl_kit.method.steps import StepOut, sup_loss  # noqa: E402
 from cpcl_kit.provenance import code_version, recorded_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -96,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-amp", dest="amp", action="store_false",
                    help="train in fp32 on CUDA (default: autocast, as the training loop)")
     p.add_argument("--channels-last", action="store_true", help="as the config switch")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods of the training table")
+    p.add_argument("--methods", default=",".join(registry.method_names()), help="comma-separated methods of the training table")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help="comma-separated measurements to run: " + ", ".join(SECTIONS))
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
@@ -114,14 +115,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-isolate", dest="isolate", action="store_false")
     p.add_argument("--limit-rounds", type=int, default=12, help="limit section: timed rounds of the three ways")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed-<device>.json)")
-    p.add_argument("--child-method", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--child-method", choices=registry.method_names(), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    bad = [m for m in args.methods if m not in METHODS] + [x for x in args.sections if x not in SECTIONS]
+    bad = [m for m in args.methods if m not in registry.method_names()] + [x for x in args.sections if x not in SECTIONS]
     if bad or not args.methods:
         p.error(f"--methods/--sections: unknown {', '.join(bad) or 'empty list'} "
-                f"(methods: {', '.join(METHODS)}; sections: {', '.join(SECTIONS)})")
+                f"(methods: {', '.join(registry.method_names())}; sections: {', '.join(SECTIONS)})")
     set_tf32(args.tf32)
     return fill_defaults(args, pick_device(args.device))
 
@@ -237,7 +238,7 @@ def measure_training(method: str, args, device: torch.device, amp: bool | None =
         trainer.models = [torch.compile(m, backend=args.compile) for m in trainer.models]
     batch = random_batch(cfg, device)
     # the full semi-supervised step (lambda = unsup_weight > 0), as doctor times it
-    timing = time_steps(trainer, METHOD_STEPS[method], batch, args.steps, args.warmup)
+    timing = time_steps(trainer, registry.method(method).step, batch, args.steps, args.warmup)
     res = {"method": method, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
            "channels_last": cfg.channels_last, "compiled": getattr(args, "compile", None) or False,
            **{k: timing[k] for k in ("warmup_s", "images_per_step", "median_s", "images_per_s",
@@ -308,7 +309,7 @@ def measure_overhead(args, device: torch.device) -> dict:
     def bare(nets, b, c, lam, gen, all_reduce=None, par=None):
         return bare_step(nets, b, c, lam, gen, u_mix=u_mix, target=target)
 
-    cpcl = METHOD_STEPS["cpcl"]
+    cpcl = registry.method("cpcl").step
     its, lam = itertools.count(), cfg.unsup_weight
     for _ in range(args.warmup):
         trainer.step(bare, batch, next(its), lam)
@@ -450,7 +451,7 @@ def step_gflop(trainer: Trainer, step_fn, batch, lam: float) -> float:
     nets taken in turn, since a dispatch mode sees only its own thread."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cpcl_kit.method.steps import each
+    from cpcl_kit.method.variants import each
 
     par, trainer.par = trainer.par, each
     try:
@@ -468,14 +469,14 @@ def measure_limit(method: str, rounds: int = 12, warmup: int = 3) -> dict:
     the convolution rate of one thread and of all cores: each time against the time that rate
     allows (the ratio; 1 would be every FLOP at the convolution's own rate)."""
     from cpcl_kit.engine.train import on_threads
-    from cpcl_kit.method.steps import each
+    from cpcl_kit.method.variants import each
 
     cores = os.cpu_count() or 1
     torch.set_flush_denormal(True)
     cfg = make_config("demo", method=method)
     trainer = Trainer.create(cfg, torch.device("cpu"))
     batch = synthetic_batch(cfg, torch.device("cpu"))
-    lam, step_fn = cfg.unsup_weight, METHOD_STEPS[method]
+    lam, step_fn = cfg.unsup_weight, registry.method(method).step
     ways = {"one thread": (each, 1), "net threads": (on_threads, 1), f"{cores} torch threads": (each, cores)}
     if method == "supervised":
         del ways["net threads"]  # one net: nothing to put on a second thread

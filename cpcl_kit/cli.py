@@ -14,14 +14,15 @@ import re
 import sys
 from pathlib import Path
 
-from .constants import METHODS, PREDICT_BRANCHES
+from . import registry
+from .constants import PREDICT_BRANCHES
 from .errors import KitError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="smoke, demo, benchmark, voc, cityscapes (default: the dataset's own: "
                                     "voc for --dataset voc, cityscapes for --dataset cityscapes, else smoke)")
-    p.add_argument("--dataset", help="digits, voc, cityscapes, folder (default: the preset's)")
+    p.add_argument("--dataset", help=f"{', '.join(registry.dataset_names())} (default: the preset's)")
     p.add_argument("--data-root", help="folder of a real data set (VOC, Cityscapes, or a folder of your "
                                        "own: images/, masks/, classes.txt)")
     p.add_argument("--labeled", help="labeled part: a fraction 1/N or a count")
@@ -45,16 +46,15 @@ def _config(args, **extra):
     return make_config(args.preset or default_preset(over.get("dataset")), over)
 
 
-# The preset a command uses when --preset is not given: the paper recipe of a paper data set, the
-# quick smoke run on the digit scenes and on a folder of one's own (a first run that shows the data
-# trains; --preset voc is the paper recipe for a GPU).
-DATASET_PRESETS = {"digits": "smoke", "voc": "voc", "cityscapes": "cityscapes", "folder": "smoke"}
-
-
 def default_preset(dataset: str | None) -> str:
-    """The preset for ``dataset`` (from --dataset or --set dataset=...) when --preset is not given;
-    an unknown dataset gets smoke here and is refused, by name, when the config is checked."""
-    return DATASET_PRESETS.get(dataset or "digits", "smoke")
+    """The preset for ``dataset`` (from --dataset or --set dataset=...) when --preset is not given: the
+    data set's own (``registry.DatasetEntry.preset``: the paper recipe of a paper data set, else the
+    quick smoke run); an unknown dataset gets smoke here and is refused, by name, when the config is
+    checked."""
+    try:
+        return registry.dataset(dataset).preset if dataset else "smoke"
+    except KitError:
+        return "smoke"
 
 
 def _print_metrics(m: dict) -> None:
@@ -269,13 +269,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a Python file that registers data sets or methods of your own (docs/extending.md); "
+                        "repeatable, before the command")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser; its --method and --dataset choices are the registered ones, so plugins (--plugin)
+    are loaded before it is built (``main``)."""
     parser = _Parser(prog="python -m cpcl_kit", description=__doc__.splitlines()[0])
+    _plugin_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train supervised, CPS or CPCL and evaluate")
     # No argparse default: `--set method=...` (or the config's default, cpcl) applies unless given.
-    p.add_argument("--method", choices=METHODS, help="default: cpcl")
+    p.add_argument("--method", choices=registry.method_names(), help="default: cpcl")
     _common(p)
     p.add_argument("--out", required=True, help="run folder (config, history, checkpoint, metrics)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -347,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check this machine for a preset: device, data, weights, speed, "
                                       "largest batch (CUDA), scaled lr")
-    p.add_argument("--method", choices=METHODS, help="default: the preset's (cpcl)")
+    p.add_argument("--method", choices=registry.method_names(), help="default: the preset's (cpcl)")
     _common(p)
     p.add_argument("--out", help="the JSON report (default: doctor-<preset>.json here)")
     p.add_argument("--steps", type=int, default=3, help="timed training steps (median reported)")
@@ -429,10 +438,14 @@ def no_home(e: BaseException) -> str | None:
 def main(argv=None) -> int:
     import warnings
 
-    args = build_parser().parse_args(argv)
     shown = warnings.formatwarning
     warnings.formatwarning = _warning_line
     try:
+        first = _Parser(prog="python -m cpcl_kit", add_help=False)
+        _plugin_option(first)
+        for path in first.parse_known_args(argv)[0].plugin:
+            registry.load_plugin(path)
+        args = build_parser().parse_args(argv)
         args.func(args)
     except KitError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

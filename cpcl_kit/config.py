@@ -22,11 +22,12 @@ from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 
-from .constants import (ALL_LABELED, BACKBONES, CROP_PADS, DATASETS, DILATIONS, FOLDER_CLASSES, LOSS_NORMALISERS,
-                        METHODS, NUM_CLASSES, OUTPUT_STRIDES, PAPER_PRESETS, PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS,
-                        TEACHER_BN, UNION_RULES, WEIGHT_SCOPES, imagenet_file)
+from . import registry
+from .constants import (ALL_LABELED, BACKBONES, CROP_PADS, DILATIONS, LOSS_NORMALISERS, OUTPUT_STRIDES,
+                        PAPER_PRESETS, PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS, TEACHER_BN, UNION_RULES,
+                        WEIGHT_SCOPES, imagenet_file)
 from .errors import KitError
-from .files import read_class_names, shown_path
+from .files import shown_path
 
 
 @dataclass
@@ -119,143 +120,17 @@ class Config:
 
     @property
     def num_classes(self) -> int:
-        if self.dataset == "folder":  # the folder names its classes (make_config reads classes.txt)
+        n = registry.dataset(self.dataset).num_classes
+        if n is None:  # a data set that names its classes per run (make_config reads them from data_root)
             if self.class_names is None:
-                raise KitError("class_names: dataset 'folder' needs its classes; pass data_root (the folder "
-                               f"holding images/, masks/ and {FOLDER_CLASSES}) to make_config")
+                raise KitError(f"class_names: dataset '{self.dataset}' names its classes in its folder; pass "
+                               f"data_root (the folder holding it) to make_config")
             return len(self.class_names)
-        return NUM_CLASSES[self.dataset]
+        return n
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-# Deviations of the CPU presets from the paper recipe, shown in notebooks and written into runs:
-# `deviations(cfg)` keeps the entries whose setting differs from the paper preset's value, so each
-# text only has to be true where that setting deviates.
-DEVIATIONS = {
-    "backbone": "ResNet-18 at a quarter of its width (resnet18_w16: 16 to 128 channels, 0.7 M parameters; "
-                "a CPCL step costs about a fifth of ResNet-18's at 64 px) pretrained on handwritten digits "
-                "that no scene uses (backbone_weights='digits': 400 classification steps, the file shipped "
-                "in cpcl_kit/weights/ so that every machine starts from the same weights; "
-                "python -m cpcl_kit pretrain --rebuild trains it again) instead of ResNet-50 ImageNet, "
-                "which is not available offline; backbone_weights=none gives random init",
-    "output_stride": "output stride 8 instead of 16: an 8x8 layer4 map on a 64x64 scene instead of 4x4, "
-                     "at about 1.6x the cost per step",
-    "dilation": "torchvision's dilation convention (the first 3x3 conv of a dilated layer keeps the "
-                "previous rate) instead of the official 2, 4, 8 in layer4",
-    "head_channels": "thinner ASPP/decoder (64, smoke 32, instead of 256): a 256-channel head would cost "
-                     "several times the narrow backbone at 64x64",
-    "batch_size": "4 labeled images per step instead of 8 (smoke: seconds)",
-    "unlabeled_batch_size": "4 unlabeled images per stream instead of 8: the unsupervised step is "
-                            "the cost of a two-net run on a CPU",
-    "optimizer": "Adam lr 1e-3 with linear warm-up instead of SGD lr 0.005: kept from the presets that "
-                 "trained from random init, where a short SGD prototype did no better",
-    "sup_only_iters": "a supervised-only start (a quarter in demo and benchmark, a third in smoke), "
-                      "then a linear ramp of lambda (rampup_iters): the teachers' pseudo labels are "
-                      "mostly wrong on the digits until the nets have learnt from the labeled scenes",
-    "colour_aug": "label-preserving colour augmentation (channel permutation, inversion)",
-    "flip": "no flips: a mirrored digit is not a digit",
-    "scales": "scale jitter {0.75, 1.0, 1.25} instead of {0.5..2.0} on 64x64 scenes",
-    "cutmix_boxes": "no CutMix on the unlabeled scenes (cutmix_boxes=0 instead of 3 boxes): a scene's one "
-                    "digit is named by its whole shape and the boxes hand the student fragments of it; "
-                    "chosen on tuning seeds 100 and 101 (benchmarks/README.md's history), though the no_cutmix "
-                    "rows of an older grid on the reported seeds 0-2 (another recipe and backbone: "
-                    "benchmarks/results/ablation-benchmark-c.md) were committed before the change",
-    "student_aug": "the student sees the unlabeled scene rotated, scaled and shifted (student_aug=affine, "
-                   "perturb.py; the teachers' logits are warped alike) instead of only CutMix, which is "
-                   "off here: a perturbation that keeps the digit whole (not in the paper; chosen on "
-                   "tuning seeds 100 and 101, though an older grid's affine_no_cutmix rows on the reported "
-                   "seeds 0-2 were committed before the change)",
-    "teacher_bn": "the teachers predict the unlabeled scenes with BatchNorm's running statistics "
-                  "(teacher_bn=eval) instead of those of their own 4-scene batch, which are too noisy "
-                  "for good pseudo labels (chosen on tuning seeds 100 and 101, though an older grid's "
-                  "teacher_eval rows on the reported seeds 0-2, benchmarks/results/ablation-benchmark.md, "
-                  "were committed before the change)",
-    "crop_pad": "a scene scaled below the crop size is padded at a random position (torchvision "
-                "RandomCrop), not centred as in the official loader: kept so the CPU presets' numbers "
-                "stay those already published",
-}
-
-# What the paper presets still do differently from the official code (leofansq/CPCL exp_voc/ and
-# exp_city/ config.py, train.py, dataloader.py, network.py; furnace/). Everything not named here
-# is the official recipe: deep-stem ResNet-50 v1c backbone with layer4 dilated 2, 4, 8 (OS16),
-# DeepLabv3+ head (ASPP 6/12/18 + added image pooling, LeakyReLU, 48-ch low-level, two 3x3 256
-# convs, classifier with bias, Kaiming fan_in head init), plain BatchNorm in train mode throughout,
-# two SGD optimizers (momentum 0.9, weight decay 1e-4 on conv/linear weights only, one lr for
-# backbone and head), poly 0.9 per iteration without warm-up, batch 8+8+8 / 16+16+16, crop 512 /
-# 800, flip + scales {0.5..2.0} + crop with centred padding (image 0, label 255), CutMix boxes
-# (3 XOR boxes, area U(0.25, 0.5)), CE / OHEM CE (0.7, 50,000 px per image, class weights),
-# lambda 1 / 5 from iteration 0, branch-1 sliding-window evaluation (crop 512 / 800, stride 2/3,
-# single scale, no flip).
-PAPER_DEVIATIONS = {
-    "iterations": "a fixed total: the VOC 1/16 (39,680) and Cityscapes 1/8 (22,194) counts; the "
-                  "official total is nepochs x iterations per epoch of each partition (VOC 1/16, 1/8, "
-                  "1/4, 1/2: 39,680, 39,338, 39,680, 39,660; Cityscapes: 22,272, 22,194, 22,240, "
-                  "22,320): pass --set iterations=... for another partition",
-    "data_order": "each of the three streams walks seeded per-epoch permutations of its own list and "
-                  "batches run across epoch ends (exactly resumable); the official loaders resample "
-                  "every epoch to max(#labeled, #unlabeled) names (the shorter list repeated plus a "
-                  "random top-up, a longer one cut to its first names), shuffle, drop the last "
-                  "partial batch and restart all three loaders together",
-    "split_files": "with the CPS layout (subset_train_aug/) or --labeled-list the official split lists "
-                   "are used; a standard VOCdevkit/Cityscapes tree without lists gets the kit's own "
-                   "seeded 1/N partition instead",
-    "crop_offset": "random crop offsets are uniform over [0, L - crop]; the official draws "
-                   "randint(0, L - crop + 1), inclusive, so its crop can come out one pixel short "
-                   "and be padded",
-    "resampling": "images are decoded with PIL and rescaled with torchvision (bilinear without "
-                  "antialias, masks nearest); the official uses OpenCV (imread, INTER_LINEAR, "
-                  "INTER_NEAREST): pixel values can differ by rounding",
-    "amp": "amp=auto trains with bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is "
-           "missing), losses in fp32; the official code trains in fp32: --set amp=off for that",
-    "seed": "seed 0 and every augmentation and CutMix mask drawn from torch generators seeded by "
-            "(seed, iteration); the official seeds torch with 12345 and leaves python's and numpy's "
-            "RNGs (augmentation, CutMix boxes) unseeded: no run replays the official random draws",
-    "multi_gpu": "under torchrun batch sizes are per GPU and BatchNorm statistics per GPU unless "
-                 "sync_bn=true; the official CPCL code trains on one GPU (a single-process run is "
-                 "the official setting)",
-    "checkpoint_selection": "the run evaluates its last iteration; the official code saves snapshots "
-                            "every second epoch after nepochs // 6 plus the last, and does not say "
-                            "which one the paper reports",
-    "eval_padding": "evaluation pads normalised images with 0 (the mean colour) in both branches; "
-                    "the official pads a sliding-window image whose short side is below the crop "
-                    "with black before normalising (this never happens on VOC val, at most "
-                    "500 px, or Cityscapes val, 1024x2048)",
-}
-
-# The CPS baseline (method="cps") in the paper presets runs with CPCL's recipe above, so that CPS
-# and CPCL differ only in their pseudo-supervision. The CPS repository's own configs use instead
-# (charlesCXK/TorchSemiSeg, the CutMix experiments, 1/8 partition as shipped):
-CPS_OWN_RECIPE = {
-    "voc": {
-        "source": "exp.voc/voc8.res50v3+.CPS+CutMix/config.py, script.sh, train.py, dataloader.py",
-        "lr": "0.01: script.sh sets learning_rate=0.0025 on NGPUS=4 and train.py multiplies it by "
-              "the world size (config.py alone: 0.005)",
-        "batch": "8 labeled + 8 + 8 unlabeled in all, 2 + 2 + 2 per GPU (script.sh batch_size=8, "
-                 "divided by the world size in dataloader.py; config.py alone: 16)",
-        "iterations": "34 epochs x 1,157 (9,260 // 8) = 39,338 at 1/8",
-        "unsup_weight": "cps_weight 1 (1.5 in exp.voc/voc8.res50v3+.CPS, without CutMix)",
-        "crop": "512",
-        "sup_loss": "CE",
-        "batch_norm": "apex SyncBatchNorm over the 4 GPUs",
-        "evaluation": "snapshots of epochs 20-34 evaluated (script.sh: eval.py -e 20-34), crop 512, "
-                      "stride 2/3, single scale",
-    },
-    "cityscapes": {
-        "source": "exp.city/city8.res50v3+.CPS+CutMix/config.py, script.sh, train.py, dataloader.py",
-        "lr": "0.02 (script.sh learning_rate=0.02, not scaled by the world size; config.py alone: 0.04)",
-        "batch": "8 + 8 + 8 in all, 1 + 1 + 1 per GPU on NGPUS=8 (config.py alone: 16)",
-        "iterations": "137 epochs x 325 (2,604 // 8) = 44,525 at 1/8",
-        "unsup_weight": "cps_weight 5 (6 in exp.city/city8.res50v3+.CPS, without CutMix)",
-        "crop": "800",
-        "sup_loss": "OHEM CE, thresh 0.7, min_kept 50,000 per GPU (50000 * batch // world size), "
-                    "no class weights (use_weight=False)",
-        "batch_norm": "apex SyncBatchNorm over the 8 GPUs",
-        "evaluation": "snapshots of epochs 110-137 evaluated (script.sh), crop 800, stride 2/3, "
-                      "single scale",
-    },
-}
 
 # The CPU presets, chosen on a tuning set (data seed 100, never a reported seed; benchmarks/README.md,
 # "Tuning the CPU presets"): a narrow ResNet-18 (resnet18_w16) makes a step about five times cheaper
@@ -588,7 +463,8 @@ LIMITS: dict[str, Limit] = {
 MIN_CROP_STRIDES = 2
 
 # The valid values of the fields that take one of a few names (or numbers).
-CHOICES = {"method": METHODS, "dataset": DATASETS, "optimizer": ("sgd", "adam"), "union_rule": UNION_RULES,
+# (method and dataset: the registered ones, ``registry``.)
+CHOICES = {"optimizer": ("sgd", "adam"), "union_rule": UNION_RULES,
            "sup_loss": ("ce", "ohem"), "eval_branch": ("1", "2", "ensemble"),
            "amp": ("auto", "bf16", "fp16", "off"), "dilation": DILATIONS, "crop_pad": CROP_PADS,
            "pretrain_source": PRETRAIN_SOURCES, "weight_scope": WEIGHT_SCOPES, "inter_norm": LOSS_NORMALISERS,
@@ -647,7 +523,9 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, key)
         if value is not None and not all(limit.holds(v) for v in (value if isinstance(value, tuple) else [value])):
             raise KitError(f"{key}: expected {limit.expected()}, got {_shown(value)}")
-    for key, valid in {**CHOICES, "preset": tuple(PRESETS)}.items():
+    choices = {**CHOICES, "preset": tuple(PRESETS), "method": registry.method_names(),
+               "dataset": registry.dataset_names()}
+    for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             if key == "targets":
                 raise KitError(f"targets: expected {' / '.join(','.join(t) for t in TARGET_PAIRS)}, "
@@ -671,21 +549,23 @@ def validate(cfg: Config) -> Config:
     lo, hi = cfg.digit_px
     if not lo <= hi <= cfg.scene_size:
         raise KitError(f"digit_px: expected {LIMITS['digit_px'].text}={cfg.scene_size}, got {_shown((lo, hi))}")
-    if cfg.dataset == "digits":
-        where = f"preset {cfg.preset!r}" if _preset_value(cfg.preset, "dataset") == "digits" else "dataset 'digits'"
+    entry = registry.dataset(cfg.dataset)
+    if entry.generated:
+        where = f"preset {cfg.preset!r}" if preset_value(cfg.preset, "dataset") == cfg.dataset else \
+            f"dataset {cfg.dataset!r}"
         for key in ("data_root", "labeled_list", "unlabeled_list"):
             if getattr(cfg, key):
-                raise KitError(f"{key}: {where} trains on the embedded digit scenes (split by --labeled 1/N or "
-                               f"a count); {key} is for the paper presets (voc, cityscapes)")
+                raise KitError(f"{key}: {where} trains on scenes made in memory (split by --labeled 1/N or "
+                               f"a count); {key} is for a data set on disk (voc, cityscapes, folder)")
     if cfg.class_names is not None:
-        if cfg.dataset != "folder":
-            raise KitError(f"class_names: only a folder data set names its classes; dataset {cfg.dataset!r} "
-                           f"has its own")
+        if entry.classes is not None:
+            raise KitError(f"class_names: only a data set without classes of its own (a folder) names them per "
+                           f"run; dataset {cfg.dataset!r} has its own")
         if len(cfg.class_names) < 2 or len(set(cfg.class_names)) != len(cfg.class_names) or \
                 not all(n.strip() for n in cfg.class_names):
             raise KitError(f"class_names: expected at least 2 distinct, non-empty names, got {_shown(cfg.class_names)}")
     # backbone pretraining (used when backbone_weights="digits")
-    if cfg.backbone_weights == "digits" and cfg.dataset != "digits":
+    if cfg.backbone_weights == "digits" and entry.backbone != "digits":
         raise KitError(f"backbone_weights: 'digits' is pretrained for the digit scenes, not for dataset "
                        f"'{cfg.dataset}'; pass a weights file, 'imagenet', or 'none' (random init)")
     return cfg
@@ -696,7 +576,7 @@ def _check_memory(cfg: Config) -> None:
     need at the least must fit in this machine's memory (``MEMORY``); a KitError names the field
     to lower, and its largest value that fits."""
     pixels = cfg.crop * cfg.crop
-    two_nets = cfg.method != "supervised"
+    two_nets = registry.method(cfg.method).unlabeled
     # A step holds batch_size labeled crops, and two-net methods 2 x unlabeled_batch_size more.
     for key, per in (("batch_size", 1), ("unlabeled_batch_size", 2 if two_nets else 0)):
         most = MEMORY // (PIXEL_BYTES * pixels * per) if per else None
@@ -718,7 +598,7 @@ def _check_memory(cfg: Config) -> None:
                        f"pseudo label), got {cfg.pseudo_void_band}")
     images = pretrain_images(cfg.pretrain_steps, cfg.pretrain_batch)
     check_pretrain_memory(cfg.pretrain_size, cfg.pretrain_batch, images)
-    if cfg.dataset == "digits":
+    if registry.dataset(cfg.dataset).generated:
         most = MEMORY // (SCENE_PIXEL_BYTES * cfg.scene_size * cfg.scene_size)
         if cfg.n_train_scenes + cfg.n_val_scenes > most:
             key = "n_train_scenes" if cfg.n_train_scenes >= cfg.n_val_scenes else "n_val_scenes"
@@ -766,13 +646,12 @@ def dataset_defaults(preset: str, values: dict, given: set) -> dict:
     init (``backbone_weights=none``: ``check_ready_to_train`` warns, config.json records it). A folder
     data set's labeled part is every image that has a mask (``labeled=all``): its images without masks
     are the unlabeled ones; its classes are those of its classes.txt. Returns the changed fields only."""
-    dataset = values.get("dataset", _preset_value(preset, "dataset"))
-    out: dict = {}
-    if dataset == "folder" and "labeled" not in given:
-        out["labeled"] = ALL_LABELED
-    if dataset == "folder" and "class_names" not in given and values.get("data_root"):
-        out["class_names"] = tuple(read_class_names(Path(values["data_root"]) / FOLDER_CLASSES))
-    if dataset != "digits" and _preset_value(preset, "dataset") == "digits":
+    dataset = values.get("dataset", preset_value(preset, "dataset"))
+    entry = registry.dataset(dataset)
+    out: dict = {k: v for k, v in entry.defaults.items() if k not in given}
+    if entry.read_classes is not None and "class_names" not in given and values.get("data_root"):
+        out["class_names"] = tuple(entry.read_classes(values["data_root"]))
+    if not entry.generated and registry.dataset(preset_value(preset, "dataset")).generated:
         if "backbone" not in given:
             out["backbone"] = REAL_DATA_CPU_BACKBONE
         if "backbone_weights" not in given:
@@ -798,7 +677,7 @@ def check_ready_to_train(cfg: Config) -> Config:
     ``RandomInitWarning``, and recorded in the run's config.json (``deviations``). Returns ``cfg``.
     """
     if cfg.preset not in PAPER_PRESETS:
-        if cfg.backbone_weights == "none" and cfg.dataset != "digits":
+        if cfg.backbone_weights == "none" and not registry.dataset(cfg.dataset).generated:
             warnings.warn(f"backbone_weights=none: the {cfg.backbone} backbone trains on {cfg.dataset} data from "
                           f"random initialisation (ImageNet weights would help: put "
                           f"{shown_path(imagenet_file(cfg.backbone) or imagenet_file(REAL_DATA_CPU_BACKBONE))} in "
@@ -828,63 +707,14 @@ def check_weights_file(cfg: Config) -> None:
                        f"'imagenet', 'none' or, on the digit scenes, 'digits')")
 
 
-# Settings that make up the recipe: a paper-preset run that changes one is told so in deviations().
-_RECIPE_FIELDS = ("backbone", "output_stride", "dilation", "head_channels", "crop", "crop_pad", "scales",
-                  "flip", "colour_aug", "batch_size", "unlabeled_batch_size", "optimizer", "lr",
-                  "momentum", "weight_decay", "warmup_iters", "poly_power", "unsup_weight",
-                  "sup_only_iters", "rampup_iters", "union_rule", "reweight", "weight_scope", "inter_norm",
-                  "targets", "teacher_bn", "pseudo_void_band", "cutmix_boxes", "student_aug", "sup_loss", "eval_crop", "eval_stride", "eval_branch", "sync_bn")
+def preset_value(preset: str, key: str):
+    """Setting ``key`` of ``preset``: the preset's own value, else the Config default."""
+    return PRESETS[preset].get(key, next(f.default for f in fields(Config) if f.name == key))
 
 
-def _preset_value(preset: str, key: str):
-    value = PRESETS[preset].get(key, next(f.default for f in fields(Config) if f.name == key))
-    return tuple(value) if isinstance(value, list) else value
-
-
-def deviations(cfg: Config) -> dict[str, str]:
-    """How this run differs from the official recipe, ``{setting: why}``, for its config.json.
-
-    CPU presets: the ``DEVIATIONS`` entries whose setting differs from the paper preset's value
-    (Cityscapes' for dataset=cityscapes, else VOC's). Paper presets: every ``PAPER_DEVIATIONS``
-    entry, plus random initialisation on purpose, the recipe the CPS or supervised baseline follows,
-    and each recipe setting changed from the preset.
-    """
-    if cfg.preset not in PAPER_PRESETS:
-        paper = "cityscapes" if cfg.dataset == "cityscapes" else "voc"
-        out = {k: v for k, v in DEVIATIONS.items() if _plain(getattr(cfg, k)) != _preset_value(paper, k)}
-        if cfg.dataset != "digits":  # real data on a CPU preset: its reasons were found on the digit scenes
-            out = {k: f"the {cfg.preset} preset's setting, chosen on the digit scenes ({v})" for k, v in out.items()}
-            if cfg.backbone != _preset_value(cfg.preset, "backbone"):
-                out["backbone"] = (f"{cfg.backbone} instead of the preset's digit backbone, which has no "
-                                   f"weights for real images")
-            if cfg.backbone_weights in ("none", None):
-                out["backbone_weights"] = ("random initialisation (asked for, or no ImageNet weights were in "
-                                           "torchvision's cache); the paper fine-tunes a pretrained backbone")
-            elif cfg.backbone_weights == "imagenet":
-                out["backbone_weights"] = "torchvision's ImageNet weights, not the official v1c backbone"
-        return out
-    out = dict(PAPER_DEVIATIONS)
-    if cfg.backbone_weights == "none":
-        out["backbone_weights"] = ("random initialisation on purpose (backbone_weights=none) instead of "
-                                   "the pretrained backbone the paper fine-tunes")
-    if cfg.method == "cps":
-        own = CPS_OWN_RECIPE[_preset_value(cfg.preset, "dataset")]
-        out["method"] = ("CPS runs with CPCL's recipe (this preset), for a like-for-like comparison; the "
-                         "CPS repository's own config (charlesCXK/TorchSemiSeg " + own["source"] + ") uses "
-                         + "; ".join(f"{k} {v}" for k, v in own.items() if k != "source"))
-    elif cfg.method == "supervised":
-        out["method"] = ("supervised baseline: one net with the same recipe on the labeled stream only; "
-                         "the CPCL repository ships no baseline script (CPS's docs/getting_started.md "
-                         "trains its baseline with batch 8 for the same iterations)")
-    for key in _RECIPE_FIELDS:
-        official = _preset_value(cfg.preset, key)
-        if _plain(getattr(cfg, key)) != official:
-            out[key] = f"changed to {getattr(cfg, key)!r}; the preset (official recipe) uses {official!r}"
-    return out
-
-
-def _plain(value):
-    return tuple(value) if isinstance(value, list) else value
+def plain(value):
+    """``value`` with every tuple a list, as a setting reads back from JSON: how settings compare."""
+    return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def parse_sets(items: list[str] | None) -> dict:

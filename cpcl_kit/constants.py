@@ -46,12 +46,8 @@ OUTPUT_STRIDES = (16, 8)
 # where unknown. Losses and metrics skip it.
 IGNORE_INDEX = 255
 
-METHODS = ("supervised", "cps", "cpcl")
 # What `predict` can run of a run: net 1 (the branch the paper reports), net 2, or both (mean softmax).
 PREDICT_BRANCHES = ("net1", "net2", "ensemble")
-DATASETS = ("digits", "voc", "cityscapes", "folder")
-# Classes of the data sets whose count is fixed; a folder data set names its own in FOLDER_CLASSES.
-NUM_CLASSES = {"digits": 11, "voc": 21, "cityscapes": 19}
 # A folder data set (--dataset folder): images/, masks/<same stem>.png, this file of class names
 # (one per line, its line number the class id), optional val/images + val/masks.
 FOLDER_CLASSES = "classes.txt"

@@ -172,7 +172,8 @@ def test_notebook_pseudo_labels_are_the_training_steps(preset, method, one_threa
     rule, weights and voided pixels alike. BatchNorm momentum 0 keeps the step's supervised forward
     passes from moving the running statistics the eval-mode teachers use."""
     from cpcl_kit.data.loaders import Batch
-    from cpcl_kit.method.steps import METHOD_STEPS, _void
+    from cpcl_kit import registry
+    from cpcl_kit.method.variants import without
     from cpcl_kit.nets.deeplab import build_nets
 
     small = dict(backbone="resnet18_w16", backbone_weights="none", head_channels=16, crop=32, output_stride=8,
@@ -191,11 +192,11 @@ def test_notebook_pseudo_labels_are_the_training_steps(preset, method, one_threa
     u1, m1 = (x[2:], y[2:]) if cfg.cutmix_boxes else (None, None)
     for net in nets:
         net.train()
-    step = METHOD_STEPS[method](nets, Batch(x[:2], y[:2], x[:2], y[:2], u1, m1), cfg, 1.0,
-                                torch.Generator().manual_seed(3))
+    step = registry.method(method).step(nets, Batch(x[:2], y[:2], x[:2], y[:2], u1, m1), cfg, 1.0,
+                                        torch.Generator().manual_seed(3))
     assert torch.equal(step.mixed_truth, truth)
     void = truth == 255 if cfg.student_aug == "affine" else None
-    inter, union = _void(void, step.labels.inter, step.labels.union)
+    inter, union = without(void, step.labels.inter, step.labels.union)
     for name, want in [("y1", step.labels.y1), ("y2", step.labels.y2), ("inter", inter), ("union", union),
                        ("w_union", step.labels.w_union)]:
         assert torch.equal(getattr(labels, name), want), name

@@ -10,7 +10,8 @@ from cpcl_kit.engine import checkpoint
 from cpcl_kit.engine.train import Trainer, amp_dtype, batch_to, pick_device
 from cpcl_kit.errors import KitError
 from cpcl_kit.method.cpcl import cutmix_box_masks
-from cpcl_kit.method.steps import METHOD_STEPS, ohem_ce
+from cpcl_kit import registry
+from cpcl_kit.method.steps import ohem_ce
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -97,7 +98,7 @@ VARIANTS = {  # the paper recipe, the CPU presets' student view, and Cityscapes'
 def _steps(cfg, device, n, sync_mode=None):
     trainer = Trainer.create(cfg, device)
     batch = random_batch(cfg, device)
-    step = METHOD_STEPS[cfg.method]
+    step = registry.method(cfg.method).step
     bad = torch.tensor(-1, device=device)
     trainer.step(step, batch, 0, lam=1.0)  # first call: lazy CUDA and cuDNN set-up may synchronise
     if sync_mode:
@@ -146,12 +147,13 @@ def test_cuda_pieces_match_the_cpu():
 
 @pytest.mark.parametrize("aug", ["none", "affine"])
 def test_channels_last_reaches_every_image_the_nets_see(aug):
-    from cpcl_kit.method.steps import _student_view
+    from cpcl_kit.method.steps import pseudo_labels
+    from cpcl_kit.nets.deeplab import build_nets
 
     cfg = tiny_config("cpcl", channels_last=True, student_aug=aug)
     batch = random_batch(cfg, torch.device("cpu"))
     for name in ("x_l", "u0", "u1"):
         assert getattr(batch, name).is_contiguous(memory_format=torch.channels_last), name
-    teachers = [torch.randn(2, 21, 64, 64)] * 2
-    view = _student_view(cfg, torch.Generator().manual_seed(0), batch.u0.contiguous(), teachers, None)[0]
+    nets = [net.to(memory_format=torch.channels_last) for net in build_nets(cfg)]
+    view = pseudo_labels(nets, batch, cfg, torch.Generator().manual_seed(0)).image
     assert view.is_contiguous(memory_format=torch.channels_last)

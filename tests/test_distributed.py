@@ -111,9 +111,9 @@ def test_run_or_load_under_two_processes_locks_on_rank0_only(tmp_path):
 def _diverging_worker(rank, world, port, out, result_dir):
     _env(rank, world, port)
     from cpcl_kit.engine.train import TrainingDiverged, train
-    from cpcl_kit.method import steps
+    from cpcl_kit import registry
 
-    plain = steps.METHOD_STEPS["supervised"]
+    plain = registry.method("supervised").step
 
     def step(nets, batch, cfg, lam, gen, all_reduce=None, **kw):
         out_ = plain(nets, batch, cfg, lam, gen, all_reduce, **kw)
@@ -123,7 +123,7 @@ def _diverging_worker(rank, world, port, out, result_dir):
         return out_
 
     calls = []
-    steps.METHOD_STEPS["supervised"] = step
+    registry.register_method("supervised", nets=1, unlabeled=False, replace=True)(step)
     cfg = make_config("smoke", method="supervised", iterations=6, log_every=3, checkpoint_every=6, device="cpu")
     try:
         train(cfg, out_dir=out, progress=False)

@@ -8,7 +8,7 @@ import torch
 from cpcl_kit.config import make_config
 from cpcl_kit.constants import IGNORE_INDEX
 from cpcl_kit.method.perturb import AFFINE_RANGES, outside, random_affine, warp, warp_labels
-from cpcl_kit.method.steps import _student_view, _void
+from cpcl_kit.method.variants import warp_view, without
 
 QUARTER_TURN = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]])
 
@@ -56,14 +56,14 @@ def test_student_view_warps_image_teachers_and_truth_alike():
     u = torch.randn(4, 3, 16, 16)
     t = [torch.randn(4, 5, 16, 16) for _ in "12"]
     truth = torch.randint(0, 5, (4, 16, 16))
-    same = _student_view(make_config("smoke"), torch.Generator(), u, t, truth)
+    same = warp_view(make_config("smoke"), torch.Generator(), u, t, truth)
     assert same[0] is u and same[1] is t and same[2] is truth and same[3] is None
-    view, (w1, w2), wtruth, void = _student_view(make_config("smoke", student_aug="affine"),
+    view, (w1, w2), wtruth, void = warp_view(make_config("smoke", student_aug="affine"),
                                                  torch.Generator().manual_seed(0), u, t, truth)
     theta = random_affine(4, torch.Generator().manual_seed(0))
     assert torch.allclose(view, warp(u, theta)) and torch.allclose(w1, warp(t[0], theta, "border"))
     assert torch.equal(wtruth, warp_labels(truth, theta)) and torch.equal(void, wtruth == IGNORE_INDEX)
     assert 0 < void.float().mean() < 0.3
-    (target,) = _void(void, torch.zeros(4, 16, 16, dtype=torch.long))
+    (target,) = without(void, torch.zeros(4, 16, 16, dtype=torch.long))
     assert torch.equal(target == IGNORE_INDEX, void)
     assert math.isfinite(float(w2.mean()))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cpcl_kit import config as C
-from cpcl_kit.config import (CPS_OWN_RECIPE, DEVIATIONS, PAPER_DEVIATIONS, PAPER_PRESETS, PRESETS, Config,
-                             RandomInitWarning, check_ready_to_train, deviations, load_config_dict,
-                             make_config)
+from cpcl_kit.config import (PAPER_PRESETS, PRESETS, Config, RandomInitWarning, check_ready_to_train,
+                             load_config_dict, make_config)
+from cpcl_kit.deviations import CPS_OWN_RECIPE, DEVIATIONS, PAPER_DEVIATIONS, RECIPE_FIELDS, deviations
 from cpcl_kit.errors import KitError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_random_init_on_purpose_trains_and_is_recorded(tmp_path):
 def test_every_deviation_entry_names_a_setting():
     names = {f.name for f in fields(Config)}
     assert set(DEVIATIONS) <= names
-    assert not set(PAPER_DEVIATIONS) & set(C._RECIPE_FIELDS)  # no clash with "changed" entries
+    assert not set(PAPER_DEVIATIONS) & set(RECIPE_FIELDS)  # no clash with "changed" entries
 
 
 @pytest.mark.parametrize("preset", CPU_PRESETS)

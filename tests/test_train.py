@@ -170,7 +170,7 @@ def test_teachers_in_eval_mode_use_running_statistics():
     "train" (official) gives other logits: batch statistics of u0 and of u1 separately."""
     from cpcl_kit.data.loaders import Batch
     from cpcl_kit.method.cpcl import cutmix_box_masks, mix
-    from cpcl_kit.method.steps import _teachers
+    from cpcl_kit.method.variants import teachers
     from cpcl_kit.nets.deeplab import build_nets
 
     torch.manual_seed(0)
@@ -181,7 +181,7 @@ def test_teachers_in_eval_mode_use_running_statistics():
     u0, u1 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
     batch, mask = Batch(x, None, u0, None, u1, None), cutmix_box_masks(3, (32, 32), generator=torch.Generator().manual_seed(1))
     before = [n.state_dict()["backbone.bn1.running_mean"].clone() for n in nets]
-    got = _teachers(nets, batch, mask, "eval")
+    got = teachers(nets, batch, mask, "eval")
     assert all(n.training for n in nets)
     assert all(torch.equal(b, n.state_dict()["backbone.bn1.running_mean"]) for b, n in zip(before, nets))
     with torch.no_grad():
@@ -190,7 +190,7 @@ def test_teachers_in_eval_mode_use_running_statistics():
             one_by_one = torch.cat([net(u0[i : i + 1]) for i in range(3)]), torch.cat([net(u1[i : i + 1]) for i in range(3)])
             net.train()
             assert torch.allclose(t, mix(*one_by_one, mask), atol=1e-4)
-    official = _teachers(nets, batch, mask, "train")
+    official = teachers(nets, batch, mask, "train")
     with torch.no_grad():
         assert torch.allclose(official[0], mix(nets[0](u0), nets[0](u1), mask))
     assert not torch.allclose(official[0], got[0], atol=1e-2)
@@ -236,22 +236,22 @@ def test_pseudo_void_band_takes_the_teachers_outlines_out_of_the_targets():
 def test_cutmix_boxes_zero_shows_the_student_u0():
     from types import SimpleNamespace
 
-    from cpcl_kit.method.steps import _cutmix, _teachers
+    from cpcl_kit.method.variants import cutmix, teachers
     from cpcl_kit.nets.deeplab import build_nets
 
     truth = torch.randint(0, 3, (2, 8, 8))
     batch = SimpleNamespace(u0=torch.randn(2, 3, 8, 8), u1=None, u0_mask=truth, u1_mask=None)
-    mask, u_mix, got = _cutmix(batch, torch.Generator().manual_seed(0), 0)
+    mask, u_mix, got = cutmix(batch, torch.Generator().manual_seed(0), 0)
     assert mask is None and u_mix is batch.u0 and got is truth  # no u1 needed
     batch.u1, batch.u1_mask = torch.randn(2, 3, 8, 8), truth.flip(0)
-    mask, u_mix, _ = _cutmix(batch, torch.Generator().manual_seed(0), 3)  # the official boxes
+    mask, u_mix, _ = cutmix(batch, torch.Generator().manual_seed(0), 3)  # the official boxes
     assert 0 < mask.mean() < 1 and torch.equal(u_mix, torch.where(mask.bool(), batch.u1, batch.u0))
     # Without a mask the teachers predict u0 alone, in either BatchNorm mode, as the nets do by themselves.
     torch.manual_seed(0)
     nets = build_nets(make_config("smoke", backbone_weights="none"))
     batch.u1 = None
     for bn in ("train", "eval"):
-        got = _teachers(nets, batch, None, bn)
+        got = teachers(nets, batch, None, bn)
         with torch.no_grad():
             for net, t in zip(nets, got):
                 want = net.train(bn == "train")(batch.u0)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
+from .. import registry
 from ..config import Config
-from ..constants import ALL_LABELED, FOLDER_CLASSES
+from ..constants import ALL_LABELED
 from ..errors import KitError
 from . import datasets as ds
 from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
@@ -57,32 +57,28 @@ def _partition(cfg: Config, ids):
     return make_partition(ids, parse_labeled(cfg.labeled), cfg.seed)
 
 
-# How each data set on disk splits into labeled, unlabeled and validation pairs, and names its classes.
-_SPLITS = {"voc": ds.voc_splits, "cityscapes": ds.cityscapes_splits, "folder": ds.folder_splits}
-
-
 def class_names(cfg: Config) -> list[str]:
-    """The names of cfg's classes, index = class id (a folder data set's from its classes.txt)."""
-    if cfg.dataset == "folder":
-        return list(cfg.class_names)
-    return {"digits": DIGIT_CLASS_NAMES, "voc": ds.VOC_CLASS_NAMES,
-            "cityscapes": ds.CITYSCAPES_CLASS_NAMES}[cfg.dataset]
+    """The names of cfg's classes, index = class id (a data set that names its own per run: the run's)."""
+    return list(registry.dataset(cfg.dataset).classes or cfg.class_names)
 
 
 def file_data(cfg: Config) -> DataBundle:
+    """The data sets of a data set on disk, from its entry's ``splits``: (image, mask) path pairs
+    read, augmented and batched by the kit."""
+    entry = registry.dataset(cfg.dataset)
     if not cfg.data_root:
         raise KitError(f"--data-root: required for dataset '{cfg.dataset}' (the folder holding it; "
                        f"nothing is downloaded)")
-    if cfg.dataset == "folder":  # the run's classes are the tree's, or its labels mean other things
-        found = ds.folder_class_names(cfg.data_root)
+    if entry.read_classes is not None:  # the run's classes are the tree's, or its labels mean other things
+        found = entry.read_classes(cfg.data_root)
         if tuple(found) != tuple(cfg.class_names):
-            raise KitError(f"{Path(cfg.data_root) / FOLDER_CLASSES}: classes {', '.join(found)} differ from the "
-                           f"run's class_names {', '.join(cfg.class_names)} (a changed class list is another run)")
+            raise KitError(f"{cfg.data_root}: classes {', '.join(found)} differ from the run's class_names "
+                           f"{', '.join(cfg.class_names)} (a changed class list is another run)")
     lists = cfg.labeled_list or cfg.unlabeled_list
     # labeled=all: the whole training list labeled (a folder: every image that has a mask)
     labeled = None if lists or cfg.labeled == ALL_LABELED else parse_labeled(cfg.labeled)
-    lab, unlab, val = _SPLITS[cfg.dataset](cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
-                                           unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
+    lab, unlab, val = entry.splits(cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
+                                   unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
     c = cfg.num_classes
     return DataBundle(ds.SegmentationFiles(lab, c, _train_tf(cfg)),
                       ds.SegmentationFiles([(img, None) for img, _ in unlab], c, _train_tf(cfg)),
@@ -90,4 +86,6 @@ def file_data(cfg: Config) -> DataBundle:
 
 
 def build_data(cfg: Config) -> DataBundle:
-    return digit_data(cfg) if cfg.dataset == "digits" else file_data(cfg)
+    """The labeled, unlabeled and validation sets of ``cfg``'s data set (``registry.dataset``)."""
+    entry = registry.dataset(cfg.dataset)
+    return entry.build(cfg) if entry.build is not None else file_data(cfg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import registry
 from ..constants import IGNORE_INDEX
 
 IGNORE_GREY = (0.62, 0.62, 0.62)
@@ -56,8 +57,10 @@ def voc_palette() -> np.ndarray:
 
 
 def palette_for(dataset: str, num_classes: int) -> np.ndarray:
-    """uint8 [256, 3] RGB colours of the class ids of ``dataset``'s label images: VOC's own colour
-    map for ``voc`` (so its tools show them as usual), else the kit's ``class_palette``."""
-    if dataset == "voc":
-        return voc_palette()
+    """uint8 [256, 3] RGB colours of the class ids of ``dataset``'s label images: the data set's own
+    colour map where it has one (VOC's, so its tools show them as usual), else the kit's
+    ``class_palette``."""
+    own = registry.dataset(dataset).palette
+    if own is not None:
+        return own()
     return np.round(class_palette(num_classes) * 255).astype(np.uint8)

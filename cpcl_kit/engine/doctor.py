@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import files
+from .. import files, registry
 from ..config import PAPER_PRESETS, Config
 from ..errors import KitError
-from ..method.steps import METHOD_STEPS
 from ..nets import pretrain
 from . import tblog
 from .synthetic import PeakMemory, images_per_step, synthetic_batch, sync, time_steps
@@ -63,25 +62,20 @@ def _found(path, what: str) -> dict:
 
 
 def data_status(cfg: Config) -> dict:
-    """Whether the data the settings train on is there (found / missing / embedded), and where."""
-    if cfg.dataset == "digits":
-        return {"status": "embedded", "path": None,
-                "what": "digit scenes drawn from scikit-learn's bundled digits; nothing to download"}
+    """Whether the data the settings train on is there (found / missing / embedded), and where: the
+    data set's own check (``registry.DatasetEntry.check``)."""
+    entry = registry.dataset(cfg.dataset)
+    if entry.generated:
+        return {"status": "embedded", "path": None, "what": f"{entry.about}; nothing to download"}
     if not cfg.data_root:
         return {"status": "missing", "path": None, "what": f"--data-root: required for dataset '{cfg.dataset}'"}
-    from ..data.datasets import cityscapes_layout, folder_pairs, voc_layout
-
+    if entry.check is None:
+        return _found(cfg.data_root, f"{cfg.dataset} data root")
     try:
-        if cfg.dataset == "folder":
-            train, val = folder_pairs(cfg.data_root)
-            return {"status": "found", "path": str(cfg.data_root),
-                    "what": f"a folder data set: {len(train)} training images, "
-                            f"{'a val/ folder' if val else 'validation held out of the masked images'}"}
-        else:
-            layout = voc_layout(cfg.data_root)[0] if cfg.dataset == "voc" else cityscapes_layout(cfg.data_root)
+        what = entry.check(cfg.data_root)
     except KitError as e:
         return {"status": "missing", "path": str(cfg.data_root), "what": str(e)}
-    return {"status": "found", "path": str(cfg.data_root), "what": f"{cfg.dataset} data root, {layout} layout"}
+    return {"status": "found", "path": str(cfg.data_root), "what": what}
 
 
 def weights_status(cfg: Config) -> dict:
@@ -142,7 +136,7 @@ def _fits(trainer: Trainer, cfg: Config, batch_size: int, unlabeled: int) -> tup
         with PeakMemory(trainer.device) as mem:
             batch = synthetic_batch(c, trainer.device)
             for it in range(2):
-                trainer.step(METHOD_STEPS[cfg.method], batch, it, cfg.unsup_weight)
+                trainer.step(registry.method(cfg.method).step, batch, it, cfg.unsup_weight)
             sync(trainer.device)
             del batch
         return True, mem.mib
@@ -228,7 +222,7 @@ def diagnose(cfg: Config, steps: int = 3, warmup: int = 2, search: bool = True,
     trainer = Trainer.create(tcfg, device)
     report["steps"] = {
         "method": cfg.method, "backbone": cfg.backbone, "crop": cfg.crop, "batch_size": cfg.batch_size,
-        "unlabeled_batch_size": 0 if cfg.method == "supervised" else cfg.unlabeled_batch_size,
+        "unlabeled_batch_size": cfg.unlabeled_batch_size if registry.method(cfg.method).unlabeled else 0,
         "images_per_step": images_per_step(tcfg), "warmup": warmup, "timed": steps,
         "amp": report["environment"]["amp"],
         "note": "synthetic batches of the preset's shape, random-init nets, full λ"}
@@ -255,7 +249,7 @@ def _timed_steps(trainer: Trainer, cfg: Config, steps: int, warmup: int, progres
             batch = synthetic_batch(cfg, trainer.device)
             with tqdm(total=warmup + steps, desc=f"doctor: {cfg.method} steps", disable=not progress,
                       leave=False) as bar:
-                timing = time_steps(trainer, METHOD_STEPS[cfg.method], batch, steps, warmup, on_step=bar.update)
+                timing = time_steps(trainer, registry.method(cfg.method).step, batch, steps, warmup, on_step=bar.update)
             del batch
     except torch.cuda.OutOfMemoryError as e:
         return {"error": f"out of memory at the preset's batch ({str(e).splitlines()[0][:200]})"}

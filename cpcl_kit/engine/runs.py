@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from .. import files
-from ..config import ADDED_FIELDS, PRESETS, Config, deviations, load_config_dict
+from ..config import ADDED_FIELDS, PRESETS, Config, load_config_dict, plain
+from ..deviations import deviations
 from ..errors import KitError
 from ..files import save_torch, write_json
 from . import checkpoint
@@ -158,10 +159,6 @@ def save_checkpoint(path, cfg: Config, iteration: int, nets, opts, scaler, histo
 # the same-run rule
 
 
-def _plain(v):
-    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
-
-
 def differing_settings(saved: dict, cfg: Config) -> list[str]:
     """Fields of ``cfg`` (outside ``BOOKKEEPING``) whose value differs from the saved config dict.
     A field the saved dict lacks (a folder from an older kit) counts as different, unless it is in
@@ -169,7 +166,7 @@ def differing_settings(saved: dict, cfg: Config) -> list[str]:
     now = cfg.to_dict()
     missing = object()
     return [k for k, v in now.items()
-            if k not in BOOKKEEPING and _plain(saved.get(k, ADDED_FIELDS.get(k, missing))) != _plain(v)]
+            if k not in BOOKKEEPING and plain(saved.get(k, ADDED_FIELDS.get(k, missing))) != plain(v)]
 
 
 def check_same_run(run_dir, cfg: Config, saved: dict | None = None) -> None:
@@ -188,7 +185,7 @@ def check_same_run(run_dir, cfg: Config, saved: dict | None = None) -> None:
     diff = differing_settings(saved, cfg)
     if diff:
         now = cfg.to_dict()
-        shown = "; ".join(f"{k}: folder {saved.get(k, '(not set)')!r}, now {_plain(now[k])!r}" for k in diff[:6])
+        shown = "; ".join(f"{k}: folder {saved.get(k, '(not set)')!r}, now {plain(now[k])!r}" for k in diff[:6])
         more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
         raise KitError(f"{run_dir} holds a run with other settings ({shown}{more}); use another folder "
                        f"for these settings, or delete that one")
@@ -246,7 +243,7 @@ def run_dir_name(cfg: Config) -> str:
     now = cfg.to_dict()
     named = ("method", "labeled", "seed")
     extra = [f"{k}-{slug(v)}" for k, v in now.items()
-             if k not in BOOKKEEPING and k not in named and _plain(v) != _plain(base[k])]
+             if k not in BOOKKEEPING and k not in named and plain(v) != plain(base[k])]
     suffix = "__" + "__".join(extra) if extra else ""
     if len(suffix) > 120:  # many overrides: one hash of them all keeps the name short and unique
         suffix = "__" + slug("".join(extra) * 2)

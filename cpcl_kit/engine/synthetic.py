@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .. import registry
 from ..constants import IGNORE_INDEX
 from ..data.loaders import Batch
 from .train import batch_to
@@ -39,7 +40,7 @@ def synthetic_batch(cfg, device: torch.device, seed: int = 0) -> Batch:
 
 def images_per_step(cfg) -> int:
     """Images one iteration processes: the labeled batch, plus u0 and u1 for the semi-supervised methods."""
-    return cfg.batch_size + (0 if cfg.method == "supervised" else 2 * cfg.unlabeled_batch_size)
+    return cfg.batch_size + (2 * cfg.unlabeled_batch_size if registry.method(cfg.method).unlabeled else 0)
 
 
 def sync(device: torch.device) -> None:

@@ -30,7 +30,9 @@ from ..config import Config, check_ready_to_train, check_weights_file
 from ..data.build import build_data
 from ..data.loaders import semi_supervised_batches, supervised_batches
 from ..errors import KitError
-from ..method.steps import METHOD_STEPS, StepOut, each, label_stats
+from .. import registry
+from ..method.steps import StepOut, label_stats
+from ..method.variants import each
 from ..nets.deeplab import build_nets
 from ..nets.pretrain import fingerprint, resolve_backbone_weights, warn_if_other_init
 from ..provenance import code_version
@@ -151,7 +153,7 @@ def _net_pool() -> ThreadPoolExecutor:
 
 
 def on_threads(fn, items) -> list:
-    """``method.steps.each`` over two threads of one torch thread each: the two nets of a step
+    """``method.variants.each`` over two threads of one torch thread each: the two nets of a step
     work at once, each net's arithmetic as on one thread."""
     return list(_net_pool().map(fn, items))
 
@@ -269,7 +271,7 @@ def _resume(trainer: Trainer, out_dir) -> tuple[int, list[dict], list[dict]]:
 def _batches(cfg: Config, data, start: int, device: torch.device, info: DistInfo):
     shard = dict(start=start, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                  rank=info.rank, world_size=info.world_size)
-    if cfg.method == "supervised":
+    if not registry.method(cfg.method).unlabeled:
         return supervised_batches(data.labeled, cfg.batch_size, cfg.iterations, cfg.seed, **shard)
     return semi_supervised_batches(data.labeled, data.unlabeled, cfg.batch_size, cfg.unlabeled_batch_size,
                                    cfg.iterations, cfg.seed, pairs=cfg.cutmix_boxes > 0, **shard)
@@ -366,7 +368,7 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
     cfg, device = trainer.cfg, trainer.device
     curve = [] if curve is None else curve
     board = board or NoBoard()
-    step_fn = METHOD_STEPS[cfg.method]
+    step_fn = registry.method(cfg.method).step
     reduce = all_reduce_sum if info.enabled else None
     log = _Log(cfg, history, history[-1]["seconds"] if history else 0.0)
     bad_it = torch.tensor(-1, device=device)
@@ -564,9 +566,9 @@ def _branch_metrics(cfg: Config, models, data, progress: bool, leave: bool = Tru
 def _metrics(cfg: Config, res: dict) -> dict:
     per_class = [None if math.isnan(v) else v for v in res["per_class_iou"]]
     m = {"miou": res["miou"], "per_class_iou": per_class, "pixel_acc": res["pixel_acc"]}
-    if cfg.dataset == "digits":
-        fg = [v for v in per_class[1:] if v is not None]
-        m["digit_miou"] = sum(fg) / len(fg) if fg else float("nan")
+    extra = registry.dataset(cfg.dataset).metrics
+    if extra is not None:
+        m.update(extra(per_class))
     if not math.isfinite(m["miou"]):
         raise KitError("evaluation gave a non-finite mIoU: the validation set has no labeled pixels")
     return m

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import files
+from .. import files, registry
 from ..config import make_config
 from ..constants import ALL_LABELED, RESULTS_DIR, results_here
 from ..data.splits import parse_labeled
@@ -236,7 +236,7 @@ def run_grid(grid: dict | list[dict], out_dir, preset: str = "smoke", overrides:
         if runs.is_finished(run_dir):
             say(f"{tag}: done before, skipped")
             continue
-        snaps = tuple(runs.stage_iterations(cfg, stages)) if stages and cfg.method != "supervised" else ()
+        snaps = tuple(runs.stage_iterations(cfg, stages)) if stages and registry.method(cfg.method).nets == 2 else ()
         keep = keep_checkpoints if isinstance(keep_checkpoints, bool) else variant in keep_checkpoints
         todo.append((tag, (cfg, run_dir, keep, progress, snaps)))
     if jobs == 1 or len(todo) <= 1:
@@ -340,7 +340,7 @@ def _run_parallel(todo: list, out: Path, jobs: int, threads: int | None, progres
     say(f"{len(todo)} runs in {jobs} worker processes, {threads} torch thread(s) each")
     # Longest first (two-net runs cost about 2-3x a supervised one), so no worker idles at the end
     # while another trains a long run alone. Results do not depend on the order.
-    todo = sorted(todo, key=lambda item: item[1][0].method == "supervised")
+    todo = sorted(todo, key=lambda item: -registry.method(item[1][0].method).nets)
     for tag, (cfg, run_dir, *_) in todo:
         say(f"{tag}: queued to {'resume' if runs.has_checkpoint(run_dir) else 'train'} ({cfg.iterations} iterations)")
     by_tag = dict(todo)

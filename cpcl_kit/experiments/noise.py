@@ -173,9 +173,9 @@ def for_config(cfg, folder=RESULTS_DIR) -> NoiseTable | None:
     """The noise table that holds for a run of ``cfg``: its preset's (``for_preset``) when it trains
     on the data the tables were measured on, the embedded digit scenes; None for any other data set
     (a floor measured on digits says nothing of how much the float order moves a run on yours)."""
-    from ..config import PRESETS
+    from ..config import PRESETS, preset_value
 
-    if cfg.preset not in PRESETS or cfg.dataset != "digits" or cfg.data_root:
+    if cfg.preset not in PRESETS or cfg.dataset != preset_value(cfg.preset, "dataset") or cfg.data_root:
         return None
     return for_preset(cfg.preset, folder)
 

@@ -1,10 +1,11 @@
 """The methods: one step function each, from a batch to the loss (docs/method.md §2–§5).
 
-A step function ``step(nets, batch, cfg, lam, gen, all_reduce=None) -> StepOut`` computes one
-iteration's loss; the training loop (``train``) owns everything around it (optimizers, lr, AMP,
-logging). ``supervised`` trains one net on labeled images; ``cps`` and ``cpcl`` train two nets
-that teach each other on CutMix-mixed unlabeled images. ``label_stats`` summarises a step's pseudo
-labels for the history.
+A step ``step(nets, batch, cfg, lam, gen, all_reduce=None, par=each) -> StepOut`` computes one
+iteration's loss; the training loop (``engine.train``) owns everything around it (optimizers, lr,
+AMP, logging). Each is registered once (``registry.register_method``): ``supervised`` trains one net
+on labeled images; ``cps`` and ``cpcl`` train two nets that teach each other on the unlabeled
+images. ``cpcl_step`` reads as the paper's algorithm; the recipe's switchable parts are ``variants``.
+``label_stats`` summarises a step's pseudo labels for the history.
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .. import registry
 from ..config import Config
 from ..constants import IGNORE_INDEX as IGNORE
-from ..data.outlines import boundary_band
-from .cpcl import agreement, cutmix_box_masks, mix, pseudo_supervision, weighted_ce
-from .perturb import outside, random_affine, warp, warp_labels
-
-# Cityscapes OHEM class weights (docs/method.md §5), in trainId order.
-CITYSCAPES_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023,
-                      0.9539, 0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
-
+from ..deviations import CPS_OWN_RECIPE
+from .cpcl import PseudoLabels, agreement, pseudo_supervision, weighted_ce
+from .variants import cutmix, each, teachers, void_band, warp_view, without
 
 
 def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min_kept: int = 50000,
@@ -48,112 +45,35 @@ def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min
 class StepOut:
     loss: torch.Tensor
     parts: dict = field(default_factory=dict)  # scalar tensors, detached
-    labels: object | None = None                # PseudoLabels of the step, for analysis
-    mixed_truth: torch.Tensor | None = None     # true masks of the mixed image (analysis only)
+    labels: PseudoLabels | None = None          # the step's pseudo labels, for analysis
+    mixed_truth: torch.Tensor | None = None     # true masks of the students' image (analysis only)
     # Each net's own share of ``loss`` (its terms alone), so that each net can run its backward on
     # its own thread: the nets' graphs are disjoint, so each gets the gradients ``loss`` would give.
     per_net: tuple | None = None
 
 
-def each(fn, items) -> list:
-    """``[fn(x) for x in items]``: how a step applies the same work to each net. The CPU trainer
-    passes a map over two threads instead (``par``), one net per thread."""
-    return [fn(x) for x in items]
-
-
-_CLASS_WEIGHTS: dict = {}  # device -> the Cityscapes weights there, copied once per process
-
-
-def _cityscapes_weights(device: torch.device) -> torch.Tensor:
-    w = _CLASS_WEIGHTS.get(device)
-    if w is None:
-        w = _CLASS_WEIGHTS[device] = torch.tensor(CITYSCAPES_WEIGHTS).to(device, non_blocking=True)
-    return w
+_CLASS_WEIGHTS: dict = {}  # (data set, device) -> its OHEM class weights there, copied once per process
 
 
 def sup_loss(cfg: Config, logits, target):
+    """The supervised loss of the recipe: CE, or OHEM CE with the data set's class weights."""
     if cfg.sup_loss == "ohem":
-        w = _cityscapes_weights(logits.device) if cfg.dataset == "cityscapes" else None
-        return ohem_ce(logits, target, weight=w)
+        weights = registry.dataset(cfg.dataset).class_weights
+        key = (cfg.dataset, logits.device)
+        if weights is not None and key not in _CLASS_WEIGHTS:
+            _CLASS_WEIGHTS[key] = torch.tensor(weights).to(logits.device, non_blocking=True)
+        return ohem_ce(logits, target, weight=_CLASS_WEIGHTS.get(key))
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
 
 
-def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
-                    all_reduce=None, par=each) -> StepOut:
-    (net,) = nets
-    loss = sup_loss(cfg, net(batch.x_l), batch.y_l)
-    return StepOut(loss, {"sup1": loss.detach()}, per_net=(loss,))
-
-
-def _teachers(nets, batch, mask, bn: str = "train", par=each):
-    """Mixed teacher logits of both nets, without gradients; u0's own logits when ``mask`` is None
-    (no CutMix: nothing to mix, so u1 is neither loaded nor predicted).
-
-    ``bn="train"`` (official): BatchNorm in train mode, one pass per net and image batch (four with
-    CutMix), not one concatenated pass: batching u0 with u1 would change the batch statistics, and
-    therefore the logits, of both.
-    ``bn="eval"``: BatchNorm uses its running statistics, so each net predicts u0 and u1 in one pass
-    and a teacher's label of an image does not depend on the images batched with it."""
-    images = [batch.u0] if mask is None else [batch.u0, batch.u1]
-
-    @torch.no_grad()  # inside: grad mode is per thread
-    def teach(net):
-        if bn == "train":
-            logits = [net(u) for u in images]
-        else:
-            net.eval()
-            logits = net(torch.cat(images)).chunk(len(images))
-            net.train()
-        return logits[0] if mask is None else mix(*logits, mask)
-
-    return par(teach, nets)
-
-
-def _cutmix(batch, gen, boxes: int):
-    """(mask float [Bu,1,H,W] or None, the student's image, the true masks on it or None).
-
-    boxes=0 (not the official recipe): no mixing, mask None, the student sees u0 and u0's pseudo
-    label. A digit's identity is its whole shape, so a box can hand the student fragments it cannot
-    name."""
-    if boxes == 0:
-        return None, batch.u0, batch.u0_mask
-    b, _, h, w = batch.u0.shape
-    mask = cutmix_box_masks(b, (h, w), n_boxes=boxes, generator=gen, device=batch.u0.device)
-    truth = mix(batch.u0_mask, batch.u1_mask, mask) if batch.u0_mask is not None else None
-    return mask, mix(batch.u0, batch.u1, mask), truth
-
-
-def _student_view(cfg: Config, gen, u_mix, teachers, truth):
-    """What the student sees, with its teachers' logits and the true masks on the same pixels.
-
-    ``student_aug="none"`` (official): the mixed image itself, no pixel void. ``"affine"`` (not in the
-    recipe; ``perturb``): the mixed image warped by a random rotation, scale and shift, the teachers'
-    mixed logits warped alike, so each pseudo label names the pixel the student sees; ``void`` marks
-    the pixels warped in from outside the scene, which get no pseudo label."""
-    if cfg.student_aug == "none":
-        return _layout(cfg, u_mix), teachers, truth, None
-    # Drawn on the CPU generator; six numbers per image go to the device without a host wait.
-    theta = random_affine(u_mix.shape[0], generator=gen).to(u_mix.device, non_blocking=True)
-    off = outside(theta, u_mix.shape[-2:], u_mix.device)
-    # Border padding gives every pixel a teacher argmax; those outside are voided in the targets.
-    teachers = [warp(t, theta, padding="border") for t in teachers]
-    truth = warp_labels(truth, theta, off) if truth is not None else None
-    return _layout(cfg, warp(u_mix, theta)), teachers, truth, off
-
-
-def _layout(cfg: Config, x: torch.Tensor) -> torch.Tensor:
-    """The student's image in the nets' memory layout (channels_last when they are)."""
-    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-
-
-def _void(void, *targets):
-    """``targets`` with IGNORE where ``void`` (bool [B, H, W]) is True; unchanged when it is None."""
-    return targets if void is None else tuple(t.masked_fill(void, IGNORE) for t in targets)
+def supervised_losses(nets, batch, cfg: Config, par=each) -> list:
+    """Each net's supervised loss on the labeled batch (the first half of every method)."""
+    return par(lambda net: sup_loss(cfg, net(batch.x_l), batch.y_l), nets)
 
 
 @dataclass
-class Pseudo:
-    """One step's pseudo-supervision on the unlabeled batch, as the students get it.
+class StudentBatch:
+    """One step's unlabeled batch as the students get it.
 
     image float [Bu,3,H,W]: what the students see (u0, CutMix-mixed with u1 and/or warped, per the
     recipe); labels: the teachers' ``PseudoLabels`` on the same pixels; truth int64 [Bu,H,W] or None:
@@ -162,93 +82,96 @@ class Pseudo:
     mask float [Bu,1,H,W] or None: the CutMix mask (1: the pixel comes from u1)."""
 
     image: torch.Tensor
-    labels: object
+    labels: PseudoLabels
     truth: torch.Tensor | None
     void: torch.Tensor | None
     mask: torch.Tensor | None
 
 
-def pseudo_labels(nets, batch, cfg: Config, gen: torch.Generator, all_reduce=None, par=each) -> Pseudo:
+def pseudo_labels(nets, batch, cfg: Config, gen: torch.Generator, all_reduce=None, par=each) -> StudentBatch:
     """The students' view of ``batch`` and the teachers' pseudo labels on it: the one function behind
     the CPS and CPCL steps and every notebook figure of pseudo labels (``analysis``).
 
     Draws from ``gen`` in a fixed order (CutMix boxes, then the affine warp), so the same generator
     state gives the same view. CPS takes only the hard labels y1, y2 (no weights); CPCL builds the
     intersection and union labels by ``cfg.union_rule`` with the weights ``cfg.reweight`` asks for."""
-    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
-    teachers = _teachers(nets, batch, mask, cfg.teacher_bn, par)
-    image, (t1, t2), truth, off = _student_view(cfg, gen, u_mix, teachers, truth)
+    # CutMix: boxes of u1 pasted into u0; the teachers predict u0 and u1, their logits mixed alike.
+    mask, image, truth = cutmix(batch, gen, cfg.cutmix_boxes)
+    t1, t2 = teachers(nets, batch, mask, cfg.teacher_bn, par)
+    image, (t1, t2), truth, void = warp_view(cfg, gen, image, (t1, t2), truth)
     if cfg.method == "cps":
         labels = pseudo_supervision(t1, t2, reweight=False)
     else:
         labels = pseudo_supervision(t1, t2, union_rule=cfg.union_rule, reweight=cfg.reweight,
                                     weight_scope=cfg.weight_scope, all_reduce=all_reduce)
-    void = off
-    if cfg.pseudo_void_band:
-        band = boundary_band(labels.y1, cfg.pseudo_void_band) | boundary_band(labels.y2, cfg.pseudo_void_band)
-        void = band if void is None else void | band
-    return Pseudo(image, labels, truth, void, mask)
+    void = void_band(cfg, labels.y1, labels.y2, void)
+    if cfg.channels_last:  # the nets' memory layout
+        image = image.contiguous(memory_format=torch.channels_last)
+    return StudentBatch(image, labels, truth, void, mask)
 
 
-def student_view(cfg: Config, batch, gen: torch.Generator):
-    """(image [Bu,3,H,W], truth [Bu,H,W] or None, void [Bu,H,W] or None, CutMix mask or None): the
-    students' view of ``batch`` alone, without teachers -- the same draws as ``pseudo_labels``."""
-    mask, u_mix, truth = _cutmix(batch, gen, cfg.cutmix_boxes)
-    image, _, truth, off = _student_view(cfg, gen, u_mix, [], truth)
-    return image, truth, off, mask
+@registry.register_method("supervised", nets=1, unlabeled=False, paper_note=lambda cfg: (
+    "supervised baseline: one net with the same recipe on the labeled stream only; the CPCL repository "
+    "ships no baseline script (CPS's docs/getting_started.md trains its baseline with batch 8 for the "
+    "same iterations)"))
+def supervised_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
+                    all_reduce=None, par=each) -> StepOut:
+    """One net, cross-entropy on the labeled batch."""
+    (loss,) = supervised_losses(nets, batch, cfg, par)
+    return StepOut(loss, {"sup1": loss.detach()}, per_net=(loss,))
 
 
-def describe_student_view(cfg: Config) -> str:
-    """The students' view of ``cfg``'s recipe in words, for figures and notebooks."""
-    mixing = (f"CutMix: {cfg.cutmix_boxes} box{'es' if cfg.cutmix_boxes > 1 else ''} of u1 pasted into u0"
-              if cfg.cutmix_boxes else "no CutMix")
-    warp = "then rotated, scaled and shifted (affine)" if cfg.student_aug == "affine" else "no warp"
-    if not cfg.cutmix_boxes and cfg.student_aug == "affine":
-        return "u0 rotated, scaled and shifted (affine warp), no CutMix"
-    return f"{mixing}, {warp}"
+def _cps_note(cfg: Config) -> str:
+    own = CPS_OWN_RECIPE[cfg.preset]
+    return ("CPS runs with CPCL's recipe (this preset), for a like-for-like comparison; the CPS repository's "
+            "own config (charlesCXK/TorchSemiSeg " + own["source"] + ") uses "
+            + "; ".join(f"{k} {v}" for k, v in own.items() if k != "source"))
 
 
+@registry.register_method("cps", nets=2, unlabeled=True, paper_note=_cps_note)
 def cps_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
              all_reduce=None, par=each) -> StepOut:
     """Cross pseudo supervision: each net learns from the other's hard label on the students' view."""
-    s1, s2 = par(lambda net: sup_loss(cfg, net(batch.x_l), batch.y_l), nets)
+    s1, s2 = supervised_losses(nets, batch, cfg, par)
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
     if lam == 0:
         return StepOut(s1 + s2, parts, per_net=(s1, s2))
     p = pseudo_labels(nets, batch, cfg, gen, par=par)
-    y1, y2 = _void(p.void, p.labels.y1, p.labels.y2)
-    u1, u2 = par(lambda k: weighted_ce(nets[k](p.image), (y2, y1)[k]), (0, 1))
-    parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, p.labels, p.truth, per_net=(s1 + lam * u1, s2 + lam * u2))
+    y1, y2 = without(p.void, p.labels.y1, p.labels.y2)
+    unsup1, unsup2 = par(lambda k: weighted_ce(nets[k](p.image), (y2, y1)[k]), (0, 1))
+    parts.update(unsup1=unsup1.detach(), unsup2=unsup2.detach())
+    return StepOut(s1 + s2 + lam * (unsup1 + unsup2), parts, p.labels, p.truth,
+                   per_net=(s1 + lam * unsup1, s2 + lam * unsup2))
 
 
+@registry.register_method("cpcl", nets=2, unlabeled=True)
 def cpcl_step(nets, batch, cfg: Config, lam: float, gen: torch.Generator,
               all_reduce=None, par=each) -> StepOut:
     """CPCL: net 1 learns the intersection label, net 2 the union label, each pixel's CE weighted by
     the teachers' confidence; L = CE1 + CE2 + λ(L_inter + L_union)."""
-    s1, s2 = par(lambda net: sup_loss(cfg, net(batch.x_l), batch.y_l), nets)
+    # 1. Supervised: each net's cross-entropy on the labeled batch.
+    s1, s2 = supervised_losses(nets, batch, cfg, par)
     parts = {"sup1": s1.detach(), "sup2": s2.detach()}
-    if lam == 0:  # supervised-only start (CPU presets): skip the teacher and student passes
+    if lam == 0:  # the supervised-only start of the CPU presets: no teacher or student pass
         return StepOut(s1 + s2, parts, per_net=(s1, s2))
+    # 2. Teachers: both nets label the students' view (CutMix of u0 and u1) without gradients, and
+    #    their two argmax maps give the intersection label, the union label and their weights.
     p = pseudo_labels(nets, batch, cfg, gen, all_reduce, par)
-    labels = p.labels
-    # weight_scope="batch" scales each mean CE by its mean weight; "pixel" (the official code)
-    # weights every pixel's CE. inter_norm: what the intersection loss is averaged over.
-    how = {"per_pixel": cfg.weight_scope == "pixel"}
-    inter, union = _void(p.void, labels.inter, labels.union)
-    target = {"inter": (inter, labels.w_inter, {**how, "normalise": cfg.inter_norm}),
-              "union": (union, labels.w_union, how)}
+    inter, union = without(p.void, p.labels.inter, p.labels.union)
+    # 3. Students: net 1 (conservative) learns the intersection, net 2 (progressive) the union, each
+    #    pixel's CE weighted by the teachers' confidence (``targets`` swaps the kinds in ablations).
+    target = {"inter": (inter, p.labels.w_inter, cfg.inter_norm), "union": (union, p.labels.w_union, "all")}
+    per_pixel = cfg.weight_scope == "pixel"  # "batch": each mean CE scaled by the mean weight
 
-    def loss(k):
-        label, weight, kw = target[cfg.targets[k]]
-        return weighted_ce(nets[k](p.image), label, weight, **kw)
+    def student_loss(k):
+        label, weight, normalise = target[cfg.targets[k]]
+        return weighted_ce(nets[k](p.image), label, weight, normalise=normalise, per_pixel=per_pixel)
 
-    u1, u2 = par(loss, (0, 1))
-    parts.update(unsup1=u1.detach(), unsup2=u2.detach())
-    return StepOut(s1 + s2 + lam * (u1 + u2), parts, labels, p.truth, per_net=(s1 + lam * u1, s2 + lam * u2))
-
-
-METHOD_STEPS = {"supervised": supervised_step, "cps": cps_step, "cpcl": cpcl_step}
+    unsup1, unsup2 = par(student_loss, (0, 1))
+    parts.update(unsup1=unsup1.detach(), unsup2=unsup2.detach())
+    # 4. L = CE1 + CE2 + λ (L_inter + L_union)
+    return StepOut(s1 + s2 + lam * (unsup1 + unsup2), parts, p.labels, p.truth,
+                   per_net=(s1 + lam * unsup1, s2 + lam * unsup2))
 
 
 def label_stats(labels, truth: torch.Tensor | None, num_classes: int) -> dict[str, torch.Tensor]:

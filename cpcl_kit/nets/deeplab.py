@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from .. import registry
 from ..config import DILATIONS
 from ..constants import imagenet_file
 from ..errors import KitError
@@ -387,7 +388,7 @@ def build_nets(cfg) -> list[DeepLabV3Plus]:
     or net 1's random draw copied) and their heads are consecutive random draws from one seeded stream.
     """
     torch.manual_seed(cfg.seed)
-    n = 1 if cfg.method == "supervised" else 2
+    n = registry.method(cfg.method).nets
     nets = [DeepLabV3Plus.from_config(cfg) for _ in range(n)]
     for other in nets[1:]:
         other.backbone.load_state_dict(nets[0].backbone.state_dict())

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import files
+from .. import files, registry
 from ..config import PRETRAIN_MAX_IMAGES, check_pretrain_memory, pretrain_images
 from ..constants import CACHE_ENV, PRETRAIN_SOURCES, cache_root
 from ..data import digits
@@ -545,7 +545,7 @@ def fingerprint(cfg, cache_dir: str | os.PathLike | None = None) -> dict:
     if weights is None or not Path(weights).is_file():
         return out
     out.update(file=Path(weights).name, sha256=sha256(weights))
-    if cfg.dataset == "digits":
+    if registry.dataset(cfg.dataset).backbone == NAMED_WEIGHTS:
         out["shipped"] = out["sha256"] in shipped_hashes()
     if cfg.backbone_weights == NAMED_WEIGHTS:
         out["scene_digit_acc"] = read_report(weights).get("scene_digit_acc")

@@ -20,6 +20,7 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
     net: any preset, no data), "digits" (it shows the embedded scenes: CPU presets only).
     ``dataset``: None keeps the preset's. ``fields``: config fields on top of the preset (e.g.
     method, labeled, seed)."""
+    from .. import registry
     from ..config import make_config
     from ..constants import PAPER_PRESETS
 
@@ -28,7 +29,8 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
     one_line_warnings()
     given = {**fields, **({"data_root": data_root} if data_root else {}), **({"dataset": dataset} if dataset else {})}
     cfg = make_config(preset, given)
-    if cfg.dataset == "digits":
+    entry = registry.dataset(cfg.dataset)
+    if entry.generated:
         if data_root:
             raise KitError(f"data_root: preset {preset!r} trains on the embedded digit scenes; data_root is "
                            f"for a paper preset (voc, cityscapes) or for dataset='folder' (your own data)")
@@ -38,9 +40,9 @@ def notebook_config(preset: str, data_root: str | None = None, allow_cpu: bool =
                        f"(smoke, demo, benchmark) without dataset")
     if needs == "run":
         if not data_root:
-            if cfg.dataset == "folder":
-                raise KitError(f"data_root: dataset 'folder' trains on a folder of your own; pass data_root=<it> "
-                               f"(images/, masks/, classes.txt)")
+            if cfg.preset not in PAPER_PRESETS:
+                raise KitError(f"data_root: dataset {cfg.dataset!r} trains on files of your own; pass "
+                               f"data_root=<their folder> ({entry.about})")
             raise KitError(f"preset {preset!r} is the paper experiment on {cfg.dataset}: pass data_root=<the "
                            f"{cfg.dataset} folder> (nothing is downloaded), or use a CPU preset (smoke, demo, "
                            f"benchmark) for the embedded digit scenes")
@@ -81,7 +83,7 @@ def minutes_estimate(cfg) -> str:
 
     summary = prepared.committed()
     measured = (summary or {}).get(cfg.method)
-    if cfg.dataset != "digits" or not measured or not measured.get("seconds"):
+    if not measured or not measured.get("seconds") or cfg.dataset != make_config(summary["preset"]).dataset:
         return "no measured time for this data set and method"
     per_iteration = sum(measured["seconds"]) / len(measured["seconds"]) / make_config(summary["preset"]).iterations
     seconds = per_iteration * cfg.iterations
@@ -132,7 +134,7 @@ def open_shared_run(preset: str, out_dir, seed: int = 0, data_root: str | None =
         print(f"preset {BEST!r}: the prepared run set's CPCL run if it is here, else the {BEST_FALLBACK!r} run")
         preset, use_prepared = BEST_FALLBACK, True
     cfg = notebook_config(preset, data_root, allow_cpu, method="cpcl", seed=seed, dataset=dataset)
-    shows_prepared = use_prepared and preset in prepared.SHOWN_FOR and cfg.dataset == "digits"
+    shows_prepared = use_prepared and preset in prepared.SHOWN_FOR and not cfg.data_root
     found = prepared.find(prepared.PRESET, seed) if shows_prepared else None
     if found:
         run = prepared.load({"cpcl": found["cpcl"]})["cpcl"]
