@@ -562,10 +562,10 @@ def child_sync(work: Path, cpu: bool) -> dict:
     method, under sync debug mode "error" on CUDA (any host synchronisation raises)."""
     import torch
 
-    from cpcl_kit.config import make_config
-    from cpcl_kit.data.loaders import Batch
-    from cpcl_kit.engine.train import Trainer, batch_to
     from cpcl_kit import registry
+    from cpcl_kit.config import make_config
+    from cpcl_kit.engine.synthetic import synthetic_batch
+    from cpcl_kit.engine.train import Trainer
 
     s = SIZES["cpu" if cpu else "gpu"]
     device = torch.device("cpu" if cpu else "cuda", None if cpu else 0)
@@ -574,11 +574,8 @@ def child_sync(work: Path, cpu: bool) -> dict:
         cfg = make_config("voc", method=method, backbone=s["backbone"], backbone_weights="none", crop=s["crop"],
                           batch_size=s["batch"], unlabeled_batch_size=s["batch"], head_channels=s["head"],
                           device=str(device))
-        g = torch.Generator().manual_seed(0)
-        x = [torch.randn(cfg.batch_size, 3, cfg.crop, cfg.crop, generator=g) for _ in range(3)]
-        y = torch.randint(0, cfg.num_classes, (cfg.batch_size, cfg.crop, cfg.crop), generator=g)
         trainer = Trainer.create(cfg, device)
-        batch = batch_to(Batch(x[0], y, x[1], None, x[2], None), device)
+        batch = synthetic_batch(cfg, device)
         try:
             trainer.step(registry.method(method).step, batch, 0, lam=1.0)
             if not cpu:

@@ -523,9 +523,9 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, key)
         if value is not None and not all(limit.holds(v) for v in (value if isinstance(value, tuple) else [value])):
             raise KitError(f"{key}: expected {limit.expected()}, got {_shown(value)}")
-    choices = {**CHOICES, "preset": tuple(PRESETS), "method": registry.method_names(),
-               "dataset": registry.dataset_names()}
-    for key, valid in choices.items():
+    registry.method(cfg.method)  # an unknown name: a KitError listing the registered ones
+    registry.dataset(cfg.dataset)
+    for key, valid in {**CHOICES, "preset": tuple(PRESETS)}.items():
         if getattr(cfg, key) not in valid:
             if key == "targets":
                 raise KitError(f"targets: expected {' / '.join(','.join(t) for t in TARGET_PAIRS)}, "

@@ -88,6 +88,7 @@ class MethodEntry:
 _DATASETS: dict[str, DatasetEntry] = {}
 _METHODS: dict[str, MethodEntry] = {}
 _loaded = False
+_OWN = " (one of your own: load its file first, --plugin FILE or registry.load_plugin)"
 
 
 def _load() -> None:
@@ -137,7 +138,7 @@ def dataset(name: str) -> DatasetEntry:
     """The entry of data set ``name``; a KitError naming the known ones when there is none."""
     _load()
     if name not in _DATASETS:
-        raise KitError(f"dataset: unknown value {name!r}, expected one of {', '.join(_DATASETS)}")
+        raise KitError(f"dataset: unknown value {name!r}, expected one of {', '.join(_DATASETS)}{_OWN}")
     return _DATASETS[name]
 
 
@@ -145,7 +146,7 @@ def method(name: str) -> MethodEntry:
     """The entry of method ``name``; a KitError naming the known ones when there is none."""
     _load()
     if name not in _METHODS:
-        raise KitError(f"method: unknown value {name!r}, expected one of {', '.join(_METHODS)}")
+        raise KitError(f"method: unknown value {name!r}, expected one of {', '.join(_METHODS)}{_OWN}")
     return _METHODS[name]
 
 

@@ -4,13 +4,13 @@ GPU) a whole training step without a host synchronisation. The CUDA-only tests s
 import pytest
 import torch
 
+from cpcl_kit import registry
 from cpcl_kit.config import make_config
-from cpcl_kit.data.loaders import Batch
 from cpcl_kit.engine import checkpoint
-from cpcl_kit.engine.train import Trainer, amp_dtype, batch_to, pick_device
+from cpcl_kit.engine.synthetic import synthetic_batch
+from cpcl_kit.engine.train import Trainer, amp_dtype, pick_device
 from cpcl_kit.errors import KitError
 from cpcl_kit.method.cpcl import cutmix_box_masks
-from cpcl_kit import registry
 from cpcl_kit.method.steps import ohem_ce
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -79,14 +79,6 @@ def tiny_config(method="cpcl", device="cpu", **over):
     return make_config("voc", **{**base, **over})
 
 
-def random_batch(cfg, device):
-    g = torch.Generator().manual_seed(0)
-    b, s = cfg.batch_size, cfg.crop
-    x = [torch.randn(b, 3, s, s, generator=g) for _ in range(3)]
-    y = torch.randint(0, cfg.num_classes, (b, s, s), generator=g)
-    return batch_to(Batch(x_l=x[0], y_l=y, u0=x[1], u1=x[2]), device, cfg.channels_last)
-
-
 VARIANTS = {  # the paper recipe, the CPU presets' student view, and Cityscapes' OHEM loss
     "paper": {},
     "affine_no_cutmix": dict(cutmix_boxes=0, student_aug="affine", teacher_bn="eval"),
@@ -97,7 +89,7 @@ VARIANTS = {  # the paper recipe, the CPU presets' student view, and Cityscapes'
 
 def _steps(cfg, device, n, sync_mode=None):
     trainer = Trainer.create(cfg, device)
-    batch = random_batch(cfg, device)
+    batch = synthetic_batch(cfg, device)
     step = registry.method(cfg.method).step
     bad = torch.tensor(-1, device=device)
     trainer.step(step, batch, 0, lam=1.0)  # first call: lazy CUDA and cuDNN set-up may synchronise
@@ -151,7 +143,7 @@ def test_channels_last_reaches_every_image_the_nets_see(aug):
     from cpcl_kit.nets.deeplab import build_nets
 
     cfg = tiny_config("cpcl", channels_last=True, student_aug=aug)
-    batch = random_batch(cfg, torch.device("cpu"))
+    batch = synthetic_batch(cfg, torch.device("cpu"))
     for name in ("x_l", "u0", "u1"):
         assert getattr(batch, name).is_contiguous(memory_format=torch.channels_last), name
     nets = [net.to(memory_format=torch.channels_last) for net in build_nets(cfg)]
