@@ -44,12 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout without installing the kit
     sys.path.insert(0, str(ROOT))
 
-from cpcl_kit.config import Config, make_config  # noqa: E402
 from cpcl_kit import registry  # noqa: E402
+from cpcl_kit.config import make_config  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE  # noqa: E402
 from cpcl_kit.data.loaders import Batch  # noqa: E402
-from cpcl_kit.engine.synthetic import (images_per_step, peak_rss_mib, synthetic_batch, sync, time_steps,  # noqa: E402,F401
-                                timed)
+from cpcl_kit.engine.synthetic import images_per_step, peak_rss_mib, synthetic_batch, time_steps, timed  # noqa: E402
 from cpcl_kit.engine.train import Trainer, batch_to, pick_device  # noqa: E402
 from cpcl_kit.files import machine, write_json  # noqa: E402
 from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
@@ -166,9 +165,6 @@ def device_slug(device: torch.device) -> str:
 # timing helpers
 
 
-_sync, timed = sync, timed  # the kit's (synthetic.py): wall and CPU seconds, synchronised on CUDA
-
-
 def ratio_clock(device: torch.device) -> str:
     """The clock the ratios (goals) use: process CPU time on the CPU, where it is robust to other
     jobs competing for the cores (a wall-clock ratio of two noisy medians is not); wall time on CUDA."""
@@ -179,41 +175,23 @@ def _median(timings, clock: str) -> float:
     return statistics.median(t[0 if clock == "wall" else 1] for t in timings)
 
 
-def _rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB."""
-    return peak_rss_mib()
-
-
 # ------------------------------------------------------------------------------------------------
 # training steps
-
-
-def _amp_setting(on: bool):
-    """The config's value for autocast on/off: ``amp`` is a bool in older configs, a string
-    ("auto"/"off") in newer ones."""
-    default = Config.__dataclass_fields__["amp"].default
-    if isinstance(default, str):
-        return "auto" if on else "off"
-    return bool(on)
 
 
 def bench_config(args, method: str, device: torch.device, amp: bool | None = None):
     """The Config of one measurement: paper-layout nets at the benchmark's sizes; ``amp`` None
     follows ``--no-amp`` (autocast as the training loop by default, which is fp32 on the CPU)."""
-    dataset = {21: "voc", 19: "cityscapes", 11: "digits"}.get(args.classes)
+    counts = {registry.dataset(d).num_classes: d for d in registry.dataset_names() if registry.dataset(d).classes}
+    dataset = counts.get(args.classes)
     if dataset is None:
-        raise SystemExit(f"--classes: expected 21 (VOC), 19 (Cityscapes) or 11 (digits), got {args.classes}")
+        raise SystemExit(f"--classes: expected the class count of a data set ({', '.join(map(str, counts))}), "
+                         f"got {args.classes}")
     return make_config("voc", method=method, dataset=dataset, backbone=args.backbone,
                        output_stride=args.output_stride, head_channels=args.head_channels,
                        crop=args.crop, batch_size=args.batch, unlabeled_batch_size=args.batch,
-                       device=str(device), amp=_amp_setting(args.amp if amp is None else amp),
+                       device=str(device), amp="auto" if (args.amp if amp is None else amp) else "off",
                        channels_last=args.channels_last, sup_loss="ce")
-
-
-def random_batch(cfg, device: torch.device, seed: int = 0) -> Batch:
-    """Random images and labels of the config's sizes (labeled x_l/y_l, unlabeled u0/u1): the kit's
-    ``synthetic.synthetic_batch``, which ``doctor`` times too."""
-    return synthetic_batch(cfg, device, seed)
 
 
 def new_trainer(cfg, device: torch.device) -> Trainer:
@@ -232,11 +210,11 @@ def measure_training(method: str, args, device: torch.device, amp: bool | None =
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        base = _rss_mib()
+        base = peak_rss_mib()
     trainer = new_trainer(cfg, device)
     if getattr(args, "compile", False):
         trainer.models = [torch.compile(m, backend=args.compile) for m in trainer.models]
-    batch = random_batch(cfg, device)
+    batch = synthetic_batch(cfg, device)
     # the full semi-supervised step (lambda = unsup_weight > 0), as doctor times it
     timing = time_steps(trainer, registry.method(method).step, batch, args.steps, args.warmup)
     res = {"method": method, "amp": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32",
@@ -247,7 +225,7 @@ def measure_training(method: str, args, device: torch.device, amp: bool | None =
         res["peak_mem_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         res["mem_kind"] = "torch.cuda.max_memory_allocated"
     else:
-        peak = _rss_mib()
+        peak = peak_rss_mib()
         res["peak_mem_mib"] = peak - base
         res["peak_rss_mib"] = peak
         res["mem_kind"] = ("ru_maxrss growth, fresh process" if getattr(args, "child_method", None)
@@ -301,7 +279,7 @@ def measure_overhead(args, device: torch.device) -> dict:
     """Median seconds of interleaved (bare, CPCL) steps on the same nets and batch, and their ratio."""
     cfg = bench_config(args, "cpcl", device)
     trainer = new_trainer(cfg, device)
-    batch = random_batch(cfg, device)
+    batch = synthetic_batch(cfg, device)
     g = torch.Generator().manual_seed(1)
     u_mix = batch.u0.clone()
     target = torch.randint(0, cfg.num_classes, batch.y_l.shape, generator=g).to(device)

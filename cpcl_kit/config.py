@@ -83,20 +83,22 @@ class Config:
     weight_decay: float = 1e-4
     warmup_iters: int = 0              # linear lr warm-up before the poly decay
     poly_power: float = 0.9
-    # semi-supervised loss
+    # semi-supervised loss: the paper's settings
+    sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     unsup_weight: float = 1.0          # lambda
-    sup_only_iters: int = 0            # unsupervised loss off for the first N iterations
-    rampup_iters: int = 0              # then lambda ramps linearly from 0 over N iterations
+    cutmix_boxes: int = 3              # CutMix boxes per unlabeled image (official 3; 0: no mixing, the student sees u0)
     union_rule: str = "disagreement"   # or "confidence" (ablation)
     reweight: bool = True              # False: every pixel weight 1 (ablation)
-    weight_scope: str = "pixel"        # "batch": the first release's one confidence per batch (WEIGHT_SCOPES)
-    inter_norm: str = "all"            # "labeled": intersection loss averaged over labeled pixels (first release)
     targets: tuple[str, str] = ("inter", "union")  # labels for (net 1, net 2)
+    # ... and the switches the paper does not have, each off (the official value) by default: the CPU
+    # presets' recipe and the ablations (method/variants.py; deviations.DEVIATIONS says why)
+    sup_only_iters: int = 0            # unsupervised loss off for the first N iterations
+    rampup_iters: int = 0              # then lambda ramps linearly from 0 over N iterations
+    weight_scope: str = "pixel"        # "batch": one confidence per teacher and batch (WEIGHT_SCOPES)
+    inter_norm: str = "all"            # "labeled": intersection loss averaged over labeled pixels
     teacher_bn: str = "train"          # "eval": teachers predict with BatchNorm's running statistics
-    pseudo_void_band: int = 0          # px without pseudo label on each side of either teacher's outlines (0: official)
-    cutmix_boxes: int = 3              # CutMix boxes per unlabeled image (official 3; 0: no mixing, the student sees u0)
+    pseudo_void_band: int = 0          # px without pseudo label on each side of either teacher's outlines
     student_aug: str = "none"          # "affine": the student sees the mixed image warped (STUDENT_AUGS)
-    sup_loss: str = "ce"               # "ce" or "ohem" (Cityscapes)
     # evaluation
     eval_crop: int | None = 512        # sliding window of this size; None: the whole image at once
     eval_stride: float = 2 / 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -150,6 +151,14 @@ def train_transform(
 def val_transform() -> JointTransform:
     """No augmentation: uint8 -> float32 in [0,1] -> ImageNet-normalised; mask unchanged (int64)."""
     return JointTransform(v2.Compose(_to_float_normalised()))
+
+
+def display_image(x) -> np.ndarray:
+    """What ``imshow`` shows of an image: a [3,H,W] tensor as the kit's transforms give it
+    (ImageNet-normalised) -> [H,W,3] floats in [0, 1]; an [H,W,3] array as it is."""
+    if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == 3:
+        return denormalize(x.detach().float().cpu()).permute(1, 2, 0).numpy()
+    return np.asarray(x)
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:

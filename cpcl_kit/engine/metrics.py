@@ -12,6 +12,7 @@ import torch
 
 from ..constants import IGNORE_INDEX
 from ..errors import KitError
+from ..method.cpcl import check_labels, check_num_classes, check_same_shape, confusion_between
 
 __all__ = ["confusion_matrix", "iou_from_confusion", "pixel_accuracy"]
 
@@ -25,29 +26,20 @@ def confusion_matrix(
     ``ignore_index`` or lies outside [0, C) are skipped. A prediction outside [0, C) at a counted
     pixel is an error (KitError); checking it reads one flag back from the device.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise KitError(f"num_classes: expected an int >= 1, got {num_classes!r}")
-    for name, t in (("pred", pred), ("target", target)):
-        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
-            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-            raise KitError(f"{name}: expected an integer label tensor, got {got}")
-    if pred.shape != target.shape:
-        raise KitError(
-            f"pred/target: expected equal shapes, got {tuple(pred.shape)} and {tuple(target.shape)}"
-        )
-    c = num_classes
+    c = check_num_classes(num_classes)
+    check_labels("pred", pred)
+    check_labels("target", target)
+    check_same_shape("pred", pred, "target", target)
     t = target.reshape(-1).long()
     p = pred.reshape(-1).long().to(t.device)
     valid = (t >= 0) & (t < c) & (t != ignore_index)
     bad_pred = valid & ((p < 0) | (p >= c))
     if bool(bad_pred.any()):
         raise KitError(f"pred: expected class ids in [0, {c}) at counted pixels")
-    # Skipped pixels go to an extra bin that is dropped, instead of boolean indexing (which would
-    # need the count of valid pixels on the host).
-    index = torch.where(valid, t * c + p, torch.full_like(t, c * c))
-    ones = torch.ones((), dtype=torch.long, device=t.device).expand_as(index)
-    counts = torch.zeros(c * c + 1, dtype=torch.long, device=t.device).scatter_add_(0, index, ones)
-    return counts[: c * c].view(c, c)
+    # Skipped pixels are counted as an extra class c and dropped, instead of boolean indexing
+    # (which would need the count of valid pixels on the host).
+    extra = torch.full_like(t, c)
+    return confusion_between(torch.where(valid, t, extra), torch.where(valid, p, extra), c + 1)[:c, :c]
 
 
 def _check_cm(cm) -> torch.Tensor:

@@ -19,6 +19,9 @@ from ..errors import KitError
 
 __all__ = [
     "PseudoLabels",
+    "check_labels",
+    "check_num_classes",
+    "check_same_shape",
     "UNION_RULES",
     "agreement",
     "class_disagreement",
@@ -32,22 +35,23 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# argument checks (shapes and dtypes only: metadata, so no host synchronisation)
+# argument checks (shapes and dtypes only: metadata, so no host synchronisation); the metrics use
+# them too
 
 
-def _check_num_classes(num_classes) -> int:
+def check_num_classes(num_classes) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise KitError(f"num_classes: expected an int >= 1, got {num_classes!r}")
     return num_classes
 
 
-def _check_labels(name: str, y: torch.Tensor) -> None:
+def check_labels(name: str, y: torch.Tensor) -> None:
     if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
         got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
         raise KitError(f"{name}: expected an integer label tensor, got {got}")
 
 
-def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise KitError(
             f"{name_a}/{name_b}: expected equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}"
@@ -76,10 +80,10 @@ def confusion_between(y1: torch.Tensor, y2: torch.Tensor, num_classes: int) -> t
     are not checked (that would need a host round trip) -- argmax labels always satisfy it.
     No +1 on the diagonal here (see ``class_disagreement``).
     """
-    c = _check_num_classes(num_classes)
-    _check_labels("y1", y1)
-    _check_labels("y2", y2)
-    _check_same_shape("y1", y1, "y2", y2)
+    c = check_num_classes(num_classes)
+    check_labels("y1", y1)
+    check_labels("y2", y2)
+    check_same_shape("y1", y1, "y2", y2)
     index = y1.reshape(-1).long() * c + y2.reshape(-1).long()
     return _count(index, c * c).view(c, c)
 
@@ -115,7 +119,7 @@ def class_disagreement(y1: torch.Tensor, y2: torch.Tensor, num_classes: int,
 
 def agreement(y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
     """Fraction of positions where y1 == y2: 0-dim float32 tensor on the labels' device."""
-    _check_same_shape("y1", y1, "y2", y2)
+    check_same_shape("y1", y1, "y2", y2)
     return (y1 == y2).float().mean()
 
 
@@ -201,7 +205,7 @@ def mix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Integer label maps [B, H, W]: ``torch.where(M[:, 0] != 0, b, a)``. The mask is moved to a's
     device.
     """
-    _check_same_shape("a", a, "b", b)
+    check_same_shape("a", a, "b", b)
     if mask.dim() != 4 or mask.shape[1] != 1:
         raise KitError(f"mask: expected shape [B, 1, H, W], got {tuple(mask.shape)}")
     mask = mask.to(a.device)
@@ -284,7 +288,7 @@ def pseudo_supervision(
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.dtype.is_floating_point:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise KitError(f"{name}: expected float logits [B, C, H, W], got {got}")
-    _check_same_shape("teacher1", teacher1, "teacher2", teacher2)
+    check_same_shape("teacher1", teacher1, "teacher2", teacher2)
     num_classes = teacher1.shape[1]
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise KitError(f"ignore_index: expected an int, got {ignore_index!r}")

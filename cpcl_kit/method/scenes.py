@@ -14,6 +14,7 @@ from torch.utils.data import Subset
 
 from ..constants import IGNORE_INDEX
 from ..data.palette import IGNORE_GREY, colourise
+from ..data.transforms import display_image
 from ..errors import KitError
 
 
@@ -145,16 +146,6 @@ OVERLAY_TITLES = ["image", "true mask", "net 1 (y₁)", "net 2 (y₂)", "interse
                   "union → net 2", "weight ω_inter", "weight ω_union"]
 
 
-def as_image(x) -> np.ndarray:
-    """[3,H,W] image (ImageNet-normalised or in [0, 1]) -> [H,W,3] in [0, 1] for imshow."""
-    img = torch.as_tensor(x).detach().float().cpu()
-    if img.min() < 0 or img.max() > 1:  # ImageNet-normalised: undo
-        from ..data.transforms import denormalize
-
-        img = denormalize(img)
-    return img.permute(1, 2, 0).numpy()
-
-
 def overlay_panels(images, masks, labels, b: int, c: int, threshold: float) -> list:
     """The eight panels of scene b: (array, is_weight) pairs in ``OVERLAY_TITLES`` order."""
     inter, union = labels.inter[b].clone(), labels.union[b].clone()
@@ -164,7 +155,7 @@ def overlay_panels(images, masks, labels, b: int, c: int, threshold: float) -> l
         union[w_union < threshold] = IGNORE_INDEX
     w_inter_shown = np.ma.masked_where(~labels.agree[b].cpu().numpy(), w_inter.numpy())
     maps = [colourise(m, c) for m in (masks[b], labels.y1[b], labels.y2[b], inter, union)]
-    return [(as_image(images[b]), False), *[(m, False) for m in maps],
+    return [(display_image(images[b]), False), *[(m, False) for m in maps],
             (w_inter_shown, True), (w_union.numpy(), True)]
 
 

@@ -19,7 +19,8 @@ import torch
 
 from ..constants import IGNORE_INDEX
 from ..data.palette import IGNORE_GREY, class_palette, colourise
-from ..method.scenes import OVERLAY_TITLES, as_image, overlay_panels
+from ..data.transforms import display_image
+from ..method.scenes import OVERLAY_TITLES, overlay_panels
 
 
 @contextmanager
@@ -649,7 +650,7 @@ def prediction_grid(images, masks, predictions: dict, class_names, title: str | 
     cols = ["image", "true mask"] + list(predictions)
     fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.1 * n + 0.8), squeeze=False)
     for r in range(n):
-        axes[r, 0].imshow(as_image(images[r]))
+        axes[r, 0].imshow(display_image(images[r]))
         axes[r, 1].imshow(colourise(masks[r], c), interpolation="nearest")
         for k, pred in enumerate(predictions.values(), start=2):
             axes[r, k].imshow(colourise(pred[r], c), interpolation="nearest")
@@ -815,15 +816,6 @@ def per_class_iou(data, class_names=None, title: str = "Per-class IoU on the val
 # data (notebook 01)
 
 
-def _rgb(x) -> np.ndarray:
-    """[3,H,W] normalised tensor or [H,W,3] uint8 array -> [H,W,3] for imshow."""
-    if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == 3:
-        from ..data.transforms import denormalize
-
-        return denormalize(x.float()).permute(1, 2, 0).clamp(0, 1).numpy()
-    return np.asarray(x)
-
-
 def _bare(ax):
     ax.set_xticks([])
     ax.set_yticks([])
@@ -835,7 +827,7 @@ def scene_gallery(images, masks, class_names, k: int = 8):
     k = min(k, len(images))
     fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.8), squeeze=False)
     for i in range(k):
-        axes[0, i].imshow(_rgb(images[i]))
+        axes[0, i].imshow(display_image(images[i]))
         axes[1, i].imshow(colourise(masks[i], len(class_names)), interpolation="nearest")
     for ax in axes.flat:
         _bare(ax)
@@ -876,7 +868,7 @@ def augmentation_grid(image, mask, recipes: dict, class_names, k: int = 4):
                              squeeze=False)
     c = len(class_names)
     for r, (name, tf) in enumerate(recipes.items()):
-        axes[2 * r, 0].imshow(_rgb(image.permute(1, 2, 0).numpy() if image.dtype == torch.uint8 else image))
+        axes[2 * r, 0].imshow(display_image(image.permute(1, 2, 0).numpy() if image.dtype == torch.uint8 else image))
         axes[2 * r + 1, 0].imshow(colourise(mask, c), interpolation="nearest")
         axes[2 * r, 0].set_ylabel(f"{name}\nimage", fontsize=9)
         axes[2 * r + 1, 0].set_ylabel(f"{name}\nmask", fontsize=9)
@@ -886,7 +878,7 @@ def augmentation_grid(image, mask, recipes: dict, class_names, k: int = 4):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(j)
                 x, y = tf(image, mask)
-            axes[2 * r, j + 1].imshow(_rgb(x))
+            axes[2 * r, j + 1].imshow(display_image(x))
             axes[2 * r + 1, j + 1].imshow(colourise(y, c), interpolation="nearest")
     for ax in axes.flat:
         _bare(ax)
@@ -917,7 +909,7 @@ def student_view_grid(u0, view, truth, class_names, u1=None, mask=None, void=Non
             elif t.dim() == 3:
                 ax.imshow(colourise(t[r], len(class_names)), interpolation="nearest")
             else:
-                ax.imshow(as_image(t[r]))
+                ax.imshow(display_image(t[r]))
             _bare(ax)
     if title:
         fig.suptitle(title)
