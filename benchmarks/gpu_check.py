@@ -542,7 +542,7 @@ def child_env(work: Path, cpu: bool) -> dict:
         except Exception:
             info[f"{mod}_version"] = None
     if torch.cuda.is_available():
-        from cpcl_kit.engine.train import bf16_native
+        from cpcl_kit.engine.device import bf16_native
 
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_count=torch.cuda.device_count(), capability=f"{p.major}.{p.minor}",
@@ -565,7 +565,7 @@ def child_sync(work: Path, cpu: bool) -> dict:
     from cpcl_kit import registry
     from cpcl_kit.config import make_config
     from cpcl_kit.engine.synthetic import synthetic_batch
-    from cpcl_kit.engine.train import Trainer
+    from cpcl_kit.engine.trainer import Trainer
 
     s = SIZES["cpu" if cpu else "gpu"]
     device = torch.device("cpu" if cpu else "cuda", None if cpu else 0)

@@ -48,8 +48,9 @@ from cpcl_kit import registry  # noqa: E402
 from cpcl_kit.config import make_config  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE  # noqa: E402
 from cpcl_kit.data.loaders import Batch  # noqa: E402
-from cpcl_kit.engine.synthetic import images_per_step, peak_rss_mib, synthetic_batch, time_steps, timed  # noqa: E402
-from cpcl_kit.engine.train import Trainer, batch_to, pick_device  # noqa: E402
+from cpcl_kit.engine.device import pick_device  # noqa: E402
+from cpcl_kit.engine.synthetic import peak_rss_mib, synthetic_batch, time_steps, timed  # noqa: E402
+from cpcl_kit.engine.trainer import Trainer  # noqa: E402
 from cpcl_kit.files import machine, write_json  # noqa: E402
 from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
 from cpcl_kit.method.steps import StepOut, sup_loss  # noqa: E402
@@ -446,7 +447,7 @@ def measure_limit(method: str, rounds: int = 12, warmup: int = 3) -> dict:
     (``net_threads``), and the nets in turn on all cores' torch threads. With the step's FLOPs and
     the convolution rate of one thread and of all cores: each time against the time that rate
     allows (the ratio; 1 would be every FLOP at the convolution's own rate)."""
-    from cpcl_kit.engine.train import on_threads
+    from cpcl_kit.engine.trainer import on_threads
     from cpcl_kit.method.variants import each
 
     cores = os.cpu_count() or 1

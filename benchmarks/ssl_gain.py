@@ -125,7 +125,7 @@ def markdown(summary: dict, results: Path = HERE / "results") -> str:
                             f"{mean['acc_union']:.1f} %" if "acc_inter" in mean else ""))
     if "paired" in summary:
         table = noise.for_preset(summary["preset"], results)
-        lines.append(f"\nPaired by seed, with verdicts against the "
+        lines.append("\nPaired by seed, with verdicts against the "
                      + (f"[noise table](noise-{table.preset}.md):" if table else "noise table (none measured yet):"))
         lines += [f"- {text}" for text in prepared.verdicts(summary, table)]
     if summary.get("grid_wall_seconds"):

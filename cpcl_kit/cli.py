@@ -78,11 +78,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .engine.checkpoint import load_nets
     from .config import make_config, parse_sets
     from .data.build import build_data
+    from .engine.checkpoint import load_nets
+    from .engine.device import pick_device
+    from .engine.evaluate import evaluate_run
     from .files import write_json
-    from .engine.train import evaluate_run, pick_device
 
     over = parse_sets(args.sets)
     fixed = [k for k in over if k not in EVALUATE_SETTINGS]

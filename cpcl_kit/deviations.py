@@ -8,7 +8,7 @@ The CPU presets deviate from the paper where that is needed to learn at all on t
 from __future__ import annotations
 
 from . import registry
-from .config import PRESETS, Config, plain, preset_value
+from .config import Config, plain, preset_value
 from .constants import PAPER_PRESETS
 
 # Deviations of the CPU presets from the paper recipe, shown in notebooks and written into runs:

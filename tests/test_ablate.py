@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cpcl_kit.engine import runs
-from cpcl_kit.engine.train import RunResult
+from cpcl_kit.engine.runs import RunResult
 from cpcl_kit.errors import KitError
 from cpcl_kit.experiments import ablate
 

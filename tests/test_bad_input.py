@@ -179,7 +179,7 @@ def _checkpoints(w: Path, root: Path) -> None:
     from cpcl_kit.config import make_config
     from cpcl_kit.engine import checkpoint as ckpt
     from cpcl_kit.engine.runs import save_checkpoint
-    from cpcl_kit.engine.train import make_optimizer
+    from cpcl_kit.engine.trainer import make_optimizer
     from cpcl_kit.nets.deeplab import build_nets
 
     # supervised: one net, no optimizer steps yet: a ~45 MB file instead of ~270 MB

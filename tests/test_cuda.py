@@ -8,7 +8,8 @@ from cpcl_kit import registry
 from cpcl_kit.config import make_config
 from cpcl_kit.engine import checkpoint
 from cpcl_kit.engine.synthetic import synthetic_batch
-from cpcl_kit.engine.train import Trainer, amp_dtype, pick_device
+from cpcl_kit.engine.trainer import Trainer
+from cpcl_kit.engine.device import amp_dtype, pick_device
 from cpcl_kit.errors import KitError
 from cpcl_kit.method.cpcl import cutmix_box_masks
 from cpcl_kit.method.steps import ohem_ce

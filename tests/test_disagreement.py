@@ -156,7 +156,7 @@ def test_runs_at_hand_falls_back_to_the_shared_cpcl_run(tmp_path, monkeypatch):
     CPCL run notebooks 04-06 and 08 share in out_dir/runs (saying CPS is missing); else a sentence
     naming what to run, with no machine path."""
     from cpcl_kit.engine import runs
-    from cpcl_kit.engine.train import RunResult
+    from cpcl_kit.engine.runs import RunResult
     from cpcl_kit.experiments import prepared
     from cpcl_kit.teach.notebook import notebook_config
 

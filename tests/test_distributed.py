@@ -110,7 +110,7 @@ def test_run_or_load_under_two_processes_locks_on_rank0_only(tmp_path):
 
 def _diverging_worker(rank, world, port, out, result_dir):
     _env(rank, world, port)
-    from cpcl_kit.engine.train import TrainingDiverged, train
+    from cpcl_kit.engine.train import train, TrainingDiverged
     from cpcl_kit import registry
 
     plain = registry.method("supervised").step

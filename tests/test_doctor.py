@@ -3,7 +3,6 @@ logic (with a stand-in for the GPU's memory limit) and the linear lr rule."""
 
 import json
 import types
-from pathlib import Path
 
 import pytest
 import torch

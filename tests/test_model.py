@@ -417,7 +417,7 @@ def test_taps_on_map_by_hand():
 
 def test_aspp_reach_names_every_dilated_branch():
     from cpcl_kit.config import make_config
-    from cpcl_kit.engine.train import nets_for
+    from cpcl_kit.engine.trainer import nets_for
     from cpcl_kit.nets.summary import aspp_reach
 
     cfg = make_config("smoke", method="supervised")

@@ -3,7 +3,6 @@ merged into SegmentationClassAug, Cityscapes labelIds -> trainIds, and the data 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -14,7 +14,7 @@ from cpcl_kit import cli
 from cpcl_kit.config import PRESETS, make_config
 from cpcl_kit.data import digits
 from cpcl_kit.data.digits import DigitScenes, SceneSpec
-from cpcl_kit.engine.train import nets_for
+from cpcl_kit.engine.trainer import nets_for
 from cpcl_kit.errors import KitError
 from cpcl_kit.nets import pretrain
 
@@ -205,7 +205,6 @@ def test_runs_record_the_backbone_they_start_from(tiny, monkeypatch, tmp_path):
     import hashlib
 
     from cpcl_kit import provenance
-    from cpcl_kit.engine import runs
     from cpcl_kit.engine.train import train
 
     cache, path = tiny

@@ -1,8 +1,5 @@
 """The published figures: every row sourced, the CPCL and CPS rows equal the papers' tables."""
 
-import re
-from pathlib import Path
-
 import pytest
 
 from cpcl_kit.experiments import published

@@ -326,7 +326,7 @@ def test_ablation_counts_only_finished_runs_and_resumes_a_killed_one(killed, tmp
     file and renames it, last): the killed folder, also when caught half-way through writing
     metrics.json.tmp, is left out of the table and resumed from its checkpoint."""
     ablate = pytest.importorskip("cpcl_kit.experiments.ablate", reason="cpcl_kit/experiments/ablate.py not written yet")
-    from cpcl_kit.engine.train import RunResult
+    from cpcl_kit.engine.runs import RunResult
 
     grid_dir = tmp_path / "grid"
     killed_dir = grid_dir / ablate.run_name("cpcl", "1/16", 0)
@@ -358,7 +358,7 @@ def test_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeypat
     full, Ctrl-C) leaves the old checkpoint complete and no temp file behind."""
     from cpcl_kit.config import make_config
     from cpcl_kit.engine.runs import save_checkpoint
-    from cpcl_kit.engine.train import make_optimizer
+    from cpcl_kit.engine.trainer import make_optimizer
     from cpcl_kit.nets.deeplab import build_nets
 
     cfg = make_config("smoke", method="supervised", head_channels=8, backbone_weights="none")

@@ -10,7 +10,8 @@ import torch
 
 from cpcl_kit.config import make_config
 from cpcl_kit.data import build_data
-from cpcl_kit.engine.train import TrainingDiverged, lr_at, train, unsup_weight_at
+from cpcl_kit.engine.train import train, TrainingDiverged
+from cpcl_kit.engine.trainer import lr_at, unsup_weight_at
 from cpcl_kit.errors import KitError
 
 
@@ -142,7 +143,7 @@ def test_resume_refuses_another_run(tmp_path):
 def test_bf16_autocast_runs_on_cpu_and_keeps_losses_fp32():
     import torch as _t
 
-    from cpcl_kit.engine.train import amp_dtype
+    from cpcl_kit.engine.device import amp_dtype
 
     assert amp_dtype(_t.device("cpu"), "auto") is None and amp_dtype(_t.device("cpu"), "bf16") == _t.bfloat16
     with pytest.raises(KitError, match="fp16"):
@@ -277,7 +278,7 @@ def test_nets_on_two_threads_are_bit_for_bit_one_thread(method):
 
 
 def test_the_cpu_trainer_puts_two_nets_on_threads():
-    from cpcl_kit.engine.train import Trainer, on_threads
+    from cpcl_kit.engine.trainer import on_threads, Trainer
     from cpcl_kit.method.steps import each
 
     cpu = torch.device("cpu")

@@ -129,7 +129,7 @@ def test_the_pseudo_label_image_of_a_small_folder_changes_nothing(tmp_path):
     from folder_tree import make_tree
 
     from cpcl_kit.data import build_data
-    from cpcl_kit.engine.train import nets_for
+    from cpcl_kit.engine.trainer import nets_for
 
     root = make_tree(tmp_path / "t", n=6, masked=4)  # 1 held out for validation, 3 labeled, 2 unlabeled
     cfg = make_config("smoke", dataset="folder", data_root=str(root), backbone_weights="none")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 

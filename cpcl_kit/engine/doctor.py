@@ -26,8 +26,9 @@ from ..config import PAPER_PRESETS, Config
 from ..errors import KitError
 from ..nets import pretrain
 from . import tblog
+from .device import amp_dtype, bf16_native, pick_device, setup_device
 from .synthetic import PeakMemory, images_per_step, synthetic_batch, sync, time_steps
-from .train import Trainer, amp_dtype, bf16_native, pick_device, setup_device
+from .trainer import Trainer
 
 SEARCH_CAP = 8           # the batch search stops at this multiple of the preset's batch
 SEARCH_SECONDS = 20.0    # ... and after this many seconds (the batches it found so far are kept)

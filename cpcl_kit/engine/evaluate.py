@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import MAX_SIDE
+from .. import registry
+from ..config import MAX_SIDE, Config
 from ..constants import IGNORE_INDEX
 from ..errors import KitError
 from .metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
 
-__all__ = ["evaluate", "predict_logits", "window_starts"]
+__all__ = ["branch_metrics", "eval_models", "evaluate", "evaluate_run", "predict_logits", "run_metrics", "window_starts"]
 
 
 def _as_models(model_or_models) -> list[nn.Module]:
@@ -252,3 +253,57 @@ def _result(cm: torch.Tensor) -> dict:
         "pixel_acc": pixel_accuracy(cm),
         "confusion": cm,
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# a run's evaluation
+
+
+def eval_models(nets, branch: str):
+    """What evaluates ``branch`` of a run's nets: net 1, net 2, or both (their ensemble)."""
+    if len(nets) == 1:
+        return nets[0]
+    return {"1": nets[0], "2": nets[1], "ensemble": list(nets)}[branch]
+
+
+def evaluate_run(cfg: Config, nets, data, progress: bool = True) -> dict:
+    """mIoU, per-class IoU, pixel accuracy (and digit-only mIoU on digit scenes) of the evaluated
+    branch (``eval_branch``: net 1 by default, as the paper reports) on the validation set.
+
+    A two-net run scores net 1, net 2 and their ensemble (mean softmax) from one pass per net, under
+    ``branches`` {"1", "2", "ensemble"}; the top-level numbers stay
+    ``eval_branch``'s, so a table can show whether the progressive net or the pair beats the
+    conservative net the paper reports."""
+    if len(nets) == 2:  # one pass per net scores net 1, net 2 and their ensemble
+        branches = branch_metrics(cfg, list(nets), data, progress, branches=True)
+    else:
+        branches = {cfg.eval_branch: branch_metrics(cfg, nets[0], data, progress)}
+    for net in nets:
+        net.train()
+    m = {**branches[cfg.eval_branch], "class_names": list(data.class_names)}
+    if len(nets) == 2:
+        m["branches"] = branches
+    return m
+
+
+def branch_metrics(cfg: Config, models, data, progress: bool, leave: bool = True,
+                    branches: bool = False) -> dict:
+    """The metrics of ``models`` on the validation set; ``branches``: {branch: metrics} of each of
+    two nets and their ensemble, from one pass per net."""
+    res = evaluate(models, data.val, cfg.num_classes, crop=cfg.eval_crop, stride_ratio=cfg.eval_stride,
+                   progress=progress, leave=leave, branches=branches)
+    if branches:
+        return {b: run_metrics(cfg, r) for b, r in res.items()}
+    return run_metrics(cfg, res)
+
+
+def run_metrics(cfg: Config, res: dict) -> dict:
+    """``evaluate``'s result as a run's metrics, with the data set's own extra numbers."""
+    per_class = [None if math.isnan(v) else v for v in res["per_class_iou"]]
+    m = {"miou": res["miou"], "per_class_iou": per_class, "pixel_acc": res["pixel_acc"]}
+    extra = registry.dataset(cfg.dataset).metrics
+    if extra is not None:
+        m.update(extra(per_class))
+    if not math.isfinite(m["miou"]):
+        raise KitError("evaluation gave a non-finite mIoU: the validation set has no labeled pixels")
+    return m

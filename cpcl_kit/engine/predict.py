@@ -26,7 +26,7 @@ from ..data.transforms import val_transform
 from ..errors import KitError
 from ..files import write_atomic
 from . import checkpoint, evaluate, runs
-from .train import pick_device
+from .device import pick_device
 
 __all__ = ["BRANCHES", "Predictor", "checkpoint_path", "image_files", "output_names", "predict",
            "write_image", "write_predictions"]

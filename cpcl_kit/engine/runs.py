@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from ..deviations import deviations
 from ..errors import KitError
 from ..files import save_torch, write_json
 from . import checkpoint
+from .distributed import DistInfo, all_ok
 
 CONFIG, HISTORY, CHECKPOINT, METRICS = "config.json", "history.csv", "checkpoint.pt", "metrics.json"
 VAL_CURVE = "val_curve.csv"
@@ -347,3 +349,46 @@ def list_stages(run_dir) -> dict[int, Path]:
         except (IndexError, ValueError):
             continue
     return dict(sorted(found.items()))
+
+
+def take_folder(held: ExitStack, info: DistInfo, run_dir, cfg: Config, wait: bool,
+                 start: tuple[bool, bool] | None = None) -> Path | None:
+    """Rank 0 prepares ``run_dir``, takes its lock (held until ``held`` closes), removes the temp
+    files of writes a kill cut short, and checks that it holds this run or none; returns the folder
+    there, None on the other ranks. ``start``: ``train``'s (resume, fresh), to apply its rule for a
+    folder that already holds this run (``check_start``); None: the caller decides (``run_or_load``).
+    Every rank learns whether that worked, so a refused folder stops all of them (none waits in DDP
+    set-up for a rank 0 that raised). Only rank 0 locks: a rank waiting for rank 0's lock while
+    rank 0 waits for it in a collective would hang both."""
+    out, error = None, None
+    if info.main:
+        try:
+            out = prepare(run_dir)
+            held.enter_context(files.lock(out, wait=wait))
+            check_same_run(out, cfg)
+            # The lock is ours, so no live process writes the folder's files: any temp file of
+            # theirs is left by a killed writer.
+            remove_stale_temps(out)
+            if start is not None:
+                check_start(out, *start)
+        except KitError as e:
+            error = e
+    if not all_ok(error is None):
+        raise error or KitError(f"rank 0 could not use the run folder {run_dir} (its error says why)")
+    return out
+
+
+def check_start(out: Path, resume: bool, fresh: bool) -> None:
+    """``train``'s rule for a folder that already holds this run: ``resume`` continues it; a
+    checkpoint or metrics without ``resume`` is refused unless ``fresh``; a run that starts from
+    iteration 0 first clears what an earlier attempt left (``start_over``)."""
+    if resume:
+        return
+    found = state(out)
+    if found != "new" and not fresh:
+        what = ("a finished run of these settings (metrics.json)" if found == "finished" else
+                "an interrupted run of these settings (a checkpoint, no metrics.json)")
+        cont = "evaluate its checkpoint again" if found == "finished" else "continue it"
+        raise KitError(f"{out} holds {what}; pass --resume to {cont}, --fresh to start it over (its "
+                       f"checkpoint and metrics are removed first), or use another folder")
+    start_over(out)

@@ -22,7 +22,7 @@ import torch
 from .. import registry
 from ..constants import IGNORE_INDEX
 from ..data.loaders import Batch
-from .train import batch_to
+from .device import batch_to
 
 
 def synthetic_batch(cfg, device: torch.device, seed: int = 0) -> Batch:

@@ -640,7 +640,7 @@ def ingredient_findings(table: pd.DataFrame, noise_table=None, planned=None) -> 
         head = (f"Of {which}, {len(moved)} change{'s' if len(moved) == 1 else ''} the score beyond the noise: "
                 + "; ".join(f"{v} is {x.label} {'of ' if x.label == AHEAD else ''}CPCL by {abs(x.difference):.1f} "
                             f"points on the mean" for v, x in moved.items())
-                + f". The others cannot be told from CPCL at these seeds.")
+                + ". The others cannot be told from CPCL at these seeds.")
     else:
         head = (f"None of {which} moves the score beyond the noise: on this benchmark no single ingredient of "
                 f"CPCL can be shown to change the score at these seeds.")

@@ -16,7 +16,6 @@ import torch
 from ..constants import IGNORE_INDEX as IGNORE
 from ..engine import runs
 from ..method.cpcl import PseudoLabels
-from ..method.scenes import predict_scenes
 
 
 # ------------------------------------------------------------------------------------------------
