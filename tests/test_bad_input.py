@@ -240,7 +240,7 @@ def _argv(name: str, w: Path, root: Path, out: Path) -> list[str]:
 # Runs ``python -m cpcl_kit`` once per job, each a forked child of this already-warm interpreter.
 _FORK_RUNNER = r"""
 import json, os, runpy, sys, traceback
-import cpcl_kit.cli, cpcl_kit.engine.train, cpcl_kit.engine.checkpoint, cpcl_kit.data.datasets  # the slow imports, once
+import cpcl_kit.cli, cpcl_kit.engine.train, cpcl_kit.engine.checkpoint, cpcl_kit.data.images  # the slow imports, once
 jobs = json.loads(sys.stdin.read())
 running, codes = {}, {}
 def reap():

@@ -6,19 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cpcl_kit.data.datasets import (
-    CITYSCAPES_CLASS_NAMES,
-    VOC_CLASS_NAMES,
-    SegmentationFiles,
-    cityscapes_splits,
-    make_partition,
-    parse_labeled,
-    read_pair_list,
-    read_split_list,
-    voc_files,
-    voc_splits,
-    write_split_list,
-)
+from cpcl_kit.data.cityscapes import CITYSCAPES_CLASS_NAMES, cityscapes_splits
+from cpcl_kit.data.images import SegmentationFiles
+from cpcl_kit.data.splits import make_partition, parse_labeled, read_pair_list, read_split_list, write_split_list
+from cpcl_kit.data.voc import VOC_CLASS_NAMES, voc_files, voc_splits
 from cpcl_kit.errors import KitError
 
 # The CPS split lists themselves are not part of the kit: point CPCL_KIT_SPLITS at a folder holding
@@ -348,7 +339,7 @@ def test_an_image_past_pils_pixel_limit_is_refused_not_read(tmp_path, monkeypatc
     line, so a size check cannot pass it on to fill a run's memory."""
     from PIL import Image
 
-    from cpcl_kit.data.datasets import image_size, read_image, read_label_image
+    from cpcl_kit.data.images import image_size, read_image, read_label_image
 
     Image.new("RGB", (30, 20)).save(tmp_path / "big.png")
     Image.new("L", (30, 20)).save(tmp_path / "big_mask.png")

@@ -16,7 +16,7 @@ from cpcl_kit.config import PRESETS, RandomInitWarning, check_ready_to_train, ma
 from cpcl_kit import registry
 from cpcl_kit.constants import IMAGENET_FILES, PAPER_PRESETS, imagenet_file
 from cpcl_kit.data import build_data
-from cpcl_kit.data.datasets import FOLDER_VAL_FRACTION, folder_class_names, folder_pairs, folder_splits
+from cpcl_kit.data.folder import FOLDER_VAL_FRACTION, folder_class_names, folder_pairs, folder_splits
 from cpcl_kit.errors import KitError
 from cpcl_kit.files import read_class_names
 

@@ -4,7 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from cpcl_kit.data.datasets import voc_splits
+from cpcl_kit.data.voc import voc_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")

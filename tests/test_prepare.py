@@ -12,7 +12,8 @@ from scipy.io import savemat
 
 from cpcl_kit import cli
 from cpcl_kit.data import prepare
-from cpcl_kit.data.datasets import CITYSCAPES_CLASS_NAMES, cityscapes_splits, voc_splits
+from cpcl_kit.data.cityscapes import CITYSCAPES_CLASS_NAMES, cityscapes_splits
+from cpcl_kit.data.voc import voc_splits
 from cpcl_kit.data.splits import read_split_list
 from cpcl_kit.errors import KitError
 

@@ -25,8 +25,10 @@ from scipy.io import savemat
 from cpcl_kit import cli
 from cpcl_kit.config import make_config
 from cpcl_kit.data import prepare
-from cpcl_kit.data.datasets import (cityscapes_splits, folder_class_names, folder_pairs, folder_splits,
-                                    read_image, voc_splits)
+from cpcl_kit.data.cityscapes import cityscapes_splits
+from cpcl_kit.data.folder import folder_class_names, folder_pairs, folder_splits
+from cpcl_kit.data.images import read_image
+from cpcl_kit.data.voc import voc_splits
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "square", "disc"]

@@ -10,7 +10,7 @@ from .. import registry
 from ..config import Config
 from ..constants import ALL_LABELED
 from ..errors import KitError
-from . import datasets as ds
+from . import images
 from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
 from .splits import make_partition, parse_labeled
 from .transforms import train_transform, val_transform
@@ -80,9 +80,9 @@ def file_data(cfg: Config) -> DataBundle:
     lab, unlab, val = entry.splits(cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
                                    unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
     c = cfg.num_classes
-    return DataBundle(ds.SegmentationFiles(lab, c, _train_tf(cfg)),
-                      ds.SegmentationFiles([(img, None) for img, _ in unlab], c, _train_tf(cfg)),
-                      ds.SegmentationFiles(val, c, val_transform()), class_names(cfg))
+    return DataBundle(images.SegmentationFiles(lab, c, _train_tf(cfg)),
+                      images.SegmentationFiles([(img, None) for img, _ in unlab], c, _train_tf(cfg)),
+                      images.SegmentationFiles(val, c, val_transform()), class_names(cfg))
 
 
 def build_data(cfg: Config) -> DataBundle:

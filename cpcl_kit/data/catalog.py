@@ -6,7 +6,7 @@ A data set of one's own is added the same way from a file outside the package (d
 from __future__ import annotations
 
 from ..registry import DatasetEntry, register_dataset
-from . import datasets as ds
+from . import cityscapes, folder, voc
 from .build import digit_data
 from .digits import DIGIT_CLASS_NAMES
 from .palette import voc_palette
@@ -23,15 +23,15 @@ def _digit_metrics(per_class_iou: list) -> dict:
 
 
 def _voc_check(root) -> str:
-    return f"voc data root, {ds.voc_layout(root)[0]} layout"
+    return f"voc data root, {voc.voc_layout(root)[0]} layout"
 
 
 def _cityscapes_check(root) -> str:
-    return f"cityscapes data root, {ds.cityscapes_layout(root)} layout"
+    return f"cityscapes data root, {cityscapes.cityscapes_layout(root)} layout"
 
 
 def _folder_check(root) -> str:
-    train, val = ds.folder_pairs(root)
+    train, val = folder.folder_pairs(root)
     return (f"a folder data set: {len(train)} training images, "
             f"{'a val/ folder' if val else 'validation held out of the masked images'}")
 
@@ -41,16 +41,16 @@ register_dataset(DatasetEntry(
     backbone="digits", about="scenes of handwritten digits drawn in memory from scikit-learn's bundled digits"))
 
 register_dataset(DatasetEntry(
-    "voc", classes=tuple(ds.VOC_CLASS_NAMES), splits=ds.voc_splits, check=_voc_check, palette=voc_palette,
+    "voc", classes=tuple(voc.VOC_CLASS_NAMES), splits=voc.voc_splits, check=_voc_check, palette=voc_palette,
     preset="voc", about="PASCAL VOC 2012 (+ SBD's aug masks), in the standard or the CPS layout"))
 
 register_dataset(DatasetEntry(
-    "cityscapes", classes=tuple(ds.CITYSCAPES_CLASS_NAMES), splits=ds.cityscapes_splits,
+    "cityscapes", classes=tuple(cityscapes.CITYSCAPES_CLASS_NAMES), splits=cityscapes.cityscapes_splits,
     check=_cityscapes_check, class_weights=CITYSCAPES_WEIGHTS, preset="cityscapes", paper_preset="cityscapes",
     about="Cityscapes' 19 trained classes, in the standard or the CPS layout"))
 
 # A folder of one's own names its classes in classes.txt; its images without a mask are the unlabeled
 # ones, so by default every image that has a mask is labeled.
 register_dataset(DatasetEntry(
-    "folder", read_classes=ds.folder_class_names, splits=ds.folder_splits, check=_folder_check,
+    "folder", read_classes=folder.folder_class_names, splits=folder.folder_splits, check=_folder_check,
     defaults={"labeled": "all"}, about="a folder of one's own: images/, masks/, classes.txt"))

@@ -28,8 +28,13 @@ from tqdm.auto import tqdm
 from ..constants import IGNORE_INDEX
 from ..errors import KitError
 from ..files import write_atomic, write_text
-from . import datasets as ds
-from .splits import read_split_list
+from .cityscapes import (CITYSCAPES_CLASS_NAMES, canonical_pair, cityscapes_entries, cityscapes_files,
+                         cityscapes_splits)
+from .folder import folder_class_names, folder_list_reader, folder_scan, folder_splits, listed_pair
+from .images import (READ_ERRORS, Pair, image_size, label_values, read_image, read_label_image, read_mask,
+                     size_mismatch, value_problem)
+from .splits import read_pair_list, read_split_list
+from .voc import VOC_CLASS_NAMES, voc_files, voc_id_list, voc_layout, voc_reader, voc_splits
 
 # The image counts of the standard VOC 2012 + SBD ("aug") splits: train_aug is VOC train ∪ SBD train ∪
 # SBD val minus VOC val; val is VOC val.
@@ -55,16 +60,16 @@ def _kept(path: Path, size: tuple[int, int], allowed: set[int], same_as: np.ndar
             if img.mode != "L" or img.size != size:
                 return False
             values = np.array(img)
-    except ds.READ_ERRORS:
+    except READ_ERRORS:
         return False
     if same_as is not None:
         return np.array_equal(values, same_as)
-    return set(ds.label_values(values).tolist()) <= allowed
+    return set(label_values(values).tolist()) <= allowed
 
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) as the kit reads the image (EXIF orientation applied), from its header."""
-    return ds.image_size(path)
+    return image_size(path)
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
@@ -122,7 +127,7 @@ def _sbd_base(sbd: Path) -> Path:
                    f"dataset/train.txt and dataset/val.txt)")
 
 
-def read_sbd_mask(path: str | Path, num_classes: int = len(ds.VOC_CLASS_NAMES)) -> np.ndarray:
+def read_sbd_mask(path: str | Path, num_classes: int = len(VOC_CLASS_NAMES)) -> np.ndarray:
     """Class ids uint8 [H,W] of an SBD ``cls/<id>.mat`` (MATLAB struct ``GTcls``, field ``Segmentation``).
 
     KitError naming the file when it cannot be read, lacks the field, is not 2-D, or holds values
@@ -139,7 +144,7 @@ def read_sbd_mask(path: str | Path, num_classes: int = len(ds.VOC_CLASS_NAMES)) 
                        f"GTcls.Segmentation): {type(e).__name__}: {e}") from None
     if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
         raise KitError(f"{path}: GTcls.Segmentation is {seg.dtype} of shape {seg.shape}, expected 2-D class ids")
-    problem = ds.value_problem(seg, num_classes)
+    problem = value_problem(seg, num_classes)
     if problem:
         raise KitError(f"{path}: {problem}")
     return seg.astype(np.uint8)
@@ -165,7 +170,7 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
     """VOC 2012 + SBD -> the "aug" training set, in ``out``, ready for ``--dataset voc --data-root out``.
 
     voc: the VOC2012 folder (or VOCdevkit, or the folder holding VOCdevkit/); sbd: benchmark_RELEASE
-    (or its dataset/). Writes, in the standard VOC layout that ``datasets.voc_layout`` reads:
+    (or its dataset/). Writes, in the standard VOC layout that ``voc_layout`` reads:
 
     - ``out/SegmentationClassAug/<id>.png``: 'L' PNG, uint8 class ids 0..20, 255 ignore, for every
       train_aug and val id. VOC's SegmentationClass mask (palette index = class, borders 255) where
@@ -218,14 +223,14 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
         raise _missing("train_aug/val masks", missing_mask, len(ids),
                        f"{base / 'SegmentationClass'}/<id>.png or {sbd_base / 'cls'}/<id>.mat")
 
-    num_classes = len(ds.VOC_CLASS_NAMES)
+    num_classes = len(VOC_CLASS_NAMES)
     allowed = set(range(num_classes)) | {IGNORE_INDEX}
     masks = out / "SegmentationClassAug"
     written = kept = replaced = 0
     for i in tqdm(ids, desc="voc-aug masks", unit="mask", disable=not progress, leave=False):
         dst, src = masks / f"{i}.png", sources[i]
         size = _image_size(images[i])
-        voc_mask = ds.read_mask(src, num_classes) if src.suffix == ".png" else None
+        voc_mask = read_mask(src, num_classes) if src.suffix == ".png" else None
         if _kept(dst, size, allowed, same_as=voc_mask):
             kept += 1
             continue
@@ -243,7 +248,7 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
     _link_images(out / "JPEGImages", base / "JPEGImages")
 
     # The reader itself confirms the tree: every listed id has its image and mask, trainaug.txt is read.
-    lab, _, val_pairs = ds.voc_splits(out, labeled=None)
+    lab, _, val_pairs = voc_splits(out, labeled=None)
     if len(lab) != len(train_aug) or len(val_pairs) != len(val):
         raise KitError(f"{out}: the VOC reader finds {len(lab)} train / {len(val_pairs)} val images, "
                        f"expected {len(train_aug)} / {len(val)}")
@@ -255,7 +260,7 @@ def voc_aug(voc: str | Path, sbd: str | Path, out: str | Path, progress: bool = 
 
 # (labelId, name, trainId) of the 34 Cityscapes labels and the licence plate, as cityscapesScripts'
 # labels.py lists them; trainId 255 = not trained on (its -1 for the licence plate also becomes 255).
-# The 19 trained classes, in trainId order, are datasets.CITYSCAPES_CLASS_NAMES.
+# The 19 trained classes, in trainId order, are CITYSCAPES_CLASS_NAMES.
 CITYSCAPES_LABELS = (
     (0, "unlabeled", 255), (1, "ego vehicle", 255), (2, "rectification border", 255),
     (3, "out of roi", 255), (4, "static", 255), (5, "dynamic", 255), (6, "ground", 255),
@@ -313,14 +318,14 @@ def cityscapes_train_ids(root: str | Path, progress: bool = True) -> TrainIds:
     todo = [p for split in files for p in files[split]]
     if not todo:
         raise KitError(f"{gt}: no *_gtFine_labelIds.png files (expected gtFine/{{train,val,test}}/<city>/*_gtFine_labelIds.png)")
-    allowed = set(range(len(ds.CITYSCAPES_CLASS_NAMES))) | {IGNORE_INDEX}
+    allowed = set(range(len(CITYSCAPES_CLASS_NAMES))) | {IGNORE_INDEX}
     written = kept = 0
     for src in tqdm(todo, desc="labelTrainIds", unit="file", disable=not progress, leave=False):
         dst = src.with_name(src.name[: -len("_labelIds.png")] + "_labelTrainIds.png")
         if _kept(dst, _image_size(src), allowed):
             kept += 1
             continue
-        _write_png(dst, label_ids_to_train_ids(ds.read_label_image(src)))
+        _write_png(dst, label_ids_to_train_ids(read_label_image(src)))
         written += 1
     return TrainIds(root, written, kept, {s: len(f) for s, f in files.items() if f})
 
@@ -359,7 +364,7 @@ def check_pairs(pairs: Sequence[tuple], num_classes: int, split: str = "train", 
         res.images += 1
         img_path, hw = Path(img_path), None
         try:  # the readers a run uses, so that the check finds what the run would stop at
-            hw = ds.read_image(img_path).shape[:2]
+            hw = read_image(img_path).shape[:2]
             res.sizes[(hw[1], hw[0])] += 1
         except KitError as e:
             res.problems.append((split, str(img_path), _without_path(e, img_path)))
@@ -370,11 +375,11 @@ def check_pairs(pairs: Sequence[tuple], num_classes: int, split: str = "train", 
         res.labeled += 1
         mask_path = Path(mask_path)
         try:
-            mask = ds.read_label_image(mask_path)
+            mask = read_label_image(mask_path)
         except KitError as e:
             res.problems.append((split, str(mask_path), _without_path(e, mask_path)))
             continue
-        problems = [hw and ds.size_mismatch(img_path, hw, mask_path, mask.shape), ds.value_problem(mask, num_classes)]
+        problems = [hw and size_mismatch(img_path, hw, mask_path, mask.shape), value_problem(mask, num_classes)]
         res.problems += [(split, str(mask_path), p) for p in problems if p]
         if not problems[1]:  # the histogram counts masks whose every value is a class or ignored
             res.pixels += np.bincount(mask.ravel().astype(np.int64), minlength=256)[:256]
@@ -387,7 +392,7 @@ def guess_dataset(root: str | Path) -> str:
     if not root.is_dir():
         raise KitError(f"{root}: data root not found (expected a VOC, Cityscapes or folder data set)")
     try:
-        ds.voc_layout(root)
+        voc_layout(root)
         return "voc"
     except KitError:
         pass
@@ -424,29 +429,29 @@ def _reader_pairs(root: Path, dataset: str) -> tuple[dict, list, list[str]]:
     for split in ("train", "val"):
         try:
             if dataset == "voc":
-                entries = ds.list_entries("voc", root, ds.voc_id_list(root, split), split)
-                resolve = lambda e, s=split: ds.voc_files(root, e, s)  # noqa: E731
+                entries = list_entries("voc", root, voc_id_list(root, split), split)
+                resolve = lambda e, s=split: voc_files(root, e, s)  # noqa: E731
             else:
-                entries = ds.cityscapes_entries(root, split)
-                resolve = lambda e: ds.cityscapes_files(root, e)  # noqa: E731
+                entries = cityscapes_entries(root, split)
+                resolve = lambda e: cityscapes_files(root, e)  # noqa: E731
         except KitError as e:
             pairs[split] = []
             problems.append((split, str(root), " ".join(str(e).split())))
             continue
         pairs[split], found = _resolve_each(resolve, entries, split, root)
         problems += found
-    names = ds.VOC_CLASS_NAMES if dataset == "voc" else ds.CITYSCAPES_CLASS_NAMES
+    names = VOC_CLASS_NAMES if dataset == "voc" else CITYSCAPES_CLASS_NAMES
     return pairs, problems, list(names)
 
 
 def _folder_pairs(root: Path) -> tuple[dict, list, list[str]]:
-    names = ds.folder_class_names(root)  # without the classes no value can be checked: a KitError
-    train, val, found = ds.folder_scan(root)
+    names = folder_class_names(root)  # without the classes no value can be checked: a KitError
+    train, val, found = folder_scan(root)
     splits = {str(p): "val" for p, _ in found if (root / "val") in Path(p).parents}
     problems = [(splits.get(str(p), "train"), str(p), text) for p, text in found]
     if not found:  # the split a run would make: its own refusals (too few masks, a bad labeled.txt) count
         try:
-            _, _, val = ds.folder_splits(root)
+            _, _, val = folder_splits(root)
             held = {img for img, _ in val}
             train = [p for p in train if p[0] not in held]
         except KitError as e:
@@ -458,7 +463,7 @@ def _folder_pairs(root: Path) -> tuple[dict, list, list[str]]:
 def _val_mask_warnings(root: Path, val_pairs: list) -> list[tuple[str, str, str]]:
     """VOC val masks in SegmentationClassAug that differ from VOC's own in SegmentationClass (a tree
     made by mmsegmentation's converter holds SBD's, without the 255 borders). The kit scores on
-    SegmentationClass (``datasets.VOC_MASK_FOLDERS``), but a tool reading SegmentationClassAug would
+    SegmentationClass (``VOC_MASK_FOLDERS``), but a tool reading SegmentationClassAug would
     not, and the file says it is VOC's."""
     out = []
     for img, mask in val_pairs:
@@ -468,7 +473,7 @@ def _val_mask_warnings(root: Path, val_pairs: list) -> list[tuple[str, str, str]
         if not aug.is_file():
             continue
         try:
-            a, b = ds.read_label_image(mask), ds.read_label_image(aug)
+            a, b = read_label_image(mask), read_label_image(aug)
         except KitError:
             continue  # the mask's own problem is listed by check_pairs
         if a.shape != b.shape or not np.array_equal(a, b):
@@ -488,13 +493,13 @@ def _list_problems(root: Path, dataset: str, lists: dict) -> tuple[dict, list]:
         if path is None:
             continue
         try:
-            found = ds.list_entries(dataset, root, path)
+            found = list_entries(dataset, root, path)
         except KitError as e:
             problems.append((role, str(path), " ".join(str(e).split()).removeprefix(f"{path}: ")))
             continue
         counts = Counter(found)
         problems += [(role, str(path), f"{_shown_entry(e)} is listed {n} times") for e, n in counts.items() if n > 1]
-        _, bad = _resolve_each(lambda es, r=role, p=path: ds.list_pairs(dataset, root, es, p, r == "labeled"),
+        _, bad = _resolve_each(lambda es, r=role, p=path: list_pairs(dataset, root, es, p, r == "labeled"),
                                list(dict.fromkeys(found)), role, root)
         problems += [(role, str(path), f"{_shown_entry(e)}: {text.removeprefix(f'{path}: ')}") for _, e, text in bad]
         entries[role] = found
@@ -514,9 +519,9 @@ def _val_entries(root: Path, dataset: str) -> list:
     (the tree check says why)."""
     try:
         if dataset == "voc":
-            return ds.list_entries("voc", root, ds.voc_id_list(root, "val"), "val")
+            return list_entries("voc", root, voc_id_list(root, "val"), "val")
         if dataset == "cityscapes":
-            return ds.cityscapes_entries(root, "val")
+            return cityscapes_entries(root, "val")
     except KitError:
         pass
     return []
@@ -528,11 +533,11 @@ def _shown_entry(entry) -> str:
 
 def _listed_pairs(root: Path, dataset: str, labeled_list, unlabeled_list) -> tuple[dict, list, list[str]]:
     """({labeled, unlabeled, val: pairs}, problems, class names) of a run from split lists."""
-    names = ds.folder_class_names(root) if dataset == "folder" else \
-        list(ds.VOC_CLASS_NAMES if dataset == "voc" else ds.CITYSCAPES_CLASS_NAMES)
+    names = folder_class_names(root) if dataset == "folder" else \
+        list(VOC_CLASS_NAMES if dataset == "voc" else CITYSCAPES_CLASS_NAMES)
     _, problems = _list_problems(root, dataset, {"labeled": labeled_list, "unlabeled": unlabeled_list})
     pairs = {"labeled": [], "unlabeled": [], "val": []}
-    split = {"voc": ds.voc_splits, "cityscapes": ds.cityscapes_splits, "folder": ds.folder_splits}[dataset]
+    split = {"voc": voc_splits, "cityscapes": cityscapes_splits, "folder": folder_splits}[dataset]
     if problems:  # the validation set is still checked: the tree's, as a run without lists reads it
         try:
             pairs["val"] = split(root, labeled=None)[2]
@@ -555,7 +560,7 @@ def check_data(root: str | Path, dataset: str | None = None, progress: bool = Tr
 
     dataset: 'voc', 'cityscapes', 'folder' or None (``guess_dataset``). VOC and Cityscapes pairs come
     from the kit's readers (every training image needs its mask there; the labeled part is chosen at
-    run time), folder pairs from ``datasets.folder_scan`` (images without masks are unlabeled).
+    run time), folder pairs from ``folder_scan`` (images without masks are unlabeled).
     labeled_list (+ unlabeled_list): check what a run with ``--labeled-list`` (+ ``--unlabeled-list``)
     reads instead: every entry of the lists (in any format ``splits`` reads) against the tree, then
     the labeled images with their masks, the unlabeled images and the validation set.
@@ -630,3 +635,36 @@ def check_report(report: dict) -> str:
         parts.append(f"(the *_gtFine_labelTrainIds.png masks are made from the labelIds ones by "
                      f"`python -m cpcl_kit data cityscapes-trainids --root {report['root']}`)")
     return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------- any data set's lists
+
+
+def list_entries(dataset: str, root: str | Path, path: str | Path, split: str = "train") -> list:
+    """The entries of a split list as a run on ``dataset`` ('voc', 'cityscapes', 'folder') under
+    ``root`` reads them: VOC ids (of ``split``'s images), Cityscapes (image, label) root-relative
+    pairs, folder image names. KitError naming the list when it is missing, empty or names a path
+    outside the root."""
+    root = Path(root)
+    if dataset == "voc":
+        kind, base = voc_layout(root)
+        return voc_reader(kind, base, split)(path)
+    if dataset == "cityscapes":
+        return [canonical_pair(root, e) for e in read_pair_list(path)]
+    if dataset == "folder":
+        train, _, _ = folder_scan(root)
+        return folder_list_reader({img.stem for img, _ in train})(path)
+    raise KitError(f"dataset: expected voc, cityscapes or folder, got {dataset!r}")
+
+
+def list_pairs(dataset: str, root: str | Path, entries: Sequence, listed_in, labeled: bool) -> list[Pair]:
+    """(image, mask or None) of ``list_entries``' entries among a data set's training images; KitError
+    naming the first entry without its image (or, ``labeled``, its mask)."""
+    root = Path(root)
+    if dataset == "voc":
+        return voc_files(root, entries, "train", require_masks=labeled)
+    if dataset == "cityscapes":
+        return cityscapes_files(root, entries, require_masks=labeled)
+    train, _, _ = folder_scan(root)
+    by_stem = {img.stem: (img, mask) for img, mask in train}
+    return [listed_pair(by_stem, e, listed_in, need_mask=labeled) for e in entries]

@@ -168,3 +168,35 @@ def fraction_denominator(labeled: int | float) -> int | None:
 def split_tag(labeled: int | float) -> str:
     d = fraction_denominator(labeled)
     return f"1-{d}" if d else (f"n{labeled}" if isinstance(labeled, int) else f"f{labeled:g}")
+
+
+def choose_split(all_train, labeled, labeled_list, unlabeled_list, seed, out_dir, subset_dir, reader):
+    """Shared VOC/Cityscapes policy deciding (labeled entries, unlabeled entries)."""
+    if unlabeled_list is not None and labeled_list is None:
+        raise KitError("unlabeled_list: given without labeled_list (expected both, or labeled_list alone)")
+    if labeled_list is not None:
+        lab = reader(labeled_list)
+        if unlabeled_list is not None:
+            return lab, reader(unlabeled_list)
+        return lab, rest_of(all_train(), lab)
+    if labeled is None:
+        return all_train(), []
+    labeled = parse_labeled(labeled)
+    d = fraction_denominator(labeled)
+    if subset_dir is not None and d is not None:
+        lab_file = subset_dir / f"train_aug_labeled_1-{d}.txt"
+        unl_file = subset_dir / f"train_aug_unlabeled_1-{d}.txt"
+        if lab_file.is_file():
+            lab = reader(lab_file)
+            return lab, reader(unl_file) if unl_file.is_file() else rest_of(all_train(), lab)
+    lab, unl = make_partition(all_train(), labeled, seed)
+    if out_dir is not None:
+        tag = split_tag(labeled)
+        write_split_list(Path(out_dir) / f"train_aug_labeled_{tag}.txt", lab)
+        write_split_list(Path(out_dir) / f"train_aug_unlabeled_{tag}.txt", unl)
+    return lab, unl
+
+
+def rest_of(all_items: list, taken: list) -> list:
+    s = set(taken)
+    return [x for x in all_items if x not in s]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import MAX_SIDE, MEMORY, MIN_CROP_STRIDES, Config, check_device
 from ..constants import PREDICT_BRANCHES as BRANCHES
-from ..data.datasets import IMAGE_FILES, IMAGE_SUFFIXES, read_image
+from ..data.images import IMAGE_FILES, IMAGE_SUFFIXES, read_image
 from ..data.palette import palette_for
 from ..data.transforms import val_transform
 from ..errors import KitError
