@@ -44,7 +44,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit.config import parse_sets  # noqa: E402
+from cpcl_kit.typed import parse_sets  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.experiments import ablate, prepared  # noqa: E402
 from cpcl_kit.files import machine, write_csv, write_json, write_text  # noqa: E402

@@ -26,7 +26,9 @@ sys.path.insert(0, str(HERE.parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from cpcl_kit.config import make_config, parse_sets  # noqa: E402
+from cpcl_kit.config import make_config  # noqa: E402
+
+from cpcl_kit.typed import parse_sets  # noqa: E402
 from cpcl_kit.errors import KitError  # noqa: E402
 from cpcl_kit.experiments import ablate, noise, prepared  # noqa: E402
 from cpcl_kit.files import machine, write_json, write_text  # noqa: E402

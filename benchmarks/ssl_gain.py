@@ -26,7 +26,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from cpcl_kit.config import parse_sets  # noqa: E402
+from cpcl_kit.typed import parse_sets  # noqa: E402
 from cpcl_kit.experiments import noise, prepared  # noqa: E402
 from cpcl_kit.experiments.ablate import collect  # noqa: E402
 from cpcl_kit.files import write_json, write_text  # noqa: E402

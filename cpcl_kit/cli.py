@@ -35,7 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args, **extra):
-    from .config import make_config, parse_sets
+    from .config import make_config
+    from .typed import parse_sets
 
     over = parse_sets(args.sets)
     for key in ("dataset", "data_root", "labeled", "labeled_list", "unlabeled_list", "seed"):
@@ -78,7 +79,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .config import make_config, parse_sets
+    from .config import make_config
+    from .typed import parse_sets
     from .data.build import build_data
     from .engine.checkpoint import load_nets
     from .engine.device import pick_device
@@ -128,7 +130,7 @@ def cmd_predict(args) -> None:
 
 def cmd_ablate(args) -> None:
     from .experiments.ablate import parse_grid, run_grid
-    from .config import parse_sets
+    from .typed import parse_sets
 
     grid = parse_grid(args.grid)
     table = run_grid(grid, args.out, preset=args.preset, overrides=parse_sets(args.sets),
@@ -147,7 +149,8 @@ def cmd_demo(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .config import make_config, parse_sets
+    from .config import make_config
+    from .typed import parse_sets
 
     cfg = make_config(args.preset, parse_sets(args.sets))  # settings first: a typo fails before torch
     from .nets import pretrain
@@ -176,7 +179,7 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from .config import parse_sets
+    from .typed import parse_sets
     from .experiments import prepared
     from .files import probe_writable
 
@@ -417,7 +420,7 @@ def out_of_memory(e: BaseException) -> str | None:
     if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
             or (isinstance(e, RuntimeError) and any(m in text for m in _OUT_OF_MEMORY))):
         return None
-    from .config import MEMORY
+    from .limits import MEMORY
 
     size = _TRIED.search(text)
     asked = f"an allocation of {size.group(1)} failed" if size else "an allocation failed"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import os
 import re
 import typing
 import warnings
@@ -27,6 +25,9 @@ from .constants import (ALL_LABELED, BACKBONES, CROP_PADS, DILATIONS, LOSS_NORMA
                         PAPER_PRESETS, PRETRAIN_SOURCES, STUDENT_AUGS, TARGET_PAIRS, TEACHER_BN, UNION_RULES,
                         WEIGHT_SCOPES, imagenet_file)
 from .errors import KitError
+from .limits import (BOX_PIXEL_BYTES, CONV3_BYTES, GIB, MAX_OPTIMIZER_SCALAR, MAX_SEED, MAX_SIDE, MAX_WORKERS, MEMORY,
+                     PIXEL_BYTES, SCENE_PIXEL_BYTES, WORKER_BYTES, check_pretrain_memory, pretrain_images)
+from .typed import as_declared, check_value, parse_text
 from .files import shown_path
 
 
@@ -199,118 +200,6 @@ def _field_types() -> dict[str, typing.Any]:
 _NONE_IS_A_VALUE = ("backbone_weights",)
 
 
-def _unwrap(kind) -> tuple[typing.Any, bool]:
-    """(the type inside ``X | None``, whether None is allowed) of an annotation."""
-    args = typing.get_args(kind)
-    if type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return kind, False
-
-
-def _parts(kind) -> tuple | None:
-    """The element types of a ``tuple[...]`` annotation (``(X, ...)`` for any length), else None."""
-    return typing.get_args(kind) if typing.get_origin(kind) is tuple else None
-
-
-_WORDS = {int: "an integer", float: "a finite number", str: "a text", bool: "true or false"}
-_PLURAL = {int: "integers", float: "numbers", str: "names", bool: "true/false values"}
-
-
-def describe(kind) -> str:
-    """What a value of annotation ``kind`` looks like, in words (for error messages)."""
-    base, optional = _unwrap(kind)
-    parts = _parts(base)
-    if parts is None:
-        text = _WORDS.get(base, getattr(base, "__name__", str(base)))
-    elif len(parts) == 2 and parts[1] is Ellipsis:
-        text = f"{_PLURAL[parts[0]]} separated by commas"
-    else:
-        text = f"{len(parts)} {_PLURAL[parts[0]]} separated by commas"
-    return text + (" or none" if optional else "")
-
-
-def _parse_scalar(text: str, base):
-    if base is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(text)
-    if base is int:
-        return int(text)
-    if base is float:
-        if "/" in text:
-            a, b = text.split("/")
-            return float(a) / float(b)
-        return float(text)
-    return text
-
-
-def _parse(key: str, text: str, kind) -> typing.Any:
-    """Parse ``text`` (from ``--set`` or a notebook parameter) as the type of field ``key``."""
-    base, optional = _unwrap(kind)
-    if optional and key in _NONE_IS_A_VALUE and text.lower() == "none":
-        return "none"
-    if optional and text.strip().lower() in ("none", "null", ""):
-        return None
-    parts = _parts(base)
-    try:
-        if parts is None:
-            return _parse_scalar(text.strip(), base)
-        items = [p.strip() for p in text.strip().strip("()[]").split(",") if p.strip()]
-        return tuple(_parse_scalar(p, parts[0]) for p in items)
-    except (ValueError, ZeroDivisionError):
-        if parts is None:
-            raise KitError(f"{key}: expected a value of type {base.__name__}, got {text!r}") from None
-        raise KitError(f"{key}: expected {describe(kind)}, got {text!r}") from None
-
-
-def _is(value, base) -> bool:
-    """Whether ``value`` is a value of the scalar type ``base`` (an int is a float; no bool is a
-    number; a float must be finite)."""
-    if base is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if base is int:
-        return isinstance(value, numbers.Integral)
-    if base is float:
-        return isinstance(value, numbers.Real) and math.isfinite(value)
-    return isinstance(value, base)
-
-
-def _check_value(key: str, value, kind) -> None:
-    """Raise a KitError naming ``key`` unless ``value`` has the field's declared type."""
-    base, optional = _unwrap(kind)
-    if value is None and optional:
-        return
-    parts = _parts(base)
-    if parts is None:
-        ok = _is(value, base)
-    elif not isinstance(value, (tuple, list)):
-        ok = False
-    elif len(parts) == 2 and parts[1] is Ellipsis:
-        ok = all(_is(v, parts[0]) for v in value)  # empty: e.g. scales=() rescales nothing
-    else:
-        ok = len(value) == len(parts) and all(_is(v, t) for v, t in zip(value, parts))
-    if not ok:
-        raise KitError(f"{key}: expected {describe(kind)}, got {value!r} ({type(value).__name__})")
-
-
-def _plain_type(value, kind):
-    """``value`` as the plain Python type of its field: lists become tuples, numpy numbers Python
-    numbers (an int given for a float field stays an int: run folder names show it as given)."""
-    base, _ = _unwrap(kind)
-    if value is None:
-        return None
-    parts = _parts(base)
-    if parts is not None:
-        return tuple(_plain_type(v, parts[0]) for v in value)
-    if base is int or (base is float and not isinstance(value, (int, float))):
-        return base(value)
-    return value
-
-
 class Limit(typing.NamedTuple):
     """What a number accepts beyond its type: ``lo <= value`` (``lo < value`` with ``open_lo``) and
     ``value <= hi``; None: no bound. ``text``: the "expected ..." words, when the bare bounds do not
@@ -337,74 +226,6 @@ class Limit(typing.NamedTuple):
         return f"at most {self.hi}"
 
 
-def machine_memory() -> int | None:
-    """Bytes of memory this machine lets the kit's process hold: the physical memory, or the
-    control group's limit when lower (a container); None where neither can be read."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system
-        total = None
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and (total is None or int(text) < total):
-            total = int(text)
-    return total if total and total > 0 else None
-
-
-# What the bounds that follow from the machine assume where its memory cannot be read.
-_ASSUMED_MEMORY = 1 << 40
-# The memory the size bounds below are computed from, read once per process.
-MEMORY = machine_memory() or _ASSUMED_MEMORY
-_GIB = f"{MEMORY / 2 ** 30:.1f} GiB"
-
-
-# The bytes a bound is made of, each a floor of what the kit allocates, so that a value over its
-# bound cannot fit whatever else the run needs: a pixel of an image the nets see, as float32 RGB
-# and a float32 map beside it (scores or a mask); a 3x3 convolution's weight, float32, per
-# channel pair; a loader process (a forked Python with torch and a batch in flight); a digit
-# scene, RGB and mask bytes, and one bool per pixel and CutMix box.
-PIXEL_BYTES = 4 * (3 + 1)
-CONV3_BYTES = 4 * 9
-WORKER_BYTES = 256 << 20
-SCENE_PIXEL_BYTES = 4
-BOX_PIXEL_BYTES = 1
-# The most loader processes: as many as MEMORY holds, and never fewer than 8, so that a preset's
-# 4 (a paper preset's) stays valid on a small machine.
-MAX_WORKERS = max(8, MEMORY // WORKER_BYTES)
-# The largest crop side (px) whose float32 image and map fit in MEMORY: one image alone.
-MAX_SIDE = math.isqrt(MEMORY // PIXEL_BYTES)
-# Scalars the optimizers take as float32 (lr, weight decay): Adam divides lr by 1 - beta1 = 0.1
-# at its first step, so a larger value overflows in the step ("cannot be converted to float").
-_FLOAT32_MAX = 3.4028234663852886e38
-MAX_OPTIMIZER_SCALAR = _FLOAT32_MAX / 10
-# A seed: the step generators are seeded with seed x 1,000,003 + iteration, which must fit in 64 bits.
-MAX_SEED = 2 ** 32 - 1
-# Most distinct images of the digit backbone's pretraining (nets/pretrain.py): more cost data time
-# and memory (12 KB each at 64 px) for little gain.
-PRETRAIN_MAX_IMAGES = 16000
-
-
-def pretrain_images(steps: int, batch: int) -> int:
-    """Distinct images the pretraining of ``steps`` x ``batch`` renders: each seen at least twice,
-    at most ``PRETRAIN_MAX_IMAGES``, at least one batch."""
-    return max(batch, min(PRETRAIN_MAX_IMAGES, steps * batch // 2))
-
-
-def check_pretrain_memory(size: int, batch: int, images: int) -> None:
-    """The pretraining renders its images at once (uint8 RGB) and holds a float32 batch per step:
-    both must fit in this machine's memory. KitError naming pretrain_size or pretrain_batch."""
-    pixels = size * size
-    if images * pixels * 3 > MEMORY:
-        raise KitError(f"pretrain_size: expected at most {math.isqrt(MEMORY // (3 * images))} px for {images} "
-                       f"pretraining images on this machine ({_GIB}), got {size}")
-    if batch * pixels * PIXEL_BYTES > MEMORY:
-        raise KitError(f"pretrain_batch: expected at most {MEMORY // (pixels * PIXEL_BYTES)} images of {size} px "
-                       f"per step on this machine ({_GIB}), got {batch}")
-
-
 _BN = "BatchNorm in train mode needs 2 images"
 # The limits of the numeric fields, checked by ``validate`` (their types come from the annotations).
 # An upper bound either follows from what this machine can hold (MEMORY) or keeps a value inside
@@ -414,13 +235,13 @@ LIMITS: dict[str, Limit] = {
     "seed": Limit(0, MAX_SEED, text=f"an integer in [0, {MAX_SEED}] (32 bits)"),
     "head_channels": Limit(1, math.isqrt(MEMORY // CONV3_BYTES),
                            text=f"an integer in [1, {math.isqrt(MEMORY // CONV3_BYTES)}] (a 3x3 convolution of "
-                                f"that many channels to as many must fit in this machine's {_GIB})"),
+                                f"that many channels to as many must fit in this machine's {GIB})"),
     "pretrain_steps": Limit(0, open_lo=True),
     "pretrain_size": Limit(16, text="at least 16 px"),
     "pretrain_batch": Limit(2, text="at least 2 (BatchNorm)"),
     # and at least MIN_CROP_STRIDES x output_stride (validate)
     "crop": Limit(1, MAX_SIDE, text=f"at most {MAX_SIDE} px (one image of that side must fit in this "
-                                    f"machine's {_GIB})"),
+                                    f"machine's {GIB})"),
     # Below 1/16 an image shrinks to a few pixels (a 64 px scene to under 4); above 16 it grows to
     # 256 times its pixels before the crop.
     "scales": Limit(1 / 16, 16, text="scale factors in [0.0625, 16], e.g. 0.5,1,2"),
@@ -428,7 +249,7 @@ LIMITS: dict[str, Limit] = {
     "unlabeled_batch_size": Limit(2, text=f"at least 2 ({_BN})"),
     "num_workers": Limit(0, MAX_WORKERS,
                          text=f"0 (load in this process) or at most {MAX_WORKERS} loader processes (each holds "
-                              f"{WORKER_BYTES >> 20} MiB or more of this machine's {_GIB})"),
+                              f"{WORKER_BYTES >> 20} MiB or more of this machine's {GIB})"),
     "n_train_scenes": Limit(1),  # at most: what memory holds at scene_size (validate)
     "n_val_scenes": Limit(1),
     "scene_size": Limit(8, MAX_SIDE, text=f"8 to {MAX_SIDE} px"),
@@ -451,7 +272,7 @@ LIMITS: dict[str, Limit] = {
     "pseudo_void_band": Limit(0, text="0 (none) or a band width in px"),  # at most: the crop (validate)
     "cutmix_boxes": Limit(0, text="0 (no mixing) or a number of boxes"),  # at most: what memory holds (validate)
     "eval_crop": Limit(1, MAX_SIDE, text=f"at most {MAX_SIDE} px (one image of that side must fit in this "
-                                         f"machine's {_GIB})"),  # and at least MIN_CROP_STRIDES x output_stride
+                                         f"machine's {GIB})"),  # and at least MIN_CROP_STRIDES x output_stride
     "eval_stride": Limit(0, 1, open_lo=True, text="a share of the window in (0, 1]"),
     "log_every": Limit(1),
     "checkpoint_every": Limit(1),
@@ -519,8 +340,8 @@ def validate(cfg: Config) -> Config:
     types = _field_types()
     for f in fields(Config):
         value = getattr(cfg, f.name)
-        _check_value(f.name, value, types[f.name])
-        setattr(cfg, f.name, _plain_type(value, types[f.name]))
+        check_value(f.name, value, types[f.name])
+        setattr(cfg, f.name, as_declared(value, types[f.name]))
     for key, limit in LIMITS.items():
         value = getattr(cfg, key)
         if value is not None and not all(limit.holds(v) for v in (value if isinstance(value, tuple) else [value])):
@@ -586,14 +407,14 @@ def _check_memory(cfg: Config) -> None:
             if most < 2:  # even the smallest batch does not fit: the crop is what to lower
                 side = math.isqrt(MEMORY // (PIXEL_BYTES * 2 * per))
                 raise KitError(f"crop: expected at most {side} px for batches of 2 ({key}) on this machine "
-                               f"({_GIB}), got {cfg.crop}")
+                               f"({GIB}), got {cfg.crop}")
             raise KitError(f"{key}: expected at most {most} images of {cfg.crop} px per step on this machine "
-                           f"({_GIB}), got {getattr(cfg, key)}")
+                           f"({GIB}), got {getattr(cfg, key)}")
     if cfg.cutmix_boxes and two_nets:
         most = MEMORY // (BOX_PIXEL_BYTES * pixels * cfg.unlabeled_batch_size)
         if cfg.cutmix_boxes > most:
             raise KitError(f"cutmix_boxes: expected at most {most} boxes per image ({cfg.unlabeled_batch_size} "
-                           f"masks of {cfg.crop} px per box must fit in this machine's {_GIB}), "
+                           f"masks of {cfg.crop} px per box must fit in this machine's {GIB}), "
                            f"got {cfg.cutmix_boxes}")
     if cfg.pseudo_void_band > cfg.crop:
         raise KitError(f"pseudo_void_band: expected at most the crop, {cfg.crop} px (a wider band leaves no "
@@ -605,7 +426,7 @@ def _check_memory(cfg: Config) -> None:
         if cfg.n_train_scenes + cfg.n_val_scenes > most:
             key = "n_train_scenes" if cfg.n_train_scenes >= cfg.n_val_scenes else "n_val_scenes"
             raise KitError(f"{key}: expected at most {most} scenes of {cfg.scene_size} px in all (train and "
-                           f"val) on this machine ({_GIB}), got {cfg.n_train_scenes} + {cfg.n_val_scenes}")
+                           f"val) on this machine ({GIB}), got {cfg.n_train_scenes} + {cfg.n_val_scenes}")
 
 
 def _shown(value) -> str:
@@ -627,8 +448,8 @@ def make_config(preset: str = "smoke", overrides: dict | None = None, **kw) -> C
             raise KitError(f"preset: chosen with --preset (here {preset!r}), not set as a field; got "
                            f"preset={value!r}: pass --preset {value} to start from that preset's settings")
         if isinstance(value, str) and types[key] is not str:
-            value = _parse(key, value, types[key])
-        _check_value(key, value, types[key])
+            value = parse_text(key, value, types[key], key in _NONE_IS_A_VALUE)
+        check_value(key, value, types[key])
         values[key] = value
     given = set(overrides or {}) | set(kw)
     values.update(dataset_defaults(preset, values, given))
@@ -717,17 +538,6 @@ def preset_value(preset: str, key: str):
 def plain(value):
     """``value`` with every tuple a list, as a setting reads back from JSON: how settings compare."""
     return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def parse_sets(items: list[str] | None) -> dict:
-    """``["lr=0.1", "flip=false"]`` -> ``{"lr": "0.1", "flip": "false"}`` (parsed by make_config)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise KitError(f"--set {item}: expected key=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
 
 
 # Config fields added after runs were made, with the value that reproduces those earlier runs (the

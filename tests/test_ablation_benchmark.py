@@ -174,7 +174,8 @@ def test_the_committed_grids_keep_their_cutmix_recipe_after_the_preset_dropped_i
     its default run folder is not the prepared set's (whose runs follow today's preset)."""
     main = in_process(monkeypatch)
     recipe, default_runs = main.__globals__["RECIPE"], main.__globals__["default_runs"]
-    from cpcl_kit.config import make_config, parse_sets
+    from cpcl_kit.config import make_config
+    from cpcl_kit.typed import parse_sets
     from cpcl_kit.experiments import prepared
 
     official = make_config("voc")

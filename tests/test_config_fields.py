@@ -15,27 +15,27 @@ import re
 
 import pytest
 
-from cpcl_kit import cli, config
+from cpcl_kit import cli, config, limits
 from cpcl_kit.config import Config, load_config_dict, make_config
 from cpcl_kit.errors import KitError
 from cpcl_kit.teach.notebook import notebook_config
 
 NAN, INF = math.nan, math.inf
 
-# Values just past what this machine holds (config.MEMORY), on the smoke preset: crops of 64 px, two
+# Values just past what this machine holds (limits.MEMORY), on the smoke preset: crops of 64 px, two
 # nets, 64 px scenes and pretraining images. Computed, so that they are out of bounds on any machine.
-M = config.MEMORY
-SIDE = config.MAX_SIDE + 1
+M = limits.MEMORY
+SIDE = limits.MAX_SIDE + 1
 PX = 64 * 64
 TOO = {
     "head_channels": config.LIMITS["head_channels"].hi + 1,
     "num_workers": config.LIMITS["num_workers"].hi + 1,
-    "batch_size": M // (config.PIXEL_BYTES * PX) + 1,
-    "unlabeled_batch_size": M // (config.PIXEL_BYTES * PX * 2) + 1,
-    "scenes": M // (config.SCENE_PIXEL_BYTES * PX) + 1,
-    "cutmix_boxes": M // (config.BOX_PIXEL_BYTES * PX * 4) + 1,
-    "pretrain_size": math.isqrt(M // (3 * config.pretrain_images(400, 64))) + 1,  # smoke: 400 steps of 64
-    "pretrain_batch": M // (PX * config.PIXEL_BYTES) + 1,
+    "batch_size": M // (limits.PIXEL_BYTES * PX) + 1,
+    "unlabeled_batch_size": M // (limits.PIXEL_BYTES * PX * 2) + 1,
+    "scenes": M // (limits.SCENE_PIXEL_BYTES * PX) + 1,
+    "cutmix_boxes": M // (limits.BOX_PIXEL_BYTES * PX * 4) + 1,
+    "pretrain_size": math.isqrt(M // (3 * limits.pretrain_images(400, 64))) + 1,  # smoke: 400 steps of 64
+    "pretrain_batch": M // (PX * limits.PIXEL_BYTES) + 1,
 }
 
 # field: (Python values, --set texts), all refused on the smoke preset. A Python value of another

@@ -31,7 +31,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cpcl_kit import cli, config, files
+from cpcl_kit import cli, config, files, limits
 from cpcl_kit.engine import runs
 from cpcl_kit.errors import KitError
 
@@ -373,14 +373,14 @@ ROWS: dict[str, Row] = {
                                    r"settings .*; expected one of eval_crop, ", changes=None),
     "evaluate --set eval_crop past memory": Row(
         ["evaluate", "--checkpoint", "{tmp}/run/checkpoint.pt", "--set", "eval_crop=1000000000", "--quiet"],
-        lambda w: w.run(), message=rf"eval_crop: expected at most {config.MAX_SIDE} px", changes=None),
+        lambda w: w.run(), message=rf"eval_crop: expected at most {limits.MAX_SIDE} px", changes=None),
     "predict --crop below the run's minimum": Row(
         [*PREDICT, "--crop", "8"], lambda w: (w.run(), w.image()),
         message=r"crop: expected at least 32 px for the run in .*run/checkpoint\.pt \(2 x its output stride 16",
         changes=None),
     "predict --crop past memory": Row(
         [*PREDICT, "--crop", "1000000000"], lambda w: (w.run(), w.image()),
-        message=rf"crop: expected at most {config.MAX_SIDE} px", changes=None),
+        message=rf"crop: expected at most {limits.MAX_SIDE} px", changes=None),
     "predict --device meta": Row(
         [*PREDICT, "--device", "meta"], lambda w: (w.run(), w.image()),
         message=r"device: expected auto, cpu, cuda or cuda:N, got 'meta'", changes=None),
@@ -556,12 +556,12 @@ def test_a_saved_config_that_is_not_an_object_is_named():
 
 def test_the_memory_bounds_follow_the_machine():
     """The size bounds come from the memory read at import, and every preset fits in 1 GiB."""
-    assert config.MEMORY == (config.machine_memory() or 1 << 40)
-    assert config.LIMITS["crop"].hi == config.MAX_SIDE and config.MAX_SIDE ** 2 * config.PIXEL_BYTES <= config.MEMORY
+    assert limits.MEMORY == (limits.machine_memory() or 1 << 40)
+    assert config.LIMITS["crop"].hi == limits.MAX_SIDE and limits.MAX_SIDE ** 2 * limits.PIXEL_BYTES <= limits.MEMORY
     for preset in config.PRESETS:
         cfg = config.make_config(preset)
-        step = (cfg.batch_size + 2 * cfg.unlabeled_batch_size) * cfg.crop ** 2 * config.PIXEL_BYTES
-        assert step < 1 << 30 and cfg.num_workers <= (1 << 30) // config.WORKER_BYTES, preset
+        step = (cfg.batch_size + 2 * cfg.unlabeled_batch_size) * cfg.crop ** 2 * limits.PIXEL_BYTES
+        assert step < 1 << 30 and cfg.num_workers <= (1 << 30) // limits.WORKER_BYTES, preset
 
 
 @pytest.mark.parametrize("error, size", [

@@ -3,7 +3,7 @@
 
 Layers, bottom to top; a module imports only from its own layer and the ones before it:
 
-    bottom       cpcl_kit/{config,constants,deviations,errors,provenance,files,registry}.py
+    bottom       cpcl_kit/{config,constants,deviations,errors,files,limits,provenance,registry,typed}.py
     data         cpcl_kit/data/          (digit scenes, data sets, splits, transforms, loaders, palette)
     nets         cpcl_kit/nets/          (DeepLabV3+, backbone pre-training, summaries)
     method       cpcl_kit/method/        (CPCL, the training steps, student views, scenes)
@@ -25,7 +25,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "cpcl_kit"
 
-BOTTOM = {"config", "constants", "deviations", "errors", "provenance", "files", "registry"}
+BOTTOM = {"config", "constants", "deviations", "errors", "files", "limits", "provenance", "registry", "typed"}
 SUBPACKAGES = ["data", "nets", "method", "engine", "experiments", "teach"]  # bottom to top
 TOP = {"__init__", "__main__", "cli"}
 LAYERS = ["bottom", *SUBPACKAGES, "top"]

@@ -17,7 +17,7 @@ from cpcl_kit.config import make_config
 from cpcl_kit.engine.synthetic import synthetic_batch
 from cpcl_kit.engine.trainer import Trainer, lr_at
 from cpcl_kit.method.cpcl import class_disagreement, cutmix_box_masks, mix
-from cpcl_kit.method.perturb import outside, random_affine, warp, warp_labels
+from cpcl_kit.method.perturb import outside, random_affine, warp
 
 IGNORE = 255
 ITERATIONS = 3

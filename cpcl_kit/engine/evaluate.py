@@ -17,9 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import registry
-from ..config import MAX_SIDE, Config
+from ..config import Config
 from ..constants import IGNORE_INDEX
 from ..errors import KitError
+from ..limits import MAX_SIDE
 from .metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
 
 __all__ = ["branch_metrics", "eval_models", "evaluate", "evaluate_run", "predict_logits", "run_metrics", "window_starts"]

@@ -18,12 +18,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import MAX_SIDE, MEMORY, MIN_CROP_STRIDES, Config, check_device
+from ..config import MIN_CROP_STRIDES, Config, check_device
 from ..constants import PREDICT_BRANCHES as BRANCHES
 from ..data.images import IMAGE_FILES, IMAGE_SUFFIXES, read_image
 from ..data.palette import palette_for
 from ..data.transforms import val_transform
 from ..errors import KitError
+from ..limits import MAX_SIDE, MEMORY
 from ..files import write_atomic
 from . import checkpoint, evaluate, runs
 from .device import pick_device

@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import files, registry
-from ..config import PRETRAIN_MAX_IMAGES, check_pretrain_memory, pretrain_images
+from ..limits import PRETRAIN_MAX_IMAGES, check_pretrain_memory, pretrain_images
 from ..constants import CACHE_ENV, PRETRAIN_SOURCES, cache_root
 from ..data import digits
 from ..errors import KitError
