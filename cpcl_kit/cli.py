@@ -73,7 +73,7 @@ def cmd_train(args) -> None:
     from .engine.train import train
 
     res = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet, fresh=args.fresh)
-    if res.metrics:  # rank 0 of a multi-process run, or a single process
+    if res.metrics and res.out_dir is not None:  # rank 0 of a multi-process run, or a single process
         _print_metrics(res.metrics)
         print(f"results in {args.out}")
 

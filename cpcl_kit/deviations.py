@@ -93,9 +93,11 @@ PAPER_DEVIATIONS = {
     "seed": "seed 0 and every augmentation and CutMix mask drawn from torch generators seeded by "
             "(seed, iteration); the official seeds torch with 12345 and leaves python's and numpy's "
             "RNGs (augmentation, CutMix boxes) unseeded: no run replays the official random draws",
-    "multi_gpu": "under torchrun batch sizes are per GPU and BatchNorm statistics per GPU unless "
-                 "sync_bn=true; the official CPCL code trains on one GPU (a single-process run is "
-                 "the official setting)",
+    "multi_gpu": "under torchrun batch sizes are per GPU (N GPUs train N x batch_size images per "
+                 "iteration: divide batch_size by N for the official batch); BatchNorm normalises over "
+                 "the global batch (sync_bn, on in the paper presets), as the official code does on its "
+                 "one GPU; the CutMix boxes and warps are those of one process training the global "
+                 "batch",
     "checkpoint_selection": "the run evaluates its last iteration; the official code saves snapshots "
                             "every second epoch after nepochs // 6 plus the last, and does not say "
                             "which one the paper reports",

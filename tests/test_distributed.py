@@ -2,6 +2,7 @@
 one set of outputs (rank 0). The same code path torchrun takes."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -146,3 +147,113 @@ def test_backend_follows_the_device_not_the_machine():
 
     assert backend_for(torch.device("cpu")) == "gloo"
     assert backend_for(torch.device("cuda", 1)) == "nccl"
+
+
+# ------------------------------------------------------------------------------------------------
+# one global batch: sharded evaluation, averaged logs, world size part of the run, sync_bn on CPU
+
+
+def _global_batch_worker(rank, world, port, root, result_dir):
+    _env(rank, world, port)
+    from cpcl_kit.data.build import build_data
+    from cpcl_kit.engine.distributed import mean_over_ranks, process_group, with_rank0_buffers
+    from cpcl_kit.engine.evaluate import evaluate
+    from cpcl_kit.engine.train import train
+    from cpcl_kit.errors import KitError
+
+    root, out = Path(root), {}
+    with process_group(torch.device("cpu")):  # the mean over ranks leaves NaN entries out
+        mine = [1.0, float("nan"), float("nan")] if rank == 0 else [3.0, 5.0, float("nan")]
+        out["mean"] = mean_over_ranks(torch.tensor(mine)).tolist()
+    cfg = make_config("smoke", iterations=4, sup_only_iters=0, rampup_iters=0, log_every=1, checkpoint_every=2,
+                      device="cpu", eval_every=2, tb_image_every=0, n_val_scenes=7)
+    try:  # SyncBatchNorm on CPU processes: refused on every rank, in one line
+        train(make_config("smoke", device="cpu", sync_bn=True, iterations=2), out_dir=root / "sync", progress=False)
+        out["sync_bn"] = "trained"
+    except KitError as e:
+        out["sync_bn"] = str(e)
+    whole = train(cfg, out_dir=root / "whole", progress=False)
+    out["params"] = [p.detach().clone() for n in whole.nets for p in n.parameters()]
+    out["metrics"] = {k: whole.metrics[k] for k in ("miou", "pixel_acc", "per_class_iou")}
+    out["history"] = whole.history.drop(columns="seconds").to_dict("list")
+    # the sharded evaluation equals this process evaluating the whole set alone (one image per batch:
+    # the batches' make-up can move a near-tie pixel of these barely trained nets)
+    val = build_data(cfg).val
+    with process_group(torch.device("cpu")):
+        net = with_rank0_buffers(whole.nets)[0]  # the model rank 0 saves: its BatchNorm statistics
+        sharded = evaluate(net, val, cfg.num_classes, batch_size=1, progress=False, shard=(rank, world))
+    alone = evaluate(net, val, cfg.num_classes, batch_size=1, progress=False)
+    out["alone"], out["sharded"] = ({k: r[k] for k in ("miou", "pixel_acc", "per_class_iou")} for r in (alone, sharded))
+    # paused after iteration 2 (checkpoint written, every process gone), then resumed: the same run
+    train(cfg, out_dir=root / "paused", progress=False, stop_at=2)
+    again = train(cfg, out_dir=root / "paused", progress=False, resume=True)
+    out["resumed"] = [p.detach().clone() for n in again.nets for p in n.parameters()]
+    train(cfg, out_dir=root / "half", progress=False, stop_at=2)
+    torch.save(out, Path(result_dir) / f"rank{rank}.pt")
+
+
+def test_two_processes_train_one_global_batch(tmp_path):
+    root, results = tmp_path / "runs", tmp_path / "results"
+    results.mkdir()
+    _spawn(_global_batch_worker, (2, _free_port(), str(root), str(results)), timeout=400)
+    r0, r1 = (torch.load(results / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["mean"][:2] == r1["mean"][:2] == [2.0, 5.0] and math.isnan(r0["mean"][2]) and math.isnan(r1["mean"][2])
+    assert r0["sync_bn"] == r1["sync_bn"]
+    assert r0["sync_bn"].startswith("sync_bn: SyncBatchNorm runs on CUDA processes only")
+    for p, q, a, b in zip(r0["params"], r1["params"], r0["resumed"], r1["resumed"]):
+        assert torch.equal(p, q) and torch.equal(p, a) and torch.equal(a, b)  # both ranks; a resume changes nothing
+    # every process reports the whole validation set's numbers, equal to one process's evaluation
+    assert r0["metrics"] == r1["metrics"]
+    assert r0["sharded"] == r1["sharded"] == r0["alone"] == r1["alone"]
+    # the logged numbers are the means over both shards, the same on both ranks
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(pd.DataFrame(r0["history"]), pd.DataFrame(r1["history"]))
+    assert len(r0["history"]["loss"]) == 4
+
+    # the number of processes is part of the run: one process does not continue or reuse theirs
+    from cpcl_kit.engine.train import run_or_load, train
+    from cpcl_kit.errors import KitError
+
+    cfg = make_config("smoke", iterations=4, sup_only_iters=0, rampup_iters=0, log_every=1, checkpoint_every=2,
+                      device="cpu", eval_every=2, tb_image_every=0, n_val_scenes=7)
+    with pytest.raises(KitError, match=r"checkpoint\.pt: this run was trained by 2 process\(es\), and 1 would"):
+        train(cfg, out_dir=root / "half", resume=True, progress=False)
+    with pytest.raises(KitError, match=r"metrics\.json: this run was trained by 2 process\(es\)"):
+        run_or_load(cfg, root / "whole", progress=False)
+
+
+def test_cutmix_boxes_and_warps_are_drawn_for_the_global_batch():
+    """Process r of W takes slots r, W + r, ... of the global batch (the loader's sharding): its
+    boxes and warps are those slots' draws of one process training the whole batch."""
+    from types import SimpleNamespace
+
+    from cpcl_kit.method.variants import cutmix, warp_view
+
+    u = torch.randn(4, 3, 16, 16)
+    one = cutmix(SimpleNamespace(u0=u, u1=-u, u0_mask=None, shard=(0, 1)), torch.Generator().manual_seed(3), 3)[0]
+    parts = [cutmix(SimpleNamespace(u0=u[r::2], u1=-u[r::2], u0_mask=None, shard=(r, 2)),
+                    torch.Generator().manual_seed(3), 3)[0] for r in (0, 1)]
+    assert torch.equal(parts[0], one[0::2]) and torch.equal(parts[1], one[1::2])
+    cfg = make_config("smoke", student_aug="affine")
+    view = warp_view(cfg, torch.Generator().manual_seed(3), u, [], None)[0]
+    shards = [warp_view(cfg, torch.Generator().manual_seed(3), u[r::2], [], None, (r, 2))[0] for r in (0, 1)]
+    assert torch.equal(shards[0], view[0::2]) and torch.equal(shards[1], view[1::2])
+
+
+def test_figures_run_on_plain_batchnorm_copies_of_sync_nets():
+    """The pseudo-label figures (TensorBoard images, rank 0 alone) run the teachers in train mode on
+    copies whose SyncBatchNorm layers are plain again: no collective on one rank only. (On the CPU a
+    SyncBatchNorm forward raises, so reaching one fails this test.)"""
+    from cpcl_kit.method.scenes import pseudo_labels_on_scenes
+    from cpcl_kit.nets.deeplab import build_nets
+
+    cfg = make_config("smoke", backbone_weights="none", crop=32, head_channels=8, teacher_bn="train", cutmix_boxes=3)
+    nets = build_nets(cfg)
+    g = torch.Generator().manual_seed(0)
+    scenes = [(torch.randn(3, 32, 32, generator=g), torch.randint(0, 11, (32, 32), generator=g)) for _ in range(8)]
+    plain = pseudo_labels_on_scenes(nets, scenes, cfg, n=2)[2]
+    synced = [torch.nn.SyncBatchNorm.convert_sync_batchnorm(n) for n in nets]
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced[0].modules())
+    labels = pseudo_labels_on_scenes(synced, scenes, cfg, n=2)[2]
+    assert torch.equal(labels.union, plain.union) and torch.equal(labels.w_union, plain.w_union)

@@ -29,7 +29,9 @@ class Batch:
 
     x_l float [B,3,H,W], y_l int64 [B,H,W] (255 = ignore); u0, u1 float [Bu,3,H,W];
     u0_mask, u1_mask int64 [Bu,H,W]: the true masks where known, else 255 -- for analysis only,
-    never for training. u* are None for ``supervised_batches``.
+    never for training. u* are None for ``supervised_batches``. shard (rank, world size): this
+    process's part of the global batch, whose slot ``s * world + rank`` is this batch's slot ``s``
+    (``_IterationSampler.keys``); (0, 1) on one process.
     """
 
     x_l: torch.Tensor
@@ -38,9 +40,11 @@ class Batch:
     u0_mask: torch.Tensor | None = None
     u1: torch.Tensor | None = None
     u1_mask: torch.Tensor | None = None
+    shard: tuple[int, int] = (0, 1)
 
     def _map(self, fn) -> "Batch":
-        return Batch(**{f.name: None if (v := getattr(self, f.name)) is None else fn(v) for f in fields(self)})
+        return Batch(**{f.name: fn(v) if isinstance(v := getattr(self, f.name), torch.Tensor) else v
+                        for f in fields(self)})
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
         """Move every tensor to `device`."""
@@ -162,7 +166,13 @@ def _batches(datasets, batch_sizes, iterations, seed, start, num_workers, pin_me
         # DataLoader draws worker base seeds from this generator instead of the global RNG.
         generator=torch.Generator().manual_seed(_derive_seed(seed, start, 0xD1)),
     )
-    return iter(loader)
+    return _sharded(iter(loader), (rank, world_size))
+
+
+def _sharded(batches, shard: tuple[int, int]) -> Iterator[Batch]:
+    for batch in batches:
+        batch.shard = shard
+        yield batch
 
 
 def semi_supervised_batches(

@@ -6,9 +6,11 @@ same command runs on one device.
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,11 @@ class DistInfo:
     def main(self) -> bool:
         """Rank 0 alone writes logs, checkpoints and metrics."""
         return self.rank == 0
+
+
+# How long a collective waits for the other processes before the run stops with an error: longer
+# than any one step or checkpoint write, short enough that a rank that died ends the others today.
+TIMEOUT = timedelta(minutes=30)
 
 
 def env_local_rank() -> int:
@@ -50,7 +57,7 @@ def init_from_env(device: torch.device | None = None) -> DistInfo:
         device = device if device is not None else torch.device("cpu")
         if device.type == "cuda":  # NCCL binds each process's communicator to its current GPU
             torch.cuda.set_device(device)
-        dist.init_process_group(backend_for(device))
+        dist.init_process_group(backend_for(device), timeout=TIMEOUT)
     return DistInfo(dist.get_rank(), dist.get_world_size(), env_local_rank())
 
 
@@ -83,6 +90,39 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if _active():
         dist.all_reduce(t)
     return t
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) of this process in the active process group; (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if _active() else (0, 1)
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over processes, NaN entries left out of it (NaN where every process has
+    NaN); ``values`` itself on one process. A host sync: for logging intervals, not for steps."""
+    if not _active():
+        return values
+    known = ~torch.isnan(values)
+    both = torch.stack([torch.where(known, values, torch.zeros_like(values)), known.to(values.dtype)])
+    both = both.to(_comm_device())
+    dist.all_reduce(both)
+    return (both[0] / both[1]).to(values.device)
+
+
+def with_rank0_buffers(nets: list) -> list:
+    """The nets as rank 0 holds them, on every process: copies whose buffers (BatchNorm's running
+    statistics, which each process keeps for itself without SyncBatchNorm) are rank 0's, the ones
+    its checkpoint saves. A sharded evaluation then scores one model, the one the run keeps. One
+    process: the nets themselves."""
+    if not _active():
+        return nets
+    copies = [copy.deepcopy(net) for net in nets]
+    for net in copies:
+        for buf in net.buffers():
+            moved = buf.to(_comm_device())
+            dist.broadcast(moved, src=0)
+            buf.copy_(moved)
+    return copies
 
 
 def first_bad_iteration(bad_it: torch.Tensor) -> int:

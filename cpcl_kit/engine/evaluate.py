@@ -21,6 +21,7 @@ from ..config import Config
 from ..constants import IGNORE_INDEX
 from ..errors import KitError
 from ..limits import MAX_SIDE
+from .distributed import all_reduce_sum, shard as process_shard
 from .metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
 
 __all__ = ["branch_metrics", "eval_models", "evaluate", "evaluate_run", "predict_logits", "run_metrics", "window_starts"]
@@ -201,6 +202,7 @@ def evaluate(
     ignore_index: int = IGNORE_INDEX,
     leave: bool = True,
     branches: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
     """mIoU of a model (or an ensemble, see ``predict_logits``) over a data set.
 
@@ -215,6 +217,10 @@ def evaluate(
     ``branches=True`` with several models: ``{"1": ..., "2": ..., "ensemble": ...}``, one such dict
     per model and one for their ensemble, all from one forward pass per model and batch (the
     ensemble's scores are those ``evaluate(models)`` computes, bit for bit).
+
+    ``shard=(rank, world)``: this process scores items rank, rank + world, ... and the confusion
+    counts are summed over the processes (``distributed.all_reduce_sum``), so every process returns
+    the numbers of the whole set, equal to one process's. Every process must call it.
     """
     model_list = _as_models(models)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -225,23 +231,28 @@ def evaluate(
     device = _model_device(model_list) if device is None else torch.device(device)
     named = branches and len(model_list) > 1
 
+    rank, world = shard
     try:
         total = len(dataset)
     except TypeError:
         total = None
-    cms: dict[str, torch.Tensor] = {}
+    if world > 1:  # read lazily: a shard of a large validation set need not fit in memory at once
+        mine, whole = range(rank, total, world), dataset
+        dataset, total = (whole[i] for i in mine), len(mine)
+    # Every key from the start, so that every process sums the same counts in the same order.
+    cms = {k: torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+           for k in (["1", "2", "ensemble"] if named else ["scores"])}
     with tqdm(total=total, desc="evaluate", unit="img", disable=not progress, leave=leave) as bar:
         for images, masks in _batches(dataset, batch_size):
             images = images.to(device=device, dtype=torch.float32)
             masks = masks.to(device)
             scores = _predict(model_list, images, crop, stride_ratio, num_classes, branches=named)
             for k, v in scores.items():
-                cm = confusion_matrix(v.argmax(dim=1), masks, num_classes, ignore_index)
-                cms[k] = cms[k] + cm if k in cms else cm
+                cms[k] += confusion_matrix(v.argmax(dim=1), masks, num_classes, ignore_index)
             bar.update(images.shape[0])
-    if not cms:
-        cms = {k: torch.zeros(num_classes, num_classes, dtype=torch.long)
-               for k in (["1", "2", "ensemble"] if named else ["scores"])}
+    if world > 1:
+        for k in cms:
+            all_reduce_sum(cms[k])
     results = {k: _result(cm.cpu()) for k, cm in cms.items()}
     return results if named else results["scores"]
 
@@ -292,7 +303,7 @@ def branch_metrics(cfg: Config, models, data, progress: bool, leave: bool = True
     """The metrics of ``models`` on the validation set; ``branches``: {branch: metrics} of each of
     two nets and their ensemble, from one pass per net."""
     res = evaluate(models, data.val, cfg.num_classes, crop=cfg.eval_crop, stride_ratio=cfg.eval_stride,
-                   progress=progress, leave=leave, branches=branches)
+                   progress=progress, leave=leave, branches=branches, shard=process_shard())
     if branches:
         return {b: run_metrics(cfg, r) for b, r in res.items()}
     return run_metrics(cfg, res)

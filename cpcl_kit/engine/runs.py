@@ -152,9 +152,21 @@ def write_config(run_dir, cfg: Config) -> Path:
 
 
 def save_checkpoint(path, cfg: Config, iteration: int, nets, opts, scaler, history: list[dict],
-                    val_curve: list[dict] | None = None) -> Path:
-    """Both nets, optimizers, scaler, iteration, RNG states, history and validation curve, atomically."""
-    return save_torch(path, checkpoint.make_state(cfg, iteration, nets, opts, scaler, history, val_curve))
+                    val_curve: list[dict] | None = None, world_size: int = 1) -> Path:
+    """Both nets, optimizers, scaler, iteration, RNG states, history, validation curve and the number
+    of processes that trained them, atomically."""
+    state = checkpoint.make_state(cfg, iteration, nets, opts, scaler, history, val_curve)
+    return save_torch(path, {**state, "world_size": int(world_size)})
+
+
+def check_same_world(path, saved: int, now: int) -> None:
+    """A run trained by ``saved`` processes is another run for ``now`` processes: each process takes
+    batch_size images, so the global batch, the data positions of every iteration and the BatchNorm
+    statistics all follow the number of processes. KitError in one line when they differ."""
+    if int(saved) != int(now):
+        raise KitError(f"{path}: this run was trained by {saved} process(es), and {now} would continue it with "
+                       f"another global batch ({saved} x batch_size images per iteration, not {now} x); run it "
+                       f"on {saved} process(es), or start it over (--fresh) or in another folder")
 
 
 # ------------------------------------------------------------------------------------------------

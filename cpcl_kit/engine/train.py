@@ -29,7 +29,8 @@ from ..nets.pretrain import fingerprint, warn_if_other_init
 from ..provenance import code_version
 from . import checkpoint, runs
 from .device import batch_to, pick_device, setup_device
-from .distributed import DistInfo, all_reduce_sum, barrier, env_local_rank, first_bad_iteration, process_group
+from .distributed import (DistInfo, all_reduce_sum, barrier, env_local_rank, first_bad_iteration, mean_over_ranks,
+                          process_group, with_rank0_buffers)
 from .evaluate import branch_metrics, eval_models, evaluate_run
 from .runs import RunResult
 from .tblog import NoBoard, open_board
@@ -44,13 +45,16 @@ class TrainingDiverged(KitError):
 # the loop
 
 
-def _resume(trainer: Trainer, out_dir) -> tuple[int, list[dict], list[dict]]:
-    """(iteration, history, validation curve) of the checkpoint in ``out_dir``, restored into ``trainer``."""
+def _resume(trainer: Trainer, out_dir, world_size: int) -> tuple[int, list[dict], list[dict]]:
+    """(iteration, history, validation curve) of the checkpoint in ``out_dir``, restored into ``trainer``.
+    A checkpoint of another number of processes is refused: its global batch, data positions and
+    BatchNorm statistics are those of that many processes."""
     path = Path(out_dir) / runs.CHECKPOINT if out_dir is not None else None
     if path is None or not path.exists():
         raise KitError(f"--resume: no checkpoint to resume in {path}")
     state = checkpoint.load(path)
     runs.check_same_run(out_dir, trainer.cfg, saved=state["config"])
+    runs.check_same_world(path, state.get("world_size", 1), world_size)
     start, history = checkpoint.restore(state, trainer.nets, trainer.opts, trainer.scaler)
     curve = state.get("val_curve")
     return start, history, [dict(r) for r in curve] if isinstance(curve, list) else []
@@ -84,12 +88,12 @@ class _Log:
         """The history row for iterations up to ``done`` (host syncs here, at the logging interval)."""
         # Divide by the iterations actually summed: a run resumed between two logging points sums
         # fewer than log_every before its first row.
+        # Under several processes every number is the mean over the processes' shards.
         n = max(self.count, 1)
         row = {"iteration": done, "lr": lr_at(done - 1, self.cfg), "lambda": unsup_weight_at(done - 1, self.cfg),
-               **{k: float(v) / n for k, v in self.sums.items()}}
+               **{k: v / n for k, v in _over_ranks(self.sums).items()}}
         if out.labels is not None:
-            stats = label_stats(out.labels, out.mixed_truth, self.cfg.num_classes)
-            row.update({k: float(v) for k, v in stats.items()})
+            row.update(_over_ranks(label_stats(out.labels, out.mixed_truth, self.cfg.num_classes)))
         row["seconds"] = self.seconds()
         self.history.append(row)
         self.sums, self.count = {}, 0
@@ -101,6 +105,13 @@ class _Log:
         return self.before + time.perf_counter() - self.t0 - self.watching
 
 
+def _over_ranks(values: dict) -> dict[str, float]:
+    """``values`` (0-dim tensors) as floats, each the mean over the processes (itself on one)."""
+    keys = list(values)
+    means = mean_over_ranks(torch.stack([values[k].detach().double() for k in keys]))
+    return {k: float(v) for k, v in zip(keys, means.tolist())}
+
+
 def _save(trainer: Trainer, out: Path | None, done: int, last_good: int, history: list,
           curve: list | None = None) -> None:
     # One huge step after a finite loss can still leave inf weights: never save those.
@@ -108,7 +119,8 @@ def _save(trainer: Trainer, out: Path | None, done: int, last_good: int, history
         _diverged(out, done - 1, last_good, history)
     if out is not None:
         t = trainer
-        runs.save_checkpoint(out / runs.CHECKPOINT, t.cfg, done, t.nets, t.opts, t.scaler, history, curve)
+        runs.save_checkpoint(out / runs.CHECKPOINT, t.cfg, done, t.nets, t.opts, t.scaler, history, curve,
+                             t.world_size)
         files.write_csv(out / runs.HISTORY, pd.DataFrame(history))
 
 
@@ -124,7 +136,8 @@ def _evaluate_during(trainer: Trainer, data, done: int, curve: list, out: Path |
     statistic, and the RNG is forked, so the weights that follow are bit for bit those without it."""
     cfg = trainer.cfg
     with torch.random.fork_rng(devices=[]):
-        m = branch_metrics(cfg, eval_models(trainer.nets, cfg.eval_branch), data, progress, leave=False)
+        nets = with_rank0_buffers(trainer.nets)
+        m = branch_metrics(cfg, eval_models(nets, cfg.eval_branch), data, progress, leave=False)
     row = _curve_row(done, m)
     curve.append(row)
     if out is not None:
@@ -137,10 +150,10 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
           progress: bool, stop_at: int | None, data=None, curve: list | None = None,
           board: NoBoard | None = None) -> tuple[float, bool]:
     """Train from iteration ``start``; returns the training seconds (a resumed run's included) and
-    whether it paused at ``stop_at``. Every ``eval_every`` iterations rank 0 evaluates the
-    validation set into ``curve`` (before a checkpoint of the same iteration, which keeps it) while
-    the other ranks wait; ``board`` gets the history rows, the evaluations and the pseudo-label
-    images (rank 0 only)."""
+    whether it paused at ``stop_at``. Every ``eval_every`` iterations the processes evaluate the
+    validation set, each its shard, into ``curve`` (before a checkpoint of the same iteration, which
+    keeps it); ``board`` gets the history rows, the evaluations and the pseudo-label images (rank 0
+    only)."""
     cfg, device = trainer.cfg, trainer.device
     curve = [] if curve is None else curve
     board = board or NoBoard()
@@ -168,12 +181,11 @@ def _loop(trainer: Trainer, batches, start: int, history: list, out: Path | None
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
                                 **({"agree": f"{row['agreement']:.2f}"} if "agreement" in row else {}))
             t_watch = time.perf_counter()
+            # (the last iteration is the run's own evaluation, after the loop)
             if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done < cfg.iterations:
-                if info.main:  # the last iteration is the run's own evaluation, after the loop
-                    val = _evaluate_during(trainer, data, done, curve, out, board, progress)
-                    if progress:
-                        bar.write(f"iteration {done}: validation mIoU {100 * val['miou']:.2f}")
-                barrier()
+                val = _evaluate_during(trainer, data, done, curve, out, board, progress and info.main)
+                if progress and info.main:
+                    bar.write(f"iteration {done}: validation mIoU {100 * val['miou']:.2f}")
             if board.images_due(done):
                 with torch.random.fork_rng(devices=[]):
                     board.pseudo_labels(done, trainer.nets, data)
@@ -223,7 +235,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         init = fingerprint(cfg)
         if info.main:
             warn_if_other_init(init)
-        start, history, curve = _resume(trainer, out_dir) if resume else (0, [], [])
+        start, history, curve = _resume(trainer, out_dir, info.world_size) if resume else (0, [], [])
         trainer.wrap_ddp(info)
         if out is not None:
             runs.write_config(out, cfg)
@@ -240,21 +252,20 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
         if paused:  # the next train() of every rank must find rank 0's checkpoint written
             barrier()
             return RunResult(cfg, trainer.nets, hist, {}, out)
-        metrics = {}
-        if info.main:  # the others wait: evaluation needs no sharding at these sizes
-            metrics = evaluate_run(cfg, trainer.nets, data, progress=progress)
-            metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
-                           preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
-                           backbone_init=init, code=code)
-            board.validation(cfg.iterations, metrics)
-            if cfg.eval_every > 0 or curve:  # the curve ends with the run's own evaluation
-                curve = [r for r in curve if r["iteration"] < cfg.iterations] + [_curve_row(cfg.iterations, metrics)]
-                metrics.update(val_curve=curve, best_on_val=runs.best_on_val(curve))
-            if out is not None:
-                files.write_csv(out / runs.HISTORY, hist)
-                if curve:
-                    files.write_csv(out / runs.VAL_CURVE, pd.DataFrame(curve))
-                files.write_json(out / runs.METRICS, metrics)
+        # Every process evaluates its shard of the validation set; the counts are summed over them.
+        metrics = evaluate_run(cfg, with_rank0_buffers(trainer.nets), data, progress=progress and info.main)
+        metrics.update(method=cfg.method, iterations=cfg.iterations, seconds=round(seconds, 2),
+                       preset=cfg.preset, seed=cfg.seed, labeled=cfg.labeled, world_size=info.world_size,
+                       backbone_init=init, code=code)
+        board.validation(cfg.iterations, metrics)
+        if cfg.eval_every > 0 or curve:  # the curve ends with the run's own evaluation
+            curve = [r for r in curve if r["iteration"] < cfg.iterations] + [_curve_row(cfg.iterations, metrics)]
+            metrics.update(val_curve=curve, best_on_val=runs.best_on_val(curve))
+        if out is not None:  # rank 0's folder
+            files.write_csv(out / runs.HISTORY, hist)
+            if curve:
+                files.write_csv(out / runs.VAL_CURVE, pd.DataFrame(curve))
+            files.write_json(out / runs.METRICS, metrics)
         barrier()
         return RunResult(cfg, trainer.nets, hist, metrics, out)
 
@@ -298,7 +309,9 @@ def run_or_load(cfg: Config, run_dir, progress: bool = True, data=None, stages: 
         if not info.main:
             runs.check_same_run(run_dir, cfg)
         if runs.is_finished(run_dir):
-            return runs.load_run(run_dir, cfg, nets=nets)
+            found = runs.load_run(run_dir, cfg, nets=nets)
+            runs.check_same_world(run_dir / runs.METRICS, found.metrics.get("world_size", 1), info.world_size)
+            return found
         if not stages:
             return train(cfg, out_dir=run_dir, resume=runs.has_checkpoint(run_dir), progress=progress, data=data)
         done = _checkpoint_iteration(run_dir)

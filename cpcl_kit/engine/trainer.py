@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..errors import KitError
 from ..method.steps import StepOut
 from ..method.variants import each
 from ..nets.deeplab import build_nets
@@ -95,6 +96,7 @@ class Trainer:
     dtype: torch.dtype | None
     models: list | None = None
     par: object = each  # how the step maps work over the nets: in turn, or ``on_threads``
+    world_size: int = 1  # processes training together (``wrap_ddp``)
 
     @classmethod
     def create(cls, cfg: Config, device: torch.device) -> "Trainer":
@@ -120,9 +122,17 @@ class Trainer:
         rank in place at each of those calls, and a later call then overwrites statistics that an
         earlier call's graph saved for backward (torch 2.11 stops with "modified by an inplace
         operation" on rank 1). Each rank keeps its own running statistics instead (SyncBatchNorm,
-        ``sync_bn=true``, shares the batch statistics themselves); rank 0's are the ones saved."""
+        ``sync_bn=true``, shares the batch statistics themselves); rank 0's are the ones saved.
+
+        SyncBatchNorm computes on CUDA only: several CPU processes with ``sync_bn`` are refused, on
+        every rank alike, before any collective."""
+        self.world_size = info.world_size
         if not info.enabled:
             return
+        if self.cfg.sync_bn and self.device.type != "cuda":
+            raise KitError(f"sync_bn: SyncBatchNorm runs on CUDA processes only, and these {info.world_size} "
+                           f"processes train on the {self.device.type}; pass --set sync_bn=false (each process "
+                           f"then normalises over its own images)")
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.par = each  # DDP's collectives run in the order of the calls, from one thread

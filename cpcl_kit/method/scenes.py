@@ -16,6 +16,7 @@ from ..constants import IGNORE_INDEX
 from ..data.palette import IGNORE_GREY, colourise
 from ..data.transforms import display_image
 from ..errors import KitError
+from ..nets.deeplab import without_sync_bn
 
 
 def _device_of(net) -> torch.device:
@@ -92,7 +93,6 @@ def pseudo_labels_on_scenes(nets, data, cfg, n: int = 4, seed: int = 0, augment:
     PseudoLabels with no intersection or union label where the step gives none), all on the CPU.
     The disagreement indicator is computed over these n scenes as one batch, as over a training
     batch. The nets are left as they were (modes and BatchNorm statistics)."""
-    import copy
     import dataclasses
 
     from ..data.loaders import Batch
@@ -109,8 +109,9 @@ def pseudo_labels_on_scenes(nets, data, cfg, n: int = 4, seed: int = 0, augment:
     u1, m1 = (images[n:], masks[n:]) if mixing else (None, None)
     batch = Batch(None, None, u0, m0, u1, m1)
     was = [net.training for net in nets]
-    # Train-mode teachers update BatchNorm's running statistics: let copies do that.
-    teachers = [copy.deepcopy(net) for net in nets] if cfg.teacher_bn == "train" else nets
+    # Train-mode teachers update BatchNorm's running statistics: let copies do that, with plain
+    # BatchNorm (a SyncBatchNorm would wait for the other processes, which are not drawing figures).
+    teachers = [without_sync_bn(net) for net in nets] if cfg.teacher_bn == "train" else nets
     try:
         for net in teachers:
             net.train()

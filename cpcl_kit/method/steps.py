@@ -20,7 +20,7 @@ from ..config import Config
 from ..constants import IGNORE_INDEX as IGNORE
 from ..deviations import CPS_OWN_RECIPE
 from .cpcl import PseudoLabels, agreement, pseudo_supervision, weighted_ce
-from .variants import cutmix, each, teachers, void_band, warp_view, without
+from .variants import cutmix, each, shard_of, teachers, void_band, warp_view, without
 
 
 def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min_kept: int = 50000,
@@ -98,7 +98,7 @@ def pseudo_labels(nets, batch, cfg: Config, gen: torch.Generator, all_reduce=Non
     # CutMix: boxes of u1 pasted into u0; the teachers predict u0 and u1, their logits mixed alike.
     mask, image, truth = cutmix(batch, gen, cfg.cutmix_boxes)
     t1, t2 = teachers(nets, batch, mask, cfg.teacher_bn, par)
-    image, (t1, t2), truth, void = warp_view(cfg, gen, image, (t1, t2), truth)
+    image, (t1, t2), truth, void = warp_view(cfg, gen, image, (t1, t2), truth, shard_of(batch))
     if cfg.method == "cps":
         labels = pseudo_supervision(t1, t2, reweight=False)
     else:

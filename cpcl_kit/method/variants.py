@@ -26,16 +26,25 @@ def each(fn, items) -> list:
     return [fn(x) for x in items]
 
 
+def shard_of(batch) -> tuple[int, int]:
+    """(rank, world size) of ``batch``: which slots of the global batch it holds (``loaders.Batch``)."""
+    return getattr(batch, "shard", (0, 1))
+
+
 def cutmix(batch, gen: torch.Generator, boxes: int):
     """(mask float [Bu,1,H,W] or None, the mixed image, the true masks on it or None).
 
     The paper: ``boxes`` boxes of u1 pasted into u0 (official 3). boxes=0: no mixing, mask None, the
     student sees u0 and u0's pseudo label (a digit's identity is its whole shape, so a box can hand
-    the student fragments it cannot name)."""
+    the student fragments it cannot name). Under several processes the boxes are drawn for the
+    global batch and each process takes its images' ones, so the draws are those of one process
+    training the whole batch."""
     if boxes == 0:
         return None, batch.u0, batch.u0_mask
     b, _, h, w = batch.u0.shape
-    mask = cutmix_box_masks(b, (h, w), n_boxes=boxes, generator=gen, device=batch.u0.device)
+    rank, world = shard_of(batch)
+    mask = cutmix_box_masks(b * world, (h, w), n_boxes=boxes, generator=gen,
+                            device=batch.u0.device)[rank::world]
     truth = mix(batch.u0_mask, batch.u1_mask, mask) if batch.u0_mask is not None else None
     return mask, mix(batch.u0, batch.u1, mask), truth
 
@@ -64,18 +73,21 @@ def teachers(nets, batch, mask, bn: str = "train", par=each) -> list:
     return par(teach, nets)
 
 
-def warp_view(cfg: Config, gen: torch.Generator, image, logits, truth):
+def warp_view(cfg: Config, gen: torch.Generator, image, logits, truth, shard: tuple[int, int] = (0, 1)):
     """(image, logits, truth, void): what the student sees, with its teachers' logits and the true
     masks on the same pixels.
 
     ``student_aug="none"`` (official): the mixed image itself, no pixel void. ``"affine"``
     (``perturb``): the image warped by a random rotation, scale and shift, the teachers' logits
     warped alike, so each pseudo label names the pixel the student sees; ``void`` marks the pixels
-    warped in from outside the scene, which get no pseudo label."""
+    warped in from outside the scene, which get no pseudo label. ``shard``: as ``cutmix``'s boxes, the
+    warps are drawn for the global batch and sliced."""
     if cfg.student_aug == "none":
         return image, logits, truth, None
     # Drawn on the CPU generator; six numbers per image go to the device without a host wait.
-    theta = random_affine(image.shape[0], generator=gen).to(image.device, non_blocking=True)
+    rank, world = shard
+    theta = random_affine(image.shape[0] * world, generator=gen)[rank::world]
+    theta = theta.to(image.device, non_blocking=True)
     off = outside(theta, image.shape[-2:], image.device)
     # Border padding gives every pixel a teacher argmax; those outside are voided in the targets.
     logits = [warp(t, theta, padding="border") for t in logits]
@@ -101,7 +113,7 @@ def draw_view(cfg: Config, batch, gen: torch.Generator):
     """(image [Bu,3,H,W], truth [Bu,H,W] or None, void [Bu,H,W] or None, CutMix mask or None): the
     students' view of ``batch`` alone, without teachers -- the same draws as ``steps.pseudo_labels``."""
     mask, image, truth = cutmix(batch, gen, cfg.cutmix_boxes)
-    image, _, truth, off = warp_view(cfg, gen, image, [], truth)
+    image, _, truth, off = warp_view(cfg, gen, image, [], truth, shard_of(batch))
     return image, truth, off, mask
 
 

@@ -11,6 +11,7 @@ that is *added*, then a decoder that joins a 48-channel projection of layer1, tw
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import warnings
@@ -393,3 +394,23 @@ def build_nets(cfg) -> list[DeepLabV3Plus]:
     for other in nets[1:]:
         other.backbone.load_state_dict(nets[0].backbone.state_dict())
     return nets
+
+
+def without_sync_bn(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose SyncBatchNorm layers are BatchNorm2d with the same parameters,
+    statistics and mode. One process may run it alone: a SyncBatchNorm forward in train mode waits
+    for every process of the group (figures on rank 0 would hang the others)."""
+    out = copy.deepcopy(net)
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.SyncBatchNorm):
+                bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+                bn.load_state_dict(child.state_dict())
+                setattr(module, name, bn.to(next(child.buffers(), torch.empty(0)).device).train(child.training))
+            else:
+                swap(child)
+
+    swap(out)
+    return out
