@@ -24,7 +24,8 @@ class DataBundle:
     class_names: list
 
 
-def _train_tf(cfg: Config):
+def train_transform_of(cfg: Config):
+    """The training augmentation of ``cfg``: random scale, crop, flip and colour as it asks."""
     return train_transform(cfg.crop, scales=cfg.scales or None, flip=cfg.flip, colour=cfg.colour_aug,
                            crop_pad=cfg.crop_pad)
 
@@ -42,7 +43,7 @@ def scene_spec(cfg: Config) -> SceneSpec:
 
 def digit_data(cfg: Config) -> DataBundle:
     spec = scene_spec(cfg)
-    train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=_train_tf(cfg))
+    train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=train_transform_of(cfg))
     val = DigitScenes("val", n=cfg.n_val_scenes, spec=spec, seed=cfg.seed + 10_000,
                       transform=val_transform())
     lab, unlab = _partition(cfg, list(range(len(train))))
@@ -80,8 +81,8 @@ def file_data(cfg: Config) -> DataBundle:
     lab, unlab, val = entry.splits(cfg.data_root, labeled=labeled, labeled_list=cfg.labeled_list,
                                    unlabeled_list=cfg.unlabeled_list, seed=cfg.seed)
     c = cfg.num_classes
-    return DataBundle(images.SegmentationFiles(lab, c, _train_tf(cfg)),
-                      images.SegmentationFiles([(img, None) for img, _ in unlab], c, _train_tf(cfg)),
+    return DataBundle(images.SegmentationFiles(lab, c, train_transform_of(cfg)),
+                      images.SegmentationFiles([(img, None) for img, _ in unlab], c, train_transform_of(cfg)),
                       images.SegmentationFiles(val, c, val_transform()), class_names(cfg))
 
 
