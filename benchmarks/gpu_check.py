@@ -21,7 +21,10 @@ speed benchmark, so the timings are taken on a quiet machine). Stages, most valu
             every quarter (eval_every: the curve must hold each quarter once) and, where the
             tensorboard package is installed (never installed here), writes TensorBoard events
             whose steps must be unique across the kill and the resume
-  torchrun  torchrun --nproc_per_node 1 -m cpcl_kit train on the GPU
+  torchrun  torchrun --nproc_per_node 2 -m cpcl_kit train, both processes on the one GPU (gloo with CUDA
+            tensors, $CPCL_KIT_DIST_BACKEND; NCCL needs a GPU per process): sync_bn off, sync_bn on (on
+            the CPU smoke: refused in one line), and a run killed after its first checkpoint and
+            resumed; each must finish with world_size 2 in its metrics
   suite     the test suite (pytest -n 8), browser tests deselected; the failing tests are listed
             by name in the JSON and the markdown
 
@@ -62,7 +65,7 @@ SIZES = {
 # Stage time limits, seconds (GPU machine); each is also cut to what the budget has left. The speed
 # runs leave SPEED_RESERVE seconds of the budget to the stages after them.
 LIMITS = {"env": 30, "speed_main": 110, "speed_channels_last": 60, "speed_fp32": 60, "speed_compile": 60,
-          "doctor": 100, "sync_tests": 90, "sync_paper": 60, "voc": 150, "torchrun": 60, "suite": 240}
+          "doctor": 100, "sync_tests": 90, "sync_paper": 60, "voc": 150, "torchrun": 150, "suite": 240}
 SPEED_RESERVE = 250
 CPU_LIMITS = {**{k: 300 for k in LIMITS}, "speed_compile": 120, "suite": 300}
 
@@ -100,12 +103,17 @@ class Check:
 
     def start(self, name: str, cmd: list[str], log=None, env=None) -> subprocess.Popen | None:
         self.say(f"{name}: $ {' '.join(cmd)}")
+        # Every process of the stage inherits this tag, so a kill finds them all: torchrun starts its
+        # workers in sessions of their own, out of reach of a kill of the stage's process group.
+        tag = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
         try:
-            return subprocess.Popen(cmd, cwd=ROOT, stdout=log or self.log, stderr=subprocess.STDOUT,
-                                    env=env or self.env, start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log or self.log, stderr=subprocess.STDOUT,
+                                    env={**(env or self.env), STAGE_TAG: tag}, start_new_session=True)
         except OSError as e:
             self.say(f"{name}: could not start: {e}")
             return None
+        proc.stage_tag = tag
+        return proc
 
     def finish(self, name: str, proc: subprocess.Popen | None, limit: float, t_start: float) -> dict:
         """Wait for ``proc`` up to ``limit`` seconds from ``t_start``; kill its process group after."""
@@ -144,11 +152,32 @@ class Check:
             return {}
 
 
+STAGE_TAG = "GPU_CHECK_STAGE"
+
+
+def _tagged(tag: str) -> list[int]:
+    """The processes whose environment holds ``GPU_CHECK_STAGE=tag`` (Linux /proc)."""
+    needle = f"{STAGE_TAG}={tag}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def _kill(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
+    for pid in _tagged(getattr(proc, "stage_tag", "")) if getattr(proc, "stage_tag", None) else []:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -318,21 +347,66 @@ def stage_voc(c: Check) -> dict:
             "first": first, "resume": second, **res}
 
 
+REFUSED_SYNC_BN = "sync_bn: SyncBatchNorm runs on CUDA processes only"
+
+
 def stage_torchrun(c: Check) -> dict:
+    """Two processes on the one device: sync_bn off and on, and a run killed after its first
+    checkpoint and resumed. On the GPU both processes share cuda:0 over gloo; on the CPU smoke they
+    are two CPU processes, where sync_bn must be refused in one line (exit 2)."""
     s = c.size
-    out = c.work / "torchrun-run"
-    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(_free_port()),
-           "-m", "cpcl_kit", "train", "--method", "cpcl", "--preset", "smoke", "--quiet", "--out", str(out),
-           "--set", f"iterations={s['torchrun_iters']}", "--set", "backbone_weights=none",
-           "--set", f"device={'cuda' if not c.cpu else 'cpu'}"]
-    r = c.run("torchrun", cmd)
-    try:
-        m = json.loads((out / "metrics.json").read_text())
-        r["metrics"] = {k: m.get(k) for k in ("iterations", "miou", "world_size", "seconds")}
-    except (OSError, ValueError):
-        m = None
-    r["ok"] = r["rc"] == 0 and m is not None and m.get("iterations") == s["torchrun_iters"]
-    return r
+    t = time.monotonic()
+    env = dict(c.env, OMP_NUM_THREADS="1", CPCL_KIT_DIST_BACKEND="gloo")
+    n = 2 * s["torchrun_iters"]
+
+    def command(out: Path, sync_bn: bool) -> list[str]:
+        return [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+                "-m", "cpcl_kit", "train", "--method", "cpcl", "--preset", "smoke", "--quiet", "--out", str(out),
+                "--set", f"iterations={n}", "--set", f"checkpoint_every={n // 2}", "--set", f"log_every={n // 2}",
+                "--set", "backbone_weights=none", "--set", f"sync_bn={str(sync_bn).lower()}",
+                "--set", f"device={'cpu' if c.cpu else 'cuda:0'}", "--set", "eval_every=0", "--set", "tb_image_every=0"]
+
+    def world(out: Path) -> dict | None:
+        try:
+            m = json.loads((out / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return {k: m.get(k) for k in ("iterations", "miou", "world_size", "seconds")}
+
+    res = {}
+    for name, sync_bn in (("sync_bn_off", False), ("sync_bn_on", True)):
+        out = c.work / f"torchrun-{name}"
+        r = c.run(f"torchrun/{name}", command(out, sync_bn), "torchrun", env=env, limit=60)
+        r["metrics"] = world(out)
+        if c.cpu and sync_bn:  # each worker exits 2 with the one line; torchrun itself then exits 1
+            c.log.flush()
+            r["expected"] = REFUSED_SYNC_BN
+            r["ok"] = r["rc"] != 0 and c.log_path.read_text().count(f"error: {REFUSED_SYNC_BN}") >= 2
+        else:
+            r["ok"] = (r["rc"] == 0 and r["metrics"] is not None and r["metrics"]["world_size"] == 2
+                       and r["metrics"]["iterations"] == n)
+        res[name] = r
+    # killed once its half-way checkpoint exists, then resumed by the same two processes
+    out = c.work / "torchrun-resumed"
+    t1 = time.monotonic()
+    proc = c.start("torchrun/first-half", command(out, False), env=env)
+    killed_at = None
+    while proc is not None and proc.poll() is None and time.monotonic() - t1 < 60:
+        if (out / "checkpoint.pt").exists():
+            _kill(proc)
+            killed_at = round(time.monotonic() - t1, 1)
+            c.say(f"torchrun/first-half: killed after {killed_at} s, once checkpoint.pt was written")
+            break
+        time.sleep(0.2)
+    c.finish("torchrun/first-half", proc, 60, t1)
+    left = _tagged(getattr(proc, "stage_tag", "")) if proc is not None else []
+    second = (c.run("torchrun/resume", command(out, False) + ["--resume"], "torchrun", env=env, limit=60)
+              if killed_at is not None else {"skipped": "not killed"})
+    second["metrics"] = world(out)
+    res["kill_and_resume"] = {"killed_after_s": killed_at, "workers_left_after_kill": len(left), **second,
+                              "ok": killed_at is not None and not left and second.get("rc") == 0
+                              and (second["metrics"] or {}).get("world_size") == 2}
+    return {"ok": all(v["ok"] for v in res.values()), "seconds": round(time.monotonic() - t, 1), **res}
 
 
 def start_suite(c: Check):

@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..errors import KitError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -42,9 +44,20 @@ def env_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+# The process-group backend, when set ("gloo" or "nccl"): gloo with CUDA tensors lets two processes
+# share one GPU (NCCL refuses that), which is how a one-GPU machine checks the multi-process path.
+BACKEND_ENV = "CPCL_KIT_DIST_BACKEND"
+
+
 def backend_for(device: torch.device) -> str:
     """NCCL for a CUDA run, gloo for a CPU one: chosen by the run's device, since a CPU run on a
-    machine that has CUDA still needs a backend that can move CPU tensors (NCCL cannot)."""
+    machine that has CUDA still needs a backend that can move CPU tensors (NCCL cannot);
+    ``$CPCL_KIT_DIST_BACKEND`` chooses otherwise."""
+    chosen = os.environ.get(BACKEND_ENV)
+    if chosen:
+        if chosen not in ("gloo", "nccl"):
+            raise KitError(f"${BACKEND_ENV}: expected gloo or nccl, got {chosen!r}")
+        return chosen
     return "nccl" if device.type == "cuda" else "gloo"
 
 
