@@ -175,11 +175,11 @@ def test_presets_choose_their_crop_padding(preset):
     from torchvision.transforms import v2
 
     from cpcl_kit.config import PAPER_PRESETS, make_config
-    from cpcl_kit.data.build import _train_tf
+    from cpcl_kit.data.build import train_transform_of
     from cpcl_kit.data.transforms import CentredPadCrop
 
     cfg = make_config(preset)
-    last = _train_tf(cfg).pipeline.transforms[-1]
+    last = train_transform_of(cfg).pipeline.transforms[-1]
     if preset in PAPER_PRESETS:
         assert cfg.crop_pad == "centre" and isinstance(last, CentredPadCrop)
     else:
@@ -212,15 +212,24 @@ FIELDS = ("x_l", "y_l", "u0", "u0_mask", "u1", "u1_mask")
 
 
 def _same(a: Batch, b: Batch):
-    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
+    def equal(x, y):
+        return x is None and y is None or x is not None and y is not None and torch.equal(x, y)
+
+    return all(equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
 
 
 def test_batches_count_shapes_and_epoch_cover():
     out = list(semi_supervised_batches(Indexed(6), Indexed(9, known=False), 2, 3, iterations=6, seed=0))
     assert len(out) == 6
     b = out[0]
-    assert b.x_l.shape == (2, 3, 2, 2) and b.y_l.dtype == torch.int64 and b.u0.shape == (3, 3, 2, 2)
-    assert bool((b.u0_mask == 255).all())
+    # masks travel as uint8 and become int64 on the device; unlabeled images without any true label
+    # send no mask at all
+    assert b.x_l.shape == (2, 3, 2, 2) and b.y_l.dtype == torch.uint8 and b.u0.shape == (3, 3, 2, 2)
+    assert b.u0_mask is None and b.u1_mask is None
+    from cpcl_kit.engine.device import batch_to
+
+    on = batch_to(b, torch.device("cpu"))
+    assert on.y_l.dtype == torch.int64 and torch.equal(on.y_l, b.y_l.long()) and on.u0_mask is None
     lab = [i for b in out for i in _ids(b.x_l)]
     assert sorted(lab[:6]) == sorted(lab[6:]) == list(range(6))  # each epoch is a permutation
     u0 = [i for b in out for i in _ids(b.u0)]

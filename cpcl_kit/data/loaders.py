@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..constants import IGNORE_INDEX as IGNORE
 from ..errors import KitError
 
 LABELED, UNLABELED_0, UNLABELED_1 = 0, 1, 2
@@ -132,11 +133,23 @@ class _Collate:
             xs, ys = by_stream.setdefault(stream, ([], []))
             xs.append(image)
             ys.append(mask)
-        stacked = {s: (torch.stack(xs), torch.stack(ys).long()) for s, (xs, ys) in by_stream.items()}
+        stacked = {s: (torch.stack(xs), _compact(torch.stack(ys), s != LABELED)) for s, (xs, ys) in by_stream.items()}
         x_l, y_l = stacked[LABELED]
         u0, u0_mask = stacked.get(UNLABELED_0, (None, None))
         u1, u1_mask = stacked.get(UNLABELED_1, (None, None))
         return Batch(x_l, y_l, u0, u0_mask, u1, u1_mask)
+
+
+def _compact(masks: torch.Tensor, unlabeled: bool) -> torch.Tensor | None:
+    """Masks as they travel from a loader worker: uint8 where every value fits (the device side
+    makes them int64 again, ``engine.device.batch_to``: an eighth of the bytes through shared
+    memory); None for unlabeled images without any true label (a data set on disk), which only
+    the pseudo-label statistics would read, as unknown."""
+    if unlabeled and bool((masks == IGNORE).all()):
+        return None
+    if masks.numel() and 0 <= int(masks.min()) and int(masks.max()) <= 255:
+        return masks.to(torch.uint8)
+    return masks.long()
 
 
 def _check_dataset(ds: Sized, name: str) -> None:

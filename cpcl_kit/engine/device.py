@@ -66,9 +66,14 @@ def setup_device(cfg: Config, device: torch.device) -> torch.device:
 
 
 def batch_to(batch, device: torch.device, channels_last: bool = False):
-    """``batch`` on ``device`` (asynchronous copies); with ``channels_last`` every image tensor the
-    nets see (labeled and both unlabeled batches) in that layout, as the nets are."""
+    """``batch`` on ``device`` (asynchronous copies), its masks int64 there (they travel as uint8);
+    with ``channels_last`` every image tensor the nets see (labeled and both unlabeled batches) in
+    that layout, as the nets are."""
     batch = batch.to(device)
+    for name in ("y_l", "u0_mask", "u1_mask"):
+        t = getattr(batch, name)
+        if t is not None and t.dtype != torch.long:
+            setattr(batch, name, t.long())
     if channels_last:
         for name in ("x_l", "u0", "u1"):
             t = getattr(batch, name)
