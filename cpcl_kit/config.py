@@ -380,8 +380,8 @@ def validate(cfg: Config) -> Config:
             f"dataset {cfg.dataset!r}"
         for key in ("data_root", "labeled_list", "unlabeled_list"):
             if getattr(cfg, key):
-                raise KitError(f"{key}: {where} trains on scenes made in memory (split by --labeled 1/N or "
-                               f"a count); {key} is for a data set on disk (voc, cityscapes, folder)")
+                raise KitError(f"{key}: {where} trains on {entry.about} (split by --labeled 1/N or a count); "
+                               f"{key} is for a data set on disk (voc, cityscapes, folder)")
     if cfg.class_names is not None:
         if entry.classes is not None:
             raise KitError(f"class_names: only a data set without classes of its own (a folder) names them per "

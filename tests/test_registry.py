@@ -77,7 +77,7 @@ def test_each_data_set_entry_is_whole(name):
     if entry.generated:  # made in memory: a config of it needs nothing else
         cfg = make_config(entry.preset, dataset=name)
         assert cfg.num_classes == entry.num_classes
-        with pytest.raises(KitError, match="data_root: .* trains on scenes made in memory"):
+        with pytest.raises(KitError, match=f"data_root: .* trains on {entry.about}"):
             make_config(entry.preset, dataset=name, data_root="somewhere")
     else:  # on disk: the doctor's check names a missing root in one line
         with pytest.raises(KitError):

@@ -38,7 +38,7 @@ def _folder_check(root) -> str:
 
 register_dataset(DatasetEntry(
     "digits", classes=tuple(DIGIT_CLASS_NAMES), build=digit_data, metrics=_digit_metrics, generated=True,
-    backbone="digits", about="scenes of handwritten digits drawn in memory from scikit-learn's bundled digits"))
+    backbone="digits", about="the embedded digit scenes, drawn in memory from scikit-learn's bundled digits"))
 
 register_dataset(DatasetEntry(
     "voc", classes=tuple(voc.VOC_CLASS_NAMES), splits=voc.voc_splits, check=_voc_check, palette=voc_palette,
