@@ -155,16 +155,26 @@ def test_backend_follows_the_device_not_the_machine():
 
 def _global_batch_worker(rank, world, port, root, result_dir):
     _env(rank, world, port)
+    from cpcl_kit.engine.distributed import process_group
+
+    # One process group for the whole worker, as run_or_load holds one: every train() below joins
+    # it (a group made and left per call would rebind the same port at each call).
+    with process_group(torch.device("cpu")):
+        out = _global_batch_phases(rank, world, Path(root))
+    torch.save(out, Path(result_dir) / f"rank{rank}.pt")
+
+
+def _global_batch_phases(rank, world, root: Path) -> dict:
     from cpcl_kit.data.build import build_data
-    from cpcl_kit.engine.distributed import mean_over_ranks, process_group, with_rank0_buffers
+    from cpcl_kit.engine.distributed import mean_over_ranks, with_rank0_buffers
     from cpcl_kit.engine.evaluate import evaluate
     from cpcl_kit.engine.train import train
     from cpcl_kit.errors import KitError
 
-    root, out = Path(root), {}
-    with process_group(torch.device("cpu")):  # the mean over ranks leaves NaN entries out
-        mine = [1.0, float("nan"), float("nan")] if rank == 0 else [3.0, 5.0, float("nan")]
-        out["mean"] = mean_over_ranks(torch.tensor(mine)).tolist()
+    out = {}
+    # the mean over ranks leaves NaN entries out
+    mine = [1.0, float("nan"), float("nan")] if rank == 0 else [3.0, 5.0, float("nan")]
+    out["mean"] = mean_over_ranks(torch.tensor(mine)).tolist()
     cfg = make_config("smoke", iterations=4, sup_only_iters=0, rampup_iters=0, log_every=1, checkpoint_every=2,
                       device="cpu", eval_every=2, tb_image_every=0, n_val_scenes=7)
     try:  # SyncBatchNorm on CPU processes: refused on every rank, in one line
@@ -179,17 +189,16 @@ def _global_batch_worker(rank, world, port, root, result_dir):
     # the sharded evaluation equals this process evaluating the whole set alone (one image per batch:
     # the batches' make-up can move a near-tie pixel of these barely trained nets)
     val = build_data(cfg).val
-    with process_group(torch.device("cpu")):
-        net = with_rank0_buffers(whole.nets)[0]  # the model rank 0 saves: its BatchNorm statistics
-        sharded = evaluate(net, val, cfg.num_classes, batch_size=1, progress=False, shard=(rank, world))
+    net = with_rank0_buffers(whole.nets)[0]  # the model rank 0 saves: its BatchNorm statistics
+    sharded = evaluate(net, val, cfg.num_classes, batch_size=1, progress=False, shard=(rank, world))
     alone = evaluate(net, val, cfg.num_classes, batch_size=1, progress=False)
     out["alone"], out["sharded"] = ({k: r[k] for k in ("miou", "pixel_acc", "per_class_iou")} for r in (alone, sharded))
-    # paused after iteration 2 (checkpoint written, every process gone), then resumed: the same run
+    # paused after iteration 2 (checkpoint written), then resumed: the same run
     train(cfg, out_dir=root / "paused", progress=False, stop_at=2)
     again = train(cfg, out_dir=root / "paused", progress=False, resume=True)
     out["resumed"] = [p.detach().clone() for n in again.nets for p in n.parameters()]
     train(cfg, out_dir=root / "half", progress=False, stop_at=2)
-    torch.save(out, Path(result_dir) / f"rank{rank}.pt")
+    return out
 
 
 def test_two_processes_train_one_global_batch(tmp_path):
