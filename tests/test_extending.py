@@ -93,3 +93,19 @@ def test_a_broken_plugin_is_one_line_naming_the_file(tmp_path):
     done = run(["python", "-m", "cpcl_kit", "--plugin", "broken.py", "train", "--out", "x"], tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "broken.py, line 1: the plugin cannot be loaded" in done.stderr
+
+
+def test_a_plugin_reaches_the_processes_a_run_starts(tmp_path):
+    """``load_plugin`` lists the file in $CPCL_KIT_PLUGINS, which the processes a run starts (a grid's
+    workers) inherit and load on their first lookup."""
+    import os
+
+    (tmp_path / "cpcl_threshold.py").write_text(plugin_files()["cpcl_threshold.py"])
+    code = ("import os, subprocess, sys\n"
+            "from cpcl_kit import registry\n"
+            "registry.load_plugin('cpcl_threshold.py')\n"
+            "child = 'from cpcl_kit import registry; print(registry.method(\"cpcl_threshold\").nets)'\n"
+            "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True).stdout.strip())\n")
+    env = {k: v for k, v in os.environ.items() if k != "CPCL_KIT_PLUGINS"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-2000:]
