@@ -24,42 +24,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from cpcl_kit.engine.train import train
-
-    cfg = make_config("smoke", iterations=4, sup_only_iters=0, rampup_iters=0, log_every=1,
-                      checkpoint_every=2, device="cpu", eval_every=2, tb_image_every=2)
-    res = train(cfg, out_dir=out, progress=False)
-    last = res.history.iloc[-1]
-    torch.save({"indicator": torch.tensor([last[f"ind_{c}"] for c in range(11)]),
-                "params": [p.detach().clone() for n in res.nets for p in n.parameters()]},
-               Path(result_dir) / f"rank{rank}.pt")
-    import torch.distributed as dist
-
-    assert not dist.is_initialized(), "train leaves the process group it joined"
-
-
-def test_two_gloo_processes_agree_and_write_one_set_of_outputs(tmp_path):
-    out, results = tmp_path / "run", tmp_path / "results"
-    results.mkdir()
-    mp.spawn(_worker, args=(2, _free_port(), str(out), str(results)), nprocs=2, join=True)
-    r0 = torch.load(results / "rank0.pt", weights_only=True)
-    r1 = torch.load(results / "rank1.pt", weights_only=True)
-    assert torch.allclose(r0["indicator"], r1["indicator"], atol=1e-6)
-    assert abs(float(r0["indicator"].sum()) - 1) < 1e-3
-    for p, q in zip(r0["params"], r1["params"]):
-        assert torch.equal(p, q)
-    # rank 0 alone evaluates during training and writes TensorBoard's one event file (when installed)
-    events = [x.name for x in out.iterdir() if x.name.startswith("events.out.tfevents")]
-    assert len(events) == (1 if tblog.available() else 0)
-    assert sorted(x.name for x in out.iterdir() if x.name not in events) == \
-        [".lock", "checkpoint.pt", "config.json", "history.csv", "metrics.json", "val_curve.csv"]
-    assert [r["iteration"] for r in json.loads((out / "metrics.json").read_text())["val_curve"]] == [2, 4]
-
-
 def test_torchrun_cli_runs_and_rank0_writes(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -96,6 +60,9 @@ def _run_or_load_worker(rank, world, port, out, result_dir):
     cfg = make_config("smoke", method="supervised", iterations=4, log_every=1, checkpoint_every=2, device="cpu")
     res = run_or_load(cfg, out, progress=False, stages=(2,))
     again = run_or_load(cfg, out, progress=False)  # finished: loaded on every rank, no training
+    import torch.distributed as dist
+
+    assert not dist.is_initialized(), "run_or_load leaves the process group it joined"
     Path(result_dir, f"rank{rank}.txt").write_text(f"{len(res.history)} {again.metrics.get('iterations')}")
 
 
@@ -176,7 +143,7 @@ def _global_batch_phases(rank, world, root: Path) -> dict:
     mine = [1.0, float("nan"), float("nan")] if rank == 0 else [3.0, 5.0, float("nan")]
     out["mean"] = mean_over_ranks(torch.tensor(mine)).tolist()
     cfg = make_config("smoke", iterations=4, sup_only_iters=0, rampup_iters=0, log_every=1, checkpoint_every=2,
-                      device="cpu", eval_every=2, tb_image_every=0, n_val_scenes=7)
+                      device="cpu", eval_every=2, tb_image_every=2, n_val_scenes=7)
     try:  # SyncBatchNorm on CPU processes: refused on every rank, in one line
         train(make_config("smoke", device="cpu", sync_bn=True, iterations=2), out_dir=root / "sync", progress=False)
         out["sync_bn"] = "trained"
@@ -219,6 +186,14 @@ def test_two_processes_train_one_global_batch(tmp_path):
 
     pd.testing.assert_frame_equal(pd.DataFrame(r0["history"]), pd.DataFrame(r1["history"]))
     assert len(r0["history"]["loss"]) == 4
+    assert abs(sum(r0["history"][f"ind_{c}"][-1] for c in range(11)) - 1) < 1e-3  # the global indicator
+    # rank 0 alone writes the run's files, and TensorBoard's one event file (when installed)
+    out = root / "whole"
+    events = [x.name for x in out.iterdir() if x.name.startswith("events.out.tfevents")]
+    assert len(events) == (1 if tblog.available() else 0)
+    assert sorted(x.name for x in out.iterdir() if x.name not in events) == \
+        [".lock", "checkpoint.pt", "config.json", "history.csv", "metrics.json", "val_curve.csv"]
+    assert [r["iteration"] for r in json.loads((out / "metrics.json").read_text())["val_curve"]] == [2, 4]
 
     # the number of processes is part of the run: one process does not continue or reuse theirs
     from cpcl_kit.engine.train import run_or_load, train

@@ -59,19 +59,3 @@ def test_the_suite_stage_names_its_failing_tests_in_json_and_markdown(tmp_path):
     assert "No space left / on device" in md  # a | in a reason cannot break the table
     assert gpu_check.suite_failures("5 passed in 1.00s") == []
 
-
-def test_the_torchrun_stage_on_two_cpu_processes(tmp_path):
-    """The stage as the CPU smoke runs it: two processes train to the end with sync_bn off; with it
-    on, every worker is refused in one line; a run killed (workers and all) once its checkpoint
-    exists resumes on the same two processes and finishes with world_size 2."""
-    (tmp_path / "out").mkdir()
-    (tmp_path / "work").mkdir()
-    c = gpu_check.Check(tmp_path / "out", tmp_path / "work", 300, True)
-    res = gpu_check.stage_torchrun(c)
-    c.log.close()
-    assert res["ok"], json.dumps(res, default=str)
-    kill = res["kill_and_resume"]
-    assert kill["killed_after_s"] is not None and kill["workers_left_after_kill"] == 0
-    assert kill["metrics"]["world_size"] == 2 == res["sync_bn_off"]["metrics"]["world_size"]
-    # the resumed run is the uninterrupted one
-    assert kill["metrics"]["miou"] == res["sync_bn_off"]["metrics"]["miou"]
