@@ -41,7 +41,8 @@ class DatasetEntry:
     splits: ``splits(root, labeled=, labeled_list=, unlabeled_list=, seed=) -> (labeled, unlabeled, val)``,
     lists of (image path, mask path or None) that the kit reads, augments and batches.
     check: ``check(root) -> str``: what the doctor reports as found (raises KitError when the data is
-    not there). palette: uint8-valued RGB per class id (None: the kit's own palette). class_weights:
+    not there). palette: ``palette() -> uint8 [256, 3]``, the RGB colour of each label value of its
+    label images (None: the kit's own palette). class_weights:
     per-class weights of the OHEM loss (None: unweighted). metrics: ``metrics(per_class_iou) -> dict``,
     extra numbers of the data set's evaluation. preset: the CLI's preset for it when --preset is not
     given; paper_preset: the paper recipe its deviations are measured against. defaults: settings

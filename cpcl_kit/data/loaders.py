@@ -147,8 +147,10 @@ def _compact(masks: torch.Tensor, unlabeled: bool) -> torch.Tensor | None:
     the pseudo-label statistics would read, as unknown."""
     if unlabeled and bool((masks == IGNORE).all()):
         return None
-    if masks.numel() and 0 <= int(masks.min()) and int(masks.max()) <= 255:
-        return masks.to(torch.uint8)
+    if masks.numel():
+        low, high = torch.aminmax(masks)
+        if 0 <= int(low) and int(high) <= 255:
+            return masks.to(torch.uint8)
     return masks.long()
 
 

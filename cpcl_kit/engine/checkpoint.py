@@ -24,7 +24,7 @@ _WEIGHTS_LAYOUT = {"config": dict, "iteration": int, "nets": list}
 
 
 def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict],
-               val_curve: list[dict] | None = None) -> dict:
+               val_curve: list[dict] | None = None, world_size: int = 1) -> dict:
     """Everything an exact resume needs, as tensors and plain values only (so ``load`` can read it
     with ``weights_only=True``). ``runs.save_checkpoint`` writes it atomically. ``val_curve``: the
     evaluations made during training so far (``eval_every``), so a resumed run keeps them; a file
@@ -43,6 +43,9 @@ def make_state(cfg, iteration: int, nets, opts, scaler, history: list[dict],
         "rng_cuda": [],
         "history": history,
         "val_curve": list(val_curve or []),
+        # The processes that trained it: another number of them would train another global batch.
+        # A file without the key (older kits) was trained by one.
+        "world_size": int(world_size),
     }
 
 

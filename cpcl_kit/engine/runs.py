@@ -155,8 +155,7 @@ def save_checkpoint(path, cfg: Config, iteration: int, nets, opts, scaler, histo
                     val_curve: list[dict] | None = None, world_size: int = 1) -> Path:
     """Both nets, optimizers, scaler, iteration, RNG states, history, validation curve and the number
     of processes that trained them, atomically."""
-    state = checkpoint.make_state(cfg, iteration, nets, opts, scaler, history, val_curve)
-    return save_torch(path, {**state, "world_size": int(world_size)})
+    return save_torch(path, checkpoint.make_state(cfg, iteration, nets, opts, scaler, history, val_curve, world_size))
 
 
 def check_same_world(path, saved: int, now: int) -> None:

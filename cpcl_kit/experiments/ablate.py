@@ -600,15 +600,10 @@ def pair_verdict(table: pd.DataFrame, a: str, b: str, noise_table=None, labeled:
     """``noise.compare_seeds`` on variant ``a`` − variant ``b`` (mIoU points) over the seeds of
     ``labeled`` where both runs are finished: (Verdict, per-seed differences) or None when no seed
     has both."""
-    from .noise import compare_seeds
-
-    t = table[table["labeled"].astype(str) == labeled]
-    by = {v: t[t["variant"] == v].set_index("seed")["miou"].astype(float) for v in (a, b)}
-    seeds = sorted(set(by[a].index) & set(by[b].index))
-    if not seeds:
-        return None
-    d = [100 * (by[a][s] - by[b][s]) for s in seeds]
-    return compare_seeds(a, b, d, noise_table, seeds), d
+    t = table[table["variant"].isin((a, b)) & (table["labeled"].astype(str) == labeled)]
+    for _, _, d, verdict in _paired_verdicts(t.sort_values("seed"), b, "miou", noise_table):
+        return verdict, list(d.values())
+    return None
 
 
 def _judged(noise_table) -> str:

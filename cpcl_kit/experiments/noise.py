@@ -247,29 +247,32 @@ DECISIVE = 1.0
 CONFIDENCE = 0.95
 
 
+def _half_width(sd: float, n: int, confidence: float) -> float:
+    """Half the ``confidence`` Student-t interval of a mean of ``n`` values of spread ``sd``."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+
+
 def paired_interval(diffs, confidence: float = CONFIDENCE) -> tuple | None:
     """(low, high) of the ``confidence`` Student-t interval of the mean of the paired differences
     ``diffs`` (n − 1 degrees of freedom); None for fewer than two."""
-    from scipy import stats
-
     d = np.asarray(diffs, dtype=float)
     if len(d) < 2:
         return None
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1)) * float(d.std(ddof=1)) / np.sqrt(len(d))
+    half = _half_width(float(d.std(ddof=1)), len(d), confidence)
     return float(d.mean()) - half, float(d.mean()) + half
 
 
 def seeds_for(diffs, half_width: float = DECISIVE, confidence: float = CONFIDENCE, most: int = 1000) -> int | None:
     """How many seeds a paired interval as wide as ±``half_width`` would need if the per-seed
     differences kept the spread of ``diffs``; None for fewer than two differences, or over ``most``."""
-    from scipy import stats
-
     d = np.asarray(diffs, dtype=float)
     if len(d) < 2:
         return None
     sd = float(d.std(ddof=1))
     for n in range(2, most + 1):
-        if float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n) <= half_width:
+        if _half_width(sd, n, confidence) <= half_width:
             return n
     return None
 
