@@ -427,3 +427,39 @@ def test_aspp_reach_names_every_dilated_branch():
     assert model.training and len(table) == 3
     assert table["layer-4 map, paper"].eq("32×32").all()
 
+
+
+@pytest.mark.parametrize("side", [3, 4, 6, 7])
+def test_aspp_on_a_small_map_equals_its_four_branches(side):
+    """Where every rate reaches past the map (the CPU presets' 4×4 at rates 6/12/18), ASPP runs its
+    branches as one 1×1 convolution of the centre taps: the same outputs and gradients as the four
+    convolutions written out (up to float order), and the outer taps get exactly zero. At side 7 rate
+    6 reads the map, so the branches run as they are."""
+    from cpcl_kit.nets.deeplab import ASPP
+
+    torch.manual_seed(0)
+    aspp = ASPP(16, 8, (6, 12, 18)).train()
+    called = []
+    for b in aspp.branches:
+        b.register_forward_hook(lambda *_: called.append(1))
+    x = torch.randn(2, 16, side, side, requires_grad=True)
+
+    def grads(out):
+        aspp.zero_grad()
+        x.grad = None
+        (out * torch.arange(out.numel()).reshape(out.shape).sin()).sum().backward()
+        return [b.weight.grad.clone() for b in aspp.branches] + [x.grad.clone()]
+
+    merged = aspp(x)
+    assert len(called) == (0 if side <= 6 else 4)
+    got = grads(merged)
+    ref = aspp.merge(torch.cat([b(x) for b in aspp.branches], dim=1))
+    ref = aspp.out(ref + aspp.pool(x.mean(dim=(2, 3), keepdim=True)))
+    torch.testing.assert_close(merged, ref, rtol=1e-5, atol=1e-5)
+    want = grads(ref)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    if side <= 6:
+        outer = torch.ones(3, 3, dtype=torch.bool)
+        outer[1, 1] = False
+        assert all((g[:, :, outer] == 0).all() for g in got[1:4])

@@ -248,7 +248,7 @@ def evaluate(
             masks = masks.to(device)
             scores = _predict(model_list, images, crop, stride_ratio, num_classes, branches=named)
             for k, v in scores.items():
-                cms[k] += confusion_matrix(v.argmax(dim=1), masks, num_classes, ignore_index)
+                cms[k] += confusion_matrix(v.max(dim=1).indices, masks, num_classes, ignore_index)
             bar.update(images.shape[0])
     if world > 1:
         for k in cms:

@@ -300,8 +300,10 @@ def pseudo_supervision(
 
     z1 = teacher1.detach().float()
     z2 = teacher2.detach().float()
-    y1 = z1.argmax(dim=1)
-    y2 = z2.argmax(dim=1)
+    # ``max`` gives argmax's index (the first maximal class) and is several times faster on a CPU
+    # over the strided class axis of NCHW logits.
+    y1 = z1.max(dim=1).indices
+    y2 = z2.max(dim=1).indices
     conf1 = torch.softmax(z1, dim=1).amax(dim=1)
     conf2 = torch.softmax(z2, dim=1).amax(dim=1)
     agree = y1 == y2
