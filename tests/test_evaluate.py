@@ -168,6 +168,21 @@ def test_evaluate_perfect_predictor():
     assert [shape[0] for shape, _ in model.calls] == [2, 1, 2]
 
 
+def test_evaluate_batches_by_pixels_by_default():
+    """No batch size given: as many images as the pixel budget holds, at most 64 (a CPU preset's
+    64x64 scenes), 4 Cityscapes frames, at least one of anything larger."""
+    from cpcl_kit.engine.evaluate import EVAL_PIXELS, MAX_EVAL_BATCH, auto_batch
+
+    assert auto_batch(64, 64) == MAX_EVAL_BATCH == 64
+    assert auto_batch(1024, 2048) == 4 and auto_batch(512, 512) == EVAL_PIXELS // 512**2 > 4
+    assert auto_batch(8192, 8192) == 1
+    g = torch.Generator().manual_seed(0)
+    masks = [torch.randint(0, 3, (4, 4), generator=g) for _ in range(70)] + [torch.randint(0, 3, (2048, 1024), generator=g)]
+    model = identity_model()
+    res = evaluate(model, [(onehot_image(m), m) for m in masks], 3, progress=False)
+    assert [shape[0] for shape, _ in model.calls] == [64, 6, 1] and res["miou"] == 1.0
+
+
 def test_evaluate_constant_predictor_by_hand():
     # Masks hold 6 pixels of class 0, 3 of class 1, 3 of class 2 (and 4 ignored); the model
     # always says 0: IoU0 = 6 / 12 = 0.5, IoU1 = IoU2 = 0 -> mIoU 1/6; accuracy 6/12.

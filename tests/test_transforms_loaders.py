@@ -303,3 +303,42 @@ def test_digit_scenes_through_the_loader():
     b = next(itertools.islice(semi_supervised_batches(L, U, 2, iterations=3, seed=0), 1, None))
     assert b.x_l.shape == (2, 3, 24, 24) and b.u1_mask.shape == (2, 24, 24)
     assert int(b.y_l[b.y_l != 255].max()) <= 10
+
+
+@pytest.mark.parametrize("crop_pad", ["random", "centre"])
+def test_deferred_crops_finish_to_the_same_values(crop_pad):
+    """A deferred transform ships uint8 crops [4, crop, crop] (RGB and a content flag, 0 on the
+    padding); ``finish_images`` on a batch of them gives the undeferred transform's float crops bit
+    for bit, padding included, from the same draws."""
+    from cpcl_kit.data.transforms import finish_images
+
+    kw = dict(scales=(0.5, 1.0, 2.0), flip=True, colour=True, crop_pad=crop_pad)
+    plain, deferred = train_transform(12, **kw), train_transform(12, deferred=True, **kw)
+    padded = 0
+    for s in range(20):
+        torch.manual_seed(s)
+        x, y = plain(*_pair(10, 14))
+        torch.manual_seed(s)
+        u8, y8 = deferred(*_pair(10, 14))
+        assert u8.dtype == torch.uint8 and u8.shape == (4, 12, 12) and torch.equal(y8, y)
+        padded += int((u8[3] == 0).sum() > 0)
+        assert torch.equal(finish_images(u8.unsqueeze(0))[0], x) and torch.equal(finish_images(x), x)
+        assert torch.equal(u8[3] == 0, (x == 0).all(0) & (u8[3] == 0))  # the flag marks padding only
+    assert 0 < padded < 20  # both kinds of draw were seen
+    with pytest.raises(KitError, match=r"\[\.\.\., 4, H, W\]"):
+        finish_images(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+
+
+def test_training_loader_ships_uint8_and_batch_to_finishes():
+    """build_data's training sets come through the loader as uint8 crops and uint8 masks (a quarter
+    and an eighth of the float32 and int64 bytes); ``batch_to`` makes them the nets' float images."""
+    from cpcl_kit.config import make_config
+    from cpcl_kit.data.build import build_data
+    from cpcl_kit.engine.device import batch_to
+
+    cfg = make_config("smoke", method="cpcl")
+    data = build_data(cfg)
+    b = next(semi_supervised_batches(data.labeled, data.unlabeled, 2, iterations=1, seed=0))
+    assert b.x_l.dtype == b.u0.dtype == b.y_l.dtype == torch.uint8 and b.x_l.shape[1] == 4
+    f = batch_to(b, torch.device("cpu"))
+    assert f.x_l.dtype == f.u1.dtype == torch.float32 and f.x_l.shape[1] == 3 and f.y_l.dtype == torch.long

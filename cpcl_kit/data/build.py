@@ -18,16 +18,17 @@ from .transforms import train_transform, val_transform
 
 @dataclass
 class DataBundle:
-    labeled: Dataset      # (image [3,crop,crop], mask [crop,crop]) with train augmentation
+    labeled: Dataset      # (image uint8 [4,crop,crop], mask [crop,crop]) with train augmentation (finish_images)
     unlabeled: Dataset    # same; masks are the true ones where known (analysis only), else 255
     val: Dataset          # (image [3,H,W], mask [H,W]) without augmentation
     class_names: list
 
 
-def train_transform_of(cfg: Config):
-    """The training augmentation of ``cfg``: random scale, crop, flip and colour as it asks."""
+def train_transform_of(cfg: Config, deferred: bool = True):
+    """The training augmentation of ``cfg``: random scale, crop, flip and colour as it asks. Deferred
+    by default: uint8 crops that ``transforms.finish_images`` normalises on the device."""
     return train_transform(cfg.crop, scales=cfg.scales or None, flip=cfg.flip, colour=cfg.colour_aug,
-                           crop_pad=cfg.crop_pad)
+                           crop_pad=cfg.crop_pad, deferred=deferred)
 
 
 def scene_spec(cfg: Config) -> SceneSpec:

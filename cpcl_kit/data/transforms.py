@@ -83,6 +83,31 @@ class CentredPadCrop(v2.Transform):
         return out
 
 
+class ContentFlag(v2.Transform):
+    """Append a fourth channel of 255 to a uint8 Image. A crop pads it with 0, so after the crop it
+    tells the image's own pixels (255) from the padding (0): what ``finish_images`` needs to give the
+    padding the value a normalised crop has there."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        flag = torch.full_like(inpt[:1], 255)
+        return tv_tensors.wrap(torch.cat([inpt.as_subclass(torch.Tensor), flag]), like=inpt)
+
+
+def finish_images(x: torch.Tensor) -> torch.Tensor:
+    """Training crops as a deferred ``train_transform`` ships them, uint8 [..., 4, H, W] (RGB and
+    ``ContentFlag``), as the nets take them: float32 [..., 3, H, W], ImageNet-normalised, 0 on the
+    padding. The same elementwise operations as the undeferred transform, in the same order, so the
+    same values bit for bit; done once per batch on the batch's device. Float images pass as they are."""
+    if x.dtype != torch.uint8:
+        return x
+    if x.dim() < 3 or x.shape[-3] != 4:
+        raise KitError(f"images: expected uint8 crops [..., 4, H, W] (RGB and a content flag), got {tuple(x.shape)}")
+    rgb = F.normalize(F.to_dtype(x[..., :3, :, :], torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+    return torch.where(x[..., 3:, :, :] > 0, rgb, 0.0)
+
+
 class JointTransform:
     """Run a v2 pipeline on (Image, Mask) and return plain tensors (float image, int64 mask)."""
 
@@ -115,6 +140,7 @@ def train_transform(
     flip: bool = True,
     colour: bool = False,
     crop_pad: str = "random",
+    deferred: bool = False,
 ) -> JointTransform:
     """Training augmentation: [colour] -> [hflip p=0.5] -> [discrete scale] -> float+normalise -> crop.
 
@@ -124,6 +150,11 @@ def train_transform(
     official loader, ``CentredPadCrop``). scales=None: no rescaling. colour=True: random channel
     permutation and random inversion (p=0.5) of the uint8 image, which keep labels valid for
     colour-agnostic digit scenes. Returns (float32 [3,crop,crop], int64 [crop,crop]).
+
+    ``deferred=True`` (what a training loader uses): the same draws and crop, but the image stays
+    uint8 with a ``ContentFlag`` channel, uint8 [4,crop,crop], a quarter of the float crop's bytes
+    through a worker's shared memory; ``finish_images`` converts and normalises a batch of them on
+    the device to exactly the undeferred values.
     """
     if int(crop) < 1:
         raise KitError(f"crop: expected a positive size in px, got {crop}")
@@ -136,7 +167,9 @@ def train_transform(
         ops.append(v2.RandomHorizontalFlip(p=0.5))
     if scales is not None:
         ops.append(RandomScale(scales))
-    ops += _to_float_normalised()
+    # The crop comes last and pads the image with 0: the mean colour once normalised, or, deferred,
+    # a content flag of 0 that ``finish_images`` turns into that 0.
+    ops += [ContentFlag()] if deferred else _to_float_normalised()
     if crop_pad == "centre":
         ops.append(CentredPadCrop(int(crop)))
     else:

@@ -8,6 +8,7 @@ import os
 import torch
 
 from ..config import Config
+from ..data.transforms import finish_images
 from ..errors import KitError
 
 
@@ -66,17 +67,18 @@ def setup_device(cfg: Config, device: torch.device) -> torch.device:
 
 
 def batch_to(batch, device: torch.device, channels_last: bool = False):
-    """``batch`` on ``device`` (asynchronous copies), its masks int64 there (they travel as uint8);
-    with ``channels_last`` every image tensor the nets see (labeled and both unlabeled batches) in
-    that layout, as the nets are."""
+    """``batch`` on ``device`` (asynchronous copies), finished there: masks int64 (they travel as
+    uint8), images float and normalised (a training loader's crops travel as uint8,
+    ``transforms.finish_images``); with ``channels_last`` every image tensor the nets see (labeled
+    and both unlabeled batches) in that layout, as the nets are."""
     batch = batch.to(device)
     for name in ("y_l", "u0_mask", "u1_mask"):
         t = getattr(batch, name)
         if t is not None and t.dtype != torch.long:
             setattr(batch, name, t.long())
-    if channels_last:
-        for name in ("x_l", "u0", "u1"):
-            t = getattr(batch, name)
-            if t is not None:
-                setattr(batch, name, t.contiguous(memory_format=torch.channels_last))
+    for name in ("x_l", "u0", "u1"):
+        t = getattr(batch, name)
+        if t is not None:
+            t = finish_images(t)
+            setattr(batch, name, t.contiguous(memory_format=torch.channels_last) if channels_last else t)
     return batch

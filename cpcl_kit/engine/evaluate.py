@@ -163,9 +163,24 @@ def _model_device(models: list[nn.Module]) -> torch.device:
     return torch.device("cpu")
 
 
-def _batches(dataset, batch_size: int):
+# ``evaluate``'s default batch: as many images as four 2048x1024 Cityscapes frames hold in pixels, at
+# most 64. Small images then pass 64 at a time (a digit scene's net is mostly per-call overhead at
+# 4), large ones 4 at a time. The batch changes the convolutions' blocking, hence the last bits of
+# the logits: a trained digit run's confusion matrices come out the same at 4, 64 and 1,000 images
+# a batch, but a near-tie pixel of a barely trained net may move.
+EVAL_PIXELS = 4 * 2048 * 1024
+MAX_EVAL_BATCH = 64
+
+
+def auto_batch(height: int, width: int) -> int:
+    """Images of ``height`` x ``width`` per evaluation batch by default (``EVAL_PIXELS``)."""
+    return max(1, min(MAX_EVAL_BATCH, EVAL_PIXELS // max(1, height * width)))
+
+
+def _batches(dataset, batch_size: int | None):
     """Yield (images [B, 3, H, W], masks [B, H, W]) of consecutive same-size items, at most
-    batch_size at a time (images of different sizes cannot be stacked)."""
+    batch_size at a time (None: ``auto_batch`` of their size; images of different sizes cannot be
+    stacked)."""
     images, masks = [], []
     for i, item in enumerate(dataset):
         try:
@@ -180,7 +195,8 @@ def _batches(dataset, batch_size: int):
                 f"dataset: expected image [3, H, W] and mask [H, W] of the same H, W at index {i}, "
                 f"got {tuple(image.shape)} and {tuple(mask.shape)}"
             )
-        if images and (image.shape != images[0].shape or len(images) == batch_size):
+        if images and (image.shape != images[0].shape
+                       or len(images) == (batch_size or auto_batch(*images[0].shape[-2:]))):
             yield torch.stack(images), torch.stack(masks)
             images, masks = [], []
         images.append(image)
@@ -196,7 +212,7 @@ def evaluate(
     *,
     crop: int | None = None,
     stride_ratio: float = 2 / 3,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device=None,
     progress: bool = True,
     ignore_index: int = IGNORE_INDEX,
@@ -207,7 +223,7 @@ def evaluate(
     """mIoU of a model (or an ensemble, see ``predict_logits``) over a data set.
 
     dataset: iterable of (image float [3, H, W] normalised, mask long [H, W]); consecutive items of
-    equal size are batched up to ``batch_size``. device: where images go; default = device of the
+    equal size are batched up to ``batch_size`` (None: ``auto_batch`` of their size). device: where images go; default = device of the
     first model's parameters (the models must already be there). Returns a dict with ``miou``
     (float), ``per_class_iou`` (list of C floats, NaN for classes absent from target and
     prediction), ``pixel_acc`` (float) and ``confusion`` (LongTensor [C, C] on the CPU, rows =
@@ -225,8 +241,8 @@ def evaluate(
     model_list = _as_models(models)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise KitError(f"num_classes: expected an int >= 1, got {num_classes!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise KitError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise KitError(f"batch_size: expected None or an int >= 1, got {batch_size!r}")
     _check_window(crop, stride_ratio)
     device = _model_device(model_list) if device is None else torch.device(device)
     named = branches and len(model_list) > 1

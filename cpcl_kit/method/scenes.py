@@ -14,7 +14,7 @@ from torch.utils.data import Subset
 
 from ..constants import IGNORE_INDEX
 from ..data.palette import IGNORE_GREY, colourise
-from ..data.transforms import display_image
+from ..data.transforms import display_image, finish_images
 from ..errors import KitError
 from ..nets.deeplab import without_sync_bn
 
@@ -59,7 +59,7 @@ def pick_scenes(dataset, n: int, seed: int = 0, augment: bool = False) -> tuple[
     images = torch.zeros(n, 3, h, w)
     masks = torch.full((n, h, w), IGNORE_INDEX, dtype=torch.long)
     for k, (x, m) in enumerate(items):
-        x, m = torch.as_tensor(x).float(), torch.as_tensor(m).long()
+        x, m = finish_images(torch.as_tensor(x)).float(), torch.as_tensor(m).long()
         images[k, :, : x.shape[-2], : x.shape[-1]] = x
         masks[k, : m.shape[-2], : m.shape[-1]] = m
     return images, masks
