@@ -62,8 +62,10 @@ def test_whole_benchmark_writes_json_and_table(speed, tmp_path, capsys):
     assert "skipped" in res["amp"]
     limit = res["limit"]["cpcl"]  # the demo preset's step: FLOPs, the conv rate and the ratio of each way
     assert limit["gflop"] > 1 and limit["conv_gflops_one_thread"] > 0
-    assert set(limit) >= {"one thread", "net threads"} and "net threads" not in res["limit"]["supervised"]
+    assert set(limit) >= {"plain step, one thread", "one thread", "net threads"}
+    assert "net threads" not in res["limit"]["supervised"]
     assert all(w["ratio_to_limit"] > 0 for w in (limit["one thread"], limit["net threads"]))
+    assert limit["plain step, one thread"]["speedup_vs_plain_step"] == 1.0
     assert set(res["goals"]) == {"cpcl_overhead_ratio", "pseudo_label_speedup_cpu"}
     for g in res["goals"].values():
         assert isinstance(g["met"], bool) and g["value"] > 0

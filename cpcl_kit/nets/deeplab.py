@@ -280,6 +280,10 @@ def _conv_bn(cin: int, cout: int, k: int, act: nn.Module, dilation: int = 1) -> 
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling, [B, cin, h, w] -> [B, ch, h, w]."""
 
+    # Run the branches as one 1x1 convolution where every rate reaches past the map (``forward``);
+    # False computes the four convolutions as written (``benchmarks/speed.py`` times both ways).
+    fold_small_maps: bool = True
+
     def __init__(self, cin: int, ch: int, rates: tuple[int, int, int]):
         super().__init__()
         self.branches = nn.ModuleList(
@@ -297,7 +301,7 @@ class ASPP(nn.Module):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        if all(min(b.dilation) >= max(h, w) for b in self.branches[1:]):
+        if self.fold_small_maps and all(min(b.dilation) >= max(h, w) for b in self.branches[1:]):
             # Every dilated branch reaches past the map on all sides, so its 8 outer taps read only
             # zero padding: the four branches are one 1x1 convolution with the 3x3s' centre taps (a
             # small map's case, e.g. the CPU presets' 4x4). Same function, same gradients (the outer
