@@ -6,8 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 OUT    ?= out
 PRESET ?= demo
-# Test files run in this many worker processes, one torch thread each: on 2 cores that takes the
-# suite from 460 s to 280 s (small CPU nets use two one-thread processes better than one two-thread).
+# Test files run in this many worker processes, one torch thread each: small CPU nets use two
+# one-thread processes better than one two-thread one.
 TEST_WORKERS ?= 2
 # make demo runs this many notebooks at once (one torch thread each), as their runs allow.
 DEMO_JOBS ?= 2
@@ -29,7 +29,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cpcl_kit demo --out $(OUT) --preset $(PRESET) --jobs $(DEMO_JOBS)
 
-# The prepared run set the notebooks show (benchmark preset, seed 0; resumable): about 20 minutes.
+# The prepared run set the notebooks show (benchmark preset, seed 0; resumable); make demo's last
+# line gives its time, scaled from benchmarks/results/ssl_gain-benchmark.json.
 prepared: $(STAMP)
 	$(PY) -m cpcl_kit prepare --jobs 2
 
