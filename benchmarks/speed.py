@@ -62,7 +62,7 @@ GOAL_OVERHEAD = 1.05      # CPCL step / bare step, at most
 GOAL_PSEUDO_CPU = 5.0     # pseudo-label block speed-up over the host-side recipe, at least (CPU)
 GOAL_AMP = 1.8            # AMP / fp32 images per second, at least (CUDA, ResNet-50 at 512x512)
 
-SECTIONS = ("training", "overhead", "pseudo", "amp", "limit")
+SECTIONS = ("training", "overhead", "pseudo", "amp", "limit", "eval")
 
 DEFAULTS = {
     # One CPU thread by default: on a shared machine, OpenMP threads spin-waiting for busy cores made
@@ -114,6 +114,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="measure each method in a fresh interpreter (default on CPU, for RSS)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false")
     p.add_argument("--limit-rounds", type=int, default=12, help="limit section: timed rounds of the three ways")
+    p.add_argument("--eval-rounds", type=int, default=3, help="eval section: timed rounds of each batch size")
+    p.add_argument("--eval-scenes", type=int, help="eval section: validation scenes (default the demo preset's)")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed-<device>.json)")
     p.add_argument("--child-method", choices=registry.method_names(), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -494,6 +496,36 @@ def measure_limit(method: str, rounds: int = 12, warmup: int = 3) -> dict:
     return out
 
 
+def measure_eval(rounds: int = 3, batches=(4, None), scenes: int | None = None) -> dict:
+    """The demo preset's end-of-run evaluation: both nets of a CPCL run on its validation scenes,
+    scored as net 1, net 2 and their ensemble from one pass per net, at 4 images a batch and at the
+    default (``evaluate.auto_batch``), interleaved on one thread. Its nets: the shipped backbone with
+    fresh heads (no trained run needed); whether each branch's confusion matrix is the same at both
+    batches is recorded, not assumed. ``scenes``: that many validation scenes (default the preset's)."""
+    from cpcl_kit.data.build import build_data
+    from cpcl_kit.engine.evaluate import auto_batch, evaluate
+    from cpcl_kit.engine.trainer import nets_for
+
+    torch.set_flush_denormal(True)
+    cfg = make_config("demo", method="cpcl", **({"n_val_scenes": scenes} if scenes else {}))
+    data, nets = build_data(cfg), nets_for(cfg)
+    times, results = {b: [] for b in batches}, {}
+    for r in range(rounds):
+        for b in (batches if r % 2 == 0 else batches[::-1]):
+            t0 = time.perf_counter()
+            results[b] = evaluate(nets, data.val, cfg.num_classes, branches=True, batch_size=b, progress=False)
+            times[b].append(time.perf_counter() - t0)
+    side = cfg.scene_size
+    name = {b: f"batch {b}" if b else f"batch {auto_batch(side, side)} (default)" for b in batches}
+    out = {"scenes": len(data.val), "nets": len(nets)}
+    for b in batches:
+        out[name[b]] = {"median_s": round(statistics.median(times[b]), 3),
+                        "speedup_vs_batch_4": round(statistics.median(times[4]) / statistics.median(times[b]), 2)}
+    out["confusion_equal"] = {k: bool(torch.equal(results[4][k]["confusion"], results[None][k]["confusion"]))
+                              for k in results[4]}
+    return out
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -587,6 +619,14 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
                             **{m: _guarded(measure_limit, m, rounds=args.limit_rounds,
                                            warmup=min(3, args.limit_rounds)) for m in args.methods}}
 
+    res["eval"] = skipped
+    if "eval" in sections:
+        if device.type != "cpu":
+            res["eval"] = {"skipped": "the demo preset's evaluation: measured on the CPU"}
+        else:
+            progress("the demo preset's end-of-run evaluation at two batch sizes ...")
+            res["eval"] = {"preset": "demo", "machine": machine(), **_guarded(measure_eval, rounds=args.eval_rounds, scenes=args.eval_scenes)}
+
     pl_default = (args.pl_batch, args.pl_classes, args.pl_size) == (8, 21, 128)
     paper_size = args.backbone in ("resnet50", "resnet50_v1c") and args.crop == 512
     goals = {}
@@ -669,6 +709,11 @@ def markdown(res: dict) -> str:
             lines.append(f"| demo {method} step, {way} | {w['median_s'] * 1e3:.0f} ms | {m['gflop']:.2f} GFLOP; "
                          f"{w['ratio_to_limit']:.2f}x the time the convolution rate allows ({w['limit_s'] * 1e3:.0f} ms); "
                          f"{w['speedup_vs_plain_step']:.2f}x the plain step |")
+    ev = res.get("eval", {})
+    for way, w in ((k, v) for k, v in ev.items() if isinstance(v, dict) and "median_s" in v):
+        lines.append(f"| demo evaluation, {ev['scenes']} scenes x {ev['nets']} nets, {way} | {w['median_s']:.2f} s | "
+                     f"{w['speedup_vs_batch_4']:.2f}x batch 4; same confusion matrices: "
+                     f"{all(ev['confusion_equal'].values())} |")
     if "speedup" in amp:
         lines.append(f"| AMP / fp32 images/s (cpcl) | {amp['speedup']:.2f}x | {amp['amp']['amp']} autocast |")
     else:

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TINY = ["--device", "cpu", "--backbone", "resnet18", "--crop", "32", "--batch", "2", "--head-channels", "8",
         "--output-stride", "16", "--classes", "11", "--steps", "1", "--warmup", "0", "--pairs", "1",
-        "--pl-batch", "2", "--pl-classes", "5", "--pl-size", "16", "--pl-repeats", "1", "--limit-rounds", "1"]
+        "--pl-batch", "2", "--pl-classes", "5", "--pl-size", "16", "--pl-repeats", "1", "--limit-rounds", "1",
+        "--eval-rounds", "1", "--eval-scenes", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,9 @@ def test_whole_benchmark_writes_json_and_table(speed, tmp_path, capsys):
     assert "net threads" not in res["limit"]["supervised"]
     assert all(w["ratio_to_limit"] > 0 for w in (limit["one thread"], limit["net threads"]))
     assert limit["plain step, one thread"]["speedup_vs_plain_step"] == 1.0
+    ev = res["eval"]  # the demo's end-of-run evaluation at 4 images a batch and at the default
+    assert ev["scenes"] == 8 and ev["batch 4"]["speedup_vs_batch_4"] == 1.0 and "batch 64 (default)" in ev
+    assert set(ev["confusion_equal"]) == {"1", "2", "ensemble"}
     assert set(res["goals"]) == {"cpcl_overhead_ratio", "pseudo_label_speedup_cpu"}
     for g in res["goals"].values():
         assert isinstance(g["met"], bool) and g["value"] > 0
