@@ -41,14 +41,17 @@ def time_command(command: str, cwd: Path, log: Path, env: dict | None = None) ->
     with open(log, "w") as out:
         rc = subprocess.run(command, shell=True, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     seconds = round(time.perf_counter() - t0, 1)
-    tail = [as_in_any_clone(line, cwd) for line in log.read_text(errors="replace").splitlines()[-5:]]
+    cache = Path(env["CPCL_KIT_CACHE"]) if env and "CPCL_KIT_CACHE" in env else None
+    tail = [as_in_any_clone(line, cwd, cache) for line in log.read_text(errors="replace").splitlines()[-5:]]
     return {"command": command, "seconds": seconds, "returncode": rc, "tail": tail}
 
 
-def as_in_any_clone(line: str, clone: Path) -> str:
+def as_in_any_clone(line: str, clone: Path, cache: Path | None = None) -> str:
     """A line of output as it reads in any clone: the temporary clone is the repository root there,
-    so paths under it are relative to it, and the home folder is ``~`` (the tail is committed, and
-    this machine's folders mean nothing elsewhere)."""
+    so paths under it are relative to it, the kit's temporary cache is ``$CPCL_KIT_CACHE`` and the
+    home folder is ``~`` (the tail is committed, and this machine's folders mean nothing elsewhere)."""
+    if cache is not None:
+        line = line.replace(str(cache), "$CPCL_KIT_CACHE")
     line = line.replace(f"{clone}/", "").replace(str(clone), ".")
     return line.replace(f"{Path.home()}/", "~/")
 

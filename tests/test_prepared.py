@@ -144,3 +144,13 @@ def test_committed_summary_tables_and_provenance(tmp_path):
     assert "commit abc1234" in line and "--jobs 2" in line and "60 min" in line and "seeds 0, 1, 2" in line
     assert prepared.committed(tmp_path / "missing.json") is None
     assert prepared.paired_table({}).empty
+
+
+def test_the_time_it_says_is_the_timed_one(tmp_path, monkeypatch):
+    """How long `make prepared` takes comes from its fresh-clone timing where that is committed, else
+    from the benchmark grid's wall time over its seeds."""
+    monkeypatch.setattr(prepared, "RESULTS_DIR", tmp_path)
+    (tmp_path / "timing.json").write_text(json.dumps({"prepared": {"seconds": 476.0, "returncode": 0}}))
+    assert "about 8 min" in prepared.how_to_make() and "timing.json" in prepared.how_to_make()
+    (tmp_path / "timing.json").write_text(json.dumps({"prepared": {"seconds": 476.0, "returncode": 2}}))
+    assert "timing.json" not in prepared.how_to_make()
