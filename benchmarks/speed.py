@@ -612,23 +612,20 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
     else:
         res["amp"] = {"skipped": "AMP is CUDA-only in the training loop (autocast is off on the CPU)"}
 
-    res["limit"] = skipped
-    if "limit" in sections:
+    def cpu_section(name: str, what: str, measure) -> dict:
+        """A section measured on the CPU only: the demo preset's ``what``, ``measure()``'s numbers."""
+        if name not in sections:
+            return skipped
         if device.type != "cpu":
-            res["limit"] = {"skipped": "the CPU's own limit: measured on the CPU"}
-        else:
-            progress("the demo preset's step against the CPU's limit ...")
-            res["limit"] = {"preset": "demo", "machine": machine(),
-                            **{m: _guarded(measure_limit, m, rounds=args.limit_rounds,
-                                           warmup=min(3, args.limit_rounds)) for m in args.methods}}
+            return {"skipped": f"the demo preset's {what}: measured on the CPU"}
+        progress(f"the demo preset's {what} ...")
+        return {"preset": "demo", "machine": machine(), **measure()}
 
-    res["eval"] = skipped
-    if "eval" in sections:
-        if device.type != "cpu":
-            res["eval"] = {"skipped": "the demo preset's evaluation: measured on the CPU"}
-        else:
-            progress("the demo preset's end-of-run evaluation at two batch sizes ...")
-            res["eval"] = {"preset": "demo", "machine": machine(), **_guarded(measure_eval, rounds=args.eval_rounds, scenes=args.eval_scenes)}
+    res["limit"] = cpu_section("limit", "step against the CPU's limit", lambda: {
+        m: _guarded(measure_limit, m, rounds=args.limit_rounds, warmup=min(3, args.limit_rounds))
+        for m in args.methods})
+    res["eval"] = cpu_section("eval", "end-of-run evaluation at two batch sizes", lambda: _guarded(
+        measure_eval, rounds=args.eval_rounds, scenes=args.eval_scenes))
 
     pl_default = (args.pl_batch, args.pl_classes, args.pl_size) == (8, 21, 128)
     paper_size = args.backbone in ("resnet50", "resnet50_v1c") and args.crop == 512
