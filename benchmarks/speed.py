@@ -113,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--isolate", dest="isolate", action="store_true", default=None,
                    help="measure each method in a fresh interpreter (default on CPU, for RSS)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false")
-    p.add_argument("--limit-rounds", type=int, default=12, help="limit section: timed rounds of the three ways")
+    p.add_argument("--limit-rounds", type=int, default=12, help="limit section: timed rounds of the four ways")
     p.add_argument("--eval-rounds", type=int, default=3, help="eval section: timed rounds of each batch size")
     p.add_argument("--eval-scenes", type=int, help="eval section: validation scenes (default the demo preset's)")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed-<device>.json)")
@@ -448,9 +448,10 @@ def measure_limit(method: str, rounds: int = 12, warmup: int = 3, block: int = 2
     interleaved (each visit an untimed step, then ``block`` timed ones): the plain step (the nets
     in turn on one torch thread, every ASPP branch computed as written, Adam's per-tensor update),
     the kit's step on one thread (ASPP folded on the small map, fused Adam), each net on its own
-    thread (``net_threads``), and the nets in turn on all cores' torch threads. With the step's FLOPs (the kit's) and the convolution rate of one thread
-    and of all cores: each time against the time that rate allows (the ratio; 1 would be every FLOP
-    at the convolution's own rate), and each speed-up over the plain step."""
+    thread (``net_threads``), and the nets in turn on all cores' torch threads. With the step's
+    FLOPs (the kit's) and the convolution rate of one thread and of all cores: each time against
+    the time that rate allows (the ratio; 1 would be every FLOP at the convolution's own rate), and
+    each speed-up over the plain step."""
     from cpcl_kit.engine.trainer import on_threads, param_groups
     from cpcl_kit.method.variants import each
     from cpcl_kit.nets.deeplab import ASPP

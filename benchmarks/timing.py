@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
             print(f"make setup, then {COMMANDS[key]}, in {clone} ...", flush=True)
             setup = time_command("make setup", clone, Path(tmp) / "setup.log", env)
             row = time_command(COMMANDS[key], clone, Path(tmp) / f"{key}.log", env) if setup["returncode"] == 0 \
-                else {**setup, "command": COMMANDS[key]}
+                else {**setup, "command": COMMANDS[key], "seconds": 0.0}  # the install failed: not run
             if args.keep_out and (clone / "out").is_dir():
                 shutil.copytree(clone / "out", args.keep_out / key, dirs_exist_ok=True)
         row.update(install_seconds=setup["seconds"], with_install_seconds=round(setup["seconds"] + row["seconds"], 1),
@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
             lines.append(f"| `{r['command']}` | {'' if install is None else f'{install:.0f}'} | {r['seconds']:.0f} | "
                          f"{r.get('with_install_seconds', r['seconds']) / 60:.1f} | {goal} | {r['returncode']} | "
                          f"{r.get('commit')} | {r.get('cpu')} |")
-    lines += ["", "Rows without an install time were timed with the install inside the command."]
+    if any("install_seconds" not in data[k] for k in COMMANDS if k in data):
+        lines += ["", "Rows without an install time were timed with the install inside the command."]
     write_text(path.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return data

@@ -31,8 +31,9 @@ class Batch:
     x_l float [B,3,H,W], y_l int64 [B,H,W] (255 = ignore); u0, u1 float [Bu,3,H,W];
     u0_mask, u1_mask int64 [Bu,H,W]: the true masks where known, else 255 -- for analysis only,
     never for training. As a loader yields them, images may be uint8 crops [B,4,H,W] and masks
-    uint8 (a deferred ``train_transform``; ``engine.device.batch_to`` finishes them on the device). u* are None for ``supervised_batches``. shard (rank, world size): this
-    process's part of the global batch, whose slot ``s * world + rank`` is this batch's slot ``s``
+    uint8 (a deferred ``train_transform``; ``engine.device.batch_to`` finishes them on the device).
+    u* are None for ``supervised_batches``. shard (rank, world size): this process's part of the
+    global batch, whose slot ``s * world + rank`` is this batch's slot ``s``
     (``_IterationSampler.keys``); (0, 1) on one process.
     """
 

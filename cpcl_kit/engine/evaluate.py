@@ -223,10 +223,10 @@ def evaluate(
     """mIoU of a model (or an ensemble, see ``predict_logits``) over a data set.
 
     dataset: iterable of (image float [3, H, W] normalised, mask long [H, W]); consecutive items of
-    equal size are batched up to ``batch_size`` (None: ``auto_batch`` of their size). device: where images go; default = device of the
-    first model's parameters (the models must already be there). Returns a dict with ``miou``
-    (float), ``per_class_iou`` (list of C floats, NaN for classes absent from target and
-    prediction), ``pixel_acc`` (float) and ``confusion`` (LongTensor [C, C] on the CPU, rows =
+    equal size are batched up to ``batch_size`` (None: ``auto_batch`` of their size). device: where
+    images go; default = device of the first model's parameters (the models must already be there).
+    Returns a dict with ``miou`` (float), ``per_class_iou`` (list of C floats, NaN for classes
+    absent from target and prediction), ``pixel_acc`` (float) and ``confusion`` (LongTensor [C, C] on the CPU, rows =
     target, cols = prediction). ``leave=False`` clears the progress bar when done (an evaluation
     inside a training run's own bar).
 

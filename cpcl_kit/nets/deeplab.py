@@ -305,7 +305,7 @@ class ASPP(nn.Module):
             # Every dilated branch reaches past the map on all sides, so its 8 outer taps read only
             # zero padding: the four branches are one 1x1 convolution with the 3x3s' centre taps (a
             # small map's case, e.g. the CPU presets' 4x4). Same function, same gradients (the outer
-            # taps get zero either way), in a seventh of the multiply-adds and one convolution instead of four.
+            # taps get zero either way), in a seventh of the multiply-adds and one convolution.
             weight = torch.cat([self.branches[0].weight] + [b.weight[:, :, 1:2, 1:2] for b in self.branches[1:]])
             y = self.merge(F.conv2d(x, weight))
         else:
