@@ -49,7 +49,8 @@ from cpcl_kit.config import make_config  # noqa: E402
 from cpcl_kit.constants import IGNORE_INDEX as IGNORE  # noqa: E402
 from cpcl_kit.data.loaders import Batch  # noqa: E402
 from cpcl_kit.engine.device import pick_device  # noqa: E402
-from cpcl_kit.engine.synthetic import peak_rss_mib, synthetic_batch, time_steps, timed  # noqa: E402
+from cpcl_kit.engine.synthetic import (one_thread_steps, peak_rss_mib, synthetic_batch, time_steps,  # noqa: E402
+                                      timed)
 from cpcl_kit.engine.trainer import Trainer  # noqa: E402
 from cpcl_kit.files import machine, write_json  # noqa: E402
 from cpcl_kit.method.cpcl import pseudo_supervision  # noqa: E402
@@ -61,8 +62,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 GOAL_OVERHEAD = 1.05      # CPCL step / bare step, at most
 GOAL_PSEUDO_CPU = 5.0     # pseudo-label block speed-up over the host-side recipe, at least (CPU)
 GOAL_AMP = 1.8            # AMP / fp32 images per second, at least (CUDA, ResNet-50 at 512x512)
+GOAL_DEMO_S = 300.0       # make demo on a fresh 2-core clone, without the install, at most (timing.py)
 
-SECTIONS = ("training", "overhead", "pseudo", "amp", "limit", "eval")
+SECTIONS = ("training", "overhead", "pseudo", "amp", "limit", "eval", "demo")
 
 DEFAULTS = {
     # One CPU thread by default: on a shared machine, OpenMP threads spin-waiting for busy cores made
@@ -116,6 +118,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit-rounds", type=int, default=12, help="limit section: timed rounds of the four ways")
     p.add_argument("--eval-rounds", type=int, default=3, help="eval section: timed rounds of each batch size")
     p.add_argument("--eval-scenes", type=int, help="eval section: validation scenes (default the demo preset's)")
+    p.add_argument("--demo-iterations", type=int, default=20,
+                   help="demo section: timed iterations of each phase of each run make demo trains")
+    p.add_argument("--demo-pair-seconds", type=float, default=10.0,
+                   help="demo section: seconds of one-thread steps, alone and two processes at once")
+    p.add_argument("--demo-rounds", type=int, default=3, help="demo section: rounds of those, in turn")
+    p.add_argument("--demo-scenes", type=int,
+                   help="demo section: training scenes (and validation scenes; default the demo preset's)")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/speed-<device>.json)")
     p.add_argument("--child-method", choices=registry.method_names(), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -530,6 +539,87 @@ def measure_eval(rounds: int = 3, batches=(4, None), scenes: int | None = None) 
     return out
 
 
+# ------------------------------------------------------------------------------------------------
+# what make demo trains, and the least time two cores need for it
+
+
+def _phases(cfg) -> list[tuple[int, int]]:
+    """(first iteration, iterations) of each phase of a run whose steps cost alike: a two-net method's
+    supervised-only start (no teacher or student pass), then the rest."""
+    if registry.method(cfg.method).unlabeled and 0 < cfg.sup_only_iters < cfg.iterations:
+        return [(0, cfg.sup_only_iters), (cfg.sup_only_iters, cfg.iterations - cfg.sup_only_iters)]
+    return [(0, cfg.iterations)]
+
+
+def _iteration_seconds(cfg, data, first: int, iterations: int, warmup: int) -> float:
+    """Median seconds of an iteration of ``cfg``'s run from iteration ``first`` on one thread, as the
+    loop runs it: the next batch from the loader, moved and finished (``batch_to``), the step."""
+    from cpcl_kit.engine.device import batch_to
+    from cpcl_kit.engine.train import training_batches
+
+    cpu = torch.device("cpu")
+    trainer = Trainer.create(cfg, cpu)
+    step_fn = registry.method(cfg.method).step
+    batches = iter(training_batches(cfg, data, first, cpu))
+    times = []
+    for it in range(first, first + min(warmup + iterations, cfg.iterations - first)):
+        t0 = time.perf_counter()
+        trainer.step(step_fn, batch_to(next(batches), cpu, cfg.channels_last), it)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[warmup:])
+
+
+def measure_capacity(seconds: float = 10.0, rounds: int = 3) -> dict:
+    """How much one-thread work two cores do at once: the demo's supervised step in one process
+    alone, then in two processes at the same time (``synthetic.one_thread_steps``), ``rounds`` times in turn (a shared machine's
+    speed drifts). ``cores`` = 2 x alone / together (medians over the rounds): 2 where the two
+    processes do not slow each other (shared caches, memory bandwidth and clock do)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    alone, together = [], []
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        list(pool.map(time.sleep, (1, 1)))  # both workers started and imported
+        for _ in range(rounds):
+            alone.append(pool.submit(one_thread_steps, "demo", seconds, time.time() + 0.5).result())
+            start = time.time() + 1.5  # after both have built their nets
+            together += [f.result() for f in [pool.submit(one_thread_steps, "demo", seconds, start) for _ in range(2)]]
+    a, t = statistics.median(alone), statistics.median(together)
+    return {"alone_s_per_step": [round(x, 4) for x in alone], "together_s_per_step": [round(x, 4) for x in together],
+            "cores": round(2 * a / t, 3)}
+
+
+def measure_demo(iterations: int = 20, warmup: int = 3, pair_seconds: float = 10.0, rounds: int = 3,
+                 scenes: int | None = None) -> dict:
+    """The work of the runs make demo trains (``teach.runner.DEMO_TRAINS``) in one-thread seconds on
+    this CPU: each phase's iterations x its median one-thread iteration (loader, batch, step), as
+    run from the shipped backbone and fresh heads. Divided by how many cores' worth of one-thread
+    work the two processes get done at once (``measure_capacity``), it is the least time any
+    schedule needs for the training alone: the evaluations, the notebooks' own cells, kernel starts
+    and HTML conversion come on top. ``scenes``: that many training and validation scenes (a quick
+    check of the code; the default is the preset's)."""
+    from cpcl_kit.data.build import build_data
+    from cpcl_kit.teach.runner import DEMO_TRAINS
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    runs, work = [], 0.0
+    for notebook, method, settings in DEMO_TRAINS:
+        size = {"n_train_scenes": scenes, "n_val_scenes": scenes} if scenes else {}
+        cfg = make_config("demo", method=method, net_threads=False, **settings, **size)  # one thread's work
+        data = build_data(cfg)
+        phases = []
+        for first, n in _phases(cfg):
+            t = _iteration_seconds(cfg, data, first, iterations, warmup)
+            phases.append({"first_iteration": first, "iterations": n, "s_per_iteration": round(t, 4)})
+            work += n * t
+        runs.append({"notebook": notebook, "method": method, "settings": settings, "phases": phases,
+                     "one_thread_s": round(sum(p["iterations"] * p["s_per_iteration"] for p in phases), 1)})
+    capacity = measure_capacity(pair_seconds, rounds)
+    return {"runs": runs, "work_one_thread_s": round(work, 1), "capacity": capacity,
+            "training_floor_s": round(work / capacity["cores"], 1)}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -627,6 +717,8 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
         for m in args.methods})
     res["eval"] = cpu_section("eval", "end-of-run evaluation at two batch sizes", lambda: _guarded(
         measure_eval, rounds=args.eval_rounds, scenes=args.eval_scenes))
+    res["demo"] = cpu_section("demo", "runs make demo trains, and the least time for them", lambda: measure_demo(
+        args.demo_iterations, pair_seconds=args.demo_pair_seconds, rounds=args.demo_rounds, scenes=args.demo_scenes))
 
     pl_default = (args.pl_batch, args.pl_classes, args.pl_size) == (8, 21, 128)
     paper_size = args.backbone in ("resnet50", "resnet50_v1c") and args.crop == 512
@@ -643,6 +735,10 @@ def run_benchmark(args, device: torch.device, progress=print) -> dict:
     if "speedup" in res["amp"]:
         goals["amp_speedup"] = _goal(res["amp"]["speedup"], GOAL_AMP, "min",
                                      "" if paper_size else "goal is stated for resnet50 at 512x512")
+    if "training_floor_s" in res["demo"]:
+        goals["demo_training_floor_s"] = _goal(
+            res["demo"]["training_floor_s"], GOAL_DEMO_S, "max",
+            "make demo's goal; this is its training alone, scheduled perfectly on this CPU")
     res["goals"] = goals
     res["seconds"] = time.perf_counter() - t_start
     return res
@@ -715,6 +811,18 @@ def markdown(res: dict) -> str:
         lines.append(f"| demo evaluation, {ev['scenes']} scenes x {ev['nets']} nets, {way} | {w['median_s']:.2f} s | "
                      f"{w['speedup_vs_batch_4']:.2f}x batch 4; same confusion matrices: "
                      f"{all(ev['confusion_equal'].values())} |")
+    demo = res.get("demo", {})
+    for r in demo.get("runs", []):
+        what = r["method"] + "".join(f", {k}={v}" for k, v in r["settings"].items())
+        per = "; ".join(f"{p['iterations']} x {p['s_per_iteration'] * 1e3:.1f} ms" for p in r["phases"])
+        lines.append(f"| make demo's run in {r['notebook']}: {what} | {r['one_thread_s']:.0f} s | one thread: {per} |")
+    if "training_floor_s" in demo:
+        c = demo["capacity"]
+        lines.append(f"| make demo's training, least time on these cores | {demo['training_floor_s']:.0f} s | "
+                     f"{demo['work_one_thread_s']:.0f} one-thread s / {c['cores']:.2f} cores' worth (a one-thread step "
+                     f"{statistics.median(c['alone_s_per_step']) * 1e3:.1f} ms alone, "
+                     f"{statistics.median(c['together_s_per_step']) * 1e3:.1f} ms with another beside it; medians "
+                     f"of {len(c['alone_s_per_step'])} rounds) |")
     if "speedup" in amp:
         lines.append(f"| AMP / fp32 images/s (cpcl) | {amp['speedup']:.2f}x | {amp['amp']['amp']} autocast |")
     else:

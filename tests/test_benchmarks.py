@@ -18,7 +18,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 TINY = ["--device", "cpu", "--backbone", "resnet18", "--crop", "32", "--batch", "2", "--head-channels", "8",
         "--output-stride", "16", "--classes", "11", "--steps", "1", "--warmup", "0", "--pairs", "1",
         "--pl-batch", "2", "--pl-classes", "5", "--pl-size", "16", "--pl-repeats", "1", "--limit-rounds", "1",
-        "--eval-rounds", "1", "--eval-scenes", "8"]
+        "--eval-rounds", "1", "--eval-scenes", "8", "--demo-iterations", "1", "--demo-pair-seconds", "0.05",
+        "--demo-rounds", "1", "--demo-scenes", "32"]
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +71,24 @@ def test_whole_benchmark_writes_json_and_table(speed, tmp_path, capsys):
     ev = res["eval"]  # the demo's end-of-run evaluation at 4 images a batch and at the default
     assert ev["scenes"] == 8 and ev["batch 4"]["speedup_vs_batch_4"] == 1.0 and "batch 64 (default)" in ev
     assert set(ev["confusion_equal"]) == {"1", "2", "ensemble"}
-    assert set(res["goals"]) == {"cpcl_overhead_ratio", "pseudo_label_speedup_cpu"}
+    demo = res["demo"]  # what make demo trains, in one-thread seconds, and the least time for it
+    from cpcl_kit.teach.runner import DEMO_TRAINS
+
+    assert [[r["notebook"], r["method"], r["settings"]] for r in demo["runs"]] == [list(t) for t in DEMO_TRAINS]
+    cpcl_run = next(r for r in demo["runs"] if r["method"] == "cpcl")
+    assert [p["first_iteration"] for p in cpcl_run["phases"]] == [0, 600]  # supervised-only start, then CPCL
+    assert sum(p["iterations"] for p in cpcl_run["phases"]) == 2400
+    assert demo["work_one_thread_s"] == pytest.approx(sum(
+        p["iterations"] * p["s_per_iteration"] for r in demo["runs"] for p in r["phases"]), rel=0.01)
+    assert demo["capacity"]["cores"] > 0
+    assert demo["training_floor_s"] == pytest.approx(demo["work_one_thread_s"] / demo["capacity"]["cores"], rel=0.01)
+    assert set(res["goals"]) == {"cpcl_overhead_ratio", "pseudo_label_speedup_cpu", "demo_training_floor_s"}
     for g in res["goals"].values():
         assert isinstance(g["met"], bool) and g["value"] > 0
     table = capsys.readouterr().out
     assert "| train cpcl (fp32) |" in table and "CPCL overhead" in table and "| goal |" in table
     assert "| demo cpcl step, net threads |" in table
+    assert "| make demo's training, least time on these cores |" in table
 
 
 def test_isolated_measurement_forwards_the_settings_to_a_child(speed, monkeypatch, capsys):

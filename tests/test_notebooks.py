@@ -123,6 +123,20 @@ def test_notebook_runs_with_smoke_parameters(nb, demo_out):
 
 
 @needs_jupyter
+def test_the_demo_trains_what_the_runner_says(demo_out):
+    """DEMO_TRAINS (what benchmarks/speed.py times as make demo's training) names exactly the runs
+    the notebooks leave in their output folder."""
+    from cpcl_kit.config import make_config
+    from cpcl_kit.engine import runs
+    from cpcl_kit.teach.runner import DEMO_TRAINS
+
+    if not all((demo_out / "notebooks" / nb.name).exists() for nb in NOTEBOOKS):
+        pytest.skip("the notebooks have not all run into this session's demo folder (run the whole file)")
+    made = {d.name for d in (demo_out / "runs").iterdir()}
+    assert made == {runs.run_dir_name(make_config("smoke", method=m, **s)) for _, m, s in DEMO_TRAINS}
+
+
+@needs_jupyter
 def test_notebook_trains_on_a_folder_of_your_own(tmp_path):
     """03 with dataset="folder" and data_root: the supervised run, its figures and the predictions on
     a small folder data set (images of several sizes, some without masks) the test builds."""

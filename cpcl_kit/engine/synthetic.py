@@ -134,3 +134,28 @@ def time_steps(trainer, step_fn, batch, steps: int, warmup: int, lam: float | No
     return {"warmup_s": warm, "times_s": [t[0] for t in times], "cpu_times_s": [t[1] for t in times],
             "median_s": med, "cpu_median_s": statistics.median(t[1] for t in times),
             "images_per_step": images_per_step(trainer.cfg), "images_per_s": images_per_step(trainer.cfg) / med}
+
+
+def one_thread_steps(preset: str, seconds: float, start_at: float, method: str = "supervised") -> float:
+    """Median seconds of ``preset``'s ``method`` step on one torch thread on the CPU, on a synthetic
+    batch, stepped for ``seconds`` from the wall-clock time ``start_at`` (``time.time()``): processes
+    given the same ``start_at`` step at the same time (``benchmarks/speed.py`` measures how much two
+    one-thread processes slow each other)."""
+    from ..config import make_config
+    from .trainer import Trainer
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    cpu = torch.device("cpu")
+    cfg = make_config(preset, method=method, device="cpu", net_threads=False)
+    trainer, step_fn = Trainer.create(cfg, cpu), registry.method(method).step
+    batch = synthetic_batch(cfg, cpu)
+    for _ in range(3):
+        trainer.step(step_fn, batch, cfg.iterations - 1)
+    time.sleep(max(0.0, start_at - time.time()))
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or not times:
+        t0 = time.perf_counter()
+        trainer.step(step_fn, batch, cfg.iterations - 1)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -60,7 +60,10 @@ def _resume(trainer: Trainer, out_dir, world_size: int) -> tuple[int, list[dict]
     return start, history, [dict(r) for r in curve] if isinstance(curve, list) else []
 
 
-def _batches(cfg: Config, data, start: int, device: torch.device, info: DistInfo):
+def training_batches(cfg: Config, data, start: int, device: torch.device, info: DistInfo | None = None):
+    """The batches of iterations ``start`` .. ``cfg.iterations - 1`` of ``cfg``'s run on ``data``,
+    as the loop takes them: this process's shard of each (``info``; the whole batch on one)."""
+    info = info or DistInfo()
     shard = dict(start=start, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                  rank=info.rank, world_size=info.world_size)
     if not registry.method(cfg.method).unlabeled:
@@ -245,7 +248,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, progress: bool = True
             else:
                 (out / runs.VAL_CURVE).unlink(missing_ok=True)
         board = held.enter_context(closing(open_board(cfg, out, start, data.class_names, info.main)))
-        batches = _batches(cfg, data, start, device, info)
+        batches = training_batches(cfg, data, start, device, info)
         seconds, paused = _loop(trainer, batches, start, history, out, info, progress, stop_at, data, curve,
                                 board)
         hist = pd.DataFrame(history)

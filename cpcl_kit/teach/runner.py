@@ -160,6 +160,11 @@ def demo_parameters(nb: Path, preset: str, out: Path) -> dict:
 # ``jobs > 1`` a notebook starts only once these are done, so no two kernels train the same run and
 # none looks for a run still training. tests/test_notebooks.py checks this map against the code.
 DEMO_NEEDS: dict[str, tuple[str, ...]] = {"05": ("04",), "06": ("03", "04"), "07": ("04",), "08": ("04",)}
+# What make demo trains, each run once: (notebook, method, settings beside the demo preset's).
+# benchmarks/speed.py (--sections demo) times this work; tests/test_notebooks.py checks it against
+# the runs the notebooks leave.
+DEMO_TRAINS: tuple[tuple[str, str, dict], ...] = (
+    ("03", "supervised", {}), ("03", "supervised", {"backbone_weights": "none"}), ("04", "cpcl", {}))
 # The notebooks that train the long runs start first; the short ones fill the other slots meanwhile.
 DEMO_FIRST = ("04", "03")
 
