@@ -1,6 +1,8 @@
 """Session set-up shared by every test file."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # The prepared run set (cpcl_kit.experiments.prepared) lives in the user's cache; a test never reads the
@@ -16,3 +18,7 @@ os.environ["CPCL_KIT_DEVICE"] = "cpu"
 # The kit's cache (constants.cache_root: trained backbones, benchmark run folders) likewise: a fresh
 # folder per test process, so no test reads or fills the user's ~/.cache/cpcl-kit.
 os.environ["CPCL_KIT_CACHE"] = tempfile.mkdtemp(prefix="cpcl-cache-test-")
+
+# Both folders go when the test process ends: a test session leaves nothing in the temporary folder.
+for _folder in (os.environ["CPCL_KIT_PREPARED"], os.environ["CPCL_KIT_CACHE"]):
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)

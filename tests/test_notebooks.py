@@ -137,6 +137,34 @@ def test_the_demo_trains_what_the_runner_says(demo_out):
 
 
 @needs_jupyter
+def test_a_headless_kernel_talks_over_private_sockets_and_leaves_nothing(tmp_path, capfd):
+    """papermill's kernel uses Unix sockets in a private temporary folder (no unencrypted TCP, and
+    no warning about it in make demo's output); the folder goes with the run, and the kernelspec
+    folder is made once per process."""
+    import glob
+    import os
+    import tempfile
+
+    import nbformat
+
+    from cpcl_kit.teach.runner import use_this_python_as_kernel
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")])
+    src = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, str(src))
+    sockets = os.path.join(tempfile.gettempdir(), "cpcl-kernel-ipc-*")
+    before = set(glob.glob(sockets))
+    use_this_python_as_kernel()
+    path_before = os.environ["JUPYTER_PATH"]
+    run_notebook(src, tmp_path / "out.ipynb", cwd=tmp_path)
+    assert os.environ["JUPYTER_PATH"] == path_before  # the same kernelspec folder, not one more
+    assert "without encryption" not in capfd.readouterr().err
+    assert set(glob.glob(sockets)) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb", "tiny.ipynb"]
+    ran = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    assert ran.cells[0].outputs[0]["text"].strip().isdigit()
+
+
+@needs_jupyter
 def test_notebook_trains_on_a_folder_of_your_own(tmp_path):
     """03 with dataset="folder" and data_root: the supervised run, its figures and the predictions on
     a small folder data set (images of several sizes, some without masks) the test builds."""

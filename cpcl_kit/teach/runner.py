@@ -4,6 +4,8 @@ notebook itself calls is in ``notebook``."""
 from __future__ import annotations
 
 import ast
+import atexit
+import functools
 import json
 import os
 import re
@@ -27,9 +29,17 @@ def use_this_python_as_kernel() -> str:
     """Make the Jupyter kernel ``python3`` mean this interpreter, whatever the user's own kernels say.
 
     A kernelspec in a fresh folder put first on JUPYTER_PATH wins over user and system ones, so a
-    stale ``~/.local/share/jupyter/kernels/python3`` cannot send papermill to another Python.
+    stale ``~/.local/share/jupyter/kernels/python3`` cannot send papermill to another Python. One
+    folder per process, removed when the process exits.
     """
+    _kernelspec_folder()
+    return "python3"
+
+
+@functools.cache
+def _kernelspec_folder() -> Path:
     root = Path(tempfile.mkdtemp(prefix="cpcl-kernel-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     spec = root / "kernels" / "python3"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -38,7 +48,7 @@ def use_this_python_as_kernel() -> str:
         "metadata": {"debugger": True},
     }))
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root), os.environ.get("JUPYTER_PATH", "")])
-    return "python3"
+    return root
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -90,15 +100,25 @@ def run_notebook(path: Path, out_path: Path, parameters: dict | None = None,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(path), str(out_path), parameters=parameters or {},
-                            kernel_name=kernel, cwd=str(cwd or Path(path).parent),
-                            progress_bar=False, execution_timeout=timeout)
+        with tempfile.TemporaryDirectory(prefix="cpcl-kernel-ipc-") as sockets:
+            pm.execute_notebook(str(path), str(out_path), parameters=parameters or {},
+                                kernel_name=kernel, cwd=str(cwd or Path(path).parent),
+                                progress_bar=False, execution_timeout=timeout, config=_ipc_kernel(sockets))
     except pm.PapermillExecutionError as e:
         if e.ename in ("KitError", "TrainingDiverged"):
             raise KitError(f"{Path(path).name}: {_ANSI.sub('', e.evalue)}") from None
         raise RuntimeError(f"{Path(path).name}: cell {e.exec_count} failed: {e.ename}: {e.evalue}\n"
                            + _ANSI.sub("", "".join(e.traceback[-3:]))) from None
     return time.perf_counter() - t0
+
+
+def _ipc_kernel(folder: str):
+    """Kernel settings for a headless run: the kernel talks to papermill over Unix sockets in
+    ``folder`` (private to this user), not over unencrypted localhost TCP, where any local user could
+    listen, and about which the kernel prints a warning into make demo's output."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
 
 
 # nbconvert's page with its CDN MathJax swapped for an inline one. MathJax 3 ignores the
