@@ -154,6 +154,31 @@ def test_a_damaged_disk_cache_is_made_again_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_the_kits_data_keep_their_scenes_in_the_cache(tmp_path, monkeypatch):
+    """build_data keeps the scenes it draws in the kit's cache, so the next process reads them (the
+    same arrays); a cache it cannot write costs only the drawing."""
+    from cpcl_kit.config import make_config
+    from cpcl_kit.data.build import build_data
+
+    cfg = make_config("smoke", method="cpcl", seed=31)
+    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "cache"))
+    digits._MEMORY_CACHE.clear()
+    first = build_data(cfg)
+    assert len(list((tmp_path / "cache" / "scenes").glob("*.npz"))) == 2  # train and val
+    digits._MEMORY_CACHE.clear()
+    with monkeypatch.context() as m:
+        m.setattr(digits, "make_scenes", lambda *a, **k: pytest.fail("drawn again, not read from the cache"))
+        again = build_data(cfg)
+    for a, b in ((first.labeled.dataset, again.labeled.dataset), (first.val, again.val)):
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "not-a-folder"))
+    digits._MEMORY_CACHE.clear()
+    unwritable = build_data(cfg)
+    assert np.array_equal(unwritable.val.images, first.val.images)
+    digits._MEMORY_CACHE.clear()
+
+
 def test_bad_split_and_n():
     with pytest.raises(KitError, match="split"):
         DigitScenes("test", n=2)

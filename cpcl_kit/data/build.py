@@ -11,7 +11,7 @@ from ..config import Config
 from ..constants import ALL_LABELED
 from ..errors import KitError
 from . import images
-from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec
+from .digits import DIGIT_CLASS_NAMES, DigitScenes, SceneSpec, default_cache_dir
 from .splits import make_partition, parse_labeled
 from .transforms import train_transform, val_transform
 
@@ -44,9 +44,11 @@ def scene_spec(cfg: Config) -> SceneSpec:
 
 def digit_data(cfg: Config) -> DataBundle:
     spec = scene_spec(cfg)
-    train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=train_transform_of(cfg))
+    cache = default_cache_dir()  # made once, then read by every process
+    train = DigitScenes("train", n=cfg.n_train_scenes, spec=spec, seed=cfg.seed, transform=train_transform_of(cfg),
+                        cache_dir=cache)
     val = DigitScenes("val", n=cfg.n_val_scenes, spec=spec, seed=cfg.seed + 10_000,
-                      transform=val_transform())
+                      transform=val_transform(), cache_dir=cache)
     lab, unlab = _partition(cfg, list(range(len(train))))
     return DataBundle(Subset(train, lab), Subset(train, unlab), val, DIGIT_CLASS_NAMES)
 
