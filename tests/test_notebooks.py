@@ -164,6 +164,16 @@ def test_a_headless_kernel_talks_over_private_sockets_and_leaves_nothing(tmp_pat
     assert ran.cells[0].outputs[0]["text"].strip().isdigit()
 
 
+def test_without_unix_sockets_the_kernel_keeps_jupyters_transport(monkeypatch):
+    from traitlets.config import Config
+
+    from cpcl_kit.teach import runner
+
+    assert runner._ipc_kernel("/x")["KernelManager"]["transport"] == "ipc"
+    monkeypatch.setattr(runner.os, "name", "nt")  # Windows: zmq has no ipc transport there
+    assert runner._ipc_kernel("/x") == Config()
+
+
 @needs_jupyter
 def test_notebook_trains_on_a_folder_of_your_own(tmp_path):
     """03 with dataset="folder" and data_root: the supervised run, its figures and the predictions on

@@ -113,11 +113,14 @@ def run_notebook(path: Path, out_path: Path, parameters: dict | None = None,
 
 
 def _ipc_kernel(folder: str):
-    """Kernel settings for a headless run: the kernel talks to papermill over Unix sockets in
-    ``folder`` (private to this user), not over unencrypted localhost TCP, where any local user could
-    listen, and about which the kernel prints a warning into make demo's output."""
+    """Kernel settings for a headless run: where the system has Unix sockets, the kernel talks to
+    papermill over sockets in ``folder`` (private to this user), not over unencrypted localhost
+    TCP, where any local user could listen, and about which the kernel prints a warning into make
+    demo's output. Elsewhere (Windows) Jupyter's default, TCP."""
     from traitlets.config import Config
 
+    if os.name != "posix":
+        return Config()
     return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
 
 
