@@ -25,6 +25,7 @@ process (allocator caches included), so it is coarser than the CUDA figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -593,7 +594,8 @@ def measure_demo(iterations: int = 20, warmup: int = 3, pair_seconds: float = 10
                  scenes: int | None = None) -> dict:
     """The work of the runs make demo trains (``teach.runner.DEMO_TRAINS``) in one-thread seconds on
     this CPU: each phase's iterations x its median one-thread iteration (loader, batch, step), as
-    run from the shipped backbone and fresh heads. Divided by how many cores' worth of one-thread
+    run from the shipped backbone and fresh heads (a two-net run's phases also with each net on its
+    own thread, as such a run trains when both cores are free). Divided by how many cores' worth of one-thread
     work the two processes get done at once (``measure_capacity``), it is the least time any
     schedule needs for the training alone: the evaluations, the notebooks' own cells, kernel starts
     and HTML conversion come on top. ``scenes``: that many training and validation scenes (a quick
@@ -610,8 +612,17 @@ def measure_demo(iterations: int = 20, warmup: int = 3, pair_seconds: float = 10
         data = build_data(cfg)
         phases = []
         for first, n in _phases(cfg):
-            t = _iteration_seconds(cfg, data, first, iterations, warmup)
-            phases.append({"first_iteration": first, "iterations": n, "s_per_iteration": round(t, 4)})
+            if registry.method(method).nets == 1:
+                t = _iteration_seconds(cfg, data, first, iterations, warmup)
+                phases.append({"first_iteration": first, "iterations": n, "s_per_iteration": round(t, 4)})
+            else:  # also as the run trains when both cores are free: each net on its own thread
+                threaded = dataclasses.replace(cfg, net_threads=True)
+                times = {c.net_threads: [] for c in (cfg, threaded)}
+                for c in (cfg, threaded, threaded, cfg):  # in turn: a shared machine's speed drifts
+                    times[c.net_threads].append(_iteration_seconds(c, data, first, iterations, warmup))
+                t, tn = statistics.mean(times[False]), statistics.mean(times[True])
+                phases.append({"first_iteration": first, "iterations": n, "s_per_iteration": round(t, 4),
+                               "net_threads_s_per_iteration": round(tn, 4), "net_threads_speedup": round(t / tn, 2)})
             work += n * t
         runs.append({"notebook": notebook, "method": method, "settings": settings, "phases": phases,
                      "one_thread_s": round(sum(p["iterations"] * p["s_per_iteration"] for p in phases), 1)})
@@ -814,7 +825,9 @@ def markdown(res: dict) -> str:
     demo = res.get("demo", {})
     for r in demo.get("runs", []):
         what = r["method"] + "".join(f", {k}={v}" for k, v in r["settings"].items())
-        per = "; ".join(f"{p['iterations']} x {p['s_per_iteration'] * 1e3:.1f} ms" for p in r["phases"])
+        per = "; ".join(f"{p['iterations']} x {p['s_per_iteration'] * 1e3:.1f} ms"
+                        + (f" (net threads {p['net_threads_s_per_iteration'] * 1e3:.1f} ms, {p['net_threads_speedup']:.2f}x)"
+                           if "net_threads_s_per_iteration" in p else "") for p in r["phases"])
         lines.append(f"| make demo's run in {r['notebook']}: {what} | {r['one_thread_s']:.0f} s | one thread: {per} |")
     if "training_floor_s" in demo:
         c = demo["capacity"]
