@@ -552,21 +552,31 @@ def _phases(cfg) -> list[tuple[int, int]]:
     return [(0, cfg.iterations)]
 
 
-def _iteration_seconds(cfg, data, first: int, iterations: int, warmup: int) -> float:
-    """Median seconds of an iteration of ``cfg``'s run from iteration ``first`` on one thread, as the
-    loop runs it: the next batch from the loader, moved and finished (``batch_to``), the step."""
+def _iteration_seconds(cfg, data, first: int, iterations: int, warmup: int, plain: bool = False) -> float:
+    """Median seconds of an iteration of ``cfg``'s run from iteration ``first``, as the loop runs it:
+    the next batch from the loader, moved and finished (``batch_to``), the step. ``plain``: the
+    plain step of the limit section (ASPP's branches as written, per-tensor Adam)."""
     from cpcl_kit.engine.device import batch_to
     from cpcl_kit.engine.train import training_batches
+    from cpcl_kit.engine.trainer import param_groups
+    from cpcl_kit.nets.deeplab import ASPP
 
     cpu = torch.device("cpu")
     trainer = Trainer.create(cfg, cpu)
+    if plain:
+        trainer.opts = [torch.optim.Adam(param_groups(n, cfg.weight_decay), lr=cfg.lr, foreach=True)
+                        for n in trainer.nets]
     step_fn = registry.method(cfg.method).step
     batches = iter(training_batches(cfg, data, first, cpu))
     times = []
-    for it in range(first, first + min(warmup + iterations, cfg.iterations - first)):
-        t0 = time.perf_counter()
-        trainer.step(step_fn, batch_to(next(batches), cpu, cfg.channels_last), it)
-        times.append(time.perf_counter() - t0)
+    ASPP.fold_small_maps = not plain
+    try:
+        for it in range(first, first + min(warmup + iterations, cfg.iterations - first)):
+            t0 = time.perf_counter()
+            trainer.step(step_fn, batch_to(next(batches), cpu, cfg.channels_last), it)
+            times.append(time.perf_counter() - t0)
+    finally:
+        ASPP.fold_small_maps = True
     return statistics.median(times[warmup:])
 
 
@@ -595,7 +605,8 @@ def measure_demo(iterations: int = 20, warmup: int = 3, pair_seconds: float = 10
     """The work of the runs make demo trains (``teach.runner.DEMO_TRAINS``) in one-thread seconds on
     this CPU: each phase's iterations x its median one-thread iteration (loader, batch, step), as
     run from the shipped backbone and fresh heads (a two-net run's phases also with each net on its
-    own thread, as such a run trains when both cores are free). Divided by how many cores' worth of one-thread
+    own thread, as such a run trains when both cores are free, and with the limit section's plain
+    step). Divided by how many cores' worth of one-thread
     work the two processes get done at once (``measure_capacity``), it is the least time any
     schedule needs for the training alone: the evaluations, the notebooks' own cells, kernel starts
     and HTML conversion come on top. ``scenes``: that many training and validation scenes (a quick
@@ -615,14 +626,18 @@ def measure_demo(iterations: int = 20, warmup: int = 3, pair_seconds: float = 10
             if registry.method(method).nets == 1:
                 t = _iteration_seconds(cfg, data, first, iterations, warmup)
                 phases.append({"first_iteration": first, "iterations": n, "s_per_iteration": round(t, 4)})
-            else:  # also as the run trains when both cores are free: each net on its own thread
-                threaded = dataclasses.replace(cfg, net_threads=True)
-                times = {c.net_threads: [] for c in (cfg, threaded)}
-                for c in (cfg, threaded, threaded, cfg):  # in turn: a shared machine's speed drifts
-                    times[c.net_threads].append(_iteration_seconds(c, data, first, iterations, warmup))
-                t, tn = statistics.mean(times[False]), statistics.mean(times[True])
+            else:  # also as the run trains when both cores are free (each net on its own thread), and
+                # as the plain step of the limit section would make it, the nets in turn on one thread
+                ways = {"one": (cfg, False), "net": (dataclasses.replace(cfg, net_threads=True), False),
+                        "plain": (cfg, True)}
+                times = {k: [] for k in ways}
+                for k in [*ways, *reversed(ways)]:  # in turn: a shared machine's speed drifts
+                    times[k].append(_iteration_seconds(ways[k][0], data, first, iterations, warmup, ways[k][1]))
+                t, tn, tp = (statistics.mean(times[k]) for k in ways)
                 phases.append({"first_iteration": first, "iterations": n, "s_per_iteration": round(t, 4),
-                               "net_threads_s_per_iteration": round(tn, 4), "net_threads_speedup": round(t / tn, 2)})
+                               "net_threads_s_per_iteration": round(tn, 4), "net_threads_speedup": round(t / tn, 2),
+                               "plain_s_per_iteration": round(tp, 4),
+                               "net_threads_speedup_vs_plain": round(tp / tn, 2)})
             work += n * t
         runs.append({"notebook": notebook, "method": method, "settings": settings, "phases": phases,
                      "one_thread_s": round(sum(p["iterations"] * p["s_per_iteration"] for p in phases), 1)})
@@ -826,7 +841,9 @@ def markdown(res: dict) -> str:
     for r in demo.get("runs", []):
         what = r["method"] + "".join(f", {k}={v}" for k, v in r["settings"].items())
         per = "; ".join(f"{p['iterations']} x {p['s_per_iteration'] * 1e3:.1f} ms"
-                        + (f" (net threads {p['net_threads_s_per_iteration'] * 1e3:.1f} ms, {p['net_threads_speedup']:.2f}x)"
+                        + (f" (net threads {p['net_threads_s_per_iteration'] * 1e3:.1f} ms: {p['net_threads_speedup']:.2f}x "
+                           f"one thread, {p['net_threads_speedup_vs_plain']:.2f}x the plain step's iteration, "
+                           f"{p['plain_s_per_iteration'] * 1e3:.1f} ms)"
                            if "net_threads_s_per_iteration" in p else "") for p in r["phases"])
         lines.append(f"| make demo's run in {r['notebook']}: {what} | {r['one_thread_s']:.0f} s | one thread: {per} |")
     if "training_floor_s" in demo:
