@@ -172,10 +172,17 @@ def test_the_kits_data_keep_their_scenes_in_the_cache(tmp_path, monkeypatch):
     for a, b in ((first.labeled.dataset, again.labeled.dataset), (first.val, again.val)):
         assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
     (tmp_path / "not-a-folder").write_text("")
-    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "not-a-folder"))
+    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "not-a-folder"))  # no folder can be made there
     digits._MEMORY_CACHE.clear()
-    unwritable = build_data(cfg)
-    assert np.array_equal(unwritable.val.images, first.val.images)
+    assert np.array_equal(build_data(cfg).val.images, first.val.images)
+    monkeypatch.setenv("CPCL_KIT_CACHE", str(tmp_path / "full"))  # a folder whose files cannot be written
+
+    def full(path, *a, **k):
+        raise KitError(f"{path}: cannot write (No space left on device); no file was written")
+
+    monkeypatch.setattr(digits, "write_atomic", full)
+    digits._MEMORY_CACHE.clear()
+    assert np.array_equal(build_data(cfg).val.images, first.val.images)
     digits._MEMORY_CACHE.clear()
 
 

@@ -138,10 +138,9 @@ def test_the_demo_trains_what_the_runner_says(demo_out):
 
 @needs_jupyter
 def test_a_headless_kernel_talks_over_private_sockets_and_leaves_nothing(tmp_path, capfd):
-    """papermill's kernel uses Unix sockets in a private temporary folder (no unencrypted TCP, and
+    """papermill's kernel uses Unix sockets in a private temporary folder (not unencrypted TCP, and
     no warning about it in make demo's output); the folder goes with the run, and the kernelspec
     folder is made once per process."""
-    import glob
     import os
     import tempfile
 
@@ -149,19 +148,38 @@ def test_a_headless_kernel_talks_over_private_sockets_and_leaves_nothing(tmp_pat
 
     from cpcl_kit.teach.runner import use_this_python_as_kernel
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")])
+    code = "from ipykernel.kernelapp import IPKernelApp\nprint(IPKernelApp.instance().transport)"
     src = tmp_path / "tiny.ipynb"
-    nbformat.write(nb, str(src))
-    sockets = os.path.join(tempfile.gettempdir(), "cpcl-kernel-ipc-*")
-    before = set(glob.glob(sockets))
-    use_this_python_as_kernel()
-    path_before = os.environ["JUPYTER_PATH"]
-    run_notebook(src, tmp_path / "out.ipynb", cwd=tmp_path)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), str(src))
+    use_this_python_as_kernel()  # (before the temporary folder moves: the process's own kernelspec)
+    own_tmp = tempfile.mkdtemp(prefix="t")  # short: a socket's path has room for about 100 bytes
+    path_before, saved = os.environ["JUPYTER_PATH"], tempfile.tempdir
+    tempfile.tempdir = own_tmp
+    try:
+        run_notebook(src, tmp_path / "out.ipynb", cwd=tmp_path)
+    finally:
+        tempfile.tempdir = saved
+    assert os.listdir(own_tmp) == []  # the sockets' folder is gone
+    os.rmdir(own_tmp)
     assert os.environ["JUPYTER_PATH"] == path_before  # the same kernelspec folder, not one more
     assert "without encryption" not in capfd.readouterr().err
-    assert set(glob.glob(sockets)) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb", "tiny.ipynb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb", "tiny.ipynb"]
     ran = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
-    assert ran.cells[0].outputs[0]["text"].strip().isdigit()
+    assert ran.cells[0].outputs[0]["text"].strip() == "ipc"
+
+
+def test_a_removed_kernelspec_folder_is_made_again():
+    import os
+    import shutil
+
+    from cpcl_kit.teach import runner
+
+    runner.use_this_python_as_kernel()
+    first = os.environ["JUPYTER_PATH"].split(os.pathsep)[0]
+    shutil.rmtree(first)  # e.g. a temporary-folder cleaner
+    runner.use_this_python_as_kernel()
+    again = os.environ["JUPYTER_PATH"].split(os.pathsep)[0]
+    assert again != first and os.path.isfile(os.path.join(again, "kernels", "python3", "kernel.json"))
 
 
 def test_without_unix_sockets_the_kernel_keeps_jupyters_transport(monkeypatch):
@@ -170,6 +188,7 @@ def test_without_unix_sockets_the_kernel_keeps_jupyters_transport(monkeypatch):
     from cpcl_kit.teach import runner
 
     assert runner._ipc_kernel("/x")["KernelManager"]["transport"] == "ipc"
+    assert runner._ipc_kernel("/" + "x" * 95) == Config()  # no room in a socket's path
     monkeypatch.setattr(runner.os, "name", "nt")  # Windows: zmq has no ipc transport there
     assert runner._ipc_kernel("/x") == Config()
 

@@ -244,8 +244,19 @@ def make_scenes(
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8), masks
 
 
+@functools.cache
+def _generator_source() -> str:
+    """A digest of the code that draws the scenes (this module and the outlines), part of every cache
+    key: a changed generator makes new cache files, never reads the old ones' scenes."""
+    from . import outlines
+
+    code = b"".join(Path(m.__file__).read_bytes() for m in (sys.modules[__name__], outlines))
+    return hashlib.sha1(code).hexdigest()[:16]
+
+
 def _cache_key(split: str, n: int, spec: SceneSpec, seed: int) -> str:
-    blob = json.dumps([GENERATOR_VERSION, split, n, dataclasses.asdict(spec), seed], sort_keys=True)
+    blob = json.dumps([GENERATOR_VERSION, _generator_source(), split, n, dataclasses.asdict(spec), seed],
+                      sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -287,7 +298,7 @@ def _scenes_for(split: str, n: int, spec: SceneSpec, seed: int, cache_dir: str |
             try:  # uncompressed: the backgrounds' noise shrinks by a quarter at 15x the time
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, lambda f: np.savez(f, images=arrays[0], masks=arrays[1]))
-            except OSError:  # a cache that cannot be written: the scenes are made again next time
+            except (OSError, KitError):  # a cache that cannot be written (read-only, full): drawn next time
                 pass
     _MEMORY_CACHE[key] = arrays
     return arrays

@@ -136,11 +136,12 @@ def time_steps(trainer, step_fn, batch, steps: int, warmup: int, lam: float | No
             "images_per_step": images_per_step(trainer.cfg), "images_per_s": images_per_step(trainer.cfg) / med}
 
 
-def one_thread_steps(preset: str, seconds: float, start_at: float, method: str = "supervised") -> float:
-    """Median seconds of ``preset``'s ``method`` step on one torch thread on the CPU, on a synthetic
-    batch, stepped for ``seconds`` from the wall-clock time ``start_at`` (``time.time()``): processes
-    given the same ``start_at`` step at the same time (``benchmarks/speed.py`` measures how much two
-    one-thread processes slow each other)."""
+def one_thread_steps(preset: str, seconds: float, start_at: float, method: str = "supervised") -> dict:
+    """``preset``'s ``method`` step on one torch thread on the CPU, on a synthetic batch, stepped for
+    ``seconds`` from the wall-clock time ``start_at`` (``time.time()``): processes given the same
+    ``start_at`` step at the same time (``benchmarks/speed.py`` measures how much two one-thread
+    processes slow each other). Returns the median seconds of a step (``s_per_step``) and the
+    wall-clock times the timed steps began and ended (``began``, ``ended``), to check the overlap."""
     from ..config import make_config
     from .trainer import Trainer
 
@@ -153,9 +154,9 @@ def one_thread_steps(preset: str, seconds: float, start_at: float, method: str =
     for _ in range(3):
         trainer.step(step_fn, batch, cfg.iterations - 1)
     time.sleep(max(0.0, start_at - time.time()))
-    times, end = [], time.perf_counter() + seconds
+    began, times, end = time.time(), [], time.perf_counter() + seconds
     while time.perf_counter() < end or not times:
         t0 = time.perf_counter()
         trainer.step(step_fn, batch, cfg.iterations - 1)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return {"s_per_step": statistics.median(times), "began": began, "ended": time.time()}

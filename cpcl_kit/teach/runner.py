@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import atexit
-import functools
 import json
 import os
 import re
@@ -30,25 +29,28 @@ def use_this_python_as_kernel() -> str:
 
     A kernelspec in a fresh folder put first on JUPYTER_PATH wins over user and system ones, so a
     stale ``~/.local/share/jupyter/kernels/python3`` cannot send papermill to another Python. One
-    folder per process, removed when the process exits.
+    folder per process, removed when the process exits; made again if something removed it (a
+    temporary-folder cleaner) or took it off JUPYTER_PATH.
     """
-    _kernelspec_folder()
+    global _KERNELSPEC_ROOT
+    root = _KERNELSPEC_ROOT
+    if root is None or not (root / "kernels" / "python3" / "kernel.json").is_file():
+        root = _KERNELSPEC_ROOT = Path(tempfile.mkdtemp(prefix="cpcl-kernel-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        spec = root / "kernels" / "python3"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (cpcl-kit)", "language": "python",
+            "metadata": {"debugger": True},
+        }))
+    paths = os.environ.get("JUPYTER_PATH", "")
+    if paths.split(os.pathsep)[0] != str(root):
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root), paths])
     return "python3"
 
 
-@functools.cache
-def _kernelspec_folder() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="cpcl-kernel-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    spec = root / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (cpcl-kit)", "language": "python",
-        "metadata": {"debugger": True},
-    }))
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root), os.environ.get("JUPYTER_PATH", "")])
-    return root
+_KERNELSPEC_ROOT: Path | None = None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -116,12 +118,17 @@ def _ipc_kernel(folder: str):
     """Kernel settings for a headless run: where the system has Unix sockets, the kernel talks to
     papermill over sockets in ``folder`` (private to this user), not over unencrypted localhost
     TCP, where any local user could listen, and about which the kernel prints a warning into make
-    demo's output. Elsewhere (Windows) Jupyter's default, TCP."""
+    demo's output. Elsewhere (Windows, or a temporary folder whose path leaves no room for a socket's
+    name) Jupyter's default, TCP."""
     from traitlets.config import Config
 
     if os.name != "posix":
         return Config()
-    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
+    base = os.path.join(folder, "kernel")
+    # A Unix socket's path has room for about 100 bytes (104 on macOS); the sockets are base-<port>.
+    if len(base.encode()) + 8 > 100:
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": base}})
 
 
 # nbconvert's page with its CDN MathJax swapped for an inline one. MathJax 3 ignores the
@@ -183,7 +190,8 @@ def demo_parameters(nb: Path, preset: str, out: Path) -> dict:
 # ``jobs > 1`` a notebook starts only once these are done, so no two kernels train the same run and
 # none looks for a run still training. tests/test_notebooks.py checks this map against the code.
 DEMO_NEEDS: dict[str, tuple[str, ...]] = {"05": ("04",), "06": ("03", "04"), "07": ("04",), "08": ("04",)}
-# What make demo trains, each run once: (notebook, method, settings beside the demo preset's).
+# What make demo trains, each run once, where no prepared run set stands in for 04's CPCL run:
+# (notebook, method, settings beside the demo preset's).
 # benchmarks/speed.py (--sections demo) times this work; tests/test_notebooks.py checks it against
 # the runs the notebooks leave.
 DEMO_TRAINS: tuple[tuple[str, str, dict], ...] = (
