@@ -29,7 +29,8 @@ def test_torchrun_cli_runs_and_rank0_writes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "cpcl_kit", "train", "--method", "supervised", "--preset", "smoke",
            "--set", "iterations=4", "--set", "device=cpu", "--quiet", "--out", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    (tmp_path / "tmp").mkdir()  # torchrun's own log folders (torchelastic_*) go here, not to the system's
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "tmp"))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "metrics.json").exists()
