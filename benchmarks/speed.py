@@ -455,6 +455,15 @@ def step_gflop(trainer: Trainer, step_fn, batch, lam: float) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def plain_optimizers(trainer: Trainer) -> list:
+    """The plain step's optimizers for ``trainer``'s nets: Adam's per-tensor (foreach) update, not the
+    kit's fused one; the same groups and lr."""
+    from cpcl_kit.engine.trainer import param_groups
+
+    cfg = trainer.cfg
+    return [torch.optim.Adam(param_groups(n, cfg.weight_decay), lr=cfg.lr, foreach=True) for n in trainer.nets]
+
+
 def measure_limit(method: str, rounds: int = 12, warmup: int = 3, block: int = 2) -> dict:
     """The demo preset's ``method`` step with the unsupervised loss on, four ways on the same batch,
     interleaved (each visit an untimed step, then ``block`` timed ones): the plain step (the nets
@@ -464,7 +473,7 @@ def measure_limit(method: str, rounds: int = 12, warmup: int = 3, block: int = 2
     FLOPs (the kit's) and the convolution rate of one thread and of all cores: each time against
     the time that rate allows (the ratio; 1 would be every FLOP at the convolution's own rate), and
     each speed-up over the plain step."""
-    from cpcl_kit.engine.trainer import on_threads, param_groups
+    from cpcl_kit.engine.trainer import on_threads
     from cpcl_kit.method.variants import each
     from cpcl_kit.nets.deeplab import ASPP
 
@@ -475,7 +484,7 @@ def measure_limit(method: str, rounds: int = 12, warmup: int = 3, block: int = 2
     batch = synthetic_batch(cfg, torch.device("cpu"))
     lam, step_fn = cfg.unsup_weight, registry.method(method).step
     kit_opts = trainer.opts
-    plain_opts = [torch.optim.Adam(param_groups(n, cfg.weight_decay), lr=cfg.lr, foreach=True) for n in trainer.nets]
+    plain_opts = plain_optimizers(trainer)
     # name: (how the nets are mapped, torch threads, the plain step's ASPP and Adam or the kit's)
     ways = {"plain step, one thread": (each, 1, True), "one thread": (each, 1, False),
             "net threads": (on_threads, 1, False), f"{cores} torch threads": (each, cores, False)}
@@ -560,14 +569,12 @@ def _iteration_seconds(cfg, data, first: int, iterations: int, warmup: int, plai
     plain step of the limit section (ASPP's branches as written, per-tensor Adam)."""
     from cpcl_kit.engine.device import batch_to
     from cpcl_kit.engine.train import training_batches
-    from cpcl_kit.engine.trainer import param_groups
     from cpcl_kit.nets.deeplab import ASPP
 
     cpu = torch.device("cpu")
     trainer = Trainer.create(cfg, cpu)
     if plain:
-        trainer.opts = [torch.optim.Adam(param_groups(n, cfg.weight_decay), lr=cfg.lr, foreach=True)
-                        for n in trainer.nets]
+        trainer.opts = plain_optimizers(trainer)
     step_fn = registry.method(cfg.method).step
     batches = iter(training_batches(cfg, data, first, cpu))
     times = []

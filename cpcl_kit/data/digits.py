@@ -296,9 +296,8 @@ def _scenes_for(split: str, n: int, spec: SceneSpec, seed: int, cache_dir: str |
         arrays = make_scenes(n, spec, pool, (seed, 0 if split == "train" else 1))
         if path is not None:  # atomically: concurrent readers never see a half-written file
             try:  # uncompressed: the backgrounds' noise shrinks by a quarter at 15x the time
-                path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, lambda f: np.savez(f, images=arrays[0], masks=arrays[1]))
-            except (OSError, KitError):  # a cache that cannot be written (read-only, full): drawn next time
+            except KitError:  # a cache that cannot be written (no folder, read-only, full): drawn next time
                 pass
     _MEMORY_CACHE[key] = arrays
     return arrays
